@@ -1,0 +1,37 @@
+# The index of what a developer can do. Every target creates the venv it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := fixtures/generated
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check shardkit tests bench fixtures
+
+demo: venv
+	@mkdir -p $(DEMO)
+	@test -f $(DEMO)/chat-100k.jsonl || $(BIN)/python fixtures/generate.py --records 100000 --seed 1 -o $(DEMO)/chat-100k.jsonl
+	@rm -rf $(DEMO)/shards
+	$(BIN)/shardkit split $(DEMO)/chat-100k.jsonl -o $(DEMO)/shards --max-records 50000
+	$(BIN)/shardkit verify $(DEMO)/shards/manifest.json
+	cd $(DEMO)/shards && sha256sum -c SHA256SUMS
+
+bench: venv
+	$(BIN)/python bench/split.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,295 @@
+"""The `shardkit` command: parse arguments, call the library, render, map errors to exit codes.
+
+Nothing here decides anything about data; every command is one library call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from . import __version__
+from .errors import ShardkitError, UsageError
+from .io import format_size, parse_size
+
+app = typer.Typer(
+    help="Keep LLM fine-tuning data healthy: split big JSONL files into shards, with a manifest "
+    "and checksums the trainer can trust.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _emit_error(message: str) -> None:
+    sys.stderr.write(f"shardkit: error: {message}\n")
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Turn library errors into one line on stderr and the documented exit code."""
+    try:
+        yield
+    except ShardkitError as e:
+        _emit_error(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _emit_error("interrupted")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise typer.Exit(0) from None
+    except OSError as e:
+        _emit_error(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        raise typer.Exit(3) from None
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _warn_printer(quiet: bool):
+    def warn(message: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"shardkit: warning: {message}\n")
+
+    return warn
+
+
+@contextlib.contextmanager
+def _progress(total: int | None, enabled: bool, desc: str) -> Iterator[Any]:
+    """A tqdm byte counter on stderr, only on a terminal; None otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _size_option(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except UsageError as e:
+        raise typer.BadParameter(str(e).replace("invalid size", f"{flag}: invalid size")) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"shardkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Keep LLM fine-tuning data healthy.
+
+    Exit codes: 0 done; 1 the data is bad (invalid records, checksum mismatch);
+    2 usage error; 3 input missing/unreadable or disk full; 4 conflict (output
+    exists, name taken); 130 interrupted (nothing partial is left behind).
+    """
+
+
+# ---------------------------------------------------------------- split
+
+
+@app.command()
+def split(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="JSONL files to split: plain, .gz or .zst (detected by content); - reads stdin.", show_default=False),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty).", show_default=False)
+    ],
+    max_records: Annotated[
+        int | None, typer.Option("--max-records", "-n", help="At most N records per shard.", min=1, show_default=False)
+    ] = None,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option(
+            "--max-bytes",
+            "-b",
+            help="At most SIZE bytes per shard on disk: 64MB (10^6), 64MiB or 64M (2^20), 1G...",
+            show_default=False,
+        ),
+    ] = None,
+    num_shards: Annotated[
+        int | None,
+        typer.Option("--num-shards", help="Exactly N shards per input, balanced by record count (reads the input twice; not for stdin).", min=1, show_default=False),
+    ] = None,
+    oversize: Annotated[
+        str,
+        typer.Option(
+            "--oversize",
+            help="A single record larger than --max-bytes: own-shard (write it alone, warn), reject (to the rejects file), error (stop, exit 1).",
+        ),
+    ] = "own-shard",
+    name: Annotated[
+        str, typer.Option("--name", help="Shard file name template; fields {stem} (input name without extensions) and {index}.")
+    ] = "{stem}-{index:05d}.jsonl",
+    rejects: Annotated[
+        str, typer.Option("--rejects", help="Name of the rejects file inside OUT (original bytes + file, line, reason).")
+    ] = "rejects.jsonl",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a previous run in OUT: deletes exactly the files its manifest lists, nothing else.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read the inputs and print the shards that would be written; write nothing.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout and nothing else.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, summary or warnings; errors only.")] = False,
+) -> None:
+    """Split JSONL files into shards of at most N records or SIZE bytes.
+
+    Records are copied byte for byte: the shards, concatenated in manifest order,
+    equal the inputs' non-blank lines. Each shard appears atomically, and
+    manifest.json + SHA256SUMS are rewritten after every shard, so an interrupted
+    run continues with --resume.
+
+    Example: shardkit split big.jsonl -o shards/ --max-records 50000
+    """
+    from .shard import SplitOptions
+    from .shard import split as run_split
+
+    with exit_on_error():
+        options = SplitOptions(
+            max_records=max_records,
+            max_bytes=_size_option(max_bytes, "--max-bytes"),
+            num_shards=num_shards,
+            oversize=oversize,
+            name=name,
+            rejects=rejects,
+        )
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        with _progress(total, not (quiet or json_output), "split") as progress:
+            result = run_split(
+                inputs,
+                out,
+                options,
+                resume=resume,
+                overwrite=overwrite,
+                dry_run=dry_run,
+                progress=progress,
+                warn=_warn_printer(quiet or json_output),
+            )
+    if json_output:
+        _print_json(result.summary())
+    elif not quiet:
+        _render_split(result)
+
+
+def _render_split(result) -> None:
+    m = result.manifest
+    c, t = m["counts"], m["totals"]
+    if result.already_complete:
+        typer.echo(f"{result.out}: already complete ({t['files']} shards, {t['records']:,} records); nothing to do")
+        return
+    verb = "would write" if result.dry_run else ("resumed and wrote" if result.resumed else "wrote")
+    files = m["files"]
+    for f in files[:10]:
+        typer.echo(f"  {f['path']}  {f['records']:>10,} records  {format_size(f['bytes']):>10}  lines {f['first_line']}-{f['last_line']}")
+    if len(files) > 10:
+        typer.echo(f"  ... and {len(files) - 10} more")
+    typer.echo(
+        f"{verb} {t['files']} shard(s), {t['records']:,} records, {format_size(t['bytes'])} in {result.out}"
+    )
+    typer.echo(
+        f"records: {c['read']:,} lines read = {c['written']:,} written + {c['rejected']:,} rejected + {c['blank']:,} blank"
+    )
+    if not result.dry_run:
+        typer.echo(f"manifest: {result.out / 'manifest.json'}  (check: cd {result.out} && sha256sum -c SHA256SUMS)")
+
+
+# ---------------------------------------------------------------- manifest / verify
+
+
+@app.command("manifest")
+def manifest_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder of shards to describe.", show_default=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the manifest (default DIR/manifest.json); SHA256SUMS goes beside it.", show_default=False)
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the manifest on stdout.")] = False,
+) -> None:
+    """Regenerate manifest.json and SHA256SUMS from the shard files on disk.
+
+    Entries of an existing manifest whose file is unchanged keep their lineage
+    (source, first/last line); new files are added by name; missing ones dropped.
+
+    Example: shardkit manifest shards/
+    """
+    from .manifest import regenerate
+
+    with exit_on_error():
+        m = regenerate(directory, output)
+    if json_output:
+        _print_json(m)
+    else:
+        t = m["totals"]
+        typer.echo(f"manifest: {t['files']} file(s), {t['records']:,} records, {format_size(t['bytes'])} -> {output or directory / 'manifest.json'}")
+
+
+@app.command()
+def verify(
+    manifest: Annotated[Path, typer.Argument(help="manifest.json (or the folder holding it).", show_default=False)],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recompute every listed file's size, sha256 and record count; exit 1 on any mismatch.
+
+    Example: shardkit verify shards/manifest.json
+    """
+    from .manifest import verify as run_verify
+
+    with exit_on_error():
+        result = run_verify(manifest)
+    if json_output:
+        _print_json(result.to_dict())
+    else:
+        for problem in result.problems:
+            sys.stderr.write(f"shardkit: mismatch: {problem}\n")
+        for name in result.extra:
+            sys.stderr.write(f"shardkit: note: {name} is not listed in the manifest\n")
+        status = "OK" if result.ok else f"FAILED ({len(result.problems)} problem(s))"
+        typer.echo(f"{result.manifest}: {result.checked} file(s) checked: {status}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _emit_error("interrupted")
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: one line, traceback on request
+        if os.environ.get("SHARDKIT_DEBUG"):
+            raise
+        _emit_error(f"internal error: {e.__class__.__name__}: {e} (set SHARDKIT_DEBUG=1 for a traceback and please report it)")
+        sys.exit(1)

@@ -1,0 +1,389 @@
+"""I/O primitives every shardkit feature reuses.
+
+One place for each side effect: opening inputs (plain, gzip, zstd, stdin), creating
+temporary files that follow the umask, committing them without replacing anything
+(DESIGN.md's platform pitfalls), fsyncing directories, parsing sizes, and hashing on a
+second core while the first one copies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import sys
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ConflictError, InputError, UsageError
+
+TMP_PREFIX = ".shardkit-tmp-"
+STDIN = "-"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# ---------------------------------------------------------------- sizes
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str | int) -> int:
+    """Parse `64MB` (10^6), `64MiB` or `64M` (2^20, as coreutils), `1G`, `4096` into bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.fullmatch(str(text))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise UsageError(f"invalid size {text!r} (use e.g. 4096, 64MB, 64MiB, 1G)")
+        value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UsageError(f"invalid size {text!r}: must be greater than 0")
+    return value
+
+
+def format_size(n: int) -> str:
+    """Human size with binary units: 1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """An input as the user named it, checked to exist and be readable."""
+
+    path: str  # as given; "-" for stdin
+    display: str  # what messages call it
+    size: int | None  # bytes on disk; None for stdin
+    compression: str | None  # None, "gzip" or "zstd"
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.path == STDIN
+
+    @property
+    def rereadable(self) -> bool:
+        """Can be read again from the start (needed by --num-shards, --resume)."""
+        return not self.is_stdin
+
+
+def inspect_input(path: str) -> InputSpec:
+    """Check that an input exists and is a readable regular file; sniff its compression."""
+    if path == STDIN:
+        return InputSpec(STDIN, "<stdin>", None, None)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, expected a JSONL file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (FIFO, device or socket); refusing to read it")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    return InputSpec(path, path, st.st_size, sniff_compression(head))
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """By magic number, not by name: a `.gz` that is really plain text still works."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return None
+
+
+class _HashingReader(io.RawIOBase):
+    """Raw reader that hashes the bytes as they come off the disk (compressed inputs)."""
+
+    def __init__(self, raw: BinaryIO, on_raw: Callable[[bytes], None]) -> None:
+        self._raw = raw
+        self._on_raw = on_raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self._raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        if n:
+            self._on_raw(data)
+        return n
+
+
+class InputStream:
+    """A decompressed byte stream over one input, reporting raw bytes to `on_raw`.
+
+    `on_raw` sees the bytes exactly as stored (compressed ones for .gz/.zst), so the
+    source sha256 matches what `sha256sum` prints for the file.
+    """
+
+    def __init__(self, spec: InputSpec, on_raw: Callable[[bytes], None] | None = None) -> None:
+        self.spec = spec
+        self.raw_bytes = 0
+        self._on_raw_user = on_raw
+        try:
+            raw: BinaryIO = sys.stdin.buffer if spec.is_stdin else open(spec.path, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise InputError(f"{spec.display}: cannot read: {e.strerror}") from None
+        self._raw = raw
+        compression = spec.compression
+        if spec.is_stdin:
+            head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
+            compression = sniff_compression(head)
+        self.compression = compression
+        if compression is None:
+            self._stream: BinaryIO = raw
+            self._direct = True
+        else:
+            self._direct = False
+            hashing = _HashingReader(raw, self._count_raw)
+            if compression == "gzip":
+                self._stream = gzip.GzipFile(fileobj=io.BufferedReader(hashing, 1 << 20))
+            else:
+                self._stream = _open_zstd(io.BufferedReader(hashing, 1 << 20))
+
+    def _count_raw(self, data: bytes) -> None:
+        self.raw_bytes += len(data)
+        if self._on_raw_user is not None:
+            self._on_raw_user(data)
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self._stream.read(n)
+        except (OSError, EOFError, ValueError) as e:
+            raise InputError(f"{self.spec.display}: corrupt {self.compression} data: {e}") from None
+        if self._direct and data:
+            self._count_raw(data)
+        return data
+
+    def close(self) -> None:
+        if not self._direct:
+            self._stream.close()
+        if not self.spec.is_stdin:
+            self._raw.close()
+
+    def __enter__(self) -> InputStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_zstd(raw: BinaryIO) -> BinaryIO:
+    """zstd through pyarrow's codec (imported only when a .zst input is met)."""
+    import pyarrow as pa
+
+    return pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd")
+
+
+# ---------------------------------------------------------------- atomic output
+
+
+def create_temp(directory: Path, hint: str) -> tuple[int, Path]:
+    """Create a new temp file in `directory` (same filesystem as its final name).
+
+    Opened O_EXCL|O_NOFOLLOW with mode 0666 so the umask decides the final mode, as for
+    any other file the user creates (mkstemp would give 0600).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    for attempt in range(100):
+        tmp = directory / f"{TMP_PREFIX}{os.getpid()}-{attempt}-{hint}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise env_error(e, tmp) from None
+    raise ConflictError(f"{directory}: cannot create a temporary file")
+
+
+def write_all(fd: int, data) -> None:
+    """os.write until every byte is out (short writes happen on signals and pipes)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = None
+
+
+def _renameat2():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return getattr(_libc, "renameat2", None)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename src to dst, failing with ConflictError if dst exists (never replacing it).
+
+    renameat2(RENAME_NOREPLACE) where the kernel and filesystem support it, else
+    link + unlink (a crash in between leaves both names on one inode: no data lost).
+    """
+    fn = _renameat2() if sys.platform.startswith("linux") else None
+    if fn is not None:
+        rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise ConflictError(f"{dst}: already exists; refusing to replace it")
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise env_error(OSError(err, os.strerror(err)), dst)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise ConflictError(f"{dst}: already exists; refusing to replace it") from None
+    except OSError as e:
+        raise env_error(e, dst) from None
+    os.unlink(src)
+
+
+def commit_file(fd: int, tmp: Path, final: Path, *, replace: bool) -> None:
+    """fsync and close fd, move tmp to its final name, fsync the folder."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise env_error(e, final) from None
+    finally:
+        os.close(fd)
+    if replace:
+        os.replace(tmp, final)
+    else:
+        rename_noreplace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write a whole small file (manifest, SHA256SUMS, report) so no reader sees it half done."""
+    path = Path(path)
+    fd, tmp = create_temp(path.parent, path.name)
+    try:
+        write_all(fd, data)
+        commit_file(fd, tmp, path, replace=replace)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise env_error(e, path) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete the temp files an interrupted run left in `directory`; return them."""
+    removed = []
+    if directory.is_dir():
+        for p in sorted(directory.iterdir()):
+            if p.name.startswith(TMP_PREFIX) and p.is_file() and not p.is_symlink():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def env_error(e: OSError, path: Path | str) -> InputError:
+    """Turn an OSError into a one-line error naming the file and what to do."""
+    if e.errno == errno.ENOSPC:
+        return InputError(f"{path}: no space left on device; free space and rerun with --resume")
+    if e.errno == errno.EFBIG:
+        return InputError(f"{path}: file too large for this filesystem or limit (EFBIG)")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{path}: permission denied")
+    if e.errno == errno.EROFS:
+        return InputError(f"{path}: read-only filesystem")
+    return InputError(f"{path}: {e.strerror or e}")
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+# ---------------------------------------------------------------- hashing off the main thread
+
+
+class BackgroundHasher:
+    """sha256 fed from the main thread, computed on another core.
+
+    hashlib releases the GIL for buffers over 2 KiB, so while the main thread reads and
+    writes, this thread hashes. At most `depth` buffers wait, which bounds the memory.
+    """
+
+    _pool: ThreadPoolExecutor | None = None
+
+    def __init__(self, depth: int = 4) -> None:
+        self._h = hashlib.sha256()
+        self._pending: deque[Future] = deque()
+        self._depth = depth
+        self._sync = depth == 0
+
+    @classmethod
+    def _executor(cls) -> ThreadPoolExecutor:
+        if cls._pool is None:
+            cls._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardkit-hash")
+        return cls._pool
+
+    def update(self, data) -> None:
+        if self._sync or len(data) < 65536:
+            self._drain(0)
+            self._h.update(data)
+            return
+        self._pending.append(self._executor().submit(self._h.update, data))
+        self._drain(self._depth)
+
+    def _drain(self, keep: int) -> None:
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
+
+    def hexdigest(self) -> str:
+        self._drain(0)
+        return self._h.hexdigest()
+

@@ -1,0 +1,282 @@
+"""The manifest the trainer reads: every file with its records, bytes and sha256.
+
+Written atomically, with a coreutils `SHA256SUMS` beside it, so `sha256sum -c SHA256SUMS`
+checks a folder without shardkit. Paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from . import __version__, faults
+from .errors import DataError, InputError, UsageError
+from .io import InputStream, atomic_write, inspect_input
+from .records import BlockReader, nonblank_runs
+
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+FORMAT_VERSION = 1
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tool_name() -> str:
+    return f"shardkit {__version__}"
+
+
+def dumps(manifest: dict) -> bytes:
+    """Stable bytes: keys in the order the manifest was built, two-space indent."""
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def sums_text(manifest: dict) -> bytes:
+    """coreutils format: '<sha256>  <path>' per line, shards then the rejects file."""
+    lines = [f"{f['sha256']}  {f['path']}\n" for f in manifest.get("files", [])]
+    rejects = manifest.get("rejects")
+    if rejects and rejects.get("sha256"):
+        lines.append(f"{rejects['sha256']}  {rejects['path']}\n")
+    return "".join(lines).encode()
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """SHA256SUMS first, then the manifest: a complete manifest always has its sums beside it."""
+    atomic_write(path.parent / SUMS_NAME, sums_text(manifest))
+    atomic_write(path, dumps(manifest))
+    faults.hit("after:manifest_write")
+
+
+def read_manifest(path: Path) -> dict:
+    """Load and sanity-check a manifest; errors name the file and the problem."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such manifest") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; give the manifest file ({MANIFEST_NAME})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        manifest = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"{path}: not a valid manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("shardkit_manifest") != FORMAT_VERSION:
+        raise DataError(f"{path}: not a shardkit manifest (no \"shardkit_manifest\": {FORMAT_VERSION})")
+    if not isinstance(manifest.get("files"), list):
+        raise DataError(f"{path}: manifest has no \"files\" list")
+    return manifest
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    bytes: int
+    sha256: str
+    records: int
+    blank: int
+
+
+def scan_file(path: Path) -> FileStats:
+    """sha256 of the bytes on disk, and the records (non-blank lines) inside, in one read."""
+    if path.suffix == ".parquet":
+        return _scan_parquet(path)
+    h = hashlib.sha256()
+    records = blank = 0
+    spec = inspect_input(str(path))
+    with InputStream(spec, on_raw=h.update) as stream:
+        for block in BlockReader(stream):
+            runs, trailing = nonblank_runs(block)
+            records += sum(r.lines for r in runs)
+            blank += trailing + sum(r.blanks_before for r in runs)
+    return FileStats(stream.raw_bytes, h.hexdigest(), records, blank)
+
+
+def _scan_parquet(path: Path) -> FileStats:
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return FileStats(size, h.hexdigest(), pq.ParquetFile(path).metadata.num_rows, 0)
+
+
+# ---------------------------------------------------------------- verify
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    manifest: Path
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # files beside it that it does not list
+    complete: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "manifest": str(self.manifest),
+            "ok": self.ok,
+            "complete": self.complete,
+            "checked": self.checked,
+            "problems": self.problems,
+            "not_in_manifest": self.extra,
+        }
+
+
+def verify(path: Path) -> VerifyResult:
+    """Recompute size, sha256 and record count of every file the manifest lists."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    manifest = read_manifest(path)
+    base = path.parent
+    result = VerifyResult(path, complete=bool(manifest.get("complete", True)))
+    if not result.complete:
+        result.problems.append(
+            f"{path}: incomplete (an interrupted run); rerun the split with --resume"
+        )
+    entries = list(manifest["files"])
+    if manifest.get("rejects") and manifest["rejects"].get("sha256"):
+        entries.append(manifest["rejects"])
+    for entry in entries:
+        result.checked += 1
+        problem = _check_entry(base, entry)
+        if problem:
+            result.problems.append(problem)
+    listed = {e["path"] for e in entries}
+    result.extra = [p.name for p in _data_files(base) if p.name not in listed]
+    return result
+
+
+def _check_entry(base: Path, entry: dict) -> str | None:
+    rel = entry.get("path")
+    if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+        return f"{rel!r}: unsafe path in manifest"
+    target = base / rel
+    try:
+        size = target.stat().st_size
+    except FileNotFoundError:
+        return f"{rel}: missing"
+    except OSError as e:
+        return f"{rel}: cannot read: {e.strerror}"
+    if size != entry.get("bytes"):
+        return f"{rel}: size {size} bytes, manifest says {entry.get('bytes')}"
+    try:
+        stats = scan_file(target)
+    except InputError as e:
+        return str(e)
+    if stats.sha256 != entry.get("sha256"):
+        return f"{rel}: sha256 mismatch (manifest {str(entry.get('sha256'))[:12]}…, file {stats.sha256[:12]}…)"
+    if "records" in entry and stats.records != entry["records"]:
+        return f"{rel}: {stats.records} records, manifest says {entry['records']}"
+    return None
+
+
+def _data_files(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(DATA_SUFFIXES)
+    )
+
+
+# ---------------------------------------------------------------- regenerate
+
+
+def regenerate(directory: Path, out: Path | None = None) -> dict:
+    """Rebuild a shards manifest from the files on disk and write it (with SHA256SUMS).
+
+    Entries of an existing manifest whose file is unchanged keep their lineage
+    (source, first_line, last_line); new files are appended in name order; files that
+    are gone are dropped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory")
+    out = Path(out) if out else directory / MANIFEST_NAME
+    if out.is_dir():
+        out = out / MANIFEST_NAME
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: no such directory")
+    old = _read_if_exists(directory / MANIFEST_NAME)
+    old_entries = {e.get("path"): e for e in (old or {}).get("files", [])}
+    rejects = (old or {}).get("rejects")
+    rejects_name = rejects.get("path") if rejects else None
+    files = [p for p in _data_files(directory) if p.name != rejects_name]
+    ordered = [directory / e for e in old_entries if (directory / e) in set(files)]
+    ordered += [p for p in files if p not in set(ordered)]
+    entries = []
+    for p in ordered:
+        stats = scan_file(p)
+        rel = os.path.relpath(p, out.parent)
+        entry = {
+            "path": rel,
+            "format": "parquet" if p.suffix == ".parquet" else "jsonl",
+            "compression": _compression_of(p),
+            "records": stats.records,
+            "bytes": stats.bytes,
+            "sha256": stats.sha256,
+        }
+        prior = old_entries.get(p.name)
+        if prior and prior.get("sha256") == stats.sha256:
+            entry = {**prior, **entry}
+        entries.append(entry)
+    manifest = {
+        "shardkit_manifest": FORMAT_VERSION,
+        "type": "shards",
+        "complete": True,
+        "created_at": now_iso(),
+        "tool": tool_name(),
+        "params": (old or {}).get("params", {}),
+        "sources": (old or {}).get("sources", []),
+        "files": entries,
+        "rejects": rejects,
+        "totals": totals(entries),
+    }
+    if "counts" in (old or {}):
+        manifest["counts"] = old["counts"]
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _read_if_exists(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return read_manifest(path)
+    except DataError:
+        return None
+
+
+def _compression_of(p: Path) -> str | None:
+    return {".gz": "gzip", ".zst": "zstd"}.get(p.suffix)
+
+
+def totals(entries: list[dict]) -> dict:
+    return {
+        "files": len(entries),
+        "records": sum(e["records"] for e in entries),
+        "bytes": sum(e["bytes"] for e in entries),
+    }
+
+
+def check_rel_name(name: str) -> str:
+    """A file name for inside OUT: no folders, no '..', not hidden, nothing sha256sum escapes."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise UsageError(f"invalid file name {name!r}: must be a plain name inside the output folder")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise UsageError(f"invalid file name {name!r}: control characters are not allowed")
+    return name

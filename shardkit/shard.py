@@ -1,0 +1,759 @@
+"""Split pipeline: inputs -> blocks of lines -> runs of records -> shards -> manifest.
+
+Records are copied byte for byte; the shards, concatenated in manifest order, equal the
+inputs' non-blank lines. Each shard is committed atomically and the manifest rewritten
+(`"complete": false` plus a resume checkpoint) after every shard, so a killed run resumes
+from its last committed shard and ends with exactly the files an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from . import faults
+from .errors import ConflictError, DataError, InputError, Interrupted, UsageError
+from .io import (
+    BackgroundHasher,
+    InputSpec,
+    InputStream,
+    commit_file,
+    create_temp,
+    env_error,
+    fsync_dir,
+    inspect_input,
+    remove_stale_temps,
+    rename_noreplace,
+    write_all,
+)
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SUMS_NAME,
+    check_rel_name,
+    now_iso,
+    read_manifest,
+    scan_file,
+    tool_name,
+    totals,
+    write_manifest,
+)
+from .records import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
+
+OVERSIZE_POLICIES = ("own-shard", "reject", "error")
+DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
+DEFAULT_REJECTS = "rejects.jsonl"
+PARTIAL_PREFIX = ".shardkit-partial-"
+
+Progress = Callable[[int], None]
+Warn = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- options and results
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitOptions:
+    """What to cut and how. Checked at construction; `params()` goes into the manifest."""
+
+    max_records: int | None = None
+    max_bytes: int | None = None
+    num_shards: int | None = None
+    oversize: str = "own-shard"
+    name: str = DEFAULT_NAME
+    rejects: str = DEFAULT_REJECTS
+    block_size: int = BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--max-records", self.max_records),
+            ("--max-bytes", self.max_bytes),
+            ("--num-shards", self.num_shards),
+        ):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1 (got {value})")
+        if self.max_records is None and self.max_bytes is None and self.num_shards is None:
+            raise UsageError("say how to cut: give --max-records N, --max-bytes SIZE or --num-shards N")
+        if self.oversize not in OVERSIZE_POLICIES:
+            raise UsageError(f"--oversize must be one of {', '.join(OVERSIZE_POLICIES)} (got {self.oversize!r})")
+        if self.block_size < 1:
+            raise UsageError("block size must be positive")
+        shard_name(self.name, "x", 0)  # fails early on a bad template
+        if "{index" not in self.name:
+            raise UsageError(f"--name {self.name!r} must contain {{index}} so shard names differ")
+
+    def params(self) -> dict:
+        return {
+            "max_records": self.max_records,
+            "max_bytes": self.max_bytes,
+            "num_shards": self.num_shards,
+            "oversize": self.oversize,
+            "format": "jsonl",
+            "compression": None,
+            "name": self.name,
+        }
+
+
+@dataclass
+class SplitResult:
+    """What a split did (or, with dry_run, would do)."""
+
+    out: Path
+    manifest: dict
+    dry_run: bool = False
+    resumed: bool = False
+    already_complete: bool = False
+    warnings: list[str] = field(default_factory=list)
+    removed_temps: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict:
+        return self.manifest["counts"]
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "out": str(self.out),
+            "manifest": str(self.out / MANIFEST_NAME),
+            "dry_run": self.dry_run,
+            "resumed": self.resumed,
+            "complete": m["complete"],
+            "counts": m["counts"],
+            "totals": m["totals"],
+            "files": [
+                {k: f.get(k) for k in ("path", "records", "bytes", "sha256", "first_line", "last_line")}
+                for f in m["files"]
+            ],
+            "rejects": m["rejects"],
+            "warnings": self.warnings,
+        }
+
+
+def shard_name(template: str, stem: str, index: int) -> str:
+    """Format a shard name; reject templates that escape the output folder."""
+    try:
+        name = template.format(stem=stem, index=index)
+    except (KeyError, IndexError, ValueError) as e:
+        raise UsageError(
+            f"--name {template!r}: {e.__class__.__name__}: {e} (fields: {{stem}}, {{index}})"
+        ) from None
+    return check_rel_name(name)
+
+
+_STEM_SUFFIXES = re.compile(r"(\.(jsonl|ndjson|json|txt))?(\.(gz|zst))?$", re.IGNORECASE)
+
+
+def input_stems(paths: Sequence[str]) -> list[str]:
+    """`data.jsonl.gz` -> `data`; clashing stems get `_2`, `_3`... in input order."""
+    stems: list[str] = []
+    seen: set[str] = set()
+    for p in paths:
+        base = "stdin" if p == "-" else _STEM_SUFFIXES.sub("", os.path.basename(p)) or "input"
+        stem, k = base, 1
+        while stem in seen:
+            k += 1
+            stem = f"{base}_{k}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+# ---------------------------------------------------------------- shard files
+
+
+class _ShardFile:
+    """A shard being written under a temp name in OUT; `commit` makes it appear whole."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.fd, self.tmp = create_temp(out, name)
+        self.hasher = BackgroundHasher()
+        self.final = out / name
+
+    def write(self, data) -> None:
+        try:
+            write_all(self.fd, data)
+        except OSError as e:
+            raise env_error(e, self.final) from None
+        self.hasher.update(data)
+        faults.hit("after:shard_write")
+
+    def commit(self, *, adopt_identical: bool) -> str:
+        sha = self.hasher.hexdigest()
+        faults.hit("before:shard_commit")
+        try:
+            commit_file(self.fd, self.tmp, self.final, replace=False)
+        except ConflictError:
+            # A run killed between renaming a shard and rewriting the manifest leaves that
+            # shard behind; a resumed run writes the same bytes, so adopt it if identical.
+            if not adopt_identical or scan_file(self.final).sha256 != sha:
+                os.unlink(self.tmp)
+                raise
+            os.unlink(self.tmp)
+        self.fd = -1
+        faults.hit("after:shard_commit")
+        return sha
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class _Rejects:
+    """Rejected records, appended to a partial file and published at the end of the run.
+
+    Its committed length is part of every checkpoint; a resumed run truncates the file
+    back to it, so no reject is written twice.
+    """
+
+    def __init__(self, final: Path, dry_run: bool) -> None:
+        self.final = final
+        self.partial = final.parent / f"{PARTIAL_PREFIX}{final.name}"
+        self.dry_run = dry_run
+        self.records = 0
+        self.bytes = 0
+        self._fd = -1
+        self._synced = 0
+
+    def restore(self, records: int, size: int) -> None:
+        self.records, self.bytes, self._synced = records, size, size
+        if size == 0:
+            _unlink_if_exists(self.partial)
+            return
+        try:
+            with open(self.partial, "r+b") as f:
+                if os.fstat(f.fileno()).st_size < size:
+                    raise DataError(f"{self.partial}: shorter than its checkpoint; cannot resume (use --overwrite)")
+                f.truncate(size)
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            raise DataError(f"{self.partial}: missing; cannot resume (use --overwrite)") from None
+
+    def add(self, record: dict) -> None:
+        self.records += 1
+        line = orjson.dumps(record) + NL
+        self.bytes += len(line)
+        if self.dry_run:
+            return
+        if self._fd < 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                self._fd = os.open(self.partial, flags, 0o666)
+            except OSError as e:
+                raise env_error(e, self.partial) from None
+        try:
+            write_all(self._fd, line)
+        except OSError as e:
+            raise env_error(e, self.partial) from None
+
+    def sync(self) -> None:
+        if self._fd >= 0 and self._synced != self.bytes:
+            os.fsync(self._fd)
+            self._synced = self.bytes
+            faults.hit("after:rejects_write")
+
+    def publish(self) -> dict | None:
+        """Move the partial file to its final name; return its manifest entry."""
+        if self.records == 0:
+            return None
+        entry = {"path": self.final.name, "records": self.records, "bytes": self.bytes}
+        if self.dry_run:
+            return entry
+        self.close()
+        if self.partial.exists():
+            with open(self.partial, "rb") as f:
+                os.fsync(f.fileno())
+            rename_noreplace(self.partial, self.final)
+            fsync_dir(self.final.parent)
+        entry["sha256"] = scan_file(self.final).sha256
+        return entry
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _unlink_if_exists(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def reject_record(spec: InputSpec, line: int, offset: int, code: str, reason: str, raw: bytes) -> dict:
+    """A rejects-file line: where the record was, why, and its original bytes."""
+    body = raw[:-1] if raw.endswith(NL) else raw
+    record = {"source": spec.display, "line": line, "offset": offset, "code": code, "reason": reason}
+    try:
+        record["raw"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["raw_b64"] = base64.b64encode(body).decode("ascii")
+    return record
+
+
+# ---------------------------------------------------------------- the splitter
+
+
+@dataclass
+class _Checkpoint:
+    """Where a run stands after its last committed shard: enough to resume exactly there."""
+
+    input: int = 0
+    offset: int = 0
+    line: int = 1
+    records: int = 0
+    blank: int = 0
+    rejected: int = 0
+    next_index: int = 0
+    rejects_records: int = 0
+    rejects_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Splitter:
+    def __init__(
+        self,
+        specs: list[InputSpec],
+        out: Path,
+        options: SplitOptions,
+        *,
+        dry_run: bool,
+        adopt_identical: bool,
+        progress: Progress | None,
+        warn: Warn,
+    ) -> None:
+        self.specs = specs
+        self.stems = input_stems([s.path for s in specs])
+        self.out = out
+        self.opts = options
+        self.dry_run = dry_run
+        self.adopt_identical = adopt_identical
+        self.progress = progress
+        self.warn = warn
+        self.files: list[dict] = []
+        self.sources: list[dict] = []
+        self.cp = _Checkpoint()
+        self.rejects = _Rejects(out / options.rejects, dry_run)
+        self.created_at = now_iso()
+        self.oversize_rejected = 0
+        # per-input state
+        self._i = 0
+        self._spec: InputSpec = specs[0] if specs else InputSpec("-", "<stdin>", None, None)
+        self._quota: Callable[[int], int | None] = lambda i: None
+        self._file: _ShardFile | None = None
+        self._index = 0
+        self._records = 0
+        self._bytes = 0
+        self._first_line = 0
+        self._last_line = 0
+        self._read = self._blank = self._rejected = 0
+
+    # ----- manifest
+
+    def manifest(self, complete: bool) -> dict:
+        read = sum(s["records"] + s["blank"] for s in self.sources)
+        blank = sum(s["blank"] for s in self.sources)
+        rejected = sum(s["rejected"] for s in self.sources)
+        if not complete:
+            read += self._read + self._blank
+            blank += self._blank
+            rejected += self._rejected
+        written = sum(f["records"] for f in self.files)
+        m = {
+            "shardkit_manifest": FORMAT_VERSION,
+            "type": "shards",
+            "complete": complete,
+            "created_at": self.created_at,
+            "tool": tool_name(),
+            "params": self.opts.params(),
+            "sources": self.sources if complete else self.sources + self._pending_sources(),
+            "files": self.files,
+            "rejects": None,
+            "counts": {"read": read, "written": written, "rejected": rejected, "blank": blank},
+            "totals": totals(self.files),
+        }
+        if not complete:
+            m["rejects"] = {"path": self.rejects.final.name, "records": self.rejects.records}
+            m["resume"] = self.cp.to_dict()
+        return m
+
+    def _pending_sources(self) -> list[dict]:
+        return [
+            {"path": self._source_path(s), "bytes": s.size, "sha256": None}
+            for s in self.specs[len(self.sources):]
+        ]
+
+    def _source_path(self, spec: InputSpec) -> str:
+        if spec.is_stdin:
+            return "-"
+        return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(self.out))
+
+    def _save(self, complete: bool = False) -> None:
+        if not self.dry_run:
+            write_manifest(self.out / MANIFEST_NAME, self.manifest(complete))
+
+    # ----- resume
+
+    def restore(self, old: dict) -> None:
+        """Continue from an incomplete manifest written by the same inputs and options."""
+        cp = _Checkpoint(**old["resume"])
+        self.cp = cp
+        self.created_at = old.get("created_at", self.created_at)
+        self.sources = [s for s in old["sources"] if s.get("sha256")][: cp.input]
+        self.files = list(old["files"])
+        for entry in self.files:
+            target = self.out / entry["path"]
+            if not target.is_file() or target.stat().st_size != entry["bytes"]:
+                raise DataError(
+                    f"{target}: listed in the manifest but missing or changed; cannot resume (use --overwrite)"
+                )
+        self.rejects.restore(cp.rejects_records, cp.rejects_bytes)
+
+    # ----- the run
+
+    def run(self) -> None:
+        start = self.cp.input
+        for i in range(start, len(self.specs)):
+            resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
+            self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
+        self.rejects.sync()
+        entry = self.rejects.publish()
+        if self.oversize_rejected:
+            self.warn(
+                f"{self.oversize_rejected} record(s) larger than --max-bytes written to {self.rejects.final.name}"
+            )
+        self.final = self.manifest(complete=True)
+        self.final["rejects"] = entry
+        if not self.dry_run:
+            write_manifest(self.out / MANIFEST_NAME, self.final)
+
+    def _split_input(self, i: int, cp: _Checkpoint) -> None:
+        self._i = i
+        spec = self._spec = self.specs[i]
+        self._quota = self._quota_for(spec)
+        self._index = cp.next_index
+        self._read, self._blank, self._rejected = cp.records, cp.blank, cp.rejected
+        self._reset_shard()
+        src_hash = BackgroundHasher() if not self.dry_run else None
+        with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
+            reader = BlockReader(stream, self.opts.block_size, start_offset=cp.offset, start_line=cp.line)
+            seen = stream.raw_bytes
+            try:
+                for block in reader:
+                    self._feed_block(block)
+                    if self.progress:
+                        self.progress(stream.raw_bytes - seen)
+                    seen = stream.raw_bytes
+            except EOFError:
+                raise DataError(f"{spec.display}: shorter than when the run was interrupted; cannot resume (use --overwrite)") from None
+            if reader.added_newline:
+                self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
+            self._commit(reader.offset, reader.line)
+            self.sources.append(
+                {
+                    "path": self._source_path(spec),
+                    "bytes": stream.raw_bytes,
+                    "sha256": src_hash.hexdigest() if src_hash else None,
+                    "records": self._read,
+                    "blank": self._blank,
+                    "rejected": self._rejected,
+                }
+            )
+        if self._blank:
+            self.warn(f"{spec.display}: {self._blank} blank line(s) skipped")
+        self.cp = _Checkpoint(input=i + 1, rejects_records=self.rejects.records, rejects_bytes=self.rejects.bytes)
+        self._read = self._blank = self._rejected = 0
+        faults.hit("after:input_done")
+        self._save()
+
+    def _quota_for(self, spec: InputSpec) -> Callable[[int], int | None]:
+        n, cap = self.opts.num_shards, self.opts.max_records
+        if n is None:
+            return lambda i: cap
+        total = count_records(spec, self.opts.block_size)
+        if 0 < total < n:
+            self.warn(f"{spec.display}: only {total} record(s); writing {total} shard(s) instead of {n}")
+        q, r = divmod(total, n)
+        return lambda i: min(q + (i < r), cap) if cap else q + (i < r)
+
+    def _feed_block(self, block: Block) -> None:
+        runs, trailing = nonblank_runs(block)
+        for run in runs:
+            self._blank += run.blanks_before
+            self._feed_run(block, run.start, run.end, run.first_line)
+        self._blank += trailing
+
+    def _feed_run(self, block: Block, pos: int, end: int, line: int) -> None:
+        buf = block.buf
+        max_bytes = self.opts.max_bytes
+        while pos < end:
+            if self._records and self._full():
+                self._commit(block.offset + pos - block.start, line)
+            cut = end
+            if max_bytes is not None and end - pos > max_bytes - self._bytes:
+                nl = buf.rfind(NL, pos, pos + max_bytes - self._bytes)
+                if nl < 0:
+                    if self._records:
+                        self._commit(block.offset + pos - block.start, line)
+                        continue
+                    line_end = buf.find(NL, pos) + 1
+                    self._oversize(block, pos, line_end, line)
+                    pos, line = line_end, line + 1
+                    continue
+                cut = nl + 1
+            n = buf.count(NL, pos, cut)
+            room = self._room()
+            if room is not None and n > room:
+                cut, n = nth_line_end(buf, pos, room), room
+            self._write(memoryview(buf)[pos:cut], n, line)
+            pos, line = cut, line + n
+
+    def _room(self) -> int | None:
+        quota = self._quota(self._index)
+        return None if quota is None else quota - self._records
+
+    def _full(self) -> bool:
+        room = self._room()
+        if room is not None and room <= 0:
+            return True
+        return self.opts.max_bytes is not None and self._bytes >= self.opts.max_bytes
+
+    def _write(self, data: memoryview, n: int, line: int) -> None:
+        if not self._records:
+            self._first_line = line
+            if not self.dry_run:
+                self._file = _ShardFile(self.out, self._name())
+        if self._file is not None:
+            self._file.write(data)
+        self._records += n
+        self._bytes += len(data)
+        self._read += n
+        self._last_line = line + n - 1
+
+    def _oversize(self, block: Block, pos: int, line_end: int, line: int) -> None:
+        size = line_end - pos
+        where = f"{self._spec.display}:{line}"
+        limit = self.opts.max_bytes
+        if self.opts.oversize == "error":
+            raise DataError(
+                f"{where}: record is {size} bytes, larger than --max-bytes {limit} "
+                "(use --oversize own-shard or --oversize reject)"
+            )
+        if self.opts.oversize == "reject":
+            reason = f"record is {size} bytes, larger than --max-bytes {limit}"
+            self.rejects.add(reject_record(self._spec, line, block.offset + pos - block.start, "oversize", reason, block.buf[pos:line_end]))
+            self._read += 1
+            self._rejected += 1
+            self.oversize_rejected += 1
+            return
+        self.warn(f"{where}: record is {size} bytes, larger than --max-bytes {limit}; written to its own shard {self._name()}")
+        self._write(memoryview(block.buf)[pos:line_end], 1, line)
+
+    def _name(self) -> str:
+        return shard_name(self.opts.name, self.stems[self._i], self._index)
+
+    def _commit(self, offset: int, line: int) -> None:
+        """Publish the current shard (if it has records) and checkpoint at (offset, line)."""
+        if not self._records:
+            return
+        sha = self._file.commit(adopt_identical=self.adopt_identical) if self._file else None
+        self._file = None
+        self.files.append(
+            {
+                "path": self._name(),
+                "format": "jsonl",
+                "compression": None,
+                "records": self._records,
+                "bytes": self._bytes,
+                "sha256": sha,
+                "source": self._source_path(self._spec),
+                "first_line": self._first_line,
+                "last_line": self._last_line,
+            }
+        )
+        self._index += 1
+        self._reset_shard()
+        self.rejects.sync()
+        self.cp = _Checkpoint(
+            input=self._i,
+            offset=offset,
+            line=line,
+            records=self._read,
+            blank=self._blank,
+            rejected=self._rejected,
+            next_index=self._index,
+            rejects_records=self.rejects.records,
+            rejects_bytes=self.rejects.bytes,
+        )
+        self._save()
+
+    def _reset_shard(self) -> None:
+        self._records = self._bytes = 0
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
+        self.rejects.close()
+
+
+def count_records(spec: InputSpec, block_size: int = BLOCK_SIZE) -> int:
+    """Non-blank lines in an input (a read-only pass, for --num-shards)."""
+    if not spec.rereadable:
+        raise UsageError("--num-shards needs an input that can be read twice (a file, not stdin)")
+    total = 0
+    with InputStream(spec) as stream:
+        for block in BlockReader(stream, block_size):
+            total += sum(r.lines for r in nonblank_runs(block)[0])
+    return total
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def split(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    options: SplitOptions,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+) -> SplitResult:
+    """Split JSONL inputs into shards in `out`, with manifest.json and SHA256SUMS.
+
+    Raises UsageError, InputError, DataError, ConflictError or Interrupted (each with
+    its exit code); whatever happens, no partial file appears under a final name.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    paths = [os.fspath(p) for p in inputs]
+    if not paths:
+        raise UsageError("give at least one input file (or - for stdin)")
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) can be given only once")
+    specs = [inspect_input(p) for p in paths]
+    out = Path(out)
+    warnings: list[str] = []
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn:
+            warn(msg)
+
+    check_rel_name(options.rejects)
+    splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress, warn=_warn)
+    result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings)
+    old = _prepare_out(out, splitter, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result)
+    if old is not None and old.get("complete"):
+        result.manifest, result.already_complete = old, True
+        return result
+    if old is not None:
+        splitter.restore(old)
+        result.resumed = True
+    if resume and any(s.is_stdin for s in specs) and result.resumed:
+        raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")
+    try:
+        splitter._save()
+        splitter.run()
+    except KeyboardInterrupt:
+        splitter.abort()
+        raise Interrupted(
+            f"interrupted; no partial file was left under a final name in {out}; rerun with --resume to continue"
+        ) from None
+    except BaseException:
+        splitter.abort()
+        raise
+    result.manifest = splitter.final
+    return result
+
+
+def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
+    """Check OUT against the rules; return the old manifest to resume from, if any."""
+    if out.exists() and not out.is_dir():
+        raise ConflictError(f"{out}: exists and is not a directory")
+    if not out.exists():
+        if not dry_run:
+            try:
+                out.mkdir(parents=True)
+            except OSError as e:
+                raise env_error(e, out) from None
+        return None
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.exists():
+        others = [p.name for p in out.iterdir() if not p.name.startswith((".shardkit-", "."))]
+        if others:
+            raise ConflictError(
+                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
+                f"e.g. {others[0]}); choose an empty or new output folder"
+            )
+        if not dry_run:
+            result.removed_temps = [p.name for p in remove_stale_temps(out)]
+            _unlink_if_exists(splitter.rejects.partial)
+        return None
+    old = read_manifest(manifest_path)
+    if overwrite:
+        if not dry_run:
+            _remove_listed(out, old)
+            result.removed_temps = [p.name for p in remove_stale_temps(out)]
+            _unlink_if_exists(splitter.rejects.partial)
+        return None
+    if not resume:
+        state = "a complete" if old.get("complete") else "an interrupted"
+        raise ConflictError(
+            f"{out}: already holds {state} shardkit run ({MANIFEST_NAME}); "
+            "use --resume to continue it, or --overwrite to replace the files it lists"
+        )
+    _check_same_run(out, old, splitter)
+    if not dry_run:
+        result.removed_temps = [p.name for p in remove_stale_temps(out)]
+    return old
+
+
+def _check_same_run(out: Path, old: dict, splitter: _Splitter) -> None:
+    new_params = splitter.opts.params()
+    if old.get("params") != new_params:
+        changed = sorted(k for k in new_params if old.get("params", {}).get(k) != new_params[k])
+        raise ConflictError(
+            f"{out}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
+            "rerun with the same options, or use --overwrite"
+        )
+    old_paths = [s.get("path") for s in old.get("sources", [])]
+    new_paths = [splitter._source_path(s) for s in splitter.specs]
+    if old_paths != new_paths:
+        raise ConflictError(f"{out}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {new_paths})")
+    for s, spec in zip(old["sources"], splitter.specs, strict=True):
+        if spec.size is not None and s.get("bytes") not in (None, spec.size):
+            raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
+    if not old.get("complete") and not isinstance(old.get("resume"), dict):
+        raise DataError(f"{out / MANIFEST_NAME}: incomplete but has no resume checkpoint; use --overwrite")
+
+
+def _remove_listed(out: Path, old: dict) -> None:
+    """--overwrite: delete exactly the files the old manifest lists, then the manifest."""
+    names = [f.get("path") for f in old.get("files", [])]
+    if old.get("rejects"):
+        names.append(old["rejects"].get("path"))
+    for name in names:
+        if isinstance(name, str):
+            check_rel_name(name)
+            _unlink_if_exists(out / name)
+    _unlink_if_exists(out / SUMS_NAME)
+    _unlink_if_exists(out / MANIFEST_NAME)
+    fsync_dir(out)
+
