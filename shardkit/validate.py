@@ -1,0 +1,1264 @@
+"""Record validation: decode one JSONL line, check it against a record kind, aggregate a report.
+
+Pure and I/O-free: the reader feeds lines (bytes, without the newline), this module returns
+issues; it never raises per record. The hot path for a valid record is one ``orjson.loads``
+plus a short allocation-free *gate* per kind (``_GATES``); only a record the gate does not
+accept goes through the thorough *explain* step (``_EXPLAINERS``), which builds paths, hints
+and messages. A property test checks that a record the gate accepts has no issues.
+
+Issue codes (severity, message):
+
+JSON level (``decode_line``; path is '' unless noted):
+  line_too_long   error    line is {n:,} bytes, over the limit of {limit:,} bytes (not decoded)
+  bom             error    line starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM
+  invalid_utf8    error    invalid UTF-8 at byte column {col} (byte 0x{b:02x}: {reason})[; the line looks UTF-16 encoded]
+  invalid_json    error    invalid JSON at column {col}: {orjson's reason}[ (the line contains NUL bytes: binary or UTF-16 data?)]
+                           | line is blank (expected a JSON object)
+  nan_infinity    error    {NaN|Infinity|-Infinity} is not valid JSON (column {col}); use null or a string
+                           (path: where the literal sits, e.g. ``messages[1].weight``, when it can be found)
+  too_deep        error    nesting deeper than {limit} levels
+  not_object      error    top-level value is {an array|a string|...}, expected an object
+  duplicate_key   warning  duplicate key {key!r}; the last value wins   (opt-in: check_duplicate_keys)
+
+Record level (path is a JSON path such as ``messages[2].role``):
+  unknown_kind      error    unknown record kind: keys {...} match none of chat (messages), ...[; did you mean {k!r}?]
+  missing_key       error    missing required key {key!r}[ (the record looks like {kind})]
+  wrong_type        error    expected {a string|...}, got {an array|...}
+  empty_list        error    {messages|conversations} is empty
+  unknown_role      error    unknown role {role!r} (expected {roles}[; did you mean {r!r}?])
+  null_content      error    content is null; only an assistant message with tool_calls may have null content
+  no_assistant      error    no assistant message (roles: ...); a chat record needs at least one
+                             | no gpt or function_call turn (from: ...); a conversation needs at least one
+  unknown_key       warning  unknown key {key!r}[ (did you mean {k!r}?)] | ... and {n} more unknown keys
+  empty_text        warning  empty string | string is only whitespace | empty array of content parts
+  placeholder       warning  unfilled template placeholder(s) '{{name}}'[, ...]
+  part_value        warning  content part uses 'value' instead of 'text' (LLaMA-Factory style); most trainers expect 'text'
+  system_not_first  warning  system message at position {i}; most chat templates accept a system message only first
+  tool_arguments    warning  arguments is not valid JSON (...) | a JSON string holding a string, not an object
+                             (double-encoded?) | JSON but not an object (got ...)
+  too_many_issues   warning  {n} more issues in this record not shown
+  internal_error    error    validator bug: {exception}; please report it  (never expected; keeps a run alive)
+Report level:
+  blank_line        warning  blank line skipped   (``Report.add_blank``)
+
+Decisions:
+- Empty or whitespace-only text (content, prompt, completion, output, text, ...) is a *warning*
+  (``empty_text``): valid data, often an empty system prompt, but suspicious. An empty
+  ``messages``/``conversations`` list and a chat without any assistant turn are *errors*.
+- A BOM is an error: trainers reading text lines with ``json.loads(str)`` reject it. The rest
+  of the line is still decoded and checked so the report shows everything else too.
+- The default depth limit is orjson's own (1024 nested arrays/objects) and costs nothing;
+  a lower ``max_depth`` adds a walk of every decoded record (slower; opt-in).
+- Role aliases (``human``, ``gpt``, ``bot``, ``model``, ...) are errors with a hint, not accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
+from typing import NamedTuple
+
+import orjson
+
+from shardkit.errors import UsageError
+
+__all__ = [
+    "CODES",
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_LINE_BYTES",
+    "KINDS",
+    "Issue",
+    "RecordResult",
+    "Report",
+    "Validator",
+    "decode_line",
+    "detect_kind",
+    "format_issue",
+]
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+ORJSON_MAX_DEPTH = 1024  # orjson rejects deeper input with "depth limit exceeded"
+DEFAULT_MAX_DEPTH = ORJSON_MAX_DEPTH
+MAX_ISSUES_PER_RECORD = 100
+MAX_UNKNOWN_KEYS_LISTED = 10
+
+KINDS = ("chat", "prompt-completion", "alpaca", "sharegpt", "text")
+
+ERROR = "error"
+WARNING = "warning"
+
+CODES: dict[str, str] = {
+    "line_too_long": ERROR,
+    "bom": ERROR,
+    "invalid_utf8": ERROR,
+    "invalid_json": ERROR,
+    "nan_infinity": ERROR,
+    "too_deep": ERROR,
+    "not_object": ERROR,
+    "duplicate_key": WARNING,
+    "unknown_kind": ERROR,
+    "missing_key": ERROR,
+    "wrong_type": ERROR,
+    "empty_list": ERROR,
+    "unknown_role": ERROR,
+    "null_content": ERROR,
+    "no_assistant": ERROR,
+    "unknown_key": WARNING,
+    "empty_text": WARNING,
+    "placeholder": WARNING,
+    "part_value": WARNING,
+    "system_not_first": WARNING,
+    "tool_arguments": WARNING,
+    "too_many_issues": WARNING,
+    "internal_error": ERROR,
+    "blank_line": WARNING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem found in one record: a stable ``code``, ``'error'`` or ``'warning'``,
+    the JSON path it concerns (``messages[2].role``, or '' for the whole line) and a message."""
+
+    code: str
+    severity: str
+    path: str
+    message: str
+
+
+class RecordResult(NamedTuple):
+    """What ``Validator.check`` found in one line. ``ok`` means no error (warnings allowed).
+
+    A NamedTuple rather than a frozen dataclass: it is built once per record on the hot path,
+    where a frozen dataclass costs ~10x more to construct."""
+
+    obj: dict | None
+    kind: str | None
+    issues: tuple[Issue, ...]
+    ok: bool
+
+
+def format_issue(file: object, line: int, issue: Issue) -> str:
+    """``inbox/a.jsonl:1234: messages[2].role: unknown role 'bot' (...)``; warnings say so."""
+    message = issue.message if issue.severity == ERROR else f"warning: {issue.message}"
+    if issue.path:
+        return f"{file}:{line}: {issue.path}: {message}"
+    return f"{file}:{line}: {message}"
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _error(code: str, path: str, message: str) -> Issue:
+    return Issue(code, ERROR, path, message)
+
+
+def _warning(code: str, path: str, message: str) -> Issue:
+    return Issue(code, WARNING, path, message)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: str) -> str:
+    """A user-supplied string for a message: quoted, escaped, clipped."""
+    return repr(_clip(value))
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _key_path(base: str, key: str) -> str:
+    if key.isidentifier():
+        return f"{base}.{key}" if base else key
+    return f"{base}[{orjson.dumps(_clip(key, 60)).decode()}]"
+
+
+def _closest(word: str, choices: object) -> str | None:
+    matches = difflib.get_close_matches(_clip(word, 64), list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+# --------------------------------------------------------------------------- decoding
+
+_BOM = b"\xef\xbb\xbf"
+_NONFINITE = ("-Infinity", "+Infinity", "Infinity", "-NaN", "NaN")
+_SENTINEL = "\x00shardkit-nonfinite\x00"
+_SENTINEL_JSON = '"\\u0000shardkit-nonfinite\\u0000"'
+_MAX_NONFINITE_SUBSTITUTIONS = 64
+
+
+def decode_line(
+    raw: bytes,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> tuple[dict | None, Issue | None]:
+    """Decode one JSONL line (without its newline; a trailing ``\\r`` is fine) into an object.
+
+    Returns ``(obj, None)`` on success, ``(None, issue)`` when the line is not a usable JSON
+    object, and ``(obj, bom_issue)`` for a line that is valid apart from a leading BOM.
+    Never raises for any input bytes."""
+    _check_limits(max_line_bytes, max_depth)
+    if len(raw) > max_line_bytes:
+        return None, _error(
+            "line_too_long",
+            "",
+            f"line is {len(raw):,} bytes, over the limit of {max_line_bytes:,} bytes (not decoded)",
+        )
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _diagnose(bytes(raw), exc, max_depth)
+    return _accept(value, max_depth)
+
+
+def _check_limits(max_line_bytes: int, max_depth: int) -> None:
+    if not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise UsageError(f"max_line_bytes must be a positive integer, got {max_line_bytes!r}")
+    if not isinstance(max_depth, int) or not 1 <= max_depth <= ORJSON_MAX_DEPTH:
+        raise UsageError(f"max_depth must be between 1 and {ORJSON_MAX_DEPTH}, got {max_depth!r}")
+
+
+def _accept(value: object, max_depth: int) -> tuple[dict | None, Issue | None]:
+    if type(value) is not dict:
+        return None, _error(
+            "not_object", "", f"top-level value is {_type_name(value)}, expected an object"
+        )
+    if max_depth < ORJSON_MAX_DEPTH and _deeper_than(value, max_depth):
+        return None, _too_deep(max_depth)
+    return value, None
+
+
+def _too_deep(limit: int) -> Issue:
+    return _error("too_deep", "", f"nesting deeper than {limit} levels")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Iterative (no recursion): is any array/object nested more than ``limit`` levels?"""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def _diagnose(
+    raw: bytes, exc: orjson.JSONDecodeError, max_depth: int
+) -> tuple[dict | None, Issue | None]:
+    """Turn an orjson failure into one specific issue (error path only)."""
+    raw = raw.rstrip(b"\r\n")
+    if raw.startswith(_BOM):
+        return _diagnose_bom(raw, max_depth)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return None, _invalid_utf8(raw, bad)
+    if not text.strip(" \t\r\n"):
+        return None, _error("invalid_json", "", "line is blank (expected a JSON object)")
+    if "depth limit" in exc.msg or "recursion" in exc.msg.lower():
+        return None, _too_deep(max_depth)
+    nonfinite = _nonfinite_at(text, exc.pos)
+    if nonfinite is not None:
+        return None, _nonfinite_issue(text, *nonfinite)
+    message = f"invalid JSON at column {exc.pos + 1}: {exc.msg}"
+    if "\x00" in text:
+        message += " (the line contains NUL bytes: binary or UTF-16 data?)"
+    return None, _error("invalid_json", "", message)
+
+
+def _diagnose_bom(raw: bytes, max_depth: int) -> tuple[dict | None, Issue | None]:
+    bom = _error(
+        "bom", "", "line starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
+    )
+    rest = raw[len(_BOM) :]
+    try:
+        value = orjson.loads(rest)
+    except orjson.JSONDecodeError as exc:
+        _, issue = _diagnose(rest, exc, max_depth)
+        return None, _shift_columns(issue, chars=1, byte_count=len(_BOM)) if issue else bom
+    obj, issue = _accept(value, max_depth)
+    return obj, issue or bom
+
+
+_COLUMN = re.compile(r"(byte column|column) (\d+)")
+
+
+def _shift_columns(issue: Issue, *, chars: int, byte_count: int) -> Issue:
+    """Columns of an issue found after a stripped BOM, in full-line coordinates."""
+
+    def shift(match: re.Match[str]) -> str:
+        by = byte_count if match.group(1) == "byte column" else chars
+        return f"{match.group(1)} {int(match.group(2)) + by}"
+
+    return Issue(issue.code, issue.severity, issue.path, _COLUMN.sub(shift, issue.message, count=1))
+
+
+def _invalid_utf8(raw: bytes, bad: UnicodeDecodeError) -> Issue:
+    message = (
+        f"invalid UTF-8 at byte column {bad.start + 1} (byte 0x{raw[bad.start]:02x}: {bad.reason})"
+    )
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        message += "; the line looks UTF-16 encoded"
+    return _error("invalid_utf8", "", message)
+
+
+def _nonfinite_at(text: str, pos: int) -> tuple[int, str] | None:
+    """(start, literal) when orjson stopped at a NaN/Infinity literal (it points at or after a sign)."""
+    for start in (pos, pos - 1):
+        if start < 0:
+            continue
+        for literal in _NONFINITE:
+            if text.startswith(literal, start):
+                return start, literal
+    return None
+
+
+def _nonfinite_issue(text: str, start: int, literal: str) -> Issue:
+    message = f"{literal} is not valid JSON (column {start + 1}); use null or a string"
+    return _error("nan_infinity", _nonfinite_path(text, start, literal), message)
+
+
+def _nonfinite_path(text: str, start: int, literal: str) -> str:
+    """Where the first NaN/Infinity sits: replace it by a sentinel string, later ones by null,
+    decode, and find the sentinel. '' when the line has other problems too."""
+    text = text[:start] + _SENTINEL_JSON + text[start + len(literal) :]
+    for _ in range(_MAX_NONFINITE_SUBSTITUTIONS):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            found = _nonfinite_at(text, exc.pos)
+            if found is None:
+                return ""
+            at, other = found
+            text = text[:at] + "null" + text[at + len(other) :]
+            continue
+        return _find_path(value, _SENTINEL) or ""
+    return ""
+
+
+def _find_path(value: object, target: str) -> str | None:
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if type(node) is str:
+            if node == target:
+                return path
+        elif type(node) is dict:
+            stack.extend((child, _key_path(path, key)) for key, child in node.items())
+        elif type(node) is list:
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+    return None
+
+
+class _Duplicated(dict):
+    """An object that had a repeated key while decoding; remembers the first one."""
+
+    duplicate: str = ""
+
+
+def _pairs_hook(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked = _Duplicated(obj)
+            marked.duplicate = key
+            return marked
+        seen.add(key)
+    return obj  # pragma: no cover - unreachable
+
+
+def _duplicate_key(raw: bytes) -> Issue | None:
+    """Slow (stdlib json); only when asked. orjson keeps the last value silently."""
+    try:
+        value = json.loads(bytes(raw), object_pairs_hook=_pairs_hook)
+    except (RecursionError, ValueError):
+        return None
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            if type(node) is _Duplicated:
+                key = node.duplicate
+                return _warning(
+                    "duplicate_key", _key_path(path, key), f"duplicate key {_show(key)}; the last value wins"
+                )
+            stack.extend((child, _key_path(path, key)) for key, child in reversed(node.items()))
+        elif type(node) is list:
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(node))))
+    return None
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def detect_kind(obj: object) -> str | None:
+    """The record kind its keys suggest, or None. One discriminating key per kind, in order:
+    messages -> chat, conversations -> sharegpt, instruction -> alpaca,
+    prompt or completion -> prompt-completion, text -> text."""
+    if type(obj) is not dict:
+        return None
+    if "messages" in obj:
+        return "chat"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj:
+        return "alpaca"
+    if "prompt" in obj or "completion" in obj:
+        return "prompt-completion"
+    if "text" in obj:
+        return "text"
+    return None
+
+
+_KIND_KEYS = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt-completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+_DISCRIMINATING_KEYS = ("messages", "conversations", "instruction", "output", "prompt", "completion", "text")
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = ("human", "gpt", "system", "function_call", "observation", "tool")
+
+_ROLE_ALIASES = {
+    "human": "user",
+    "prompter": "user",
+    "usr": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "ai": "assistant",
+    "chatgpt": "assistant",
+    "gpt4": "assistant",
+    "gpt-4": "assistant",
+    "response": "assistant",
+    "function_call": "assistant",
+    "developer": "system",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
+_FROM_ALIASES = {
+    "user": "human",
+    "prompter": "human",
+    "assistant": "gpt",
+    "bot": "gpt",
+    "model": "gpt",
+    "ai": "gpt",
+    "chatgpt": "gpt",
+    "function": "function_call",
+    "tool_call": "function_call",
+    "tool_calls": "function_call",
+}
+_KEY_ALIASES = {  # likely meant, for unknown-key hints
+    "from": "role",
+    "value": "content",
+    "text": "content",
+}
+_TURN_KEY_ALIASES = {"role": "from", "content": "value", "text": "value"}
+
+CHAT_RECORD_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls", "id", "metadata"})
+MESSAGE_KEYS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight", "loss_weight"}
+)
+PROMPT_COMPLETION_KEYS = frozenset({"prompt", "completion", "id", "metadata"})
+ALPACA_KEYS = frozenset({"instruction", "input", "output", "system", "history", "id"})
+SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "images", "videos", "audios", "id"})
+TURN_KEYS = frozenset({"from", "value"})
+TEXT_KEYS = frozenset({"text", "id", "meta", "metadata", "url", "timestamp", "source", "title"})
+
+_FAST_MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "loss_weight"})
+_FAST_TEXT_PART_KEYS = frozenset({"type", "text"})
+_FAST_SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "id"})
+_PLAIN_ROLES = frozenset({"system", "user", "tool"})
+_SHAREGPT_ASSISTANT = frozenset({"gpt", "function_call"})
+_SHAREGPT_OTHER = frozenset({"human", "observation", "tool"})
+
+
+# ---- gates: True means "certainly no issue". No allocation, no formatting, no regex.
+
+
+def _fine_text(s: object) -> bool:
+    return type(s) is str and s != "" and "{{" not in s and not s.isspace()
+
+
+def _gate_chat(obj: dict) -> bool:
+    if len(obj) != 1 and not obj.keys() <= CHAT_RECORD_KEYS:
+        return False
+    if "tools" in obj or "functions" in obj:
+        return False
+    messages = obj.get("messages")
+    return type(messages) is list and _gate_messages(messages, True)
+
+
+def _gate_messages(messages: list, need_assistant: bool) -> bool:
+    has_assistant = False
+    first = True
+    for m in messages:
+        if type(m) is not dict:
+            return False
+        if len(m) != 2:
+            if not m.keys() <= _FAST_MESSAGE_KEYS:
+                return False
+            w = m.get("weight")
+            if w is not None and type(w) is not int and type(w) is not float:
+                return False
+            w = m.get("loss_weight")
+            if w is not None and type(w) is not int and type(w) is not float:
+                return False
+            name = m.get("name")
+            if name is not None and type(name) is not str:
+                return False
+        role = m.get("role")
+        if role == "assistant":
+            has_assistant = True
+        elif type(role) is not str or role not in _PLAIN_ROLES or (role == "system" and not first):
+            return False
+        first = False
+        content = m.get("content")
+        if type(content) is str:
+            if content == "" or "{{" in content or content.isspace():
+                return False
+        elif type(content) is list and content:
+            for part in content:
+                if (
+                    type(part) is not dict
+                    or part.get("type") != "text"
+                    or not part.keys() <= _FAST_TEXT_PART_KEYS
+                    or not _fine_text(part.get("text"))
+                ):
+                    return False
+        else:
+            return False
+    return has_assistant or not need_assistant
+
+
+def _gate_prompt_completion(obj: dict) -> bool:
+    return len(obj) == 2 and _fine_text(obj.get("prompt")) and _fine_text(obj.get("completion"))
+
+
+def _gate_alpaca(obj: dict) -> bool:
+    if len(obj) != 3 and not obj.keys() <= ALPACA_KEYS:
+        return False
+    if "history" in obj or "system" in obj:
+        return False
+    if not (_fine_text(obj.get("instruction")) and _fine_text(obj.get("output"))):
+        return False
+    extra = obj.get("input")
+    if extra is None:
+        return len(obj) == 2 or obj.keys() <= ALPACA_KEYS
+    return type(extra) is str and "{{" not in extra and (len(obj) == 3 or obj.keys() <= ALPACA_KEYS)
+
+
+def _gate_sharegpt(obj: dict) -> bool:
+    if len(obj) != 1 and not obj.keys() <= _FAST_SHAREGPT_KEYS:
+        return False
+    tools = obj.get("tools")
+    if tools is not None and type(tools) is not str and type(tools) is not list:
+        return False
+    system = obj.get("system")
+    if system is not None and (type(system) is not str or "{{" in system):
+        return False
+    turns = obj.get("conversations")
+    if type(turns) is not list:
+        return False
+    has_assistant = False
+    for turn in turns:
+        if type(turn) is not dict or len(turn) != 2:
+            return False
+        role = turn.get("from")
+        if type(role) is not str:
+            return False
+        if role in _SHAREGPT_ASSISTANT:
+            has_assistant = True
+        elif role not in _SHAREGPT_OTHER:
+            return False  # includes 'system' turns: explain decides
+        if not _fine_text(turn.get("value")):
+            return False
+    return has_assistant
+
+
+def _gate_text(obj: dict) -> bool:
+    return (len(obj) == 1 or obj.keys() <= TEXT_KEYS) and _fine_text(obj.get("text"))
+
+
+_GATES = {
+    "chat": _gate_chat,
+    "prompt-completion": _gate_prompt_completion,
+    "alpaca": _gate_alpaca,
+    "sharegpt": _gate_sharegpt,
+    "text": _gate_text,
+}
+
+
+# ---- explainers: the source of truth; append every issue with its path.
+
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.\-]*\s*\}\}")
+
+
+def _check_text(s: str, path: str, issues: list[Issue], *, allow_empty: bool = False) -> None:
+    if not allow_empty:
+        if s == "":
+            issues.append(_warning("empty_text", path, "empty string"))
+        elif s.isspace():
+            issues.append(_warning("empty_text", path, "string is only whitespace"))
+    if "{{" in s:
+        found = list(dict.fromkeys(m.group(0) for m in _PLACEHOLDER.finditer(s)))
+        if found:
+            shown = ", ".join(_show(p) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+            plural = "s" if len(found) > 1 else ""
+            issues.append(_warning("placeholder", path, f"unfilled template placeholder{plural} {shown}"))
+
+
+def _check_string(value: object, path: str, issues: list[Issue], *, allow_empty: bool = False) -> None:
+    if type(value) is str:
+        _check_text(value, path, issues, allow_empty=allow_empty)
+    else:
+        issues.append(_error("wrong_type", path, f"expected a string, got {_type_name(value)}"))
+
+
+def _check_unknown_keys(
+    obj: dict, known: frozenset[str], base: str, issues: list[Issue], aliases: dict[str, str] | None = None
+) -> None:
+    unknown = [key for key in obj if key not in known]
+    for key in unknown[:MAX_UNKNOWN_KEYS_LISTED]:
+        guess = (aliases or {}).get(key)
+        if guess is None or guess not in known:
+            guess = _closest(key, sorted(known))
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        issues.append(_warning("unknown_key", _key_path(base, key), f"unknown key {_show(key)}{hint}"))
+    if len(unknown) > MAX_UNKNOWN_KEYS_LISTED:
+        more = len(unknown) - MAX_UNKNOWN_KEYS_LISTED
+        issues.append(_warning("unknown_key", base, f"... and {more} more unknown keys"))
+
+
+def _missing(path: str, key: str, obj: dict | None = None, expected_kind: str | None = None) -> Issue:
+    message = f"missing required key {key!r}"
+    if obj is not None:
+        looks = detect_kind(obj)
+        if looks is not None and looks != expected_kind:
+            message += f" (the record looks like {looks})"
+    return _error("missing_key", path, message)
+
+
+def _role_issue(role: str, path: str, roles: tuple[str, ...], aliases: dict[str, str]) -> Issue:
+    lowered = role.strip().lower()
+    guess = lowered if lowered in roles else aliases.get(lowered) or _closest(lowered, roles)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return _error("unknown_role", path, f"unknown role {_show(role)} (expected {', '.join(roles)}{hint})")
+
+
+def _explain_chat(obj: dict, issues: list[Issue]) -> None:
+    if "messages" not in obj:
+        issues.append(_missing("messages", "messages", obj, "chat"))
+        return
+    _check_unknown_keys(obj, CHAT_RECORD_KEYS, "", issues)
+    for key in ("tools", "functions"):
+        if key in obj and type(obj[key]) is not list:
+            issues.append(_error("wrong_type", key, f"expected an array, got {_type_name(obj[key])}"))
+    _explain_messages(obj["messages"], "messages", issues, need_assistant=True)
+
+
+def _explain_messages(messages: object, base: str, issues: list[Issue], *, need_assistant: bool) -> None:
+    if type(messages) is not list:
+        issues.append(_error("wrong_type", base, f"expected an array, got {_type_name(messages)}"))
+        return
+    if not messages:
+        issues.append(_error("empty_list", base, f"{base} is empty"))
+        return
+    roles_seen: list[str] = []
+    role_trouble = False
+    for i, message in enumerate(messages):
+        path = f"{base}[{i}]"
+        if type(message) is not dict:
+            issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(message)}"))
+            role_trouble = True
+            continue
+        _check_unknown_keys(message, MESSAGE_KEYS, path, issues, _KEY_ALIASES)
+        role = message.get("role")
+        if "role" not in message:
+            issues.append(_missing(f"{path}.role", "role"))
+            role_trouble = True
+        elif type(role) is not str:
+            issues.append(_error("wrong_type", f"{path}.role", f"expected a string, got {_type_name(role)}"))
+            role_trouble = True
+        elif role not in CHAT_ROLES:
+            issues.append(_role_issue(role, f"{path}.role", CHAT_ROLES, _ROLE_ALIASES))
+            role_trouble = True
+        else:
+            roles_seen.append(role)
+            if role == "system" and i > 0:
+                issues.append(
+                    _warning(
+                        "system_not_first",
+                        path,
+                        f"system message at position {i}; most chat templates accept a system message only first",
+                    )
+                )
+        _explain_message_fields(message, role, path, issues)
+    if need_assistant and "assistant" not in roles_seen and not role_trouble:
+        seen = ", ".join(dict.fromkeys(roles_seen))
+        issues.append(
+            _error("no_assistant", base, f"no assistant message (roles: {seen}); a chat record needs at least one")
+        )
+
+
+def _explain_message_fields(message: dict, role: object, path: str, issues: list[Issue]) -> None:
+    calls = message.get("tool_calls")
+    has_calls = (type(calls) is list and bool(calls)) or type(message.get("function_call")) is dict
+    if "content" not in message:
+        if not (role == "assistant" and has_calls):
+            issues.append(_missing(f"{path}.content", "content"))
+    else:
+        _explain_content(message["content"], role, has_calls, f"{path}.content", issues)
+    for key in ("name", "tool_call_id"):
+        if key in message and type(message[key]) is not str:
+            issues.append(
+                _error("wrong_type", f"{path}.{key}", f"expected a string, got {_type_name(message[key])}")
+            )
+    for key in ("weight", "loss_weight"):
+        value = message.get(key)
+        if key in message and (type(value) is not int and type(value) is not float):
+            issues.append(_error("wrong_type", f"{path}.{key}", f"expected a number, got {_type_name(value)}"))
+    if "tool_calls" in message:
+        _explain_tool_calls(calls, f"{path}.tool_calls", issues)
+    if "function_call" in message:
+        _explain_function(message["function_call"], f"{path}.function_call", issues)
+
+
+def _explain_content(content: object, role: object, has_calls: bool, path: str, issues: list[Issue]) -> None:
+    if type(content) is str:
+        _check_text(content, path, issues, allow_empty=has_calls)
+    elif content is None:
+        if not (role == "assistant" and has_calls):
+            issues.append(
+                _error(
+                    "null_content",
+                    path,
+                    "content is null; only an assistant message with tool_calls may have null content",
+                )
+            )
+    elif type(content) is list:
+        if not content:
+            issues.append(_warning("empty_text", path, "empty array of content parts"))
+        for j, part in enumerate(content):
+            _explain_part(part, f"{path}[{j}]", issues)
+    else:
+        issues.append(
+            _error(
+                "wrong_type",
+                path,
+                f"expected a string, an array of content parts, or null, got {_type_name(content)}",
+            )
+        )
+
+
+def _explain_part(part: object, path: str, issues: list[Issue]) -> None:
+    if type(part) is not dict:
+        issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(part)}"))
+        return
+    if "type" not in part:
+        issues.append(_missing(f"{path}.type", "type"))
+        return
+    kind = part["type"]
+    if type(kind) is not str:
+        issues.append(_error("wrong_type", f"{path}.type", f"expected a string, got {_type_name(kind)}"))
+    elif kind != "text":
+        return  # image_url, input_audio, ...: not ours to judge
+    if "text" in part:
+        _check_string(part["text"], f"{path}.text", issues)
+    elif "value" in part:
+        issues.append(
+            _warning(
+                "part_value",
+                f"{path}.value",
+                "content part uses 'value' instead of 'text' (LLaMA-Factory style); most trainers expect 'text'",
+            )
+        )
+        _check_string(part["value"], f"{path}.value", issues)
+    else:
+        issues.append(_missing(f"{path}.text", "text"))
+
+
+def _explain_tool_calls(calls: object, path: str, issues: list[Issue]) -> None:
+    if type(calls) is not list:
+        issues.append(_error("wrong_type", path, f"expected an array, got {_type_name(calls)}"))
+        return
+    for k, call in enumerate(calls):
+        at = f"{path}[{k}]"
+        if type(call) is not dict:
+            issues.append(_error("wrong_type", at, f"expected an object, got {_type_name(call)}"))
+        elif "function" not in call:
+            issues.append(_missing(f"{at}.function", "function"))
+        else:
+            _explain_function(call["function"], f"{at}.function", issues)
+
+
+def _explain_function(function: object, path: str, issues: list[Issue]) -> None:
+    if type(function) is not dict:
+        issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(function)}"))
+        return
+    if "name" not in function:
+        issues.append(_missing(f"{path}.name", "name"))
+    elif type(function["name"]) is not str:
+        issues.append(
+            _error("wrong_type", f"{path}.name", f"expected a string, got {_type_name(function['name'])}")
+        )
+    if "arguments" in function:
+        _explain_arguments(function["arguments"], f"{path}.arguments", issues)
+
+
+def _explain_arguments(arguments: object, path: str, issues: list[Issue]) -> None:
+    if type(arguments) is dict:
+        return
+    if type(arguments) is not str:
+        issues.append(
+            _error("wrong_type", path, f"expected a JSON string or an object, got {_type_name(arguments)}")
+        )
+        return
+    try:
+        decoded = orjson.loads(arguments)
+    except orjson.JSONDecodeError as exc:
+        issues.append(
+            _warning("tool_arguments", path, f"arguments is not valid JSON (column {exc.pos + 1}: {exc.msg})")
+        )
+        return
+    if type(decoded) is str:
+        issues.append(
+            _warning(
+                "tool_arguments",
+                path,
+                "arguments is a JSON string holding a string, not an object (double-encoded?)",
+            )
+        )
+    elif type(decoded) is not dict:
+        issues.append(
+            _warning("tool_arguments", path, f"arguments is JSON but not an object (got {_type_name(decoded)})")
+        )
+
+
+def _explain_prompt_completion(obj: dict, issues: list[Issue]) -> None:
+    present = [key for key in ("prompt", "completion") if key in obj]
+    if not present:
+        issues.append(_missing("prompt", "prompt", obj, "prompt-completion"))
+        return
+    _check_unknown_keys(obj, PROMPT_COMPLETION_KEYS, "", issues)
+    for key in ("prompt", "completion"):
+        if key not in obj:
+            issues.append(_missing(key, key))
+            continue
+        value = obj[key]
+        if type(value) is list:  # TRL's conversational prompt-completion
+            _explain_messages(value, key, issues, need_assistant=key == "completion")
+        else:
+            _check_string(value, key, issues)
+
+
+def _explain_alpaca(obj: dict, issues: list[Issue]) -> None:
+    if "instruction" not in obj:
+        issues.append(_missing("instruction", "instruction", obj, "alpaca"))
+        if "output" not in obj:
+            return
+    _check_unknown_keys(obj, ALPACA_KEYS, "", issues)
+    if "instruction" in obj:
+        _check_string(obj["instruction"], "instruction", issues)
+    if "output" not in obj:
+        issues.append(_missing("output", "output"))
+    else:
+        _check_string(obj["output"], "output", issues)
+    for key in ("input", "system"):
+        if key in obj:
+            _check_string(obj[key], key, issues, allow_empty=True)
+    if "history" in obj:
+        _explain_history(obj["history"], issues)
+
+
+def _explain_history(history: object, issues: list[Issue]) -> None:
+    if type(history) is not list:
+        issues.append(_error("wrong_type", "history", f"expected an array, got {_type_name(history)}"))
+        return
+    for i, pair in enumerate(history):
+        if type(pair) is not list or len(pair) != 2:
+            issues.append(
+                _error(
+                    "wrong_type",
+                    f"history[{i}]",
+                    f"expected an [instruction, response] pair, got {_type_name(pair)}",
+                )
+            )
+            continue
+        for j, value in enumerate(pair):
+            _check_string(value, f"history[{i}][{j}]", issues)
+
+
+def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
+    if "conversations" not in obj:
+        issues.append(_missing("conversations", "conversations", obj, "sharegpt"))
+        return
+    _check_unknown_keys(obj, SHAREGPT_KEYS, "", issues)
+    if "system" in obj:
+        _check_string(obj["system"], "system", issues, allow_empty=True)
+    if "tools" in obj and type(obj["tools"]) is not str and type(obj["tools"]) is not list:
+        issues.append(
+            _error("wrong_type", "tools", f"expected a JSON string or an array, got {_type_name(obj['tools'])}")
+        )
+    turns = obj["conversations"]
+    if type(turns) is not list:
+        issues.append(_error("wrong_type", "conversations", f"expected an array, got {_type_name(turns)}"))
+        return
+    if not turns:
+        issues.append(_error("empty_list", "conversations", "conversations is empty"))
+        return
+    seen: list[str] = []
+    trouble = False
+    for i, turn in enumerate(turns):
+        path = f"conversations[{i}]"
+        if type(turn) is not dict:
+            issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(turn)}"))
+            trouble = True
+            continue
+        _check_unknown_keys(turn, TURN_KEYS, path, issues, _TURN_KEY_ALIASES)
+        role = turn.get("from")
+        if "from" not in turn:
+            issues.append(_missing(f"{path}.from", "from"))
+            trouble = True
+        elif type(role) is not str:
+            issues.append(_error("wrong_type", f"{path}.from", f"expected a string, got {_type_name(role)}"))
+            trouble = True
+        elif role not in SHAREGPT_ROLES:
+            issues.append(_role_issue(role, f"{path}.from", SHAREGPT_ROLES, _FROM_ALIASES))
+            trouble = True
+        else:
+            seen.append(role)
+        if "value" not in turn:
+            issues.append(_missing(f"{path}.value", "value"))
+        else:
+            _check_string(turn["value"], f"{path}.value", issues)
+    if not trouble and not _SHAREGPT_ASSISTANT.intersection(seen):
+        froms = ", ".join(dict.fromkeys(seen))
+        issues.append(
+            _error(
+                "no_assistant",
+                "conversations",
+                f"no gpt or function_call turn (from: {froms}); a conversation needs at least one",
+            )
+        )
+
+
+def _explain_text(obj: dict, issues: list[Issue]) -> None:
+    if "text" not in obj:
+        issues.append(_missing("text", "text", obj, "text"))
+        return
+    _check_unknown_keys(obj, TEXT_KEYS, "", issues)
+    _check_string(obj["text"], "text", issues)
+
+
+_EXPLAINERS = {
+    "chat": _explain_chat,
+    "prompt-completion": _explain_prompt_completion,
+    "alpaca": _explain_alpaca,
+    "sharegpt": _explain_sharegpt,
+    "text": _explain_text,
+}
+
+
+def _unknown_kind(obj: dict) -> Issue:
+    if not obj:
+        return _error("unknown_kind", "", "unknown record kind: the object has no keys")
+    keys = list(obj)
+    shown = ", ".join(_show(k) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+    expected = ", ".join(f"{kind} ({', '.join(keys_)})" for kind, keys_ in _KIND_KEYS.items())
+    guess = next((g for k in keys[:50] if (g := _closest(k, _DISCRIMINATING_KEYS))), None)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return _error("unknown_kind", "", f"unknown record kind: keys {shown} match none of {expected}{hint}")
+
+
+# --------------------------------------------------------------------------- validator
+
+_new_result = tuple.__new__
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+@dataclass(frozen=True)
+class Validator:
+    """Checks lines against one record kind (``chat``, ``prompt-completion``, ``alpaca``,
+    ``sharegpt``, ``text``) or ``auto`` (detect per record). ``check`` never raises."""
+
+    kind: str = "auto"
+    _: KW_ONLY
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    check_duplicate_keys: bool = False
+    _fast: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind != "auto" and self.kind not in _GATES:
+            choices = ("auto", *KINDS)
+            guess = _closest(str(self.kind), choices)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise UsageError(f"unknown kind {self.kind!r} (expected {', '.join(choices)}{hint})")
+        _check_limits(self.max_line_bytes, self.max_depth)
+        fast = self.max_depth >= ORJSON_MAX_DEPTH and not self.check_duplicate_keys
+        object.__setattr__(self, "_fast", fast)
+
+    def check(self, raw: bytes) -> RecordResult:
+        """Validate one line (bytes-like, without its newline)."""
+        obj = None
+        if len(raw) <= self.max_line_bytes:
+            try:
+                obj = _loads(raw)
+            except _JSONDecodeError:
+                obj = None
+            else:
+                if type(obj) is dict and self._fast:
+                    kind = self.kind
+                    if kind == "auto":
+                        kind = detect_kind(obj)
+                    if kind is not None and _GATES[kind](obj):
+                        return _new_result(RecordResult, (obj, kind, (), True))
+        return self._check_thoroughly(raw, obj)
+
+    def _check_thoroughly(self, raw: bytes, obj: object) -> RecordResult:
+        issues: list[Issue] = []
+        kind = None
+        try:
+            if type(obj) is dict:
+                obj, issue = _accept(obj, self.max_depth)
+            else:
+                obj, issue = decode_line(raw, max_line_bytes=self.max_line_bytes, max_depth=self.max_depth)
+            if issue is not None:
+                issues.append(issue)
+            if obj is None:
+                return RecordResult(None, None, tuple(issues), False)
+            if self.check_duplicate_keys:
+                duplicate = _duplicate_key(raw)
+                if duplicate is not None:
+                    issues.append(duplicate)
+            kind = detect_kind(obj) if self.kind == "auto" else self.kind
+            if kind is None:
+                issues.append(_unknown_kind(obj))
+            else:
+                _EXPLAINERS[kind](obj, issues)
+        except Exception as exc:  # a validator bug must not stop a 290 MB run
+            issues.append(_error("internal_error", "", f"validator bug: {exc!r}; please report it"))
+        ok = not any(issue.severity == ERROR for issue in issues)
+        return RecordResult(obj, kind, _cap(issues), ok)
+
+
+def _cap(issues: list[Issue]) -> tuple[Issue, ...]:
+    if len(issues) <= MAX_ISSUES_PER_RECORD:
+        return tuple(issues)
+    more = len(issues) - MAX_ISSUES_PER_RECORD
+    note = _warning("too_many_issues", "", f"{more} more issues in this record not shown")
+    return (*issues[:MAX_ISSUES_PER_RECORD], note)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """Where one issue was seen."""
+
+    file: str
+    line: int
+    issue: Issue
+
+
+@dataclass(slots=True)
+class _CodeTally:
+    severity: str
+    count: int = 0
+    records: int = 0
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _FileTally:
+    records: int = 0
+    valid: int = 0
+    invalid: int = 0
+    blank: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """Aggregates results over lines and files: counts per code (and how many records each
+    touched), the first ``max_examples`` examples per code, counts per detected kind.
+    A warning repeated on every message of every record stays one entry with a count."""
+
+    max_examples: int = 5
+    records: int = 0
+    valid: int = 0
+    invalid: int = 0
+    blank: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    _codes: dict[str, _CodeTally] = field(default_factory=dict, repr=False)
+    _files: dict[str, _FileTally] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_examples, int) or self.max_examples < 0:
+            raise UsageError(f"max_examples must be a non-negative integer, got {self.max_examples!r}")
+
+    def _file(self, file: object) -> _FileTally:
+        key = str(file)
+        tally = self._files.get(key)
+        if tally is None:
+            tally = self._files[key] = _FileTally()
+        return tally
+
+    def add(self, file: object, line: int, result: RecordResult) -> None:
+        """Count one checked line."""
+        tally = self._file(file)
+        self.records += 1
+        tally.records += 1
+        kind = result.kind
+        if kind is not None:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            tally.kinds[kind] = tally.kinds.get(kind, 0) + 1
+        if result.ok:
+            self.valid += 1
+            tally.valid += 1
+        else:
+            self.invalid += 1
+            tally.invalid += 1
+        if result.issues:
+            self._add_issues(str(file), line, result.issues)
+
+    def add_blank(self, file: object, line: int) -> None:
+        """Count a blank line the reader skipped (a warning, never an invalid record)."""
+        self.blank += 1
+        self._file(file).blank += 1
+        self._add_issues(str(file), line, (_warning("blank_line", "", "blank line skipped"),))
+
+    def _add_issues(self, file: str, line: int, issues: tuple[Issue, ...]) -> None:
+        counted: set[str] = set()
+        for issue in issues:
+            tally = self._codes.get(issue.code)
+            if tally is None:
+                tally = self._codes[issue.code] = _CodeTally(issue.severity)
+            tally.count += 1
+            if issue.code not in counted:
+                counted.add(issue.code)
+                tally.records += 1
+            if len(tally.examples) < self.max_examples:
+                tally.examples.append(Example(file, line, issue))
+
+    @property
+    def errors(self) -> int:
+        return sum(t.count for t in self._codes.values() if t.severity == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(t.count for t in self._codes.values() if t.severity == WARNING)
+
+    def count(self, code: str) -> int:
+        """How many times ``code`` was reported."""
+        tally = self._codes.get(code)
+        return tally.count if tally else 0
+
+    def _ordered(self) -> Iterator[tuple[str, _CodeTally]]:
+        return iter(
+            sorted(self._codes.items(), key=lambda item: (item[1].severity != ERROR, -item[1].count, item[0]))
+        )
+
+    def mixed_files(self) -> dict[str, dict[str, int]]:
+        """Files whose records are of more than one kind, with the counts."""
+        return {name: dict(t.kinds) for name, t in self._files.items() if len(t.kinds) > 1}
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable summary (``--json``)."""
+        return {
+            "records": {"read": self.records, "valid": self.valid, "invalid": self.invalid, "blank": self.blank},
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "kinds": dict(self.kinds),
+            "mixed_kinds": bool(self.mixed_files()),
+            "files": [
+                {
+                    "file": name,
+                    "records": t.records,
+                    "valid": t.valid,
+                    "invalid": t.invalid,
+                    "blank": t.blank,
+                    "kinds": dict(t.kinds),
+                    "mixed_kinds": len(t.kinds) > 1,
+                }
+                for name, t in self._files.items()
+            ],
+            "issues": [
+                {
+                    "code": code,
+                    "severity": t.severity,
+                    "count": t.count,
+                    "records": t.records,
+                    "examples": [
+                        {
+                            "file": e.file,
+                            "line": e.line,
+                            "path": e.issue.path,
+                            "message": e.issue.message,
+                            "text": format_issue(e.file, e.line, e.issue),
+                        }
+                        for e in t.examples
+                    ],
+                }
+                for code, t in self._ordered()
+            ],
+        }
+
+    def lines(self) -> list[str]:
+        """A human summary: totals, kinds, then each code with its count and first examples."""
+        out = [
+            f"{self.records:,} records read: {self.valid:,} valid, {self.invalid:,} invalid"
+            f" ({self.errors:,} errors, {self.warnings:,} warnings"
+            + (f", {self.blank:,} blank lines skipped)" if self.blank else ")")
+        ]
+        if self.kinds:
+            out.append("kinds: " + _counts(self.kinds))
+        for name, kinds in self.mixed_files().items():
+            out.append(f"mixed kinds in {name}: {_counts(kinds)}")
+        for code, t in self._ordered():
+            times = "time" if t.count == 1 else "times"
+            places = "record" if t.records == 1 else "records"
+            if code == "blank_line":
+                places = "line" if t.records == 1 else "lines"
+            out.append(f"{t.severity} {code}: {t.count:,} {times} in {t.records:,} {places}")
+            out.extend(f"  {format_issue(e.file, e.line, e.issue)}" for e in t.examples)
+            if t.count > len(t.examples) and t.examples:
+                out.append(f"  ... and {t.count - len(t.examples):,} more")
+        return out
+
+
+def _counts(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n:,}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
