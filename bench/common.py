@@ -202,6 +202,7 @@ def machine_info() -> dict:
         "mem_total_mb": mem_mb,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "peak_rss_via": "GNU time %M" if GNU_TIME else "os.wait4 (floored by the bench's own peak)",
         "coreutils": _first_line(["split", "--version"]),
         "git_commit": _first_line(["git", "rev-parse", "HEAD"]),
     }

@@ -8,6 +8,7 @@ second core while the first one copies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -17,10 +18,12 @@ import io
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +213,24 @@ def _open_zstd(raw: BinaryIO) -> BinaryIO:
 # ---------------------------------------------------------------- atomic output
 
 
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until a multi-step commit (rename + manifest) is done.
+
+    The signal stays pending and is delivered on exit, so an interrupt never lands
+    between publishing a shard and recording it. (SIGKILL cannot be held; resume copes.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def create_temp(directory: Path, hint: str) -> tuple[int, Path]:
     """Create a new temp file in `directory` (same filesystem as its final name).
 
@@ -350,6 +371,11 @@ def free_bytes(path: Path) -> int:
 # ---------------------------------------------------------------- hashing off the main thread
 
 
+def _main_thread_gets_signals() -> None:
+    """Worker threads never take SIGINT/SIGTERM, so deferred_signals() in the main thread holds them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 class BackgroundHasher:
     """sha256 fed from the main thread, computed on another core.
 
@@ -368,7 +394,9 @@ class BackgroundHasher:
     @classmethod
     def _executor(cls) -> ThreadPoolExecutor:
         if cls._pool is None:
-            cls._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardkit-hash")
+            cls._pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="shardkit-hash", initializer=_main_thread_gets_signals
+            )
         return cls._pool
 
     def update(self, data) -> None:

@@ -69,9 +69,11 @@ class BlockReader:
         return b""
 
     def __iter__(self) -> Iterator[Block]:
-        carry = self._skip_prefix()
+        carry = b""
+        pending = self._skip_prefix()  # whole lines may follow the resume offset in that read
         while True:
-            data = self._stream.read(self._block_size)
+            data = pending or self._stream.read(self._block_size)
+            pending = b""
             if not data:
                 break
             buf = carry + data if carry else data

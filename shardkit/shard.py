@@ -25,6 +25,7 @@ from .io import (
     InputStream,
     commit_file,
     create_temp,
+    deferred_signals,
     env_error,
     fsync_dir,
     inspect_input,
@@ -186,8 +187,9 @@ class _ShardFile:
     def commit(self, *, adopt_identical: bool) -> str:
         sha = self.hasher.hexdigest()
         faults.hit("before:shard_commit")
+        fd, self.fd = self.fd, -1  # commit_file closes it, whatever happens
         try:
-            commit_file(self.fd, self.tmp, self.final, replace=False)
+            commit_file(fd, self.tmp, self.final, replace=False)
         except ConflictError:
             # A run killed between renaming a shard and rewriting the manifest leaves that
             # shard behind; a resumed run writes the same bytes, so adopt it if identical.
@@ -195,7 +197,6 @@ class _ShardFile:
                 os.unlink(self.tmp)
                 raise
             os.unlink(self.tmp)
-        self.fd = -1
         faults.hit("after:shard_commit")
         return sha
 
@@ -230,6 +231,8 @@ class _Rejects:
         if size == 0:
             _unlink_if_exists(self.partial)
             return
+        if not self.partial.exists() and self.final.is_file() and self.final.stat().st_size == size:
+            return  # published just before the crash; publish() will find it in place
         try:
             with open(self.partial, "r+b") as f:
                 if os.fstat(f.fileno()).st_size < size:
@@ -430,6 +433,10 @@ class _Splitter:
             resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
             self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
         self.rejects.sync()
+        with deferred_signals():
+            self._finish()
+
+    def _finish(self) -> None:
         entry = self.rejects.publish()
         if self.oversize_rejected:
             self.warn(
@@ -569,6 +576,10 @@ class _Splitter:
         """Publish the current shard (if it has records) and checkpoint at (offset, line)."""
         if not self._records:
             return
+        with deferred_signals():
+            self._commit_held(offset, line)
+
+    def _commit_held(self, offset: int, line: int) -> None:
         sha = self._file.commit(adopt_identical=self.adopt_identical) if self._file else None
         self._file = None
         self.files.append(

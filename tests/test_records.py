@@ -41,6 +41,17 @@ def test_resume_offset_skips_prefix():
     assert blocks[0].first_line == 21 and blocks[0].offset == offset
 
 
+@given(data=st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"") + b"\n"), block_size=st.integers(1, 64), cut=st.integers(0, 300))
+def test_resume_at_any_line_start_yields_exactly_the_rest(data, block_size, cut):
+    starts = [0] + [i + 1 for i, c in enumerate(data) if c == 10 and i + 1 < len(data)]
+    offset = max(s for s in starts if s <= min(cut, len(data)))
+    line = data[:offset].count(b"\n") + 1
+    blocks, reader = blocks_of(data, block_size, start_offset=offset, start_line=line)
+    assert b"".join(b.buf[b.start : b.end] for b in blocks) == data[offset:]
+    assert not reader.added_newline
+    assert reader.line == data.count(b"\n") + 1
+
+
 def test_runs_skip_blank_and_whitespace_lines():
     data = b'\n{"a":1}\n  \n\t\r\n{"b":2}\r\n{"c":3}\n\n'
     (block,), _ = blocks_of(data, 1 << 20)
