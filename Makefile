@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := fixtures/generated
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/split.py
+
+bench-quick: venv
+	$(BIN)/python bench/split.py --quick --runs 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-BLOCK_SIZE = 2 * 1024 * 1024
+BLOCK_SIZE = 1024 * 1024
 NL = b"\n"
 _BLANK_FIRST_BYTES = frozenset(b" \t\r\n\x0b\x0c")
 _LONG_LINE = 128  # above this mean line length, walking lines beats scanning bytes twice

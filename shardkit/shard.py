@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from . import faults
-from .errors import ConflictError, DataError, InputError, Interrupted, UsageError
+from .errors import ConflictError, DataError, Interrupted, UsageError
 from .io import (
     BackgroundHasher,
     InputSpec,
