@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import gzip
 import hashlib
@@ -182,13 +181,25 @@ class InputStream:
             self._on_raw_user(data)
 
     def read(self, n: int) -> bytes:
+        view = memoryview(bytearray(n))
+        return bytes(view[: self.readinto(view)])
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill `view` with decompressed bytes; 0 at the end. Plain inputs are not copied twice."""
+        if self._direct:
+            try:
+                n = self._stream.readinto(view) or 0
+            except OSError as e:
+                raise env_error(e, self.spec.display) from None
+            if n:
+                self._count_raw(view[:n])
+            return n
         try:
-            data = self._stream.read(n)
+            data = self._stream.read(len(view))
         except (OSError, EOFError, ValueError) as e:
             raise InputError(f"{self.spec.display}: corrupt {self.compression} data: {e}") from None
-        if self._direct and data:
-            self._count_raw(data)
-        return data
+        view[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         if not self._direct:
@@ -274,7 +285,7 @@ _libc = None
 def _renameat2():
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)  # libc is already loaded in this process
     return getattr(_libc, "renameat2", None)
 
 
@@ -380,27 +391,29 @@ class BackgroundHasher:
     """sha256 fed from the main thread, computed on another core.
 
     hashlib releases the GIL for buffers over 2 KiB, so while the main thread reads and
-    writes, this thread hashes. At most `depth` buffers wait, which bounds the memory.
+    writes, worker threads hash. Each hasher is pinned to one of two lanes (one thread
+    each), which keeps its updates in order; the source and the shard being written hash
+    on different lanes, in parallel. At most `depth` buffers wait, which bounds memory.
     """
 
-    _pool: ThreadPoolExecutor | None = None
+    _lanes: list[ThreadPoolExecutor] = []
 
-    def __init__(self, depth: int = 4) -> None:
+    def __init__(self, lane: int = 0, depth: int = 4) -> None:
         self._h = hashlib.sha256()
         self._pending: deque[Future] = deque()
         self._depth = depth
-        self._sync = depth == 0
+        self._lane = lane
 
-    @classmethod
-    def _executor(cls) -> ThreadPoolExecutor:
-        if cls._pool is None:
-            cls._pool = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="shardkit-hash", initializer=_main_thread_gets_signals
+    def _executor(self) -> ThreadPoolExecutor:
+        lanes = BackgroundHasher._lanes
+        while len(lanes) <= self._lane:
+            lanes.append(
+                ThreadPoolExecutor(1, f"shardkit-hash{len(lanes)}", initializer=_main_thread_gets_signals)
             )
-        return cls._pool
+        return lanes[self._lane]
 
     def update(self, data) -> None:
-        if self._sync or len(data) < 65536:
+        if len(data) < 65536:
             self._drain(0)
             self._h.update(data)
             return
@@ -414,4 +427,3 @@ class BackgroundHasher:
     def hexdigest(self) -> str:
         self._drain(0)
         return self._h.hexdigest()
-

@@ -15,21 +15,25 @@ BLOCK_SIZE = 1024 * 1024
 NL = b"\n"
 _BLANK_FIRST_BYTES = frozenset(b" \t\r\n\x0b\x0c")
 _LONG_LINE = 128  # above this mean line length, walking lines beats scanning bytes twice
+_SAMPLE = 64 * 1024  # bytes sampled to estimate a block's mean line length
 
 
 class Readable(Protocol):
     def read(self, n: int) -> bytes: ...
+
+    def readinto(self, b: memoryview) -> int: ...
 
 
 @dataclass(slots=True)
 class Block:
     """Whole lines buf[start:end], every one ending in b"\\n"."""
 
-    buf: bytes
+    buf: bytes | bytearray
     start: int
     end: int
     first_line: int  # 1-based physical line number of the line at `start`
     offset: int  # decompressed byte offset of buf[start] in the input
+    lines: int = -1  # physical lines in the block, once someone has counted them
 
 
 class BlockReader:
@@ -69,30 +73,36 @@ class BlockReader:
         return b""
 
     def __iter__(self) -> Iterator[Block]:
-        carry = b""
-        pending = self._skip_prefix()  # whole lines may follow the resume offset in that read
+        # One copy per byte: the stream reads straight into a fresh buffer that starts
+        # with the previous block's unfinished line. Each block gets its own buffer, so
+        # views handed to the hashing thread stay valid.
+        carry = self._skip_prefix()
         while True:
-            data = pending or self._stream.read(self._block_size)
-            pending = b""
-            if not data:
+            k = len(carry)
+            buf = bytearray(k + max(self._block_size, k))  # doubles for a very long line
+            buf[:k] = carry
+            n = self._stream.readinto(memoryview(buf)[k:])
+            if not n:
                 break
-            buf = carry + data if carry else data
-            cut = buf.rfind(NL) + 1
-            if cut == 0:  # one line longer than a block: keep reading
-                carry = buf
+            filled = k + n
+            cut = buf.rfind(NL, 0, filled) + 1
+            if cut == 0:  # no line ends yet: keep reading
+                carry = bytes(buf[:filled])
                 continue
-            carry = buf[cut:] if cut < len(buf) else b""
-            yield self._emit(buf, cut)
-        if carry:
-            self.added_newline = True
-            buf = carry + NL
-            yield self._emit(buf, len(buf))
+            carry = bytes(buf[cut:filled])
+            yield from self._emit(buf, cut)
+        if carry:  # whole lines after a resume point and/or a last line with no newline
+            if not carry.endswith(NL):
+                self.added_newline = True
+                carry += NL
+            yield from self._emit(carry, len(carry))
 
-    def _emit(self, buf: bytes, end: int) -> Block:
+    def _emit(self, buf: bytes | bytearray, end: int) -> Iterator[Block]:
         block = Block(buf, 0, end, self.line, self.offset)
+        yield block
+        # the consumer usually counted the lines already (nonblank_runs); don't do it twice
         self.offset += end
-        self.line += buf.count(NL, 0, end)
-        return block
+        self.line += block.lines if block.lines >= 0 else buf.count(NL, 0, end)
 
 
 @dataclass(slots=True)
@@ -114,15 +124,20 @@ def nonblank_runs(block: Block) -> tuple[list[Run], int]:
     block comes back as a single run; otherwise lines are walked one by one.
     """
     buf, s, e = block.buf, block.start, block.end
-    nlines = buf.count(NL, s, e)
-    if nlines and (e - s) // nlines < _LONG_LINE:
+    sample_end = min(e, s + _SAMPLE)
+    sampled = buf.count(NL, s, sample_end)
+    if sampled and (sample_end - s) // sampled < _LONG_LINE:
+        nlines = buf.count(NL, s, e)
+        block.lines = nlines
         starts_with_brace = (buf[s] == 0x7B) + buf.count(b"\n{", s, e)
         if starts_with_brace == nlines:
             return [Run(s, e, block.first_line, nlines, 0)], 0
-    return _walk_runs(buf, s, e, block.first_line)
+    runs, trailing, nlines = _walk_runs(buf, s, e, block.first_line)
+    block.lines = nlines
+    return runs, trailing
 
 
-def _walk_runs(buf: bytes, s: int, e: int, first_line: int) -> tuple[list[Run], int]:
+def _walk_runs(buf: bytes | bytearray, s: int, e: int, first_line: int) -> tuple[list[Run], int, int]:
     runs: list[Run] = []
     find = buf.find
     blank_first = _BLANK_FIRST_BYTES
@@ -145,10 +160,10 @@ def _walk_runs(buf: bytes, s: int, e: int, first_line: int) -> tuple[list[Run], 
     if e > run_start:
         runs.append(Run(run_start, e, run_line, line - run_line, blanks))
         blanks = 0
-    return runs, blanks
+    return runs, blanks, line - first_line
 
 
-def nth_line_end(buf: bytes, pos: int, n: int) -> int:
+def nth_line_end(buf: bytes | bytearray, pos: int, n: int) -> int:
     """Offset just past the n-th newline at or after pos (n >= 1; the lines must exist)."""
     find = buf.find
     for _ in range(n):

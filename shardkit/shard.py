@@ -173,7 +173,7 @@ class _ShardFile:
 
     def __init__(self, out: Path, name: str) -> None:
         self.fd, self.tmp = create_temp(out, name)
-        self.hasher = BackgroundHasher()
+        self.hasher = BackgroundHasher(lane=1)
         self.final = out / name
 
     def write(self, data) -> None:
@@ -454,7 +454,7 @@ class _Splitter:
         self._index = cp.next_index
         self._read, self._blank, self._rejected = cp.records, cp.blank, cp.rejected
         self._reset_shard()
-        src_hash = BackgroundHasher() if not self.dry_run else None
+        src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
         with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
             reader = BlockReader(stream, self.opts.block_size, start_offset=cp.offset, start_line=cp.line)
             seen = stream.raw_bytes
@@ -500,11 +500,12 @@ class _Splitter:
         runs, trailing = nonblank_runs(block)
         for run in runs:
             self._blank += run.blanks_before
-            self._feed_run(block, run.start, run.end, run.first_line)
+            self._feed_run(block, run.start, run.end, run.first_line, run.lines)
         self._blank += trailing
 
-    def _feed_run(self, block: Block, pos: int, end: int, line: int) -> None:
+    def _feed_run(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
         buf = block.buf
+        last_line = line + lines  # one past the run's last line
         max_bytes = self.opts.max_bytes
         while pos < end:
             if self._records and self._full():
@@ -521,7 +522,7 @@ class _Splitter:
                     pos, line = line_end, line + 1
                     continue
                 cut = nl + 1
-            n = buf.count(NL, pos, cut)
+            n = last_line - line if cut == end else buf.count(NL, pos, cut)
             room = self._room()
             if room is not None and n > room:
                 cut, n = nth_line_end(buf, pos, room), room
