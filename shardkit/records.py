@@ -169,3 +169,36 @@ def nth_line_end(buf: bytes | bytearray, pos: int, n: int) -> int:
     for _ in range(n):
         pos = find(NL, pos) + 1
     return pos
+
+
+class LineSource:
+    """Non-blank lines of one input, one at a time: (line number, byte offset, raw bytes).
+
+    `raw` keeps the line's own bytes including its terminator (b"\\n", or b"\\r\\n"); the
+    stream's hashing and byte counting still happen underneath. Blank lines are not
+    yielded but counted in `blank`. For per-record work (validation, stats) — the split
+    fast path works on whole runs instead.
+    """
+
+    def __init__(self, stream: Readable, block_size: int = BLOCK_SIZE) -> None:
+        self.reader = BlockReader(stream, block_size)
+        self.blank = 0
+
+    @property
+    def added_newline(self) -> bool:
+        return self.reader.added_newline
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        for block in self.reader:
+            runs, trailing = nonblank_runs(block)
+            buf = bytes(block.buf) if isinstance(block.buf, bytearray) else block.buf
+            base = block.offset - block.start
+            for run in runs:
+                self.blank += run.blanks_before
+                pos, number = run.start, run.first_line
+                find = buf.find
+                while pos < run.end:
+                    nxt = find(NL, pos, run.end) + 1
+                    yield number, base + pos, buf[pos:nxt]
+                    pos, number = nxt, number + 1
+            self.blank += trailing
