@@ -1,7 +1,7 @@
 """Record validation: decode one JSONL line, check it against a record kind, aggregate a report.
 
-Pure and I/O-free: the reader feeds lines (bytes, without the newline), this module returns
-issues; it never raises per record. The hot path for a valid record is one ``orjson.loads``
+Pure and I/O-free: the reader feeds lines (bytes-like; a trailing ``\r``/``\n`` is fine),
+this module returns issues; it never raises per record. The hot path for a valid record is one ``orjson.loads``
 plus a short allocation-free *gate* per kind (``_GATES``); only a record the gate does not
 accept goes through the thorough *explain* step (``_EXPLAINERS``), which builds paths, hints
 and messages. A property test checks that a record the gate accepts has no issues.
@@ -371,22 +371,40 @@ def _nonfinite_path(text: str, start: int, literal: str) -> str:
             at, other = found
             text = text[:at] + "null" + text[at + len(other) :]
             continue
+        if type(value) is not dict and type(value) is not list:
+            return ""  # the literal was the whole line
         return _find_path(value, _SENTINEL) or ""
     return ""
 
 
 def _find_path(value: object, target: str) -> str | None:
-    stack: list[tuple[object, str]] = [(value, "")]
+    """Path of the first string equal to ``target``; iterative, and paths are only built
+    for the hit (a line can hold millions of values)."""
+    links: list[tuple[int, object]] = [(-1, None)]  # (parent link, key or index)
+    stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
-        node, path = stack.pop()
-        if type(node) is str:
-            if node == target:
-                return path
-        elif type(node) is dict:
-            stack.extend((child, _key_path(path, key)) for key, child in node.items())
-        elif type(node) is list:
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+        node, link = stack.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for segment, child in items:
+            kind = type(child)
+            if kind is dict or kind is list:
+                links.append((link, segment))
+                stack.append((child, len(links) - 1))
+            elif kind is str and child == target:
+                links.append((link, segment))
+                return _link_path(links, len(links) - 1)
     return None
+
+
+def _link_path(links: list[tuple[int, object]], link: int) -> str:
+    segments = []
+    while link > 0:
+        link, segment = links[link]
+        segments.append(segment)
+    path = ""
+    for segment in reversed(segments):
+        path = f"{path}[{segment}]" if type(segment) is int else _key_path(path, segment)
+    return path
 
 
 class _Duplicated(dict):
@@ -535,7 +553,6 @@ TURN_KEYS = frozenset({"from", "value"})
 TEXT_KEYS = frozenset({"text", "id", "meta", "metadata", "url", "timestamp", "source", "title"})
 
 _FAST_CHAT_KEYS = frozenset({"messages", "parallel_tool_calls", "id", "metadata"})
-_FAST_ALPACA_KEYS = frozenset({"instruction", "input", "output"})
 _FAST_MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "loss_weight"})
 _FAST_TEXT_PART_KEYS = frozenset({"type", "text"})
 _FAST_SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "id"})
@@ -569,10 +586,11 @@ def _gate_chat(obj: dict) -> str | None:
             if (
                 not content
                 or content.isspace()  # AttributeError unless a str
-                or len(m) != 2
                 or ("{" in content and "{{" in content)
             ):
                 return _gate_each_message(messages)
+            if len(m) != 2 and not _fine_extras(m):
+                return None
             role = m["role"]
             if role == "assistant":
                 has_assistant = True
@@ -583,6 +601,16 @@ def _gate_chat(obj: dict) -> str | None:
     return "chat" if has_assistant else None
 
 
+def _fine_extras(m: dict) -> bool:
+    """A message's keys besides role and content are known and of the right type."""
+    if not m.keys() <= _FAST_MESSAGE_KEYS:
+        return False
+    for key in ("weight", "loss_weight"):
+        if key in m and type(m[key]) is not int and type(m[key]) is not float:
+            return False
+    return "name" not in m or type(m["name"]) is str
+
+
 def _gate_each_message(messages: object) -> str | None:
     """The slower, fully defensive per-message gate: extra keys (weight, name), content parts."""
     if type(messages) is not list or not messages:
@@ -591,14 +619,8 @@ def _gate_each_message(messages: object) -> str | None:
     for i, m in enumerate(messages):
         if type(m) is not dict:
             return None
-        if len(m) != 2:
-            if not m.keys() <= _FAST_MESSAGE_KEYS:
-                return None
-            for key in ("weight", "loss_weight"):
-                if key in m and type(m[key]) is not int and type(m[key]) is not float:
-                    return None
-            if "name" in m and type(m["name"]) is not str:
-                return None
+        if len(m) != 2 and not _fine_extras(m):
+            return None
         role = m.get("role")
         if role == "assistant":
             has_assistant = True
@@ -623,30 +645,52 @@ def _gate_each_message(messages: object) -> str | None:
 
 
 def _gate_prompt_completion(obj: dict) -> str | None:
-    if len(obj) == 2 and _fine_text(obj.get("prompt")) and _fine_text(obj.get("completion")):
-        return "prompt-completion"
-    return None
+    try:
+        prompt = obj["prompt"]
+        completion = obj["completion"]
+        if (
+            len(obj) != 2
+            or not prompt
+            or not completion
+            or prompt.isspace()  # AttributeError unless a str
+            or completion.isspace()
+            or ("{" in prompt and "{{" in prompt)
+            or ("{" in completion and "{{" in completion)
+        ):
+            return None
+    except (KeyError, AttributeError):
+        return None
+    return "prompt-completion"
 
 
 def _gate_alpaca(obj: dict) -> str | None:
-    if not obj.keys() <= _FAST_ALPACA_KEYS:
+    try:
+        instruction = obj["instruction"]
+        output = obj["output"]
+        extra = obj.get("input", "")
+        if (
+            not instruction
+            or not output
+            or instruction.isspace()  # AttributeError unless a str
+            or output.isspace()
+            or ("{" in instruction and "{{" in instruction)
+            or ("{" in output and "{{" in output)
+            or type(extra) is not str
+            or ("{" in extra and "{{" in extra)
+            or (len(obj) != 2 and (len(obj) != 3 or "input" not in obj))
+        ):
+            return None
+    except (KeyError, AttributeError):
         return None
-    if not (_fine_text(obj.get("instruction")) and _fine_text(obj.get("output"))):
-        return None
-    extra = obj.get("input")
-    if extra is None:
-        return "alpaca" if len(obj) == 2 else None
-    return "alpaca" if type(extra) is str and not _may_have_placeholder(extra) else None
+    return "alpaca"
 
 
 def _gate_sharegpt(obj: dict) -> str | None:
     if len(obj) != 1 and not obj.keys() <= _FAST_SHAREGPT_KEYS:
         return None
-    tools = obj.get("tools")
-    if tools is not None and type(tools) is not str and type(tools) is not list:
+    if "tools" in obj and type(obj["tools"]) is not str and type(obj["tools"]) is not list:
         return None
-    system = obj.get("system")
-    if system is not None and (type(system) is not str or _may_have_placeholder(system)):
+    if "system" in obj and (type(obj["system"]) is not str or _may_have_placeholder(obj["system"])):
         return None
     turns = obj.get("conversations")
     try:
@@ -671,9 +715,18 @@ def _gate_sharegpt(obj: dict) -> str | None:
 
 
 def _gate_text(obj: dict) -> str | None:
-    if (len(obj) == 1 or obj.keys() <= TEXT_KEYS) and _fine_text(obj.get("text")):
-        return "text"
-    return None
+    try:
+        text = obj["text"]
+        if (
+            not text
+            or text.isspace()  # AttributeError unless a str
+            or ("{" in text and "{{" in text)
+            or (len(obj) != 1 and not obj.keys() <= TEXT_KEYS)
+        ):
+            return None
+    except (KeyError, AttributeError):
+        return None
+    return "text"
 
 
 def _gate_auto(obj: dict) -> str | None:
@@ -1263,16 +1316,14 @@ class _FileTally:
 class Report:
     """Aggregates results over lines and files: counts per code (and how many records each
     touched), the first ``max_examples`` examples per code, counts per detected kind.
-    A warning repeated on every message of every record stays one entry with a count."""
+    A warning repeated on every message of every record stays one entry with a count.
+
+    ``add`` is one dict update for a clean record; the totals are derived when asked."""
 
     max_examples: int = 5
-    records: int = 0
-    valid: int = 0
-    invalid: int = 0
-    blank: int = 0
-    kinds: dict[str, int] = field(default_factory=dict)
+    _counts: dict[tuple[object, str | None, bool], int] = field(default_factory=dict, repr=False)
+    _blank: dict[str, int] = field(default_factory=dict, repr=False)
     _codes: dict[str, _CodeTally] = field(default_factory=dict, repr=False)
-    _files: dict[str, _FileTally] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_examples, int) or self.max_examples < 0:
@@ -1280,36 +1331,61 @@ class Report:
                 f"max_examples must be a non-negative integer, got {self.max_examples!r}"
             )
 
-    def _file(self, file: object) -> _FileTally:
-        key = str(file)
-        tally = self._files.get(key)
-        if tally is None:
-            tally = self._files[key] = _FileTally()
-        return tally
-
     def add(self, file: object, line: int, result: RecordResult) -> None:
-        """Count one checked line."""
-        tally = self._file(file)
-        self.records += 1
-        tally.records += 1
-        kind = result.kind
-        if kind is not None:
-            self.kinds[kind] = self.kinds.get(kind, 0) + 1
-            tally.kinds[kind] = tally.kinds.get(kind, 0) + 1
-        if result.ok:
-            self.valid += 1
-            tally.valid += 1
-        else:
-            self.invalid += 1
-            tally.invalid += 1
+        """Count one checked line of ``file`` (a str or Path)."""
+        key = (file, result.kind, result.ok)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
         if result.issues:
             self._add_issues(str(file), line, result.issues)
 
     def add_blank(self, file: object, line: int) -> None:
         """Count a blank line the reader skipped (a warning, never an invalid record)."""
-        self.blank += 1
-        self._file(file).blank += 1
-        self._add_issues(str(file), line, (_warning("blank_line", "", "blank line skipped"),))
+        name = str(file)
+        self._blank[name] = self._blank.get(name, 0) + 1
+        self._add_issues(name, line, (_warning("blank_line", "", "blank line skipped"),))
+
+    def _files(self) -> dict[str, _FileTally]:
+        files: dict[str, _FileTally] = {}
+        for (file, kind, ok), n in self._counts.items():
+            tally = files.setdefault(str(file), _FileTally())
+            tally.records += n
+            if ok:
+                tally.valid += n
+            else:
+                tally.invalid += n
+            if kind is not None:
+                tally.kinds[kind] = tally.kinds.get(kind, 0) + n
+        for name, n in self._blank.items():
+            files.setdefault(name, _FileTally()).blank = n
+        return files
+
+    @property
+    def records(self) -> int:
+        """Lines checked (blank lines not included)."""
+        return sum(self._counts.values())
+
+    @property
+    def valid(self) -> int:
+        """Records without errors (warnings allowed)."""
+        return sum(n for (_, _, ok), n in self._counts.items() if ok)
+
+    @property
+    def invalid(self) -> int:
+        return sum(n for (_, _, ok), n in self._counts.items() if not ok)
+
+    @property
+    def blank(self) -> int:
+        return sum(self._blank.values())
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        """Records per detected kind, over all files."""
+        kinds: dict[str, int] = {}
+        for (_, kind, _), n in self._counts.items():
+            if kind is not None:
+                kinds[kind] = kinds.get(kind, 0) + n
+        return kinds
 
     def _add_issues(self, file: str, line: int, issues: tuple[Issue, ...]) -> None:
         counted: set[str] = set()
@@ -1347,7 +1423,7 @@ class Report:
 
     def mixed_files(self) -> dict[str, dict[str, int]]:
         """Files whose records are of more than one kind, with the counts."""
-        return {name: dict(t.kinds) for name, t in self._files.items() if len(t.kinds) > 1}
+        return {name: t.kinds for name, t in self._files().items() if len(t.kinds) > 1}
 
     def to_dict(self) -> dict:
         """A JSON-serialisable summary (``--json``)."""
@@ -1372,7 +1448,7 @@ class Report:
                     "kinds": dict(t.kinds),
                     "mixed_kinds": len(t.kinds) > 1,
                 }
-                for name, t in self._files.items()
+                for name, t in self._files().items()
             ],
             "issues": [
                 {
@@ -1402,8 +1478,9 @@ class Report:
             f" ({self.errors:,} errors, {self.warnings:,} warnings"
             + (f", {self.blank:,} blank lines skipped)" if self.blank else ")")
         ]
-        if self.kinds:
-            out.append("kinds: " + _counts(self.kinds))
+        kinds = self.kinds
+        if kinds:
+            out.append("kinds: " + _counts(kinds))
         for name, kinds in self.mixed_files().items():
             out.append(f"mixed kinds in {name}: {_counts(kinds)}")
         for code, t in self._ordered():

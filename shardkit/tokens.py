@@ -1,0 +1,169 @@
+"""Token counting: load a Hugging Face tokenizer, pick the text of a record, count in batches.
+
+The `tokenizers` package is optional (``pip install 'shardkit[tokens]'``) and imported only
+when a tokenizer is loaded, so nothing else in shardkit pays for it.
+
+Counts are of the record's *text* (`record_text`) without special tokens: a chat template
+adds a few tokens per message on top, so treat the numbers as a close lower bound when
+comparing with a trainer's ``max_seq_length``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import InputError, UsageError
+
+__all__ = ["TokenizerLike", "count_tokens", "load_tokenizer", "record_text", "text_parts"]
+
+TOKENIZER_FILE = "tokenizer.json"
+SEPARATOR = "\n"  # between the parts of one record's text
+
+
+class TokenizerLike(Protocol):
+    """What shardkit needs of a tokenizer: `tokenizers.Tokenizer` has it."""
+
+    def encode_batch(self, inputs: list[str], add_special_tokens: bool = ...) -> list[Any]: ...
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a `tokenizers.Tokenizer` from a ``tokenizer.json`` file or a model folder holding one.
+
+    Truncation and padding stored in the file are switched off, so counts are never capped.
+    Raises `UsageError` when the `tokenizers` package is missing and `InputError` when the
+    path has no readable tokenizer.
+    """
+    file = _tokenizer_file(Path(path))
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UsageError(
+            "counting tokens needs the 'tokenizers' package: pip install 'shardkit[tokens]'"
+        ) from None
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises plain Exception subclasses for bad files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{file}: not a Hugging Face tokenizer file ({reason})") from None
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _tokenizer_file(path: Path) -> Path:
+    if path.is_dir():
+        file = path / TOKENIZER_FILE
+        if not file.is_file():
+            raise InputError(
+                f"{path}: no {TOKENIZER_FILE} in this folder "
+                "(expected a Hugging Face model folder such as models/Qwen3-0.6B/)"
+            )
+        return file
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder (expected {TOKENIZER_FILE} or a model folder)")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (expected {TOKENIZER_FILE} or a model folder)")
+    return path
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Tokens in each text (no special tokens), encoded as one batch on all cores."""
+    if not texts:
+        return []
+    encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
+    return [len(encoding) for encoding in encode(texts, add_special_tokens=False)]
+
+
+# --------------------------------------------------------------- the text of a record
+
+
+def record_text(obj: object, kind: str | None) -> str:
+    """The text that gets tokenized for a record of `kind`, its parts joined by newlines.
+
+    chat: every message's content (a string, or a list of parts with ``text`` or
+    ``value``); sharegpt: every turn's ``value``; alpaca: system, history, instruction,
+    input, output; prompt-completion: prompt, completion; text: text. Empty parts and
+    values of the wrong type are left out; an unknown kind gives ''.
+    """
+    return SEPARATOR.join(text_parts(obj, kind))
+
+
+def text_parts(obj: object, kind: str | None) -> list[str]:
+    """The non-empty strings `record_text` joins (stats sums their lengths without joining)."""
+    if type(obj) is not dict:
+        return []
+    extract = _EXTRACTORS.get(kind)  # type: ignore[arg-type]
+    return extract(obj) if extract is not None else []
+
+
+def _chat_parts(obj: dict) -> list[str]:
+    messages = obj.get("messages")
+    parts: list[str] = []
+    if type(messages) is not list:
+        return parts
+    append = parts.append
+    for message in messages:
+        if type(message) is dict:
+            content = message.get("content")
+            if type(content) is str:  # the common case, inline
+                if content:
+                    append(content)
+            elif type(content) is list:
+                add_content_parts(parts, content)
+    return parts
+
+
+def add_content_parts(parts: list[str], content: list) -> None:
+    """Append the text of a list of content parts: strings, or objects with text or value."""
+    for part in content:
+        if type(part) is str:
+            text = part
+        elif type(part) is dict:
+            text = part.get("text")
+            if type(text) is not str:
+                text = part.get("value")
+        else:
+            continue
+        if type(text) is str and text:
+            parts.append(text)
+
+
+def _sharegpt_parts(obj: dict) -> list[str]:
+    turns = obj.get("conversations")
+    if type(turns) is not list:
+        return []
+    return [v for t in turns if type(t) is dict and type(v := t.get("value")) is str and v]
+
+
+def _alpaca_parts(obj: dict) -> list[str]:
+    parts = _strings(obj, ("system",))
+    history = obj.get("history")
+    if type(history) is list:
+        for pair in history:
+            if type(pair) is list:
+                parts.extend(s for s in pair if type(s) is str and s)
+    parts.extend(_strings(obj, ("instruction", "input", "output")))
+    return parts
+
+
+def _strings(obj: dict, keys: Sequence[str]) -> list[str]:
+    return [v for k in keys if type(v := obj.get(k)) is str and v]
+
+
+def _prompt_completion_parts(obj: dict) -> list[str]:
+    return _strings(obj, ("prompt", "completion"))
+
+
+def _text_parts(obj: dict) -> list[str]:
+    return _strings(obj, ("text",))
+
+
+_EXTRACTORS = {
+    "chat": _chat_parts,
+    "sharegpt": _sharegpt_parts,
+    "alpaca": _alpaca_parts,
+    "prompt-completion": _prompt_completion_parts,
+    "text": _text_parts,
+}
