@@ -281,6 +281,64 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def validate(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst, - for stdin) or .json array files.", show_default=False)],
+    kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, or auto (detect per record).")] = "auto",
+    max_errors: Annotated[int, typer.Option("--max-errors", help="Exit 0 while invalid records are at most N.", min=0)] = 0,
+    max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the exit code and errors.")] = False,
+) -> None:
+    """Check every record: JSON, UTF-8, kind; report file:line, JSON path and what is wrong.
+
+    Exit 0 when invalid records <= --max-errors, 1 otherwise, 3 for unreadable input.
+
+    Example: shardkit validate data.jsonl --kind chat --rejects bad.jsonl
+    """
+    from .scan import validate_files
+
+    with exit_on_error():
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        with _progress(total, not (quiet or json_output), "validate") as progress:
+            result = validate_files(
+                inputs, kind=kind, max_errors=max_errors,
+                max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
+                rejects=rejects, progress=progress,
+            )
+    if json_output:
+        _print_json(result.to_dict())
+    elif not quiet:
+        for line in result.report.lines():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
+) -> None:
+    """Records, kinds, messages and turns, length percentiles, histogram, exact duplicates, tokens.
+
+    Example: shardkit stats train.jsonl --tokenizer models/Qwen3-0.6B
+    """
+    from .stats import compute_stats, render_stats
+
+    with exit_on_error():
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        with _progress(total, not json_output, "stats") as progress:
+            report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+    if json_output:
+        _print_json(report)
+    else:
+        for line in render_stats(report):
+            typer.echo(line)
+
+
 def main() -> None:
     """Console entry point."""
     try:
