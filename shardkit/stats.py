@@ -35,7 +35,6 @@ import orjson
 
 from .errors import UsageError
 from .io import InputSpec, InputStream, format_size, inspect_input
-from .records import LineSource
 from .tokens import SEPARATOR, add_content_parts, count_tokens, load_tokenizer, text_parts
 from .validate import KINDS, decode_line, detect_kind
 
@@ -62,8 +61,10 @@ class RecordSource(Protocol):
 
 
 def open_source(spec: InputSpec, stream: Any) -> RecordSource:
-    """The record source for one input: JSON Lines for now (a JSON-array source slots in here)."""
-    return LineSource(stream)
+    """The record source for one input: JSON Lines, or a streamed `.json` array."""
+    from .scan import open_records
+
+    return open_records(spec.path, stream)
 
 
 class _CountingReader:

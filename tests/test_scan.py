@@ -46,3 +46,18 @@ def test_validate_missing_and_broken_array(tmp_path):
     r = run_cli("validate", src)
     assert r.returncode == 1 and r.stderr.decode().startswith(f"shardkit: error: {src}: expected ',' or ']' after element")
     assert b"Traceback" not in r.stderr
+
+
+def test_stats_reads_json_arrays_and_finds_duplicates(tmp_path):
+    src = tmp_path / "alpaca.json"
+    src.write_bytes(
+        b'[\n  {"instruction": "a", "input": "", "output": "b"},\n'
+        b'  {"output": "b", "input": "", "instruction": "a"},\n  {"instruction": "c", "output": "d"}\n]\n'
+    )
+    r = run_cli("stats", src, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = orjson.loads(r.stdout)
+    section = doc["inputs"][0]
+    assert section["records"] == 3 and section["kinds"]["alpaca"] == 3
+    assert section["duplicates"]["records"] == 1
+    assert section["duplicates"]["first"][0]["line"] == 3 and section["duplicates"]["first"][0]["duplicates_line"] == 2
