@@ -285,6 +285,7 @@ def verify(
 def validate(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst, - for stdin) or .json array files.", show_default=False)],
     kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, or auto (detect per record).")] = "auto",
+    schema: Annotated[Path | None, typer.Option("--schema", help="Validate against this JSON Schema (Draft 2020-12) instead of a built-in kind.", show_default=False)] = None,
     max_errors: Annotated[int, typer.Option("--max-errors", help="Exit 0 while invalid records are at most N.", min=0)] = 0,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
     rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
@@ -303,7 +304,7 @@ def validate(
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with _progress(total, not (quiet or json_output), "validate") as progress:
             result = validate_files(
-                inputs, kind=kind, max_errors=max_errors,
+                inputs, kind=kind, schema=schema, max_errors=max_errors,
                 max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
                 rejects=rejects, progress=progress,
             )

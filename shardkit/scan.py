@@ -12,11 +12,19 @@ from pathlib import Path
 
 import orjson
 
-from .errors import DataError
+from .errors import DataError, InputError, UsageError
 from .io import InputStream, atomic_write, inspect_input
 from .jsonarray import JsonArraySource, is_json_array
 from .records import LineSource
-from .validate import DEFAULT_MAX_LINE_BYTES, Report, Validator, format_issue
+from .validate import (
+    DEFAULT_MAX_LINE_BYTES,
+    Issue,
+    RecordResult,
+    Report,
+    Validator,
+    decode_line,
+    format_issue,
+)
 
 _HEAD = 4096
 
@@ -49,6 +57,44 @@ def open_records(path: str, stream: InputStream):
     return LineSource(reader)
 
 
+class SchemaValidator:
+    """Any JSON Schema (Draft 2020-12) instead of a built-in kind; same `check` as Validator."""
+
+    def __init__(self, schema_path: str | os.PathLike, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            schema = orjson.loads(Path(schema_path).read_bytes())
+        except OSError as e:
+            raise InputError(f"{schema_path}: cannot read schema: {e.strerror}") from None
+        except orjson.JSONDecodeError as e:
+            raise UsageError(f"{schema_path}: schema is not valid JSON: {e}") from None
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            raise UsageError(f"{schema_path}: not a valid JSON Schema: {e.message}") from None
+        self._validator = Draft202012Validator(schema)
+        self._max_line_bytes = max_line_bytes
+
+    def check(self, raw) -> RecordResult:
+        obj, issue = decode_line(bytes(raw).rstrip(b"\n"), max_line_bytes=self._max_line_bytes)
+        if issue is not None:
+            return RecordResult(None, None, (issue,), False)
+        issues = tuple(
+            Issue("schema", "error", _json_path(e.absolute_path), e.message)
+            for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+        )
+        return RecordResult(obj, "schema", issues, not issues)
+
+
+def _json_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 @dataclass
 class ValidationResult:
     report: Report
@@ -69,6 +115,7 @@ def validate_files(
     inputs: Sequence[str],
     *,
     kind: str = "auto",
+    schema: str | os.PathLike | None = None,
     max_errors: int = 0,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     rejects: str | os.PathLike | None = None,
@@ -82,7 +129,10 @@ def validate_files(
     written atomically at the end.
     """
     specs = [inspect_input(p) for p in inputs]
-    validator = Validator(kind, max_line_bytes=max_line_bytes)
+    if schema is not None:
+        validator = SchemaValidator(schema, max_line_bytes=max_line_bytes)
+    else:
+        validator = Validator(kind, max_line_bytes=max_line_bytes)
     report = Report(max_examples=examples)
     reject_lines: list[bytes] = []
     result = ValidationResult(report, max_errors, Path(rejects) if rejects else None)

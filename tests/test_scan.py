@@ -61,3 +61,23 @@ def test_stats_reads_json_arrays_and_finds_duplicates(tmp_path):
     assert section["records"] == 3 and section["kinds"]["alpaca"] == 3
     assert section["duplicates"]["records"] == 1
     assert section["duplicates"]["first"][0]["line"] == 3 and section["duplicates"]["first"][0]["duplicates_line"] == 2
+
+
+def test_validate_against_json_schema(tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_bytes(
+        b'{"type":"object","required":["text"],"properties":{"text":{"type":"string","minLength":1},'
+        b'"meta":{"type":"object","properties":{"n":{"type":"integer"}}}}}'
+    )
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(b'{"text":"ok"}\n{"text":""}\n{"meta":{"n":"x"}}\n')
+    r = run_cli("validate", src, "--schema", schema)
+    assert r.returncode == 1
+    out = r.stdout.decode()
+    assert f"{src}:2: text: '' should be non-empty" in out
+    assert f"{src}:3: meta.n: 'x' is not of type 'integer'" in out
+    assert f"{src}:3: 'text' is a required property" in out
+    assert "1 valid, 2 invalid" in out
+    schema.write_bytes(b'{"type": 12}')
+    r = run_cli("validate", src, "--schema", schema)
+    assert r.returncode == 2 and r.stderr.decode().startswith(f"shardkit: error: {schema}: not a valid JSON Schema")
