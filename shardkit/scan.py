@@ -4,7 +4,6 @@ write rejects with their original bytes, and report. `shardkit validate` is one 
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from .errors import DataError, InputError, UsageError
 from .io import InputStream, atomic_write, inspect_input
 from .jsonarray import JsonArraySource, is_json_array
 from .records import LineSource
+from .shard import reject_record
 from .validate import (
     DEFAULT_MAX_LINE_BYTES,
     Issue,
@@ -159,13 +159,7 @@ def validate_files(
 
 
 def _reject(display: str, line: int, offset: int, res, raw: bytes) -> bytes:
-    body = raw[:-1] if raw.endswith(b"\n") else raw
     errors = [i for i in res.issues if i.severity == "error"]
-    rec = {"source": display, "line": line, "offset": offset,
-           "code": errors[0].code if errors else "invalid",
-           "reason": "; ".join(format_issue(display, line, i).split(": ", 1)[1] for i in errors)}
-    try:
-        rec["raw"] = bytes(body).decode("utf-8")
-    except UnicodeDecodeError:
-        rec["raw_b64"] = base64.b64encode(bytes(body)).decode("ascii")
-    return orjson.dumps(rec) + b"\n"
+    reason = "; ".join(format_issue(display, line, i).split(": ", 1)[1] for i in errors)
+    code = errors[0].code if errors else "invalid"
+    return orjson.dumps(reject_record(display, line, offset, code, reason, raw)) + b"\n"

@@ -294,10 +294,10 @@ def _unlink_if_exists(path: Path) -> None:
         pass
 
 
-def reject_record(spec: InputSpec, line: int, offset: int, code: str, reason: str, raw: bytes) -> dict:
+def reject_record(source: str, line: int, offset: int, code: str, reason: str, raw: bytes) -> dict:
     """A rejects-file line: where the record was, why, and its original bytes."""
-    body = raw[:-1] if raw.endswith(NL) else raw
-    record = {"source": spec.display, "line": line, "offset": offset, "code": code, "reason": reason}
+    body = bytes(raw[:-1] if raw.endswith(NL) else raw)
+    record = {"source": source, "line": line, "offset": offset, "code": code, "reason": reason}
     try:
         record["raw"] = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -562,7 +562,7 @@ class _Splitter:
             )
         if self.opts.oversize == "reject":
             reason = f"record is {size} bytes, larger than --max-bytes {limit}"
-            self.rejects.add(reject_record(self._spec, line, block.offset + pos - block.start, "oversize", reason, block.buf[pos:line_end]))
+            self.rejects.add(reject_record(self._spec.display, line, block.offset + pos - block.start, "oversize", reason, block.buf[pos:line_end]))
             self._read += 1
             self._rejected += 1
             self.oversize_rejected += 1
