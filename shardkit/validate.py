@@ -777,6 +777,22 @@ def _check_string(
         issues.append(_error("wrong_type", path, f"expected a string, got {_type_name(value)}"))
 
 
+def _checked_role(
+    turn: dict, key: str, path: str, allowed: tuple[str, ...], aliases: dict, issues: list[Issue]
+) -> str | None:
+    """The turn's role (chat `role`, sharegpt `from`) when valid; else None, with the issue added."""
+    role = turn.get(key)
+    if key not in turn:
+        issues.append(_missing(f"{path}.{key}", key))
+    elif type(role) is not str:
+        issues.append(_error("wrong_type", f"{path}.{key}", f"expected a string, got {_type_name(role)}"))
+    elif role not in allowed:
+        issues.append(_role_issue(role, f"{path}.{key}", allowed, aliases))
+    else:
+        return role
+    return None
+
+
 def _check_unknown_keys(
     obj: dict,
     known: frozenset[str],
@@ -851,17 +867,8 @@ def _explain_messages(
             role_trouble = True
             continue
         _check_unknown_keys(message, MESSAGE_KEYS, path, issues, _KEY_ALIASES)
-        role = message.get("role")
-        if "role" not in message:
-            issues.append(_missing(f"{path}.role", "role"))
-            role_trouble = True
-        elif type(role) is not str:
-            issues.append(
-                _error("wrong_type", f"{path}.role", f"expected a string, got {_type_name(role)}")
-            )
-            role_trouble = True
-        elif role not in CHAT_ROLES:
-            issues.append(_role_issue(role, f"{path}.role", CHAT_ROLES, _ROLE_ALIASES))
+        role = _checked_role(message, "role", path, CHAT_ROLES, _ROLE_ALIASES, issues)
+        if role is None:
             role_trouble = True
         else:
             roles_seen.append(role)
@@ -1134,17 +1141,8 @@ def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
             trouble = True
             continue
         _check_unknown_keys(turn, TURN_KEYS, path, issues, _TURN_KEY_ALIASES)
-        role = turn.get("from")
-        if "from" not in turn:
-            issues.append(_missing(f"{path}.from", "from"))
-            trouble = True
-        elif type(role) is not str:
-            issues.append(
-                _error("wrong_type", f"{path}.from", f"expected a string, got {_type_name(role)}")
-            )
-            trouble = True
-        elif role not in SHAREGPT_ROLES:
-            issues.append(_role_issue(role, f"{path}.from", SHAREGPT_ROLES, _FROM_ALIASES))
+        role = _checked_role(turn, "from", path, SHAREGPT_ROLES, _FROM_ALIASES, issues)
+        if role is None:
             trouble = True
         else:
             seen.append(role)
