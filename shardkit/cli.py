@@ -93,6 +93,18 @@ def _size_option(value: str | None, flag: str) -> int | None:
         raise typer.BadParameter(str(e).replace("invalid size", f"{flag}: invalid size")) from None
 
 
+def _jobs_option(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"expected a positive number or auto, got {value!r}", param_hint="--jobs")
+    return n
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"shardkit {__version__}")
@@ -154,6 +166,18 @@ def split(
     rejects: Annotated[
         str, typer.Option("--rejects", help="Name of the rejects file inside OUT (original bytes + file, line, reason).")
     ] = "rejects.jsonl",
+    validate: Annotated[
+        str | None,
+        typer.Option(
+            "--validate",
+            help="Check every record in the same pass: a kind (chat, prompt-completion, alpaca, sharegpt, text), auto, or a JSON Schema file; invalid records go to the rejects file.",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="With --validate: records longer than N tokens are rejected (needs --tokenizer).", min=1, show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one, for --max-tokens.", show_default=False)] = None,
+    max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="With --validate: longer lines are invalid and not decoded.")] = "16MiB",
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --validate: worker processes, a number or auto (all cores for inputs over 32 MiB).")] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
     ] = False,
@@ -171,12 +195,21 @@ def split(
     manifest.json + SHA256SUMS are rewritten after every shard, so an interrupted
     run continues with --resume.
 
-    Example: shardkit split big.jsonl -o shards/ --max-records 50000
+    Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
     """
+    from .check import CheckOptions
     from .shard import SplitOptions
     from .shard import split as run_split
 
     with exit_on_error():
+        check = None
+        if validate is not None:
+            check = CheckOptions.from_spec(
+                validate, max_tokens=max_tokens, tokenizer=str(tokenizer) if tokenizer else None,
+                max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
+            )
+        elif max_tokens is not None or tokenizer is not None:
+            raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
         options = SplitOptions(
             max_records=max_records,
             max_bytes=_size_option(max_bytes, "--max-bytes"),
@@ -184,6 +217,7 @@ def split(
             oversize=oversize,
             name=name,
             rejects=rejects,
+            check=check,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -197,6 +231,7 @@ def split(
                 dry_run=dry_run,
                 progress=progress,
                 warn=_warn_printer(quiet or json_output),
+                jobs=_jobs_option(jobs),
             )
     if json_output:
         _print_json(result.summary())
@@ -222,6 +257,11 @@ def _render_split(result) -> None:
     typer.echo(
         f"records: {c['read']:,} lines read = {c['written']:,} written + {c['rejected']:,} rejected + {c['blank']:,} blank"
     )
+    if result.validation is not None:
+        note = " (this resumed part only)" if result.resumed else ""
+        typer.echo(f"validation{note}:")
+        for line in result.validation.lines():
+            typer.echo(f"  {line}")
     if not result.dry_run:
         typer.echo(f"manifest: {result.out / 'manifest.json'}  (check: cd {result.out} && sha256sum -c SHA256SUMS)")
 
@@ -289,6 +329,9 @@ def validate(
     max_errors: Annotated[int, typer.Option("--max-errors", help="Exit 0 while invalid records are at most N.", min=0)] = 0,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
     rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Records longer than N tokens are invalid (needs --tokenizer).", min=1, show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="Worker processes: a number, or auto (all cores for inputs over 32 MiB).")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the exit code and errors.")] = False,
 ) -> None:
@@ -306,7 +349,8 @@ def validate(
             result = validate_files(
                 inputs, kind=kind, schema=schema, max_errors=max_errors,
                 max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
-                rejects=rejects, progress=progress,
+                max_tokens=max_tokens, tokenizer=tokenizer,
+                rejects=rejects, jobs=_jobs_option(jobs), progress=progress,
             )
     if json_output:
         _print_json(result.to_dict())

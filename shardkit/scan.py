@@ -11,20 +11,15 @@ from pathlib import Path
 
 import orjson
 
-from .errors import DataError, InputError, UsageError
-from .io import InputStream, atomic_write, inspect_input
+from .check import POOL_MIN_BYTES, CheckOptions, Checks, SchemaValidator, auto_jobs
+from .errors import ConflictError, DataError
+from .io import InputStream, commit_file, create_temp, env_error, inspect_input, write_all
 from .jsonarray import JsonArraySource, is_json_array
-from .records import LineSource
+from .records import BlockReader, LineSource
 from .shard import reject_record
-from .validate import (
-    DEFAULT_MAX_LINE_BYTES,
-    Issue,
-    RecordResult,
-    Report,
-    Validator,
-    decode_line,
-    format_issue,
-)
+from .validate import DEFAULT_MAX_LINE_BYTES, Report
+
+__all__ = ["SchemaValidator", "ValidationResult", "open_records", "validate_files"]
 
 _HEAD = 4096
 
@@ -57,44 +52,6 @@ def open_records(path: str, stream: InputStream):
     return LineSource(reader)
 
 
-class SchemaValidator:
-    """Any JSON Schema (Draft 2020-12) instead of a built-in kind; same `check` as Validator."""
-
-    def __init__(self, schema_path: str | os.PathLike, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError
-
-        try:
-            schema = orjson.loads(Path(schema_path).read_bytes())
-        except OSError as e:
-            raise InputError(f"{schema_path}: cannot read schema: {e.strerror}") from None
-        except orjson.JSONDecodeError as e:
-            raise UsageError(f"{schema_path}: schema is not valid JSON: {e}") from None
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as e:
-            raise UsageError(f"{schema_path}: not a valid JSON Schema: {e.message}") from None
-        self._validator = Draft202012Validator(schema)
-        self._max_line_bytes = max_line_bytes
-
-    def check(self, raw) -> RecordResult:
-        obj, issue = decode_line(bytes(raw).rstrip(b"\n"), max_line_bytes=self._max_line_bytes)
-        if issue is not None:
-            return RecordResult(None, None, (issue,), False)
-        issues = tuple(
-            Issue("schema", "error", _json_path(e.absolute_path), e.message)
-            for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-        )
-        return RecordResult(obj, "schema", issues, not issues)
-
-
-def _json_path(parts) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 @dataclass
 class ValidationResult:
     report: Report
@@ -118,48 +75,149 @@ def validate_files(
     schema: str | os.PathLike | None = None,
     max_errors: int = 0,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_tokens: int | None = None,
+    tokenizer: str | os.PathLike | None = None,
     rejects: str | os.PathLike | None = None,
     examples: int = 5,
+    jobs: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ValidationResult:
     """Validate every record of every input; never stops at a bad record.
 
     records read = valid + invalid (blank lines are counted apart, as warnings).
     Invalid records go to `rejects` (JSONL: source, line, offset, reasons, original bytes),
-    written atomically at the end.
+    streamed to a temporary file and published under its name only at the end.
+    `jobs`: worker processes (None: all cores for inputs over 32 MiB, else one).
     """
+    options = CheckOptions(
+        kind=kind, schema=os.fspath(schema) if schema is not None else None,
+        max_line_bytes=max_line_bytes, max_tokens=max_tokens,
+        tokenizer=os.fspath(tokenizer) if tokenizer is not None else None, examples=examples,
+    )
     specs = [inspect_input(p) for p in inputs]
-    if schema is not None:
-        validator = SchemaValidator(schema, max_line_bytes=max_line_bytes)
-    else:
-        validator = Validator(kind, max_line_bytes=max_line_bytes)
+    if jobs is None:
+        sizes = [s.size for s in specs]
+        jobs = auto_jobs(None if None in sizes else sum(sizes))
     report = Report(max_examples=examples)
-    reject_lines: list[bytes] = []
     result = ValidationResult(report, max_errors, Path(rejects) if rejects else None)
-    for spec in specs:
-        seen = 0
-        with InputStream(spec) as stream:
-            source = open_records(spec.path, stream)
-            try:
-                for line, offset, raw in source:
-                    res = validator.check(raw)
-                    report.add(spec.display, line, res)
-                    if not res.ok and rejects is not None:
-                        reject_lines.append(_reject(spec.display, line, offset, res, raw))
-                    if progress and stream.raw_bytes - seen > 1 << 20:
-                        progress(stream.raw_bytes - seen)
-                        seen = stream.raw_bytes
-            except DataError as e:
-                raise DataError(f"{spec.display}: {e}") from None
-            for _ in range(source.blank):
-                report.add_blank(spec.display, 0)
-    if rejects is not None and reject_lines:
-        atomic_write(Path(rejects), b"".join(reject_lines), replace=False)
+    sink = RejectsSink(Path(rejects)) if rejects is not None else None
+    try:
+        with Checks(options, jobs) as checks:
+            for spec in specs:
+                _validate_one(spec, checks, report, sink, progress)
+        if sink is not None:
+            sink.publish()
+    finally:
+        if sink is not None:
+            sink.abort()
     return result
 
 
-def _reject(display: str, line: int, offset: int, res, raw: bytes) -> bytes:
-    errors = [i for i in res.issues if i.severity == "error"]
-    reason = "; ".join(format_issue(display, line, i).split(": ", 1)[1] for i in errors)
-    code = errors[0].code if errors else "invalid"
-    return orjson.dumps(reject_record(display, line, offset, code, reason, raw)) + b"\n"
+def _validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:
+    display = spec.display
+    with InputStream(spec) as stream:
+        head = stream.read(_HEAD)
+        if (
+            checks.jobs > 1
+            and spec.compression is None
+            and not spec.is_stdin
+            and spec.size is not None
+            and spec.size >= POOL_MIN_BYTES
+            and not is_json_array(spec.path, head)
+        ):
+            _validate_ranges(spec, checks, report, sink, progress)
+            return
+        reader = _HeadFirst(head, stream)
+        seen = 0
+        try:
+            if is_json_array(spec.path, head):
+                source = JsonArraySource(reader)
+                batch: list[tuple[int, int, bytes]] = []
+                for record in source:
+                    batch.append(record)
+                    if len(batch) >= _ARRAY_BATCH:
+                        _take(checks.local.check_records(batch, display), report, sink, display, batch_raw(batch))
+                        batch = []
+                _take(checks.local.check_records(batch, display), report, sink, display, batch_raw(batch))
+                return
+            blocks = BlockReader(reader)
+            for block, verdict in checks.checked(blocks, display):
+                _take(verdict, report, sink, display, block_raw(block))
+                if progress and stream.raw_bytes - seen > 1 << 20:
+                    progress(stream.raw_bytes - seen)
+                    seen = stream.raw_bytes
+        except DataError as e:
+            raise DataError(f"{display}: {e}") from None
+
+
+_ARRAY_BATCH = 1024
+
+
+def _validate_ranges(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:
+    """A large plain file: workers read and check byte ranges of it in parallel."""
+    for part in checks.checked_file(spec.path, spec.display, spec.size, want_raw=sink is not None):
+        report.merge(part.report, line_shift=part.line_shift)
+        if sink is not None:
+            for bad, raw in zip(part.bad, part.raws, strict=True):
+                sink.add(reject_record(spec.display, bad.line, bad.start, bad.code, bad.reason, raw))
+        if progress:
+            progress(part.end - part.start)
+
+
+def block_raw(block):
+    """For a checked block: a Bad's positions are relative to the block's start."""
+    buf, s, base = block.buf, block.start, block.offset
+    return lambda b: (base + b.start, buf[s + b.start : s + b.end])
+
+
+def batch_raw(batch: list[tuple[int, int, bytes]]):
+    """For records checked one by one: a Bad's start is the record's offset."""
+    raws = {offset: raw for _, offset, raw in batch}
+    return lambda b: (b.start, raws[b.start])
+
+
+def _take(verdict, report: Report, sink: RejectsSink | None, display: str, where) -> None:
+    report.merge(verdict.report)
+    if sink is not None:
+        for bad in verdict.bad:
+            offset, raw = where(bad)
+            sink.add(reject_record(display, bad.line, offset, bad.code, bad.reason, raw))
+
+
+class RejectsSink:
+    """Rejected records streamed to a temp file beside `final`; published (never replacing
+    an existing file) only when the run finishes, so a reader never sees half of it."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        if final.exists() or final.is_symlink():
+            raise ConflictError(f"{final}: already exists; choose another --rejects path (nothing is overwritten)")
+        self.records = 0
+        self._fd = -1
+        self._tmp: Path | None = None
+
+    def add(self, record: dict) -> None:
+        if self._fd < 0:
+            self._fd, self._tmp = create_temp(self.final.parent, self.final.name)
+        try:
+            write_all(self._fd, orjson.dumps(record) + b"\n")
+        except OSError as e:
+            raise env_error(e, self.final) from None
+        self.records += 1
+
+    def publish(self) -> None:
+        if self._fd >= 0 and self._tmp is not None:
+            fd, self._fd = self._fd, -1
+            commit_file(fd, self._tmp, self.final, replace=False)
+            self._tmp = None
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None

@@ -12,12 +12,14 @@ import base64
 import os
 import re
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from . import faults
+from .check import Bad, CheckOptions, Checks, Verdict, auto_jobs
 from .errors import ConflictError, DataError, Interrupted, UsageError
 from .io import (
     BackgroundHasher,
@@ -46,6 +48,7 @@ from .manifest import (
     write_manifest,
 )
 from .records import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
+from .validate import Report
 
 OVERSIZE_POLICIES = ("own-shard", "reject", "error")
 DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
@@ -70,6 +73,7 @@ class SplitOptions:
     name: str = DEFAULT_NAME
     rejects: str = DEFAULT_REJECTS
     block_size: int = BLOCK_SIZE
+    check: CheckOptions | None = None  # --validate: invalid records go to the rejects file
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -98,6 +102,7 @@ class SplitOptions:
             "format": "jsonl",
             "compression": None,
             "name": self.name,
+            "validate": self.check.params() if self.check else None,
         }
 
 
@@ -112,6 +117,7 @@ class SplitResult:
     already_complete: bool = False
     warnings: list[str] = field(default_factory=list)
     removed_temps: list[str] = field(default_factory=list)
+    validation: Report | None = None  # with --validate: what this run checked
 
     @property
     def counts(self) -> dict:
@@ -132,6 +138,7 @@ class SplitResult:
                 for f in m["files"]
             ],
             "rejects": m["rejects"],
+            "validation": self.validation.to_dict() if self.validation is not None else None,
             "warnings": self.warnings,
         }
 
@@ -337,8 +344,12 @@ class _Splitter:
         adopt_identical: bool,
         progress: Progress | None,
         warn: Warn,
+        checks: Checks | None = None,
     ) -> None:
         self.specs = specs
+        self.checks = checks
+        self.report = Report(max_examples=checks.options.examples) if checks else None
+        self.invalid = 0
         self.stems = input_stems([s.path for s in specs])
         self.out = out
         self.opts = options
@@ -438,6 +449,8 @@ class _Splitter:
 
     def _finish(self) -> None:
         entry = self.rejects.publish()
+        if self.invalid:
+            self.warn(f"{self.invalid} invalid record(s) written to {self.rejects.final.name}")
         if self.oversize_rejected:
             self.warn(
                 f"{self.oversize_rejected} record(s) larger than --max-bytes written to {self.rejects.final.name}"
@@ -458,9 +471,10 @@ class _Splitter:
         with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
             reader = BlockReader(stream, self.opts.block_size, start_offset=cp.offset, start_line=cp.line)
             seen = stream.raw_bytes
+            checked = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
             try:
-                for block in reader:
-                    self._feed_block(block)
+                for block, verdict in checked:
+                    self._feed_block(block, verdict)
                     if self.progress:
                         self.progress(stream.raw_bytes - seen)
                     seen = stream.raw_bytes
@@ -496,12 +510,41 @@ class _Splitter:
         q, r = divmod(total, n)
         return lambda i: min(q + (i < r), cap) if cap else q + (i < r)
 
-    def _feed_block(self, block: Block) -> None:
+    def _feed_block(self, block: Block, verdict: Verdict | None = None) -> None:
         runs, trailing = nonblank_runs(block)
+        if verdict is not None:
+            self.report.merge(verdict.report)
+            if verdict.bad:
+                self._feed_checked(block, runs, verdict.bad)
+                self._blank += trailing
+                return
         for run in runs:
             self._blank += run.blanks_before
             self._feed_run(block, run.start, run.end, run.first_line, run.lines)
         self._blank += trailing
+
+    def _feed_checked(self, block: Block, runs: list, bad: list[Bad]) -> None:
+        """Runs of records with the invalid ones cut out and sent to the rejects file."""
+        s, k = block.start, 0
+        for run in runs:
+            self._blank += run.blanks_before
+            pos, line, stop = run.start, run.first_line, run.first_line + run.lines
+            while k < len(bad) and s + bad[k].start < run.end:
+                b = bad[k]
+                if s + b.start > pos:
+                    self._feed_run(block, pos, s + b.start, line, b.line - line)
+                self._reject_invalid(block, b)
+                pos, line = s + b.end, b.line + 1
+                k += 1
+            if pos < run.end:
+                self._feed_run(block, pos, run.end, line, stop - line)
+
+    def _reject_invalid(self, block: Block, b: Bad) -> None:
+        raw = block.buf[block.start + b.start : block.start + b.end]
+        self.rejects.add(reject_record(self._spec.display, b.line, block.offset + b.start, b.code, b.reason, raw))
+        self._read += 1
+        self._rejected += 1
+        self.invalid += 1
 
     def _feed_run(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
         buf = block.buf
@@ -646,6 +689,7 @@ def split(
     dry_run: bool = False,
     progress: Progress | None = None,
     warn: Warn | None = None,
+    jobs: int | None = None,
 ) -> SplitResult:
     """Split JSONL inputs into shards in `out`, with manifest.json and SHA256SUMS.
 
@@ -669,8 +713,22 @@ def split(
             warn(msg)
 
     check_rel_name(options.rejects)
-    splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress, warn=_warn)
-    result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings)
+    with ExitStack() as stack:
+        checks = None
+        if options.check is not None:
+            if jobs is None:
+                sizes = [s.size for s in specs]
+                jobs = auto_jobs(None if None in sizes else sum(sizes))
+            checks = stack.enter_context(Checks(options.check, jobs))
+            checks.start()  # workers start now, before this process runs any thread
+        return _split(specs, out, options, checks, resume=resume, overwrite=overwrite,
+                      dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
+
+
+def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings) -> SplitResult:
+    splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
+                         warn=warn, checks=checks)
+    result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=splitter.report)
     old = _prepare_out(out, splitter, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result)
     if old is not None and old.get("complete"):
         result.manifest, result.already_complete = old, True
@@ -708,7 +766,13 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
         return None
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.exists():
-        others = [p.name for p in out.iterdir() if not p.name.startswith((".shardkit-", "."))]
+        # An empty SHA256SUMS is what a run killed between its first two writes leaves
+        # (the sums go first, listing no shard yet): ours, and replaced on the next write.
+        others = [
+            p.name for p in out.iterdir()
+            if not p.name.startswith((".shardkit-", "."))
+            and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)
+        ]
         if others:
             raise ConflictError(
                 f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "

@@ -39,6 +39,7 @@ Record level (path is a JSON path such as ``messages[2].role``):
                              (double-encoded?) | JSON but not an object (got ...)
   too_many_issues   warning  {n} more issues in this record not shown
   internal_error    error    validator bug: {exception}; please report it  (never expected; keeps a run alive)
+  too_many_tokens   error    {n:,} tokens, over --max-tokens {limit:,}   (added by shardkit.check with a tokenizer)
 Report level:
   blank_line        warning  blank line skipped   (``Report.add_blank``)
 
@@ -56,6 +57,7 @@ Decisions:
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -115,6 +117,7 @@ CODES: dict[str, str] = {
     "tool_arguments": WARNING,
     "too_many_issues": WARNING,
     "internal_error": ERROR,
+    "too_many_tokens": ERROR,
     "blank_line": WARNING,
 }
 
@@ -193,7 +196,13 @@ def _key_path(base: str, key: str) -> str:
 
 
 def _closest(word: str, choices: object) -> str | None:
-    matches = difflib.get_close_matches(_clip(word, 64), list(choices), n=1, cutoff=0.6)
+    return _closest_cached(_clip(word, 64), tuple(choices))
+
+
+@functools.lru_cache(maxsize=4096)
+def _closest_cached(word: str, choices: tuple[str, ...]) -> str | None:
+    # the same unknown key tends to repeat on thousands of records: difflib once per key
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 
@@ -1230,6 +1239,12 @@ class Validator:
             gate = _gate_auto if self.kind == "auto" else _GATES[self.kind]
         object.__setattr__(self, "_gate", gate)
 
+    @property
+    def gate(self):
+        """The allocation-free accept test for a decoded dict: its kind, or None (then call
+        `check`). A record the gate accepts has no issues; `check` would say the same."""
+        return self._gate
+
     def check(self, raw: bytes) -> RecordResult:
         """Validate one line (bytes-like, without its newline). Never raises."""
         if len(raw) > self.max_line_bytes:
@@ -1337,11 +1352,39 @@ class Report:
         if result.issues:
             self._add_issues(str(file), line, result.issues)
 
+    def add_clean(self, file: object, kind: str | None, n: int) -> None:
+        """Count `n` valid records of `kind` without issues (what `add` would do n times)."""
+        key = (file, kind, True)
+        self._counts[key] = self._counts.get(key, 0) + n
+
     def add_blank(self, file: object, line: int) -> None:
         """Count a blank line the reader skipped (a warning, never an invalid record)."""
         name = str(file)
         self._blank[name] = self._blank.get(name, 0) + 1
         self._add_issues(name, line, (_warning("blank_line", "", "blank line skipped"),))
+
+    def merge(self, other: Report, line_shift: int = 0) -> None:
+        """Add another report's counts; examples are kept in order up to ``max_examples``.
+
+        Merging per-block reports in input order gives the report one pass would give;
+        `line_shift` is added to the other report's line numbers (a part counted from 1)."""
+        counts = self._counts
+        for key, n in other._counts.items():
+            counts[key] = counts.get(key, 0) + n
+        for name, n in other._blank.items():
+            self._blank[name] = self._blank.get(name, 0) + n
+        for code, theirs in other._codes.items():
+            mine = self._codes.get(code)
+            if mine is None:
+                mine = self._codes[code] = _CodeTally(theirs.severity)
+            mine.count += theirs.count
+            mine.records += theirs.records
+            room = self.max_examples - len(mine.examples)
+            if room > 0:
+                mine.examples.extend(
+                    Example(e.file, e.line + line_shift, e.issue) if line_shift else e
+                    for e in theirs.examples[:room]
+                )
 
     def _files(self) -> dict[str, _FileTally]:
         files: dict[str, _FileTally] = {}

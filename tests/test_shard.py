@@ -245,6 +245,22 @@ def test_foreign_nonempty_out_is_refused(tmp_path, chat_file):
     assert (out / "precious.jsonl").read_bytes() == b"{}\n"
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_run_killed_before_its_first_manifest_can_be_rerun(tmp_path, chat_file, resume):
+    """The first write of a run is an empty SHA256SUMS, then the manifest: a kill between the
+    two leaves only the empty sums file, which a rerun (or --resume) takes over."""
+    src, data = chat_file
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "SHA256SUMS").write_bytes(b"")
+    split([src], out, SplitOptions(max_records=100), resume=resume)
+    assert concat_shards(out) == data
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "SHA256SUMS").write_bytes(b"abc  x\n")  # not ours: refused
+    with pytest.raises(ConflictError, match="not empty"):
+        split([src], tmp_path / "p", SplitOptions(max_records=100), resume=resume)
+
+
 def test_resume_of_complete_run_is_a_no_op_and_other_options_refused(tmp_path, chat_file):
     src, _ = chat_file
     out = tmp_path / "o"

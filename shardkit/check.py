@@ -1,0 +1,445 @@
+"""Checking records block by block: a validator (built-in kind or JSON Schema), an optional
+token limit, and an optional pool of worker processes so every core works on a large input.
+
+`validate` and `split --validate` both read an input as blocks of whole lines
+(`records.BlockReader`) and hand each block to `Checks.checked`, which yields the blocks back
+in input order, each with a `Verdict`: a partial `Report` and the invalid records' positions.
+The caller keeps the block's bytes, so rejects are written from the original bytes and
+valid records are copied as they were; only positions and issues cross process boundaries.
+
+Merging per-block reports in order gives exactly the report of a single pass, so the
+output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from .errors import InputError, UsageError
+from .records import Block, BlockReader
+from .tokens import count_tokens, load_tokenizer, record_text
+from .validate import (
+    DEFAULT_MAX_LINE_BYTES,
+    ERROR,
+    KINDS,
+    Issue,
+    RecordResult,
+    Report,
+    Validator,
+    decode_line,
+    detect_kind,
+)
+
+_BLANK_FIRST = frozenset(b" \t\r\n\x0b\x0c")
+# Below this size a pool costs more (worker start-up, ~0.2 s) than it saves.
+POOL_MIN_BYTES = 32 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions:
+    """What to check. Picklable: worker processes build their own `Checker` from it."""
+
+    kind: str = "auto"
+    schema: str | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_tokens: int | None = None
+    tokenizer: str | None = None
+    examples: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
+        if self.max_tokens is not None and self.tokenizer is None:
+            raise UsageError("--max-tokens needs --tokenizer PATH (a tokenizer.json or a model folder)")
+        if self.tokenizer is not None and self.max_tokens is None:
+            raise UsageError("--tokenizer needs --max-tokens N here (token lengths are in `shardkit stats --tokenizer`)")
+
+    @classmethod
+    def from_spec(cls, spec: str, **kw: Any) -> CheckOptions:
+        """`--validate KIND|auto|SCHEMA.json`: a kind name, or a path to a JSON Schema file."""
+        if spec == "auto" or spec in KINDS:
+            return cls(kind=spec, **kw)
+        if spec.endswith(".json") or os.sep in spec or os.path.isfile(spec):
+            return cls(schema=spec, **kw)
+        Validator(spec)  # raises UsageError with the list of kinds and a did-you-mean
+        raise AssertionError("unreachable")
+
+    def params(self) -> dict:
+        """What the manifest records about the check (same check -> same params)."""
+        return {
+            "kind": None if self.schema else self.kind,
+            "schema": self.schema,
+            "max_line_bytes": self.max_line_bytes,
+            "max_tokens": self.max_tokens,
+            "tokenizer": self.tokenizer,
+        }
+
+
+# ---------------------------------------------------------------- schema validator
+
+
+class SchemaValidator:
+    """Any JSON Schema (Draft 2020-12) instead of a built-in kind; same `check` as Validator."""
+
+    def __init__(self, schema_path: str | os.PathLike, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            schema = orjson.loads(Path(schema_path).read_bytes())
+        except IsADirectoryError:
+            raise InputError(f"{schema_path}: is a directory, expected a JSON Schema file") from None
+        except OSError as e:
+            raise InputError(f"{schema_path}: cannot read schema: {e.strerror}") from None
+        except orjson.JSONDecodeError as e:
+            raise UsageError(f"{schema_path}: schema is not valid JSON: {e}") from None
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            raise UsageError(f"{schema_path}: not a valid JSON Schema: {e.message}") from None
+        self._validator = Draft202012Validator(schema)
+        self._max_line_bytes = max_line_bytes
+
+    def check(self, raw) -> RecordResult:
+        obj, issue = decode_line(bytes(raw).rstrip(b"\r\n"), max_line_bytes=self._max_line_bytes)
+        if issue is not None:
+            return RecordResult(None, None, (issue,), False)
+        issues = tuple(
+            Issue("schema", ERROR, _json_path(e.absolute_path), e.message)
+            for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+        )
+        return RecordResult(obj, "schema", issues, not issues)
+
+
+def _json_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# ---------------------------------------------------------------- checking
+
+
+class Bad(NamedTuple):
+    """An invalid record: its line, its bytes [start, end) (newline included), why."""
+
+    line: int
+    start: int
+    end: int
+    code: str
+    reason: str
+
+
+class Verdict(NamedTuple):
+    report: Report
+    bad: list[Bad]
+    lines: int  # physical lines checked, blank ones included
+
+
+def reason_of(issues: Iterable[Issue]) -> tuple[str, str]:
+    """(first error code, all errors as one line) for a rejects entry."""
+    errors = [i for i in issues if i.severity == ERROR]
+    reason = "; ".join(f"{i.path}: {i.message}" if i.path else i.message for i in errors)
+    return (errors[0].code if errors else "invalid"), reason
+
+
+class Checker:
+    """Validates lines and, with a tokenizer, flags records over `max_tokens`."""
+
+    def __init__(self, options: CheckOptions) -> None:
+        self.options = options
+        if options.schema is not None:
+            self.validator: Any = SchemaValidator(options.schema, max_line_bytes=options.max_line_bytes)
+        else:
+            self.validator = Validator(options.kind, max_line_bytes=options.max_line_bytes)
+        self.tokenizer = load_tokenizer(options.tokenizer) if options.tokenizer else None
+
+    def check_lines(self, data: bytes, first_line: int, display: str) -> Verdict:
+        """Check whole lines (each ending in b"\\n"; blank lines are reported, not checked).
+
+        Positions in the verdict are relative to the start of `data`."""
+        report = Report(max_examples=self.options.examples)
+        entries: list[tuple[int, int, int, RecordResult]] = []
+        check = self.validator.check
+        gate = getattr(self.validator, "gate", None) if self.tokenizer is None else None
+        max_line = self.options.max_line_bytes
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        clean: dict[str | None, int] = {}
+        pos, line = 0, first_line
+        blank_first = _BLANK_FIRST
+        for raw in data.split(b"\n")[:-1]:
+            end = pos + len(raw) + 1
+            if gate is not None and len(raw) <= max_line:
+                # the hot path of Validator.check, inlined: decode, gate, count
+                try:
+                    obj = loads(raw)
+                except decode_error:
+                    obj = None
+                if type(obj) is dict:
+                    kind = gate(obj)
+                    if kind is not None:
+                        clean[kind] = clean.get(kind, 0) + 1
+                        pos, line = end, line + 1
+                        continue
+            if not raw or (raw[0] in blank_first and not raw.strip()):
+                report.add_blank(display, line)
+            else:
+                entries.append((line, pos, end, check(raw)))
+            pos, line = end, line + 1
+        for kind, n in clean.items():
+            report.add_clean(display, kind, n)
+        return self._finish(report, entries, display, line - first_line)
+
+    def check_records(self, records: Iterable[tuple[int, int, bytes]], display: str) -> Verdict:
+        """Check records given one by one as (line, offset, raw): positions are offsets."""
+        report = Report(max_examples=self.options.examples)
+        check = self.validator.check
+        entries = [(line, offset, offset + len(raw), check(raw)) for line, offset, raw in records]
+        return self._finish(report, entries, display, len(entries))
+
+    def _finish(self, report: Report, entries: list, display: str, lines: int) -> Verdict:
+        if self.tokenizer is not None:
+            self._limit_tokens(entries)
+        bad: list[Bad] = []
+        add = report.add
+        for line, start, end, res in entries:
+            add(display, line, res)
+            if not res.ok:
+                bad.append(Bad(line, start, end, *reason_of(res.issues)))
+        return Verdict(report, bad, lines)
+
+    def _limit_tokens(self, entries: list) -> None:
+        limit = self.options.max_tokens
+        ok = [i for i, e in enumerate(entries) if e[3].ok]
+        texts = []
+        for i in ok:
+            res = entries[i][3]
+            kind = res.kind if res.kind in KINDS else detect_kind(res.obj)
+            texts.append(record_text(res.obj, kind))
+        for i, n in zip(ok, count_tokens(self.tokenizer, texts), strict=True):
+            if n > limit:
+                line, start, end, res = entries[i]
+                issue = Issue("too_many_tokens", ERROR, "", f"{n:,} tokens, over --max-tokens {limit:,}")
+                entries[i] = (line, start, end, RecordResult(res.obj, res.kind, (*res.issues, issue), False))
+
+    def check_range(self, path: str, display: str, start: int, end: int, want_raw: bool) -> RangeVerdict:
+        """Check the lines of a plain file that begin in [start, end).
+
+        Line numbers in the verdict count from 1 at the range's first line (the caller adds
+        the lines of the ranges before); positions are file offsets. A line belongs to the
+        range its first byte is in, so consecutive ranges cover every line exactly once."""
+        report = Report(max_examples=self.options.examples)
+        bad: list[Bad] = []
+        raws: list[bytes] = []
+        lines = 0
+        with open(path, "rb", buffering=0) as f:
+            pos = _line_start_at(f, start)
+            if pos < end:
+                f.seek(pos)
+                for block in BlockReader(f):
+                    at = pos + block.offset
+                    if at >= end:
+                        break
+                    stop = block.end
+                    if at + (block.end - block.start) > end:  # a line begins at or after `end`
+                        stop = block.buf.find(b"\n", block.start + end - at - 1) + 1
+                    data = bytes(memoryview(block.buf)[block.start : stop])
+                    verdict = self.check_lines(data, lines + 1, display)
+                    block.lines = verdict.lines
+                    report.merge(verdict.report)
+                    for b in verdict.bad:
+                        bad.append(b._replace(start=at + b.start, end=at + b.end))
+                        if want_raw:
+                            raws.append(data[b.start : b.end])
+                    lines += verdict.lines
+                    if stop != block.end:
+                        break
+        return RangeVerdict(Verdict(report, bad, lines), raws)
+
+
+class RangeVerdict(NamedTuple):
+    verdict: Verdict
+    raws: list[bytes]  # the bad records' bytes, when asked for
+
+
+def _line_start_at(f, start: int) -> int:
+    """Offset of the first line that begins at or after `start`."""
+    if start == 0:
+        return 0
+    f.seek(start - 1)
+    pos = start - 1
+    while True:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            return pos
+        i = chunk.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(chunk)
+
+
+def ranges(size: int, jobs: int, piece: int | None = None) -> list[tuple[int, int]]:
+    """Cut [0, size) into pieces for `jobs` workers: 4 to 32 MiB, about 16 per worker."""
+    if piece is None:
+        piece = min(max(size // (jobs * 16), 4 << 20), 32 << 20)
+    return [(a, min(a + piece, size)) for a in range(0, size, piece)]
+
+
+# ---------------------------------------------------------------- in order, maybe in parallel
+
+_worker: Checker | None = None
+
+
+def _init_worker(options: CheckOptions) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    _worker = Checker(options)
+
+
+def _check_in_worker(data: bytes, first_line: int, display: str) -> Verdict:
+    assert _worker is not None
+    return _worker.check_lines(data, first_line, display)
+
+
+def _check_range_in_worker(path: str, display: str, start: int, end: int, want_raw: bool) -> RangeVerdict:
+    assert _worker is not None
+    return _worker.check_range(path, display, start, end, want_raw)
+
+
+def auto_jobs(total_bytes: int | None) -> int:
+    """Workers for `--jobs auto`: all cores (up to 8) for large or unknown-size input, else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or (total_bytes is not None and total_bytes < POOL_MIN_BYTES):
+        return 1
+    return min(cores, 8)
+
+
+def _context():
+    """fork when this process runs no other thread (workers start in milliseconds, with
+    everything imported); forkserver otherwise, since forking a threaded process can leave
+    a lock held forever in the child. A fork-context pool starts all its workers at the
+    first submit, before it starts its own manager thread."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["shardkit.check"])
+    return ctx
+
+
+class Checks:
+    """Check blocks in input order, in this process (jobs=1) or in `jobs` worker processes.
+
+    The options are checked here first (a bad schema or tokenizer fails before any work).
+    With a pool, up to 2*jobs blocks are in flight: memory is a few blocks, whatever the
+    input size. Use as a context manager so the pool is always shut down."""
+
+    def __init__(self, options: CheckOptions, jobs: int = 1) -> None:
+        self.options = options
+        self.local = Checker(options)
+        self.jobs = max(1, jobs)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Checks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the workers now (a fork-context pool forks them at its first task)."""
+        if self.jobs > 1:
+            self._get_pool().submit(int).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.jobs, mp_context=_context(), initializer=_init_worker, initargs=(self.options,)
+            )
+        return self._pool
+
+    def checked(self, blocks: Iterable[Block], display: str) -> Iterator[tuple[Block, Verdict]]:
+        """Each block with its verdict, in order; positions are relative to `block.start`."""
+        if self.jobs == 1:
+            for block in blocks:
+                data = bytes(memoryview(block.buf)[block.start : block.end])
+                verdict = self.local.check_lines(data, block.first_line, display)
+                block.lines = verdict.lines  # the reader need not count them again
+                yield block, verdict
+            return
+        pool = self._get_pool()
+        window: deque[tuple[Block, Future]] = deque()
+        depth = 2 * self.jobs
+        try:
+            for block in blocks:
+                data = bytes(memoryview(block.buf)[block.start : block.end])
+                window.append((block, pool.submit(_check_in_worker, data, block.first_line, display)))
+                if len(window) >= depth:
+                    done, future = window.popleft()
+                    yield done, future.result()
+            while window:
+                done, future = window.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in window:
+                future.cancel()
+
+    def checked_file(
+        self, path: str, display: str, size: int, *, want_raw: bool, piece: int | None = None
+    ) -> Iterator[FilePart]:
+        """A plain file checked as byte ranges by the workers, each reading its own range.
+
+        Yields the parts in order, bad line numbers made absolute; merge each part's report
+        with `line_shift=part.line_shift`. Only results pass through the parent."""
+        pool = self._get_pool()
+        window: deque[tuple[int, int, Future]] = deque()
+        lines = 0
+
+        def take() -> FilePart:
+            nonlocal lines
+            start, end, future = window.popleft()
+            verdict, raws = future.result()
+            shift = lines
+            lines += verdict.lines
+            bad = [b._replace(line=b.line + shift) for b in verdict.bad]
+            return FilePart(start, end, verdict.report, shift, bad, raws)
+
+        try:
+            for start, end in ranges(size, self.jobs, piece):
+                window.append((start, end, pool.submit(_check_range_in_worker, path, display, start, end, want_raw)))
+                if len(window) >= 2 * self.jobs:
+                    yield take()
+            while window:
+                yield take()
+        finally:
+            for _, _, future in window:
+                future.cancel()
+
+
+class FilePart(NamedTuple):
+    start: int
+    end: int
+    report: Report  # line numbers relative to the part: merge with line_shift
+    line_shift: int
+    bad: list[Bad]  # absolute lines and offsets
+    raws: list[bytes]
