@@ -3,7 +3,10 @@
 Datasets are cached under ``bench/data/`` (gitignored); results go to ``bench/results/``.
 Peak RSS is ``ru_maxrss`` of the child (via GNU time, see ``measure``): on Linux it covers
 the child and every descendant it reaped, as the maximum of any single process, not a sum
-(a multi-process command is under-reported).
+(a multi-process command is under-reported). For commands that start worker processes,
+``measure(..., tree=True)`` also samples the whole process tree every 20 ms and records the
+peak of the summed PSS (proportional set size: pages shared between a parent and its forked
+workers counted once) as ``tree_pss_mb``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +51,7 @@ class Measurement:
     returncode: int
     rss_floor_mb: float = 0.0  # peak RSS inherited from this process (0 under GNU time)
     stderr: str = ""
+    tree_pss_mb: float | None = None  # peak summed PSS of the process tree (tree=True)
 
     def raw(self) -> dict:
         """The numbers worth keeping in a result file."""
@@ -54,10 +59,58 @@ class Measurement:
         d.pop("stderr")
         d["elapsed_s"] = round(d["elapsed_s"], 4)
         d["peak_rss_mb"] = round(d["peak_rss_mb"], 2)
+        if d["tree_pss_mb"] is None:
+            d.pop("tree_pss_mb")
+        else:
+            d["tree_pss_mb"] = round(d["tree_pss_mb"], 2)
         return d
 
+    @property
+    def memory_mb(self) -> float:
+        """The honest peak: the process tree's summed PSS when sampled, else peak RSS."""
+        return max(self.peak_rss_mb, self.tree_pss_mb or 0.0)
 
-def measure(argv: Sequence[str], *, cwd: Path | None = None, check: bool = True) -> Measurement:
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+def _pss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_pss_mb(root: int) -> float:
+    """Summed PSS of `root` and all its descendants, now (MiB)."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += _pss_kb(pid)
+        todo += _children(pid)
+    return total / 1024
+
+
+class _TreeSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, tree_pss_mb(self.pid))
+            self.stop.wait(self.interval)
+
+
+def measure(argv: Sequence[str], *, cwd: Path | None = None, check: bool = True, tree: bool = False) -> Measurement:
     """Run ``argv`` to completion with stdout discarded; return wall time and peak RSS.
 
     The child runs under GNU time (``/usr/bin/time -f %M``) when available: a child
@@ -72,8 +125,14 @@ def measure(argv: Sequence[str], *, cwd: Path | None = None, check: bool = True)
         wrap = [GNU_TIME, "-q", "-f", "%M", "-o", rss.name] if GNU_TIME else []
         t0 = time.perf_counter()
         proc = subprocess.Popen([*wrap, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        sampler = _TreeSampler(proc.pid) if tree else None
+        if sampler:
+            sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
+        if sampler:
+            sampler.stop.set()
+            sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped
         err.seek(0)
         stderr = err.read()[-4000:].decode(errors="replace")
@@ -85,7 +144,7 @@ def measure(argv: Sequence[str], *, cwd: Path | None = None, check: bool = True)
             usage.ru_maxrss / 1024,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
-    m = Measurement(elapsed, peak, proc.returncode, floor, stderr)
+    m = Measurement(elapsed, peak, proc.returncode, floor, stderr, sampler.peak if sampler else None)
     if check and m.returncode != 0:
         raise BenchError(f"{' '.join(map(str, argv))} exited {m.returncode}:\n{stderr}")
     return m
