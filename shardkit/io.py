@@ -21,6 +21,7 @@ import signal
 import stat
 import sys
 import threading
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -196,7 +197,7 @@ class InputStream:
             return n
         try:
             data = self._stream.read(len(view))
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError, zlib.error) as e:
             raise InputError(f"{self.spec.display}: corrupt {self.compression} data: {e}") from None
         view[: len(data)] = data
         return len(data)

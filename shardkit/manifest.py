@@ -16,7 +16,7 @@ import orjson
 
 from . import __version__, faults
 from .errors import DataError, InputError, UsageError
-from .io import InputStream, atomic_write, inspect_input
+from .io import InputSpec, InputStream, atomic_write, inspect_input
 from .records import BlockReader, nonblank_runs
 
 MANIFEST_NAME = "manifest.json"
@@ -83,13 +83,22 @@ class FileStats:
     blank: int
 
 
-def scan_file(path: Path) -> FileStats:
-    """sha256 of the bytes on disk, and the records (non-blank lines) inside, in one read."""
+_SNIFF = "sniff"
+
+
+def scan_file(path: Path, compression: str | None = _SNIFF) -> FileStats:
+    """sha256 of the bytes on disk, and the records (non-blank lines) inside, in one read.
+
+    `compression` is what the manifest declares (None, "gzip", "zstd"); only when it is not
+    known is it sniffed from the content — a plain shard whose first record happens to
+    start with gzip's magic bytes is still plain."""
     if path.suffix == ".parquet":
         return _scan_parquet(path)
     h = hashlib.sha256()
     records = blank = 0
     spec = inspect_input(str(path))
+    if compression != _SNIFF:
+        spec = InputSpec(spec.path, spec.display, spec.size, compression)
     with InputStream(spec, on_raw=h.update) as stream:
         for block in BlockReader(stream):
             runs, trailing = nonblank_runs(block)
@@ -175,7 +184,7 @@ def _check_entry(base: Path, entry: dict) -> str | None:
     if size != entry.get("bytes"):
         return f"{rel}: size {size} bytes, manifest says {entry.get('bytes')}"
     try:
-        stats = scan_file(target)
+        stats = scan_file(target, entry.get("compression"))
     except InputError as e:
         return str(e)
     if stats.sha256 != entry.get("sha256"):
@@ -220,7 +229,7 @@ def regenerate(directory: Path, out: Path | None = None) -> dict:
     ordered += [p for p in files if p not in set(ordered)]
     entries = []
     for p in ordered:
-        stats = scan_file(p)
+        stats = scan_file(p, _compression_of(p))
         rel = os.path.relpath(p, out.parent)
         entry = {
             "path": rel,

@@ -35,6 +35,7 @@ from .io import (
     rename_noreplace,
     write_all,
 )
+from .jsonarray import is_json_array
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -200,7 +201,7 @@ class _ShardFile:
         except ConflictError:
             # A run killed between renaming a shard and rewriting the manifest leaves that
             # shard behind; a resumed run writes the same bytes, so adopt it if identical.
-            if not adopt_identical or scan_file(self.final).sha256 != sha:
+            if not adopt_identical or scan_file(self.final, None).sha256 != sha:
                 os.unlink(self.tmp)
                 raise
             os.unlink(self.tmp)
@@ -285,7 +286,7 @@ class _Rejects:
                 os.fsync(f.fileno())
             rename_noreplace(self.partial, self.final)
             fsync_dir(self.final.parent)
-        entry["sha256"] = scan_file(self.final).sha256
+        entry["sha256"] = scan_file(self.final, None).sha256
         return entry
 
     def close(self) -> None:
@@ -704,6 +705,8 @@ def split(
     if paths.count("-") > 1:
         raise UsageError("stdin (-) can be given only once")
     specs = [inspect_input(p) for p in paths]
+    for spec in specs:
+        _refuse_json_array(spec)
     out = Path(out)
     warnings: list[str] = []
 
@@ -723,6 +726,19 @@ def split(
             checks.start()  # workers start now, before this process runs any thread
         return _split(specs, out, options, checks, resume=resume, overwrite=overwrite,
                       dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
+
+
+def _refuse_json_array(spec: InputSpec) -> None:
+    """split copies JSON Lines byte for byte; a file holding one JSON array is not that."""
+    if spec.is_stdin or not spec.path.lower().endswith((".json", ".json.gz", ".json.zst")):
+        return
+    with InputStream(spec) as stream:
+        head = stream.read(4096)
+    if is_json_array(spec.path, head):
+        raise UsageError(
+            f"{spec.display}: holds one JSON array, not JSON Lines; split reads JSONL "
+            "(validate and stats read arrays; convert with: jq -c '.[]' FILE > FILE.jsonl)"
+        )
 
 
 def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings) -> SplitResult:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .io import InputSpec, InputStream, format_size, inspect_input
 from .tokens import SEPARATOR, add_content_parts, count_tokens, load_tokenizer, text_parts
 from .validate import KINDS, decode_line, detect_kind
@@ -197,7 +197,10 @@ def _scan(
     with InputStream(spec, on_raw) as stream:
         counted = _CountingReader(stream)
         source = open_source(spec, counted)
-        _scan_records(source, index, columns, tally, counter, examples)
+        try:
+            _scan_records(source, index, columns, tally, counter, examples)
+        except DataError as e:
+            raise DataError(f"{spec.display}: {e}") from None
         tally.blank = source.blank
         tally.bytes = counted.bytes
         tally.file_bytes = stream.raw_bytes

@@ -1,0 +1,1190 @@
+"""Parquet core: schema inference over the whole input, a Parquet shard writer, Parquet -> JSONL.
+
+Two passes over the input (the splitter reads it twice; stdin must be spooled or given
+`schema_from`). Pass one feeds every block to a `SchemaBuilder`; pass two feeds the same
+lines to one `ParquetShardWriter` per shard, all with the schema pass one produced::
+
+    builder = SchemaBuilder(options)
+    for block in blocks:                       # whole JSONL lines, each ending in b"\\n"
+        builder.add_block(block.data, block.first_line, "big.jsonl")
+    schema = builder.result()                  # or schema_from_parquet(options.schema_from)
+    manifest_state = schema.to_json()          # JSON-serialisable: resume rebuilds it with
+    schema = InferredSchema.from_json(manifest_state)   # InferredSchema.from_json
+
+    writer = ParquetShardWriter(sink, schema, options)   # sink: .write(bytes), never seeked
+    writer.add_lines(data, n, first_line, "big.jsonl")   # n whole lines
+    writer.bytes_written                       # exact bytes handed to sink so far
+    writer.estimated_bytes                     # + buffered rows at the compression ratio seen
+    writer.close()                             # last row group + footer
+
+    for line in parquet_lines("shard.parquet"):          # Parquet -> JSONL, bounded memory
+        ...
+
+Schema rules (the whole input, never a sample): null widens to any type, int to float,
+objects become structs whose fields are the union over all records (a key seen once is
+kept), arrays become lists (`messages` -> `list<struct<role, content>>`). Strings that look
+like dates stay strings. A true conflict (`content` a string here and a list of parts
+there; `id` a string and an int) follows `on_conflict`: "json-string" (default) stores
+that field as JSON text - every non-null value, `"abc"` as `"\\"abc\\""` - marks it in the
+field metadata and in the file's key-value metadata (`shardkit.json_fields`), lists it in
+`InferredSchema.json_fields` and warns; `parquet_lines` restores the values exactly.
+"error" raises DataError naming file:line, the field and both types. Paths are dotted,
+with `[]` for list items: `messages[].content`.
+
+Caveats: Parquet has no "absent": a key missing from a record reads back as null
+(`parquet_lines(drop_nulls=True)` omits null keys instead). Keys come back in schema order
+(first appearance in the input). Integers outside int64 are inferred as float, as pyarrow
+does. An object that is always empty (`{}`) cannot be a Parquet struct; it is stored as
+JSON text too, with a warning.
+
+Pass one parses with pyarrow's C++ JSON reader, 8 MiB at a time, and unifies the per-chunk
+schemas; only a chunk with a new conflict (or a line pyarrow rejects) is walked in Python,
+to find the line. Pass two parses with the schema given explicitly; lines that hold a
+JSON-text field are rewritten with orjson first (found by a byte search for the key).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import DataError, InputError, UsageError
+
+COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
+ON_CONFLICT = ("json-string", "error")
+DEFAULT_ROW_GROUP_BYTES = 64 * 2**20
+PARSE_CHUNK_BYTES = 8 * 2**20  # JSON bytes per pyarrow call; its 1 MiB blocks parse in parallel
+_ARROW_BLOCK = 2**20
+
+META_VERSION = "shardkit.version"
+META_JSON_FIELDS = "shardkit.json_fields"  # JSON list of display paths, for people
+META_JSON_PATHS = "shardkit.json_paths"  # JSON list of exact paths: keys, null for a list item
+FIELD_ENCODING = {b"shardkit.encoding": b"json"}
+
+Path_ = tuple  # a field path: keys (str) and None for "an item of this list"
+Warn = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParquetOptions:
+    """How Parquet shards are written. Checked at construction."""
+
+    compression: str = "zstd"
+    compression_level: int | None = None  # None: the codec's default (zstd 1, gzip 6)
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES  # uncompressed bytes per row group
+    on_conflict: str = "json-string"
+    schema_from: str | None = None  # take the schema of this Parquet file, skip inference
+    parse_chunk_bytes: int = PARSE_CHUNK_BYTES  # tuning: JSON bytes parsed per call
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression for Parquet must be one of {', '.join(COMPRESSIONS)} (got {self.compression!r})")
+        if self.on_conflict not in ON_CONFLICT:
+            raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT)} (got {self.on_conflict!r})")
+        if self.row_group_bytes < 1:
+            raise UsageError(f"row group size must be at least 1 byte (got {self.row_group_bytes})")
+        if self.parse_chunk_bytes < 1:
+            raise UsageError(f"parse chunk size must be at least 1 byte (got {self.parse_chunk_bytes})")
+        if self.compression_level is not None and self.compression in ("snappy", "none"):
+            raise UsageError(f"--compression {self.compression} takes no compression level")
+
+    def params(self) -> dict:
+        """What goes into the manifest's params (resume compares them)."""
+        return {
+            "compression": self.compression,
+            "compression_level": self.compression_level,
+            "row_group_bytes": self.row_group_bytes,
+            "on_conflict": self.on_conflict,
+            "schema_from": self.schema_from,
+        }
+
+
+# ---------------------------------------------------------------- the type lattice
+# Inference works on a small tree: leaves are the strings below, a list is ("list", item),
+# a struct is a dict {key: type} in first-seen order. Trees are never mutated once built.
+
+NULL, BOOL, INT, FLOAT, STRING, JSON = "null", "bool", "int", "float", "string", "json"
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_NAMES = {NULL: "null", BOOL: "boolean", INT: "integer", FLOAT: "float", STRING: "string", JSON: "JSON text"}
+
+
+class _Conflict(Exception):
+    def __init__(self, a, b) -> None:
+        self.a, self.b = a, b
+
+
+def type_name(t) -> str:
+    """What a person calls a type: string, integer, float, boolean, array, object."""
+    if isinstance(t, tuple):
+        return "array"
+    if isinstance(t, dict):
+        return "object"
+    return _NAMES[t]
+
+
+def path_text(path: Path_) -> str:
+    """("messages", None, "content") -> "messages[].content"."""
+    out = ""
+    for step in path:
+        if step is None:
+            out += "[]"
+        else:
+            out += f".{step}" if out else step
+    return out or "<record>"
+
+
+Report = Callable[[Path_, object, object], None]
+
+
+def _unify(a, b, path: Path_, report: Report):
+    """The narrowest type holding both; a conflict below a field turns that field into JSON."""
+    if a is b:
+        return a
+    ta, tb = type(a), type(b)
+    if ta is str:
+        if a == NULL:
+            return b
+        if a == JSON:
+            return JSON
+    if tb is str:
+        if b == NULL:
+            return a
+        if b == JSON:
+            return JSON
+    if ta is str and tb is str:
+        if a == b:
+            return a
+        if {a, b} == {INT, FLOAT}:
+            return FLOAT
+    elif ta is tuple and tb is tuple:
+        item = _unify(a[1], b[1], (*path, None), report)
+        return a if item is a[1] else ("list", item)
+    elif ta is dict and tb is dict:
+        return _unify_struct(a, b, path, report)
+    raise _Conflict(a, b)
+
+
+def _unify_struct(a: dict, b: dict, path: Path_, report: Report) -> dict:
+    out = None
+    for key, tb in b.items():
+        ta = a.get(key)
+        if ta is None:
+            new = tb
+        else:
+            try:
+                new = _unify(ta, tb, (*path, key), report)
+            except _Conflict as c:
+                report((*path, key), c.a, c.b)
+                new = JSON
+            if new is ta:
+                continue
+        if out is None:
+            out = dict(a)
+        out[key] = new
+    return a if out is None else out
+
+
+def _type_of(v, path: Path_, report: Report):
+    """Type of one decoded JSON value (a conflict inside a list raises to the enclosing field)."""
+    if v is None:
+        return NULL
+    t = type(v)
+    if t is str:
+        return STRING
+    if t is bool:
+        return BOOL
+    if t is int:
+        return INT if _I64_MIN <= v <= _I64_MAX else FLOAT
+    if t is float:
+        return FLOAT
+    if t is list:
+        item = NULL
+        sub = (*path, None)
+        for x in v:
+            item = _unify(item, _type_of(x, sub, report), sub, report)
+        return ("list", item)
+    if t is dict:
+        out = {}
+        for key, x in v.items():
+            try:
+                out[key] = _type_of(x, (*path, key), report)
+            except _Conflict as c:
+                report((*path, key), c.a, c.b)
+                out[key] = JSON
+        return out
+    raise TypeError(f"not a JSON value: {t.__name__}")
+
+
+def _from_arrow(t: pa.DataType):
+    """pyarrow's inferred type -> the lattice (timestamps it guessed from strings are strings)."""
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _from_arrow(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return ("list", _from_arrow(t.value_type))
+    if pa.types.is_null(t):
+        return NULL
+    if pa.types.is_boolean(t):
+        return BOOL
+    if pa.types.is_integer(t):
+        return INT
+    if pa.types.is_floating(t):
+        return FLOAT
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_temporal(t):
+        return STRING
+    raise AssertionError(f"pyarrow inferred an unexpected type from JSON: {t}")
+
+
+def _seal(t, path: Path_, warn: Warn):
+    """Replace what Parquet cannot store (an object that was always empty) by JSON text."""
+    if isinstance(t, tuple):
+        item, empty = _seal(t[1], (*path, None), warn)
+        return ("list", item), empty
+    if not isinstance(t, dict):
+        return t, False
+    out = {}
+    for key, sub in t.items():
+        sealed, empty = _seal(sub, (*path, key), warn)
+        if empty:
+            warn(f"field '{path_text((*path, key))}' only ever holds empty objects; stored as JSON text")
+            sealed = JSON
+        out[key] = sealed
+    return out, not out
+
+
+def _to_arrow(t, path: Path_, json_paths: list) -> pa.DataType:
+    if isinstance(t, tuple):
+        return pa.list_(pa.field("element", _to_arrow(t[1], (*path, None), json_paths)))
+    if isinstance(t, dict):
+        return pa.struct([_arrow_field(key, sub, (*path, key), json_paths) for key, sub in t.items()])
+    if t == JSON:
+        raise AssertionError("JSON is a field-level type")
+    return {NULL: pa.null(), BOOL: pa.bool_(), INT: pa.int64(), FLOAT: pa.float64(), STRING: pa.string()}[t]
+
+
+def _arrow_field(key: str, t, path: Path_, json_paths: list) -> pa.Field:
+    if t == JSON:
+        json_paths.append(path)
+        return pa.field(key, pa.string(), metadata=FIELD_ENCODING)
+    return pa.field(key, _to_arrow(t, path, json_paths))
+
+
+# ---------------------------------------------------------------- the schema
+
+
+class InferredSchema:
+    """The Arrow schema every shard of a run is written with, and its JSON-text fields.
+
+    `arrow` has no shardkit metadata; `parquet_schema()` adds it. `to_json()` is plain JSON
+    (for the manifest / resume) and `from_json()` rebuilds an equal schema.
+    """
+
+    def __init__(self, arrow: pa.Schema, json_paths=(), warnings=()) -> None:
+        self.arrow = pa.schema(list(arrow))  # no schema-level metadata
+        self.json_paths: tuple[Path_, ...] = tuple(tuple(p) for p in json_paths)
+        self.warnings: list[str] = list(warnings)
+        _encode_struct(self.arrow, (), set(self.json_paths))  # fails early on a type JSON can't fill
+
+    @property
+    def json_fields(self) -> list[str]:
+        """Dotted paths of the fields stored as JSON text, e.g. ["id", "messages[].content"]."""
+        return [path_text(p) for p in self.json_paths]
+
+    def parquet_schema(self) -> pa.Schema:
+        """`arrow` with JSON-text fields marked and shardkit's key-value metadata."""
+        marked = _mark_json(self.arrow, set(self.json_paths))
+        return marked.with_metadata(
+            {
+                META_VERSION: __version__,
+                META_JSON_FIELDS: json.dumps(self.json_fields),
+                META_JSON_PATHS: json.dumps([list(p) for p in self.json_paths]),
+            }
+        )
+
+    def to_json(self) -> dict:
+        """{"shardkit_schema": 1, "fields": [[name, type], ...], "json_fields": [...], "warnings": [...]}.
+
+        Types: "null", "bool", "int64", "double", "string", ... ; "json" (a string holding
+        JSON text); {"list": T}; {"struct": [[name, T], ...]}; {"timestamp": unit, "tz": tz};
+        {"decimal128": [precision, scale]}.
+        """
+        return {
+            "shardkit_schema": 1,
+            "fields": _encode_struct(self.arrow, (), set(self.json_paths)),
+            "json_fields": self.json_fields,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> InferredSchema:
+        """Rebuild a schema saved by `to_json` (DataError if the document is not one)."""
+        try:
+            if doc.get("shardkit_schema") != 1:
+                raise ValueError("no \"shardkit_schema\": 1")
+            json_paths: list[Path_] = []
+            fields = [_decode_field(name, t, (name,), json_paths) for name, t in doc["fields"]]
+            return cls(pa.schema(fields), json_paths, doc.get("warnings", ()))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"not a saved shardkit Parquet schema: {e}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, InferredSchema)
+            and self.arrow.equals(other.arrow)
+            and set(self.json_paths) == set(other.json_paths)
+        )
+
+    def __repr__(self) -> str:
+        return f"InferredSchema({self.arrow.to_string(show_schema_metadata=False)!r}, json_fields={self.json_fields})"
+
+
+_SIMPLE = {
+    str(t): t
+    for t in (
+        pa.null(), pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(),
+        pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(), pa.float32(), pa.float64(),
+        pa.string(), pa.large_string(), pa.binary(), pa.large_binary(),
+    )
+}
+
+
+def _encode_struct(fields, path: Path_, json_paths: set) -> list:
+    return [[f.name, _encode(f.type, (*path, f.name), json_paths)] for f in fields]
+
+
+def _encode(t: pa.DataType, path: Path_, json_paths: set):
+    if path in json_paths:
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise UsageError(f"field '{path_text(path)}' is marked as JSON text but has type {t}")
+        return "json"
+    if str(t) in _SIMPLE:
+        return str(t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"list": _encode(t.value_type, (*path, None), json_paths)}
+    if pa.types.is_struct(t):
+        return {"struct": _encode_struct([t.field(i) for i in range(t.num_fields)], path, json_paths)}
+    if pa.types.is_timestamp(t):
+        return {"timestamp": t.unit, "tz": t.tz}
+    if pa.types.is_decimal128(t):
+        return {"decimal128": [t.precision, t.scale]}
+    raise UsageError(f"field '{path_text(path)}' has type {t}, which shardkit cannot fill from JSON")
+
+
+def _decode_field(name: str, t, path: Path_, json_paths: list) -> pa.Field:
+    if t == "json":
+        json_paths.append(path)
+        return pa.field(name, pa.string())
+    return pa.field(name, _decode(t, path, json_paths))
+
+
+def _decode(t, path: Path_, json_paths: list) -> pa.DataType:
+    if isinstance(t, str):
+        return _SIMPLE[t]
+    if "list" in t:
+        return pa.list_(pa.field("element", _decode(t["list"], (*path, None), json_paths)))
+    if "struct" in t:
+        return pa.struct([_decode_field(n, sub, (*path, n), json_paths) for n, sub in t["struct"]])
+    if "timestamp" in t:
+        return pa.timestamp(t["timestamp"], t.get("tz"))
+    if "decimal128" in t:
+        return pa.decimal128(*t["decimal128"])
+    raise ValueError(f"unknown type {t!r}")
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """Types pyarrow's JSON reader can fill: dictionary -> its values, lists with one item name."""
+    if pa.types.is_dictionary(t):
+        return _plain(t.value_type)
+    if pa.types.is_list(t):
+        return pa.list_(pa.field("element", _plain(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(pa.field("element", _plain(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain(f.type)) for f in t])
+    return t
+
+
+def _mark_json(schema: pa.Schema, json_paths: set) -> pa.Schema:
+    def field(f: pa.Field, path: Path_) -> pa.Field:
+        if path in json_paths:
+            return pa.field(f.name, f.type, metadata=FIELD_ENCODING)
+        return pa.field(f.name, typ(f.type, path))
+
+    def typ(t: pa.DataType, path: Path_) -> pa.DataType:
+        if pa.types.is_list(t):
+            return pa.list_(field(t.value_field, (*path, None)))
+        if pa.types.is_large_list(t):
+            return pa.large_list(field(t.value_field, (*path, None)))
+        if pa.types.is_struct(t):
+            return pa.struct([field(f, (*path, f.name)) for f in t])
+        return t
+
+    return pa.schema([field(f, (f.name,)) for f in schema])
+
+
+def schema_from_parquet(path: str | Path) -> InferredSchema:
+    """The schema of an existing Parquet file (its JSON-text fields too, if shardkit wrote it)."""
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    except pa.ArrowException as e:
+        raise InputError(f"{path}: not a Parquet file ({e})") from None
+    arrow = pf.schema_arrow
+    return InferredSchema(
+        pa.schema([pa.field(f.name, _plain(f.type)) for f in arrow]), _json_paths_of(pf, path)
+    )
+
+
+def _json_paths_of(pf: pq.ParquetFile, path) -> list[Path_]:
+    raw = (pf.metadata.metadata or {}).get(META_JSON_PATHS.encode())
+    if raw is None:
+        return []
+    try:
+        paths = json.loads(raw)
+        return [tuple(p) for p in paths]
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: unreadable {META_JSON_PATHS} metadata") from None
+
+
+# ---------------------------------------------------------------- chunks of lines
+
+
+class _Chunk:
+    """JSONL lines gathered from several calls, remembering where each line came from."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.lines = 0
+        self.segments: list[tuple[int, int, str]] = []  # (first index, first line, display)
+
+    def add(self, data, n: int | None, first_line: int, display: str) -> int:
+        """Append whole lines (n of them; counted if None); return n."""
+        self.segments.append((self.lines, first_line, display))
+        start = len(self.buf)
+        self.buf += data
+        if n is None:
+            n = self.buf.count(b"\n", start)
+        self.lines += n
+        return n
+
+    def where(self, index: int) -> str:
+        """'file:line' of the chunk's index-th line."""
+        for start, first_line, display in reversed(self.segments):
+            if index >= start:
+                return f"{display}:{first_line + index - start}"
+        raise AssertionError("index before the first segment")
+
+    def take(self) -> tuple[bytearray, _Chunk]:
+        done = _Chunk()
+        done.buf, done.lines, done.segments = self.buf, self.lines, self.segments
+        self.__init__()
+        return done.buf, done
+
+
+def _line_spans(buf) -> Iterator[tuple[int, int]]:
+    find = buf.find
+    pos, end = 0, len(buf)
+    while pos < end:
+        nxt = find(b"\n", pos) + 1 or end
+        yield pos, nxt
+        pos = nxt
+
+
+def _decode_line(line) -> object:
+    """orjson first; the standard library for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as first:
+        try:
+            return json.loads(bytes(line))
+        except (ValueError, UnicodeDecodeError):
+            raise first from None
+
+
+def _dumps(value) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def _object_at(chunk: _Chunk, i: int, line) -> dict:
+    """Decode the chunk's i-th line; DataError unless it is a JSON object."""
+    try:
+        rec = _decode_line(line)
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"{chunk.where(i)}: not valid JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{chunk.where(i)}: not a JSON object (got {_kind(rec)})")
+    return rec
+
+
+def _kind(v) -> str:
+    if v is None:
+        return "null"
+    return {str: "string", bool: "boolean", int: "integer", float: "float", list: "array"}.get(type(v), "value")
+
+
+# ---------------------------------------------------------------- JSON-text fields
+
+
+class _JsonFields:
+    """Rewrites lines so every JSON-text field holds a string: its value's JSON text.
+
+    Only lines holding one of the fields' keys (as orjson or json.dumps would write it)
+    are rewritten. A key spelled another way (`"\\u0069d"` for `"id"`) escapes that byte
+    search; `missed()` catches it afterwards by comparing the values rewritten with the
+    non-null values pyarrow parsed, and the chunk is then rewritten line by line.
+    """
+
+    def __init__(self, json_paths) -> None:
+        self.paths = [tuple(p) for p in json_paths]
+        self.trie: dict = {}
+        keys = set()
+        for path in self.paths:
+            node = self.trie
+            for step in path[:-1]:
+                node = node.setdefault(step, {})
+            node[path[-1]] = True
+            keys.add(orjson.dumps(path[-1]))
+            keys.add(json.dumps(path[-1]).encode())
+        self.keys = sorted(keys)
+        self.rewritten = 0  # non-null values turned into JSON text by the last rewrite()
+
+    def __bool__(self) -> bool:
+        return bool(self.trie)
+
+    def rewrite(self, buf, everything: bool = False):
+        """buf with each line that may hold a JSON-text field re-serialised (same line count).
+
+        Lines that cannot be decoded are left alone: the parser then reports them.
+        """
+        self.rewritten = 0
+        spans = list(_line_spans(buf)) if everything else self._candidates(buf)
+        if not spans:
+            return buf
+        view = memoryview(buf)
+        parts = []
+        prev = 0
+        for s, e in spans:
+            line = self._rewrite_line(view[s:e])
+            if line is not None:
+                parts.append(view[prev:s])
+                parts.append(line)
+                prev = e
+        parts.append(view[prev:])
+        return b"".join(parts)
+
+    def missed(self, table: pa.Table) -> bool:
+        """True if the table holds more non-null JSON-text values than rewrite() produced."""
+        parsed = sum(_non_null(table.column(path[0]), path[1:]) for path in self.paths)
+        return parsed != self.rewritten
+
+    def _candidates(self, buf) -> list[tuple[int, int]]:
+        spans: dict[int, int] = {}
+        find, rfind, size = buf.find, buf.rfind, len(buf)
+        for key in self.keys:
+            pos = find(key)
+            while pos >= 0:
+                s = rfind(b"\n", 0, pos) + 1
+                e = find(b"\n", pos) + 1 or size
+                spans[s] = e
+                pos = find(key, e)
+        return sorted(spans.items())
+
+    def _rewrite_line(self, line) -> bytes | None:
+        try:
+            rec = _decode_line(line)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(rec, dict):
+            return None
+        _stringify(rec, self.trie, self)
+        return _dumps(rec) + b"\n"
+
+    def restore(self, rec: dict, where: Callable[[], str]) -> None:
+        _restore(rec, self.trie, where, ())
+
+
+def _non_null(column: pa.ChunkedArray, steps: Path_) -> int:
+    """Non-null values at a path below a column (list items flattened, struct nulls applied)."""
+    total = 0
+    for arr in column.chunks:
+        for step in steps:
+            if step is None:
+                arr = arr.flatten()
+            else:
+                arr = arr.flatten()[arr.type.get_field_index(step)]
+        total += len(arr) - arr.null_count
+    return total
+
+
+def _stringify(v, node, counter: _JsonFields) -> object:
+    if node is True:
+        if v is None:
+            return None
+        counter.rewritten += 1
+        return _dumps(v).decode("utf-8", "surrogatepass")
+    if type(v) is dict:
+        for key, sub in node.items():
+            if key is not None and key in v:
+                v[key] = _stringify(v[key], sub, counter)
+    elif type(v) is list and None in node:
+        sub = node[None]
+        for i, x in enumerate(v):
+            v[i] = _stringify(x, sub, counter)
+    return v
+
+
+def _restore(v, node, where: Callable[[], str], path: Path_) -> object:
+    if node is True:
+        if v is None:
+            return None
+        try:
+            return _decode_line(v.encode("utf-8", "surrogatepass"))
+        except (orjson.JSONDecodeError, AttributeError):
+            raise DataError(f"{where()}: field '{path_text(path)}' is marked as JSON text but holds {v!r:.60}") from None
+    if type(v) is dict:
+        for key, sub in node.items():
+            if key is not None and key in v:
+                v[key] = _restore(v[key], sub, where, (*path, key))
+    elif type(v) is list and None in node:
+        sub = node[None]
+        for i, x in enumerate(v):
+            v[i] = _restore(x, sub, where, (*path, None))
+    return v
+
+
+# ---------------------------------------------------------------- parsing with pyarrow
+
+
+def _read_json(data, schema: pa.Schema | None, *, threads: bool = True, unexpected: str = "error") -> pa.Table:
+    """One pyarrow parse; a line longer than a block gets one block for the whole chunk.
+
+    With a schema, its fields are parsed as given (a value of another type is an error)
+    and fields it lacks are an error, or inferred with unexpected="infer".
+    """
+    parse = (
+        pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
+        if schema is not None
+        else pj.ParseOptions()
+    )
+    block = _ARROW_BLOCK
+    while True:
+        try:
+            return pj.read_json(
+                pa.BufferReader(data),
+                read_options=pj.ReadOptions(use_threads=threads, block_size=block),
+                parse_options=parse,
+            )
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e) or block > len(data):
+                raise
+            block = len(data) + 1
+
+
+_ROW = re.compile(r"\s+in row \d+$")
+_CHANGED = re.compile(r"Column\((.*)\) changed from (\w+) to (\w+)")
+
+
+def _first_bad_line(buf, schema: pa.Schema | None, spans: list[tuple[int, int]]) -> int:
+    """Index of the first line pyarrow rejects on its own (bisection), or -1 if none does."""
+    view = memoryview(buf)
+
+    def fails(lo: int, hi: int) -> bool:
+        try:
+            _read_json(view[spans[lo][0] : spans[hi - 1][1]], schema, threads=False)
+            return False
+        except pa.ArrowInvalid:
+            return True
+
+    lo, hi = 0, len(spans)
+    if not hi or not fails(lo, hi):
+        return -1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fails(lo, mid):
+            hi = mid
+        elif fails(mid, hi):
+            lo = mid
+        else:  # only the two halves together fail: report the later line of the pair
+            return -1
+    return lo
+
+
+def _arrow_message(err: Exception) -> str:
+    msg = _ROW.sub("", str(err).removeprefix("JSON parse error: "))
+    m = _CHANGED.search(msg)
+    if m:
+        field = ".".join("[]" if s == "[]" else s for s in m.group(1).split("/") if s).replace(".[]", "[]")
+        return f"field '{field}': {m.group(3)} where the schema has {m.group(2)}"
+    return msg
+
+
+def _unexpected_field(rec, t: pa.DataType, path: Path_) -> Path_ | None:
+    """The first key in rec that the schema has no place for."""
+    if pa.types.is_struct(t) and isinstance(rec, dict):
+        names = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+        for key, v in rec.items():
+            if key not in names:
+                return (*path, key)
+            found = _unexpected_field(v, names[key], (*path, key))
+            if found:
+                return found
+    elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and isinstance(rec, list):
+        for x in rec:
+            found = _unexpected_field(x, t.value_type, (*path, None))
+            if found:
+                return found
+    return None
+
+
+def _parse_error(chunk: _Chunk, buf, schema: pa.Schema | None, err: Exception, source: str = "") -> DataError:
+    """A one-line DataError naming the file:line pyarrow could not convert, and why."""
+    spans = list(_line_spans(buf))
+    i = _first_bad_line(buf, schema, spans)
+    if i < 0:
+        return DataError(
+            f"{chunk.where(0)}: cannot convert to Parquet: {_arrow_message(err)} "
+            f"(somewhere in this line and the {chunk.lines - 1} after it)"
+        )
+    line = memoryview(buf)[spans[i][0] : spans[i][1]]
+    rec = _object_at(chunk, i, line)  # raises for invalid JSON or a non-object
+    if schema is not None:
+        extra = _unexpected_field(rec, pa.struct(list(schema)), ())
+        if extra is not None:
+            return DataError(f"{chunk.where(i)}: field '{path_text(extra)}' is not in the schema{source}")
+    try:
+        _read_json(line, schema, threads=False)
+    except pa.ArrowInvalid as line_err:
+        err = line_err
+    return DataError(f"{chunk.where(i)}: cannot convert to Parquet: {_arrow_message(err)}")
+
+
+# ---------------------------------------------------------------- pass one: inference
+
+
+class SchemaBuilder:
+    """Infers the schema of the whole input, fed block by block in input order.
+
+    `add_block` takes whole JSONL lines (each ending in b"\\n", no blank lines). Warnings
+    (one per field stored as JSON text, naming where the conflict was first seen) go to
+    `warn` as they happen and into the result.
+    """
+
+    def __init__(self, options: ParquetOptions | None = None, *, warn: Warn | None = None) -> None:
+        self.options = options or ParquetOptions()
+        self.records = 0
+        self._type: dict = {}
+        self._known: tuple[dict, pa.Schema] | None = None  # (self._type, as an Arrow schema)
+        self._json = _JsonFields(())
+        self._chunk = _Chunk()
+        self._warnings: list[str] = []
+        self._warn_cb = warn
+
+    def add_block(self, data, first_line: int, display: str, lines: int | None = None) -> None:
+        """Feed whole lines; `lines` (their count) saves a scan if the caller knows it."""
+        self.records += self._chunk.add(data, lines, first_line, display)
+        if len(self._chunk.buf) >= self.options.parse_chunk_bytes:
+            self._infer_chunk()
+
+    def result(self) -> InferredSchema:
+        """The schema of everything fed so far."""
+        if self._chunk.lines:
+            self._infer_chunk()
+        sealed, _ = _seal(self._type, (), self._warn)
+        json_paths: list[Path_] = []
+        fields = [_arrow_field(key, t, (key,), json_paths) for key, t in sealed.items()]
+        return InferredSchema(pa.schema(fields), json_paths, self._warnings)
+
+    def _warn(self, msg: str) -> None:
+        self._warnings.append(msg)
+        if self._warn_cb:
+            self._warn_cb(msg)
+
+    def _infer_chunk(self) -> None:
+        buf, chunk = self._chunk.take()
+        data = self._json.rewrite(buf) if self._json else buf
+        try:
+            chunk_type = _from_arrow(pa.struct(list(self._parse(data).schema)))
+        except pa.ArrowInvalid as err:
+            # A conflict inside the chunk, or a line pyarrow rejects: walk it in Python,
+            # then make sure pyarrow can read it once the new JSON-text fields are rewritten.
+            failure: Exception = err
+            if self._infer_python(buf, chunk):
+                data = self._json.rewrite(buf)
+                try:
+                    _read_json(data, None)
+                    return
+                except pa.ArrowInvalid as again:
+                    failure = again
+            raise _parse_error(chunk, data, None, failure) from None
+        conflicts: list = []
+        new = _unify_struct(self._type, chunk_type, (), lambda *c: conflicts.append(c))
+        if conflicts:
+            self._infer_python(buf, chunk)  # to name the line of each new conflict
+        else:
+            self._type = new
+
+    def _parse(self, data) -> pa.Table:
+        """Parse with the schema so far (fast; new keys inferred), or infer from scratch
+        when a value no longer fits it (a type widens, or a conflict)."""
+        if self._type:
+            if self._known is None or self._known[0] is not self._type:
+                self._known = (self._type, pa.schema(list(_parse_type(self._type))))
+            try:
+                return _read_json(data, self._known[1], unexpected="infer")
+            except pa.ArrowInvalid:
+                pass
+        return _read_json(data, None)
+
+    def _infer_python(self, buf, chunk: _Chunk) -> bool:
+        """Infer the chunk record by record; True if it found new JSON-text fields."""
+        acc = self._type
+        i = 0
+        new_json: list[Path_] = []
+
+        def report(path: Path_, a, b) -> None:
+            where = chunk.where(i)
+            field, had, got = path_text(path), type_name(a), type_name(b)
+            if self.options.on_conflict == "error":
+                raise DataError(
+                    f"{where}: field '{field}' is {got} here but {had} in earlier records "
+                    '(use on_conflict="json-string" to store it as JSON text)'
+                )
+            new_json.append(path)
+            self._warn(f"{where}: field '{field}' is {got} here but {had} in earlier records; stored as JSON text")
+
+        view = memoryview(buf)
+        for i, (s, e) in enumerate(_line_spans(buf)):  # noqa: B007 - report() reads i
+            rec = _object_at(chunk, i, view[s:e])
+            acc = _unify_struct(acc, _type_of(rec, (), report), (), report)
+        self._type = acc
+        if new_json:
+            self._json = _JsonFields(_json_leaves(acc, ()))
+        return bool(new_json)
+
+
+def _parse_type(t) -> pa.DataType:
+    """The lattice as pyarrow's parser takes it: JSON-text fields are strings."""
+    if isinstance(t, tuple):
+        return pa.list_(_parse_type(t[1]))
+    if isinstance(t, dict):
+        return pa.struct([pa.field(key, _parse_type(sub)) for key, sub in t.items()])
+    return {NULL: pa.null(), BOOL: pa.bool_(), INT: pa.int64(), FLOAT: pa.float64(), STRING: pa.string(), JSON: pa.string()}[t]
+
+
+def _json_leaves(t, path: Path_) -> list[Path_]:
+    if isinstance(t, dict):
+        return [p for key, sub in t.items() for p in ([(*path, key)] if sub == JSON else _json_leaves(sub, (*path, key)))]
+    if isinstance(t, tuple):
+        return _json_leaves(t[1], (*path, None))
+    return []
+
+
+# ---------------------------------------------------------------- pass two: the writer
+
+
+class _SinkAdapter:
+    """What pyarrow writes to: counts bytes, batches small writes, never seeks the sink."""
+
+    _BATCH = 1 << 20
+
+    def __init__(self, sink) -> None:
+        self._sink = sink
+        self._buf = bytearray()
+        self.received = 0  # what pyarrow handed us (its tell())
+        self.flushed = 0  # what the sink has
+        self.closed = False
+        self.discard = False
+
+    def write(self, data) -> int:
+        n = len(data)
+        self.received += n
+        if self.discard:
+            return n
+        if len(self._buf) + n < self._BATCH:
+            self._buf += data
+        else:
+            self.flush()
+            self._sink.write(data)
+            self.flushed += n
+        return n
+
+    def flush(self) -> None:
+        if self._buf and not self.discard:
+            self._sink.write(self._buf)
+            self.flushed += len(self._buf)
+        self._buf = bytearray()
+
+    def tell(self) -> int:
+        return self.received
+
+    def close(self) -> None:
+        self.flush()
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _block_signals() -> None:
+    """The write lane never takes SIGINT/SIGTERM: the main thread handles them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+_write_lane: list[ThreadPoolExecutor] = []
+
+
+def _lane() -> ThreadPoolExecutor:
+    if not _write_lane:
+        _write_lane.append(ThreadPoolExecutor(1, "shardkit-parquet", initializer=_block_signals))
+    return _write_lane[0]
+
+
+class ParquetShardWriter:
+    """Writes one Parquet shard: JSONL lines in, row groups of at most `row_group_bytes`.
+
+    Rows are buffered until `row_group_bytes` of them (Arrow's in-memory size, which is at
+    least Parquet's uncompressed size for JSON data) are waiting; the largest prefix under
+    the limit becomes one row group (a single larger row gets a group of its own). A row
+    group is encoded, compressed and written to the sink on a second thread while the
+    caller parses the next one, so memory is about two row groups plus one parse chunk,
+    whatever the shard or input size. The sink is only written from that thread, one
+    write at a time, and never after close() or abort() return. Call abort() if anything
+    goes wrong before close().
+    """
+
+    def __init__(self, sink, schema: InferredSchema, options: ParquetOptions | None = None) -> None:
+        self.options = options = options or ParquetOptions()
+        self.schema = schema
+        self.records = 0
+        self.row_groups = 0
+        self._source = f" (from {options.schema_from})" if options.schema_from else ""
+        self._parse_schema = schema.arrow
+        self._json = _JsonFields(schema.json_paths)
+        self._chunk = _Chunk()
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+        self._inflight: Future | None = None
+        self._inflight_bytes = 0
+        self._written_uncompressed = 0
+        self._out = _SinkAdapter(sink)
+        self._closed = False
+        self._writer = pq.ParquetWriter(
+            pa.PythonFile(self._out, mode="w"),
+            schema.parquet_schema(),
+            compression=options.compression,
+            compression_level=options.compression_level,
+        )
+
+    # ----- sizes
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes handed to the sink so far: exact; complete for each row group written.
+
+        After close() it is the size of the file.
+        """
+        return self._out.flushed
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Uncompressed bytes not yet in the sink: rows waiting or being written, unparsed JSON."""
+        return self._pending_bytes + self._inflight_bytes + len(self._chunk.buf)
+
+    @property
+    def estimated_bytes(self) -> int:
+        """bytes_written plus buffered_bytes at the compression ratio seen so far (1.0 at first)."""
+        done = self._written_uncompressed
+        ratio = self._out.flushed / done if done else 1.0
+        return self._out.flushed + int(self.buffered_bytes * ratio)
+
+    # ----- feeding
+
+    def add_lines(self, data, n: int, first_line: int, display: str) -> None:
+        """Buffer n whole JSONL lines; write row groups as they fill up."""
+        if self._closed:
+            raise ValueError("writer is closed")
+        self.records += self._chunk.add(data, n, first_line, display)
+        if len(self._chunk.buf) >= self.options.parse_chunk_bytes:
+            self._parse_chunk()
+            self._write_full_groups(final=False)
+
+    def close(self) -> None:
+        """Write what is buffered and the footer (key-value metadata). The sink stays open."""
+        if self._closed:
+            return
+        if self._chunk.lines:
+            self._parse_chunk()
+        self._write_full_groups(final=True)
+        self._wait()
+        self._closed = True
+        self._writer.close()
+        self._out.flush()
+
+    def abort(self) -> None:
+        """Drop what is buffered; once this returns, nothing more reaches the sink."""
+        if self._closed:
+            return
+        self._closed = True
+        self._out.discard = True
+        self._pending.clear()
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the write being aborted may fail; it is dropped anyway
+            pass
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ----- internals
+
+    def _parse_chunk(self) -> None:
+        buf, chunk = self._chunk.take()
+        if not self._json:
+            table = self._parse(chunk, buf)
+        else:
+            try:
+                table = _read_json(self._json.rewrite(buf), self._parse_schema)
+                if self._json.missed(table):
+                    raise pa.ArrowInvalid("a JSON-text field's key is spelled with escapes")
+            except pa.ArrowInvalid:
+                table = self._parse(chunk, self._json.rewrite(buf, everything=True))
+                if self._json.missed(table):
+                    raise AssertionError("JSON-text values were not all rewritten") from None
+        self._pending.append(table)
+        self._pending_bytes += table.nbytes
+
+    def _parse(self, chunk: _Chunk, data) -> pa.Table:
+        try:
+            return _read_json(data, self._parse_schema)
+        except pa.ArrowInvalid as e:
+            raise _parse_error(chunk, data, self._parse_schema, e, self._source) from None
+
+    def _write_full_groups(self, *, final: bool) -> None:
+        limit = self.options.row_group_bytes
+        while self._pending and (self._pending_bytes >= limit or final):
+            table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+            rows = _rows_within(table, limit)
+            rest = table.slice(rows)
+            self._submit(table.slice(0, rows))
+            self._pending = [rest] if rest.num_rows else []
+            self._pending_bytes = rest.nbytes if rest.num_rows else 0
+
+    def _submit(self, group: pa.Table) -> None:
+        self._wait()  # one row group in flight: memory stays bounded
+        self._inflight_bytes = group.nbytes
+        self._inflight = _lane().submit(self._write_group, group)
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            try:
+                inflight.result()
+            finally:
+                self._written_uncompressed += self._inflight_bytes
+                self._inflight_bytes = 0
+
+    def _write_group(self, group: pa.Table) -> None:
+        self._writer.write_table(group, row_group_size=group.num_rows)
+        self._out.flush()
+        self.row_groups += 1
+
+
+def _rows_within(table: pa.Table, limit: int) -> int:
+    """The most leading rows whose Arrow size is at most limit (at least one)."""
+    n = table.num_rows
+    if table.nbytes <= limit:
+        return n
+    lo, hi = 1, n  # invariant: the answer is in [lo, hi]; lo may exceed the limit alone
+    estimate = max(1, min(n - 1, n * limit // max(table.nbytes, 1)))
+    if table.slice(0, estimate).nbytes <= limit:
+        lo = estimate
+    else:
+        hi = estimate - 1 if estimate > 1 else 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if table.slice(0, mid).nbytes <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# ---------------------------------------------------------------- Parquet as input
+
+
+def parquet_lines(path: str | Path, batch_rows: int = 2048, *, drop_nulls: bool = False) -> Iterator[bytes]:
+    """Stream a Parquet file as JSONL lines (each ending in b"\\n"), batch by batch.
+
+    JSON-text fields (listed in the file's shardkit metadata) are decoded back to the
+    values they held. `drop_nulls` leaves out keys whose value is null, the closest to the
+    original records when their keys were optional.
+    """
+    if batch_rows < 1:
+        raise UsageError(f"batch_rows must be at least 1 (got {batch_rows})")
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    except pa.ArrowException as e:
+        raise InputError(f"{path}: not a Parquet file ({e})") from None
+    fields = _JsonFields(_json_paths_of(pf, path))
+    dumps, nl = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    row = 0
+    with pf:
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            records = batch.to_pylist()
+            for rec in records:
+                if fields:
+                    fields.restore(rec, lambda r=row: f"{path}: row {r}")
+                if drop_nulls:
+                    rec = _without_nulls(rec)
+                yield dumps(rec, default=_json_default, option=nl)
+                row += 1
+
+
+def _without_nulls(v):
+    if type(v) is dict:
+        return {k: _without_nulls(x) for k, x in v.items() if x is not None}
+    if type(v) is list:
+        return [_without_nulls(x) for x in v]
+    return v
+
+
+def _json_default(v):
+    """Values orjson does not know, from files with richer types (schema_from)."""
+    import base64
+    import decimal
+
+    if isinstance(v, decimal.Decimal):
+        return orjson.Fragment(str(v))
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(v).decode("ascii")
+    raise TypeError(f"cannot write {type(v).__name__} as JSON")
