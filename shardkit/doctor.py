@@ -1,0 +1,194 @@
+"""`queue doctor`: check a queue root against its own rules and, with repair, fix what is safe.
+
+The folders are the truth; records, leases and the journal follow them. Each check yields
+a `Finding`; `repair=True` applies the fixes marked safe (idempotent: a second run finds
+nothing to fix). What is not safe to fix automatically is reported and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .ingest import finish_open_ingests
+from .io import TMP_PREFIX
+from .queue import PRIORITIES, STATES, Queue, is_data_name, open_by_any_process
+
+TEMP_GRACE_S = 3600.0  # a temp file younger than this may belong to a running writer
+
+
+@dataclass
+class Finding:
+    code: str
+    message: str
+    repairable: bool = False
+    repaired: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DoctorReport:
+    findings: list[Finding] = field(default_factory=list)
+    repair: bool = False
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if not f.repaired and f.code not in INFO_CODES]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "repair": self.repair, "findings": [f.to_dict() for f in self.findings],
+                "problems": len(self.problems)}
+
+
+INFO_CODES = {"external_processing"}  # reported, not a problem
+
+
+def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> DoctorReport:
+    now = time.time() if now is None else now
+    report = DoctorReport(repair=repair)
+    add = report.findings.append
+    if repair:
+        for name in finish_open_ingests(queue):
+            add(Finding("open_intent", f"interrupted ingest of {name} finished (shards published, parent to split/)", True, True))
+    else:
+        for intent in queue.journal.open_intents():
+            add(Finding("open_intent", f"journal: {intent.op} {intent.intent.get('name', '')} (tx {intent.tx[:8]}) "
+                        "started but never committed; --repair finishes it", True))
+    _temps(queue, repair, now, add)
+    _records(queue, repair, add)
+    _leases(queue, repair, add)
+    _duplicates(queue, add)
+    _unknown(queue, add)
+    return report
+
+
+def _temps(queue: Queue, repair: bool, now: float, add) -> None:
+    open_tx = {i.intent.get("work") for i in queue.journal.open_intents()}
+    places = [queue.dir(s) for s in STATES] + [queue.meta / "items", queue.meta / "leases"]
+    for folder in places:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                _old_temp(p, now, repair, add)
+    tmp = queue.meta / "tmp"
+    if tmp.is_dir():
+        for p in tmp.iterdir():
+            rel = str(p.relative_to(queue.root))
+            if rel in open_tx:
+                continue
+            _old_temp(p, now, repair, add)
+
+
+def _old_temp(p, now: float, repair: bool, add) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if now - p.lstat().st_mtime < TEMP_GRACE_S:
+            return
+        f = Finding("temp_leftover", f"{p}: temporary leftover of an interrupted write", True)
+        if repair:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+            f.repaired = True
+        add(f)
+
+
+def _records(queue: Queue, repair: bool, add) -> None:
+    entries = queue.entries()
+    on_disk = {(e.state, e.name) for e in entries}
+    by_name = defaultdict(list)
+    for e in entries:
+        by_name[e.name].append(e)
+    explained: set[tuple[str, str]] = set()
+    for item in queue.items():
+        if item.state == "deleted" or (item.state, item.name) in on_disk:
+            continue
+        # the record is a step behind the folder (a crash between rename and record write)
+        homeless = [e for e in by_name.get(item.name, []) if e.item is None]
+        if len(homeless) == 1:
+            e = homeless[0]
+            explained.add((e.state, e.name))
+            f = Finding("record_behind", f"{item.name}: record says {item.state}, file is in {e.state}", True)
+            if repair:
+                item.history.append({"op": "adopt", "from": item.state, "to": e.state, "by": "doctor"})
+                item.state = e.state
+                queue.save_item(item)
+                queue.journal.append("adopt", id=item.id, name=item.name, to=e.state, reason="doctor: record followed the file")
+                e.item = item
+                f.repaired = True
+            add(f)
+        else:
+            add(Finding("record_without_file", f"{item.name}: record {item.id[:8]} says {item.state}, but no such file"))
+    for e in entries:
+        if e.item is None and (e.state, e.name) not in explained:
+            f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
+            if repair:
+                queue.adopt(e)
+                f.repaired = True
+            add(f)
+
+
+def _leases(queue: Queue, repair: bool, add) -> None:
+    processing = {e.name: e for e in queue.entries(["processing"])}
+    leases = queue.meta / "leases"
+    if leases.is_dir():
+        for p in leases.iterdir():
+            if not p.name.endswith(".json") or p.name.startswith("."):
+                continue
+            name = p.name[: -len(".json")]
+            if name not in processing:
+                f = Finding("lease_without_file", f"lease for {name}, which is not in processing", True)
+                if repair:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+                    f.repaired = True
+                add(f)
+    for name, e in processing.items():
+        lease = queue.lease(name)
+        if lease is None:
+            if open_by_any_process(e.path):
+                add(Finding("external_processing", f"processing/{name}: no lease, open by a process (a trainer moved it by hand); left alone"))
+            else:
+                add(Finding("processing_without_lease", f"processing/{name}: no lease and not open; `queue requeue-stale` returns it once older than stale_after"))
+        elif queue.lease_is_stale(lease):
+            add(Finding("stale_lease", f"processing/{name}: lease of {lease.worker} is stale (owner gone); run `queue requeue-stale`"))
+
+
+def _duplicates(queue: Queue, add) -> None:
+    seen = defaultdict(list)
+    for e in queue.entries([*PRIORITIES, "processing", "failed", "held", "dead", "inbox"]):
+        if e.item and e.item.sha256:
+            seen[e.item.sha256].append(f"{e.state}/{e.name}")
+    for sha, where in seen.items():
+        if len(where) > 1:
+            add(Finding("duplicate_content", f"same sha256 {sha[:12]}… in {', '.join(where)}"))
+
+
+def _unknown(queue: Queue, add) -> None:
+    for s in STATES:
+        folder = queue.dir(s)
+        if not folder.is_dir():
+            add(Finding("missing_folder", f"{folder}: missing (run `shardkit queue init`)"))
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_PREFIX) or p.name.startswith("."):
+                continue
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                add(Finding("unknown_file", f"{s}/{p.name}: a symlink; the queue holds only regular files"))
+            elif not stat.S_ISREG(st.st_mode):
+                add(Finding("unknown_file", f"{s}/{p.name}: not a regular file"))
+            elif not is_data_name(p.name) and not (s == "quarantine" and p.name.endswith((".report.json", ".rejects.jsonl"))) and s != "inbox":
+                add(Finding("unknown_file", f"{s}/{p.name}: not a queue file (temp/partial name)"))

@@ -1,0 +1,357 @@
+"""Ingest: take complete drops from the inbox, validate them, and route each one.
+
+    valid, within limits      -> queue/<priority>/
+    invalid beyond max_errors -> queue/quarantine/ with NAME.report.json beside it
+                                 (on_invalid = "strip": the good records go on as shards,
+                                 the bad ones to quarantine/NAME.rejects.jsonl)
+    over max_records/max_bytes-> split into shards first: the children are published into
+                                 queue/<priority>/ before the parent moves to queue/split/
+
+A split on ingest is a journal transaction: the intent names the parent, the temp folder
+and the children; the shards are written and committed in `.shardkit/tmp/TX/` by the split
+pipeline (its own crash safety), then published one rename at a time, then the parent
+moves, then the commit line. After a crash, `finish_open_ingests` (run by the next ingest
+and by `doctor --repair`) rolls the transaction forward from what is on disk, so every
+record ends up exactly once in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from . import faults
+from .errors import ConflictError, InputError, ShardkitError
+from .io import (
+    atomic_write,
+    commit_file,
+    create_temp,
+    fsync_dir,
+    rename_noreplace,
+    write_all,
+)
+from .manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
+from .queue import PENDING, Entry, Item, Queue, _new_id
+from .scan import validate_files
+from .shard import SplitOptions, input_stems, split
+
+REPORT_SUFFIX = ".report.json"
+
+
+@dataclass
+class Routed:
+    name: str
+    to: str
+    records: int | None = None
+    reason: str | None = None
+    children: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class IngestResult:
+    routed: list[Routed] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # interrupted ingests completed first
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "routed": [r.to_dict() for r in self.routed],
+            "skipped": [{"name": n, "why": w} for n, w in self.skipped],
+            "finished_interrupted": self.finished,
+            "counts": self.counts(),
+        }
+
+    def counts(self) -> dict:
+        c: dict[str, int] = {}
+        for r in self.routed:
+            key = "split" if r.to == "split" else r.to
+            c[key] = c.get(key, 0) + 1
+        c["skipped"] = len(self.skipped)
+        return c
+
+
+def ingest(queue: Queue, *, priority: str | None = None, dry_run: bool = False, now: float | None = None,
+           warn: Callable[[str], None] | None = None) -> IngestResult:
+    """Route every complete file in the inbox (see the module docstring)."""
+    s = queue.settings
+    prio = priority or s.priority
+    if prio not in PENDING:
+        raise ConflictError(f"unknown priority {prio!r} (expected high, normal or low)")
+    result = IngestResult(dry_run=dry_run)
+    if not dry_run:
+        result.finished = finish_open_ingests(queue)
+    now = time.time() if now is None else now
+    inbox = queue.dir("inbox")
+    for p in sorted(inbox.iterdir()) if inbox.is_dir() else []:
+        why = _not_ready(p, now, s.settle)
+        if why:
+            result.skipped.append((p.name, why))
+            continue
+        entry = next((e for e in queue.entries(["inbox"]) if e.name == p.name), None)
+        if entry is None:
+            continue  # taken by a concurrent ingest
+        _check_disk(queue, entry)
+        try:
+            result.routed.append(_ingest_one(queue, entry, prio, dry_run))
+        except ConflictError as e:
+            result.skipped.append((p.name, str(e)))
+    return result
+
+
+def _not_ready(p: Path, now: float, settle: float) -> str | None:
+    if p.name.startswith("."):
+        return "hidden file"
+    if p.name.endswith((".tmp", ".part", ".partial")):
+        return "temporary or partial upload"
+    if p.name.endswith(REPORT_SUFFIX):
+        return "a report"
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return "gone"
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink: refused (the queue takes only regular files it can move)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (directory, FIFO or device): refused"
+    if now - st.st_mtime < settle:
+        return f"modified {now - st.st_mtime:.0f}s ago, within the settle window ({settle:.0f}s): may still be written"
+    if not os.access(p, os.R_OK):
+        return "unreadable (permission denied)"
+    return None
+
+
+def _check_disk(queue: Queue, entry: Entry) -> None:
+    reserve = queue.disk_reserve([entry])
+    free = shutil.disk_usage(queue.root).free
+    if free < reserve:
+        raise InputError(
+            f"{queue.root}: {free:,} bytes free, below the reserve of {reserve:,} needed to ingest {entry.name}; "
+            "free some space (shardkit queue prune) and retry"
+        )
+
+
+def _ingest_one(queue: Queue, entry: Entry, prio: str, dry_run: bool) -> Routed:
+    s = queue.settings
+    item = entry.item or Item(id=_new_id(), name=entry.name, state="inbox")
+    tmp = queue.meta / "tmp"
+    rejects = tmp / f"{item.id}.rejects.jsonl"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(rejects)
+    try:
+        checked = validate_files([str(entry.path)], kind=s.kind, max_errors=s.max_errors, max_tokens=s.max_tokens,
+                                 tokenizer=s.tokenizer, rejects=rejects if not dry_run else None, jobs=1)
+    except ShardkitError as e:  # unreadable, corrupt compression, broken array...
+        return _quarantine(queue, entry, {"error": str(e)}, str(e), dry_run)
+    report = checked.report
+    records = report.records
+    if not checked.ok:
+        if s.on_invalid == "strip" and report.valid > 0:
+            return _split_in(queue, entry, prio, dry_run, records=report.valid, strip=True)
+        reason = f"{report.invalid} invalid record(s) (max_errors {s.max_errors})"
+        return _quarantine(queue, entry, {**checked.to_dict(), "rejects": None}, reason, dry_run, rejects)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(rejects)
+    over = (s.max_records is not None and records > s.max_records) or (s.max_bytes is not None and entry.size > s.max_bytes)
+    if over:
+        return _split_in(queue, entry, prio, dry_run, records=records)
+    if dry_run:
+        return Routed(entry.name, prio, records)
+    stats = scan_file(entry.path, None)
+    item = queue.adopt(entry, journal=False)
+    item.records, item.sha256, item.bytes, item.kind = stats.records, stats.sha256, stats.bytes, _main_kind(report)
+    queue.save_item(item)
+    moved = _move_in(queue, entry, prio)
+    return Routed(entry.name, moved.state, records)
+
+
+def _main_kind(report) -> str | None:
+    kinds = report.kinds
+    return max(kinds, key=kinds.get) if kinds else None
+
+
+def _move_in(queue: Queue, entry: Entry, to: str, **kw) -> Entry:
+    """inbox -> `to`, copying (fsync, sha256-verified) when the inbox is another filesystem."""
+    try:
+        return queue.move(entry, "ingest", to, **kw)
+    except InputError as e:
+        if "another filesystem" not in str(e):
+            raise
+    target_dir = queue.dir(to)
+    src_sha = scan_file(entry.path, None).sha256
+    fd, tmp = create_temp(target_dir, entry.name)
+    try:
+        h = hashlib.sha256()
+        with open(entry.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                write_all(fd, chunk)
+                h.update(chunk)
+        if h.hexdigest() != src_sha:
+            raise InputError(f"{entry.path}: changed while being copied into the queue; left in the inbox")
+        commit_file(fd, tmp, target_dir / entry.name, replace=False)
+        fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    if scan_file(target_dir / entry.name, None).sha256 != src_sha:
+        raise InputError(f"{target_dir / entry.name}: copy does not match {entry.path}; original kept")
+    item = queue.adopt(entry, journal=False)
+    os.unlink(entry.path)
+    fsync_dir(entry.path.parent)
+    queue.journal.append("ingest", id=item.id, name=entry.name, to=to, copied=True, sha256=src_sha, **kw)
+    item.state = to
+    queue.save_item(item)
+    return Entry(to, entry.name, target_dir / entry.name, entry.size, entry.mtime, item)
+
+
+def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: bool,
+                rejects: Path | None = None) -> Routed:
+    if dry_run:
+        return Routed(entry.name, "quarantine", None, reason)
+    moved = queue.move(entry, "ingest", "quarantine", reason=reason)
+    records = report.get("records", {}).get("read") if isinstance(report.get("records"), dict) else None
+    if records is not None:
+        moved.item.records = records
+        queue.save_item(moved.item)
+    doc = {"name": entry.name, "id": moved.item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
+    _write_report(queue, moved.name, doc)
+    if rejects is not None and rejects.exists():
+        rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / f"{Path(moved.name).stem}.rejects.jsonl")
+    return Routed(entry.name, "quarantine", records, reason)
+
+
+def _write_report(queue: Queue, name: str, doc: dict) -> None:
+    path = queue.dir("quarantine") / f"{name}{REPORT_SUFFIX}"
+    atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def rename_noreplace_or_suffix(src: Path, dst: Path) -> Path:
+    """Move `src` to `dst`, or to `dst` with -2, -3... when the name is taken."""
+    k = 1
+    target = dst
+    while True:
+        try:
+            rename_noreplace(src, target)
+            fsync_dir(target.parent)
+            return target
+        except ConflictError:
+            k += 1
+            target = dst.with_name(f"{dst.stem}-{k}{dst.suffix}")
+
+
+# ---------------------------------------------------------------- split on ingest
+
+
+def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: int, strip: bool = False) -> Routed:
+    s = queue.settings
+    reason = "invalid records stripped" if strip else f"over the limits (max_records {s.max_records}, max_bytes {s.max_bytes})"
+    if dry_run:
+        return Routed(entry.name, "split", records, reason)
+    item = queue.adopt(entry, journal=False)
+    stem = input_stems([entry.name])[0]
+    template = f"{stem}-{item.id[:8]}-{{index:05d}}.jsonl"
+    tx_id = _new_id()
+    work = queue.meta / "tmp" / f"ingest-{tx_id}"
+    check = None
+    if strip:
+        from .check import CheckOptions
+
+        check = CheckOptions(kind=s.kind, max_tokens=s.max_tokens, tokenizer=s.tokenizer)
+    options = SplitOptions(
+        max_records=s.max_records or (None if s.max_bytes else 50_000), max_bytes=s.max_bytes,
+        name=template, check=check,
+    )
+    try:
+        split([str(entry.path)], work, options, jobs=1)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # nothing published: the parent stays in the inbox
+        raise
+    faults.hit("after:ingest_split_written")
+    # From here the transaction stays open until the parent has moved: a crash or an error
+    # while publishing is rolled forward by finish_open_ingests, never undone.
+    tx = queue.journal.begin("ingest-split", id=item.id, name=entry.name,
+                             work=str(work.relative_to(queue.root)), priority=prio, strip=strip)
+    routed = _publish(queue, entry, item, work, prio, tx)
+    tx.commit(children=len(routed))
+    return Routed(entry.name, "split", records, reason, routed)
+
+
+def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx) -> list[str]:
+    """Move the committed shards of `work` into pending, then the parent to split/."""
+    manifest = read_manifest(work / MANIFEST_NAME)
+    if not manifest.get("complete"):
+        raise InputError(f"{work}: split did not complete")
+    children = []
+    for f in manifest["files"]:
+        name = f["path"]
+        src = work / name
+        if src.exists():
+            child = Item(id=uuid.uuid5(uuid.UUID(item.id), name).hex, name=name, state=prio, priority=prio, records=f["records"], bytes=f["bytes"],
+                         sha256=f["sha256"], parent=item.id, kind=item.kind)
+            child.history.append({"ts": now_iso(), "op": "ingest", "from": None, "to": prio, "parent": item.id})
+            queue.save_item(child)
+            try:
+                rename_noreplace(src, queue.path(prio, name))
+            except ConflictError:
+                raise ConflictError(f"{prio}/{name} already exists; cannot publish shard of {entry.name}") from None
+            fsync_dir(queue.dir(prio))
+            if tx is not None:
+                tx.step(op="publish", id=child.id, name=name, to=prio, records=f["records"], sha256=f["sha256"])
+            else:
+                queue.journal.append("publish", id=child.id, name=name, to=prio, records=f["records"], parent=item.id)
+            faults.hit("after:ingest_publish")
+            item.children.append(child.id)
+        children.append(name)
+    rejects = manifest.get("rejects")
+    if rejects:
+        rename_noreplace_or_suffix(work / rejects["path"], queue.dir("quarantine") / f"{Path(entry.name).stem}.rejects.jsonl")
+    item.records = manifest["counts"]["read"] - manifest["counts"]["blank"]
+    queue.save_item(item)
+    if entry.path.exists():
+        queue.move(entry, "ingest", "split", reason=f"split into {len(children)} shard(s)")
+    shutil.rmtree(work, ignore_errors=True)
+    return children
+
+
+def finish_open_ingests(queue: Queue) -> list[str]:
+    """Roll interrupted split-on-ingest transactions forward from what is on disk.
+
+    Shards committed in the temp folder are published (those already published are left);
+    the parent moves to split/. If the split itself had not completed, its temp folder is
+    removed and the parent, still in the inbox, is ingested again from scratch."""
+    done = []
+    for intent in queue.journal.open_intents():
+        if intent.op != "ingest-split":
+            continue
+        work = queue.root / intent.intent["work"]
+        entry = next((e for e in queue.entries(["inbox"]) if e.item and e.item.id == intent.intent["id"]), None)
+        complete = (work / MANIFEST_NAME).exists() and read_manifest(work / MANIFEST_NAME).get("complete")
+        if entry is None:
+            # the parent left the inbox only after every shard was published: all done
+            shutil.rmtree(work, ignore_errors=True)
+            queue.journal.resolve(intent, "commit", recovered=True)
+        elif complete:
+            _publish(queue, entry, entry.item, work, intent.intent["priority"], None)
+            queue.journal.resolve(intent, "commit", recovered=True)
+            done.append(intent.intent["name"])
+        else:  # the split had not completed: nothing was published; the parent is ingested anew
+            shutil.rmtree(work, ignore_errors=True)
+            queue.journal.resolve(intent, "abort", recovered=True)
+    return done

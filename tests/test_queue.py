@@ -1,0 +1,367 @@
+"""The queue with real files and real processes: claims race, leases expire, moves follow the
+state machine, ingest routes every kind of drop, doctor finds what was planted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import run_cli
+
+from shardkit.doctor import doctor
+from shardkit.errors import ConflictError
+from shardkit.ingest import ingest
+from shardkit.queue import STATE_DIRS, Queue
+from shardkit.settings import Settings
+
+GOOD = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}\n'
+OLD = time.time() - 3600
+
+
+def make_queue(tmp_path: Path, **settings) -> Queue:
+    """A new queue whose shardkit.toml holds `settings`, so the CLI sees them too."""
+    root = tmp_path / "q"
+    Queue(root, Settings(), create=True)
+    toml = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in settings.items())
+    (root / "shardkit.toml").write_text(toml)
+    q = Queue(root)
+    assert all(getattr(q.settings, k) == v for k, v in settings.items())
+    return q
+
+
+def drop(q: Queue, name: str, data: bytes, *, age: float = 3600) -> Path:
+    p = q.dir("inbox") / name
+    p.write_bytes(data)
+    t = time.time() - age
+    os.utime(p, (t, t))
+    return p
+
+
+def pend(q: Queue, name: str, data: bytes = GOOD, prio: str = "normal") -> Path:
+    p = q.dir(prio) / name
+    p.write_bytes(data)
+    os.utime(p, (OLD, OLD))
+    return p
+
+
+def journal(q: Queue) -> list[dict]:
+    return list(q.journal.iter_entries())
+
+
+def states(q: Queue) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for e in q.entries():
+        out.setdefault(e.state, []).append(e.name)
+    return out
+
+
+# ---------------------------------------------------------------- claim, leases
+
+
+CLAIMER = r"""
+import sys, time
+from shardkit.queue import Queue
+q = Queue(sys.argv[1])
+got = []
+while True:
+    c = q.claim(sys.argv[2])
+    if c is None:
+        break
+    got.append(c.name)
+    c.complete()
+print("\n".join(got))
+"""
+
+
+def test_four_processes_claim_each_file_exactly_once(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    names = [f"f{i:03d}.jsonl" for i in range(200)]
+    for i, n in enumerate(names):
+        pend(q, n, prio=("high", "normal", "low")[i % 3])
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(q.root), f"w{k}"], stdout=subprocess.PIPE)
+             for k in range(4)]
+    outs = [p.communicate(timeout=120)[0].decode().split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    claimed = [n for out in outs for n in out]
+    assert sorted(claimed) == sorted(names)  # each once, none lost
+    assert sorted(states(q)["completed"]) == sorted(names)
+    claims = [e for e in journal(q) if e["op"] == "claim"]
+    assert sorted(e["name"] for e in claims) == sorted(names)
+    assert all(sum(1 for x in out if x) for out in outs)  # every worker got some work
+
+
+def test_priority_then_age_order(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    pend(q, "low.jsonl", prio="low")
+    pend(q, "normal.jsonl", prio="normal")
+    p = pend(q, "high-new.jsonl", prio="high")
+    os.utime(p, (OLD + 10, OLD + 10))
+    pend(q, "high-old.jsonl", prio="high")
+    order = [q.claim("w").name for _ in range(4)]
+    assert order == ["high-old.jsonl", "high-new.jsonl", "normal.jsonl", "low.jsonl"]
+    assert q.claim("w") is None
+
+
+SLEEPER = r"""
+import sys, time
+from shardkit.queue import Queue
+c = Queue(sys.argv[1]).claim("doomed")
+print(c.path, flush=True)
+time.sleep(60)
+"""
+
+
+def test_killed_claimer_is_requeued_with_attempt_counted_then_dead(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, stale_after=0.0, max_attempts=2)
+    pend(q, "poison.jsonl")
+    for attempt in (1, 2):
+        proc = subprocess.Popen([sys.executable, "-c", SLEEPER, str(q.root)], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip().endswith(b"poison.jsonl")
+        # alive: a live lease is never taken, however old
+        assert q.requeue_stale(older_than=0.0) == []
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        moved = q.requeue_stale(older_than=0.0)
+        assert [m.name for m, _ in moved] == ["poison.jsonl"]
+        item = q.find("poison.jsonl").item
+        assert item.attempts == attempt
+        expected = "normal" if attempt < 2 else "dead"
+        assert moved[0][0].state == expected
+    assert states(q) == {"dead": ["poison.jsonl"]}
+    assert q.lease("poison.jsonl") is None
+
+
+def test_token_of_a_taken_over_lease_is_refused(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    first = q.claim("w1")
+    # the first holder vanished; an operator requeued it and another worker claimed it
+    lease = q.lease("a.jsonl")
+    lease.heartbeat -= 10_000
+    lease.owner_pid = 2**22 + 12345  # no such process
+    lease.owner_start = None
+    q._write_lease(lease)
+    assert q.requeue_stale(older_than=1.0)
+    second = q.claim("w2")
+    with pytest.raises(ConflictError, match="token does not match"):
+        q.complete(first.name, first.token)
+    r = run_cli("queue", "complete", str(second.path), "--token", first.token)
+    assert r.returncode == 4 and b"token does not match" in r.stderr
+    assert q.complete(second.name, second.token).state == "completed"
+
+
+def test_context_manager_completes_or_fails(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    pend(q, "ok.jsonl")
+    bad = pend(q, "bad.jsonl")
+    os.utime(bad, (OLD + 1, OLD + 1))  # claimed second
+    with q.claim("w") as item:
+        assert item.path.exists()
+    with pytest.raises(RuntimeError), q.claim("w"):
+        raise RuntimeError("CUDA out of memory")
+    assert states(q) == {"completed": ["ok.jsonl"], "failed": ["bad.jsonl"]}
+    assert q.find("bad.jsonl").item.last_error == "RuntimeError: CUDA out of memory"
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def test_moves_follow_the_state_machine_and_illegal_ones_exit_4(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, max_attempts=3)
+    pend(q, "a.jsonl")
+    pend(q, "b.jsonl", prio="high")
+    root = str(q.root)
+    assert run_cli("queue", "hold", "a.jsonl", "--root", root).returncode == 0
+    assert states(q)["held"] == ["a.jsonl"]
+    assert run_cli("queue", "release", "a.jsonl", "--root", root).returncode == 0
+    assert "a.jsonl" in states(q)["normal"]
+    # retry needs a failed file; redrive needs dead/quarantine: refused, nothing moves
+    for args in (["retry", "a.jsonl"], ["redrive", "a.jsonl"], ["release", "b.jsonl"]):
+        r = run_cli("queue", *args, "--root", root)
+        assert r.returncode in (3, 4), (args, r.stderr)
+    r = run_cli("queue", "complete", "a.jsonl", "--root", root)
+    assert r.returncode == 3 and b"not in the queue" in r.stderr  # not in processing
+    assert states(q) == {"high": ["b.jsonl"], "normal": ["a.jsonl"]}
+    c = q.claim("w")
+    assert c.name == "b.jsonl"
+    q.fail(c.name, c.token, reason="boom")
+    assert run_cli("queue", "quarantine", "b.jsonl", "--root", root, "--reason", "bad data").returncode == 0
+    assert run_cli("queue", "redrive", "b.jsonl", "--root", root).returncode == 0
+    assert states(q) == {"inbox": ["b.jsonl"], "normal": ["a.jsonl"]}
+    with pytest.raises(ConflictError, match="cannot complete from inbox"):
+        q.move(q.find("b.jsonl"), "complete", "completed")
+    ops = [(e["op"], e.get("from"), e.get("to")) for e in journal(q) if e["op"] != "adopt"]
+    assert ops == [
+        ("hold", "normal", "held"), ("release", "held", "normal"), ("claim", "high", "processing"),
+        ("fail", "processing", "failed"), ("quarantine", "failed", "quarantine"), ("redrive", "quarantine", "inbox"),
+    ]
+    item = q.find("b.jsonl").item
+    assert [h["op"] for h in item.history][-4:] == ["claim", "fail", "quarantine", "redrive"]
+
+
+def test_retry_goes_dead_at_max_attempts_unless_reset(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, max_attempts=1)
+    pend(q, "a.jsonl")
+    c = q.claim("w")
+    q.fail(c.name, c.token)
+    assert [e.state for e in q.retry(all_failed=True, dry_run=True)] == ["dead"]
+    assert states(q) == {"failed": ["a.jsonl"]}  # dry run moved nothing
+    assert [e.state for e in q.retry(["a.jsonl"], reset_attempts=True)] == ["normal"]
+    assert q.find("a.jsonl").item.attempts == 0
+
+
+def test_prune_deletes_nothing_without_yes_and_by_completion_time(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    for n in ("z.jsonl", "a.jsonl", "m.jsonl"):
+        pend(q, n)
+        c = q.claim("w")
+        q.complete(c.name, c.token)
+        time.sleep(0.01)
+    before = sorted(p.name for p in q.dir("completed").iterdir())
+    r = run_cli("queue", "prune", str(q.root), "--keep", "1")
+    assert r.returncode == 0 and b"add --yes" in r.stdout
+    assert sorted(p.name for p in q.dir("completed").iterdir()) == before
+    r = run_cli("queue", "prune", str(q.root), "--keep", "1", "--yes")
+    assert r.returncode == 0
+    # completion order was z, a, m (not name order): the newest, m, stays
+    assert sorted(p.name for p in q.dir("completed").iterdir()) == ["m.jsonl"]
+    deletes = [e for e in journal(q) if e["op"] == "delete"]
+    assert sorted(e["name"] for e in deletes) == ["a.jsonl", "z.jsonl"]
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def test_ingest_routes_valid_invalid_oversize_and_unsettled(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, kind="chat", max_records=40)
+    drop(q, "ok.jsonl", GOOD * 10)
+    drop(q, "bad.jsonl", GOOD + b'{"messages": "nope"}\n')
+    drop(q, "big.jsonl", GOOD * 100)
+    drop(q, "fresh.jsonl", GOOD, age=0)
+    drop(q, ".hidden.jsonl", GOOD)
+    drop(q, "upload.jsonl.part", GOOD)
+    result = ingest(q)
+    routed = {r.name: r.to for r in result.routed}
+    assert routed == {"ok.jsonl": "normal", "bad.jsonl": "quarantine", "big.jsonl": "split"}
+    assert {n for n, _ in result.skipped} == {"fresh.jsonl", ".hidden.jsonl", "upload.jsonl.part"}
+    st = states(q)
+    assert st["inbox"] == ["fresh.jsonl"] and (q.dir("inbox") / "upload.jsonl.part").exists()
+    assert st["split"] == ["big.jsonl"] and st["quarantine"] == ["bad.jsonl"]
+    shards = [n for n in st["normal"] if n.startswith("big-")]
+    assert len(shards) == 3
+    records = {n: (q.dir("normal") / n).read_bytes().count(b"\n") for n in shards}
+    assert sorted(records.values()) == [20, 40, 40]
+    parent = q.find("big.jsonl").item
+    children = [q.find(n).item for n in shards]
+    assert all(c.parent == parent.id for c in children) and sorted(parent.children) == sorted(c.id for c in children)
+    report = orjson.loads((q.dir("quarantine") / "bad.jsonl.report.json").read_bytes())
+    assert report["reason"].startswith("1 invalid record")
+    assert report["report"]["issues"][0]["examples"][0]["line"] == 2
+    rejects = (q.dir("quarantine") / "bad.rejects.jsonl").read_bytes()
+    assert orjson.loads(rejects)["line"] == 2
+    assert q.find("ok.jsonl").item.records == 10 and q.find("ok.jsonl").item.sha256
+
+
+def test_ingest_strip_sends_good_records_on(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, kind="chat", on_invalid="strip")
+    drop(q, "mixed.jsonl", GOOD * 3 + b"not json\n" + GOOD)
+    ingest(q)
+    st = states(q)
+    assert st["split"] == ["mixed.jsonl"]
+    (child,) = [n for n in st["normal"]]
+    assert (q.dir("normal") / child).read_bytes() == GOOD * 4
+    assert b"not json" in (q.dir("quarantine") / "mixed.rejects.jsonl").read_bytes()
+
+
+def test_ingest_refuses_symlinks_and_fifos(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    outside = tmp_path / "secret.jsonl"
+    outside.write_bytes(GOOD)
+    (q.dir("inbox") / "link.jsonl").symlink_to(outside)
+    os.mkfifo(q.dir("inbox") / "pipe.jsonl")
+    result = ingest(q)
+    why = dict(result.skipped)
+    assert "symlink" in why["link.jsonl"] and "FIFO" in why["pipe.jsonl"]
+    assert outside.read_bytes() == GOOD and not result.routed
+
+
+def test_dry_run_moves_nothing(tmp_path: Path) -> None:
+    q = make_queue(tmp_path, max_records=5)
+    drop(q, "a.jsonl", GOOD * 12)
+    r = run_cli("queue", "ingest", str(q.root), "--dry-run")
+    assert r.returncode == 0 and b"would route: a.jsonl -> split" in r.stdout
+    assert states(q) == {"inbox": ["a.jsonl"]}
+    assert journal(q) == []
+
+
+# ---------------------------------------------------------------- doctor, by-hand moves
+
+
+def test_doctor_finds_planted_problems_and_repairs_the_safe_ones(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    pend(q, "b.jsonl")
+    c = q.claim("w")  # a.jsonl
+    # 1. a trainer moved a file by hand (no record)
+    os.rename(q.path("normal", "b.jsonl"), q.path("failed", "b.jsonl"))
+    # 2. a temp leftover from a killed write
+    tmp = q.dir("normal") / ".shardkit-tmp-1-2-x.jsonl"
+    tmp.write_bytes(b"partial")
+    os.utime(tmp, (OLD, OLD))
+    # 3. a lease whose file is gone
+    (q.meta / "leases" / "gone.jsonl.json").write_bytes(orjson.dumps(q.lease(c.name).to_dict()))
+    # 4. a record one step behind (crash between rename and record write)
+    pend(q, "c.jsonl")
+    item = q.adopt(q.find("c.jsonl"))
+    os.rename(q.path("normal", "c.jsonl"), q.path("held", "c.jsonl"))
+    # 5. the same content in two states
+    pend(q, "dup.jsonl", GOOD)
+    pend(q, "dup2.jsonl", GOOD, prio="low")
+    for n in ("dup.jsonl", "dup2.jsonl"):
+        it = q.adopt(q.find(n))
+        it.sha256 = "f" * 64
+        q.save_item(it)
+    report = doctor(q)
+    codes = sorted(f.code for f in report.findings)
+    assert codes == sorted(["file_without_record", "temp_leftover", "lease_without_file", "record_behind", "duplicate_content"])
+    assert not report.ok
+    r = run_cli("queue", "doctor", str(q.root))
+    assert r.returncode == 1
+    fixed = doctor(q, repair=True)
+    assert {f.code for f in fixed.findings if f.repaired} == {"file_without_record", "temp_leftover", "lease_without_file", "record_behind"}
+    assert not tmp.exists() and q.find("c.jsonl").item.id == item.id and q.find("c.jsonl").state == "held"
+    again = doctor(q, repair=True)
+    assert [f.code for f in again.findings] == ["duplicate_content"]  # idempotent; the rest needs a person
+
+
+def test_files_moved_by_hand_work_everywhere(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    for state in ("normal", "failed", "recently_completed"):
+        d = q.root / "queue" / state
+        (d / f"by-hand-{state}.jsonl").write_bytes(GOOD)
+    r = run_cli("queue", "status", str(q.root), "--json")
+    assert r.returncode == 0
+    st = orjson.loads(r.stdout)["states"]
+    assert (st["normal"]["files"], st["failed"]["files"], st["completed"]["files"]) == (1, 1, 1)
+    assert run_cli("queue", "doctor", str(q.root), "--repair").returncode == 0
+    assert run_cli("queue", "list", "--root", str(q.root)).returncode == 0
+
+
+def test_status_check_exits_1_when_a_person_is_needed(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    assert run_cli("queue", "status", str(q.root), "--check").returncode == 0
+    (q.dir("dead") / "x.jsonl").write_bytes(GOOD)
+    r = run_cli("queue", "status", str(q.root), "--check")
+    assert r.returncode == 1 and b"dead" in r.stdout
+
+
+def test_init_layout(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    for rel in STATE_DIRS.values():
+        assert (q.root / rel).is_dir()
