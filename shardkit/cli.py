@@ -278,17 +278,25 @@ def manifest_cmd(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifest on stdout.")] = False,
 ) -> None:
-    """Regenerate manifest.json and SHA256SUMS from the shard files on disk.
+    """Regenerate manifest.json and SHA256SUMS from the shard files on disk (or of a queue ROOT).
 
+    On a queue root: every queue file with state, priority, records, bytes, sha256 and
+    attempts; a rerun rehashes only files whose (inode, size, mtime) changed.
     Entries of an existing manifest whose file is unchanged keep their lineage
     (source, first/last line); new files are added by name; missing ones dropped.
 
     Example: shardkit manifest shards/
     """
     from .manifest import regenerate
+    from .queue import Queue, is_queue_root, queue_manifest
 
     with exit_on_error():
-        m = regenerate(directory, output)
+        if is_queue_root(directory):
+            if output is not None:
+                raise UsageError("a queue manifest is always ROOT/manifest.json; drop --output")
+            m = queue_manifest(Queue(directory))
+        else:
+            m = regenerate(directory, output)
     if json_output:
         _print_json(m)
     else:
@@ -385,6 +393,42 @@ def stats(
             typer.echo(line)
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")]
+
+
+@app.command()
+def rotate(
+    directory: Annotated[Path, typer.Argument(help="A status or log folder (not recursive).", show_default=False)],
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Files not modified for DUR (e.g. 7d).", show_default=False)] = None,
+    max_bytes: Annotated[str | None, typer.Option("--max-bytes", help="Keep the newest files that fit in SIZE; act on the older ones.", show_default=False)] = None,
+    compress: Annotated[bool, typer.Option("--compress", help="gzip the selected files (NAME.gz, mtime kept; original removed after).")] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the selected files (needs --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete.")] = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compress or delete old files in a folder that grows without bound (status logs).
+
+    Example: shardkit rotate logs/status --older-than 7d --compress
+    """
+    from .rotate import rotate as run_rotate
+
+    with exit_on_error():
+        result = run_rotate(directory, older_than=_duration_option(older_than, "--older-than"),
+                            max_bytes=_size_option(max_bytes, "--max-bytes"), compress=compress,
+                            delete=delete, yes=yes, dry_run=dry_run)
+    if json_output:
+        _print_json(result.to_dict())
+    else:
+        for a in result.actions:
+            verb = a.action if result.applied else f"would {a.action}"
+            typer.echo(f"{verb}: {a.name} ({format_size(a.bytes_before)}){' ' + a.status if a.status == 'skipped' else ''}")
+        if result.why_not_applied:
+            typer.echo(f"nothing changed: {result.why_not_applied}")
+    _summary({"files": len(result.actions), "freed": format_size(result.bytes_freed)})
+
+
 # ---------------------------------------------------------------- queue
 
 queue_app = typer.Typer(
@@ -401,8 +445,6 @@ RootArg = Annotated[
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="Queue root (default: $SHARDKIT_ROOT, then the current folder).", show_default=False)
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")]
 
 
 def _open_queue(root: Path | None, **overrides: Any):

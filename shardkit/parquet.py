@@ -45,9 +45,11 @@ JSON-text field are rewritten with orjson first (found by a byte search for the 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import signal
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -466,22 +468,36 @@ def _json_paths_of(pf: pq.ParquetFile, path) -> list[Path_]:
 
 
 class _Chunk:
-    """JSONL lines gathered from several calls, remembering where each line came from."""
+    """JSONL lines gathered from several calls into one reusable buffer, with their origin."""
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self.fill = 0
         self.lines = 0
         self.segments: list[tuple[int, int, str]] = []  # (first index, first line, display)
 
     def add(self, data, n: int | None, first_line: int, display: str) -> int:
-        """Append whole lines (n of them; counted if None); return n."""
-        self.segments.append((self.lines, first_line, display))
-        start = len(self.buf)
-        self.buf += data
+        """Copy whole lines in (n of them; counted if None); return n."""
+        data = memoryview(data).cast("B")
+        end = self.fill + len(data)
+        if end > len(self.buf):  # a block longer than the room left: a new, larger buffer
+            grown = bytearray(max(end + end // 4, 2 * len(self.buf)))
+            grown[: self.fill] = memoryview(self.buf)[: self.fill]
+            self.buf = grown
+        self.buf[self.fill : end] = data  # same length: the buffer is never resized
         if n is None:
-            n = self.buf.count(b"\n", start)
+            n = self.buf.count(b"\n", self.fill, end)
+        self.segments.append((self.lines, first_line, display))
+        self.fill = end
         self.lines += n
         return n
+
+    def fits(self, data) -> bool:
+        """Whether data fits in the buffer as it is (an empty chunk takes anything)."""
+        return not self.fill or self.fill + memoryview(data).nbytes <= len(self.buf)
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[: self.fill]
 
     def where(self, index: int) -> str:
         """'file:line' of the chunk's index-th line."""
@@ -490,20 +506,35 @@ class _Chunk:
                 return f"{display}:{first_line + index - start}"
         raise AssertionError("index before the first segment")
 
-    def take(self) -> tuple[bytearray, _Chunk]:
-        done = _Chunk()
-        done.buf, done.lines, done.segments = self.buf, self.lines, self.segments
-        self.__init__()
-        return done.buf, done
+
+class _Buffers:
+    """A few chunk buffers, reused: fresh multi-megabyte buffers cost page faults."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+
+    def chunk(self) -> _Chunk:
+        return _Chunk(self._free.pop() if self._free else bytearray(self.size + self.size // 4))
+
+    def release(self, chunk: _Chunk) -> None:
+        if len(self._free) < 2 and len(chunk.buf) <= 2 * self.size:
+            self._free.append(chunk.buf)
+
+    def clear(self) -> None:
+        self._free.clear()
 
 
-def _line_spans(buf) -> Iterator[tuple[int, int]]:
+def _line_spans(buf, end: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) of each line in buf[:end]."""
+    spans = []
     find = buf.find
-    pos, end = 0, len(buf)
+    pos, end = 0, len(buf) if end is None else end
     while pos < end:
         nxt = find(b"\n", pos) + 1 or end
-        yield pos, nxt
+        spans.append((pos, nxt))
         pos = nxt
+    return spans
 
 
 def _decode_line(line) -> object:
@@ -541,6 +572,42 @@ def _kind(v) -> str:
     return {str: "string", bool: "boolean", int: "integer", float: "float", list: "array"}.get(type(v), "value")
 
 
+def _load_memmem():
+    """glibc's memmem (SIMD): several times faster than bytes.find for a short needle."""
+    try:
+        fn = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    return fn
+
+
+_memmem = _load_memmem()
+
+
+class _Finder:
+    """buf.find(needle, start, end) for a bytearray, through memmem where libc has it."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self._array = None
+        if _memmem is not None and isinstance(buf, bytearray) and len(buf):
+            self._array = (ctypes.c_char * len(buf)).from_buffer(buf)
+            self._base = ctypes.addressof(self._array)
+
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        if self._array is None:
+            return self.buf.find(needle, start, end)
+        if end - start < len(needle):
+            return -1
+        hit = _memmem(self._base + start, end - start, needle, len(needle))
+        return hit - self._base if hit else -1
+
+    def close(self) -> None:
+        self._array = None  # ends the buffer export
+
+
 # ---------------------------------------------------------------- JSON-text fields
 
 
@@ -565,57 +632,65 @@ class _JsonFields:
             keys.add(orjson.dumps(path[-1]))
             keys.add(json.dumps(path[-1]).encode())
         self.keys = sorted(keys)
-        self.rewritten = 0  # non-null values turned into JSON text by the last rewrite()
 
     def __bool__(self) -> bool:
         return bool(self.trie)
 
-    def rewrite(self, buf, everything: bool = False):
-        """buf with each line that may hold a JSON-text field re-serialised (same line count).
+    def rewrite(self, chunk: _Chunk, everything: bool = False) -> tuple[object, int]:
+        """(the chunk's lines with JSON-text fields re-serialised, values rewritten).
 
-        Lines that cannot be decoded are left alone: the parser then reports them.
+        Same line count. Lines that cannot be decoded are left alone: the parser reports them.
         """
-        self.rewritten = 0
-        spans = list(_line_spans(buf)) if everything else self._candidates(buf)
+        view = chunk.view()
+        spans = None if everything else self._candidates(chunk)
+        if spans is None:  # most lines hold a key: rewrite them all
+            spans = _line_spans(chunk.buf, chunk.fill)
         if not spans:
-            return buf
-        view = memoryview(buf)
+            return view, 0
+        counter = [0]
         parts = []
         prev = 0
         for s, e in spans:
-            line = self._rewrite_line(view[s:e])
+            line = self._rewrite_line(view[s:e], counter)
             if line is not None:
                 parts.append(view[prev:s])
                 parts.append(line)
                 prev = e
         parts.append(view[prev:])
-        return b"".join(parts)
+        return b"".join(parts), counter[0]
 
-    def missed(self, table: pa.Table) -> bool:
-        """True if the table holds more non-null JSON-text values than rewrite() produced."""
-        parsed = sum(_non_null(table.column(path[0]), path[1:]) for path in self.paths)
-        return parsed != self.rewritten
+    def missed(self, table: pa.Table, rewritten: int) -> bool:
+        """True if the table holds more non-null JSON-text values than were rewritten."""
+        return sum(_non_null(table.column(p[0]), p[1:]) for p in self.paths) != rewritten
 
-    def _candidates(self, buf) -> list[tuple[int, int]]:
+    def _candidates(self, chunk: _Chunk) -> list[tuple[int, int]] | None:
+        """Spans of the lines holding a key; None if that is most of them."""
+        buf, end = chunk.buf, chunk.fill
         spans: dict[int, int] = {}
-        find, rfind, size = buf.find, buf.rfind, len(buf)
-        for key in self.keys:
-            pos = find(key)
-            while pos >= 0:
-                s = rfind(b"\n", 0, pos) + 1
-                e = find(b"\n", pos) + 1 or size
-                spans[s] = e
-                pos = find(key, e)
+        most = chunk.lines // 2 + 1
+        finder = _Finder(buf)
+        try:
+            for key in self.keys:
+                pos = finder.find(key, 0, end)
+                while pos >= 0:
+                    s = buf.rfind(b"\n", 0, pos) + 1
+                    e = buf.find(b"\n", pos, end) + 1 or end
+                    spans[s] = e
+                    if len(spans) >= most:
+                        return None
+                    pos = finder.find(key, e, end)
+        finally:
+            finder.close()
         return sorted(spans.items())
 
-    def _rewrite_line(self, line) -> bytes | None:
+    def _rewrite_line(self, line, counter: list[int]) -> bytes | None:
         try:
             rec = _decode_line(line)
         except orjson.JSONDecodeError:
             return None
         if not isinstance(rec, dict):
             return None
-        _stringify(rec, self.trie, self)
+        _stringify(rec, self.trie, counter)
         return _dumps(rec) + b"\n"
 
     def restore(self, rec: dict, where: Callable[[], str]) -> None:
@@ -635,11 +710,11 @@ def _non_null(column: pa.ChunkedArray, steps: Path_) -> int:
     return total
 
 
-def _stringify(v, node, counter: _JsonFields) -> object:
+def _stringify(v, node, counter: list[int]) -> object:
     if node is True:
         if v is None:
             return None
-        counter.rewritten += 1
+        counter[0] += 1
         return _dumps(v).decode("utf-8", "surrogatepass")
     if type(v) is dict:
         for key, sub in node.items():
@@ -723,7 +798,7 @@ def _first_bad_line(buf, schema: pa.Schema | None, spans: list[tuple[int, int]])
             hi = mid
         elif fails(mid, hi):
             lo = mid
-        else:  # only the two halves together fail: report the later line of the pair
+        else:  # only the two halves together fail (a conflict between lines)
             return -1
     return lo
 
@@ -732,7 +807,7 @@ def _arrow_message(err: Exception) -> str:
     msg = _ROW.sub("", str(err).removeprefix("JSON parse error: "))
     m = _CHANGED.search(msg)
     if m:
-        field = ".".join("[]" if s == "[]" else s for s in m.group(1).split("/") if s).replace(".[]", "[]")
+        field = ".".join(s for s in m.group(1).split("/") if s).replace(".[]", "[]")
         return f"field '{field}': {m.group(3)} where the schema has {m.group(2)}"
     return msg
 
@@ -755,16 +830,17 @@ def _unexpected_field(rec, t: pa.DataType, path: Path_) -> Path_ | None:
     return None
 
 
-def _parse_error(chunk: _Chunk, buf, schema: pa.Schema | None, err: Exception, source: str = "") -> DataError:
+def _parse_error(chunk: _Chunk, data, schema: pa.Schema | None, err: Exception, source: str = "") -> DataError:
     """A one-line DataError naming the file:line pyarrow could not convert, and why."""
-    spans = list(_line_spans(buf))
-    i = _first_bad_line(buf, schema, spans)
+    data = bytes(data)
+    spans = _line_spans(data)
+    i = _first_bad_line(data, schema, spans)
     if i < 0:
         return DataError(
             f"{chunk.where(0)}: cannot convert to Parquet: {_arrow_message(err)} "
             f"(somewhere in this line and the {chunk.lines - 1} after it)"
         )
-    line = memoryview(buf)[spans[i][0] : spans[i][1]]
+    line = data[spans[i][0] : spans[i][1]]
     rec = _object_at(chunk, i, line)  # raises for invalid JSON or a non-object
     if schema is not None:
         extra = _unexpected_field(rec, pa.struct(list(schema)), ())
@@ -777,15 +853,77 @@ def _parse_error(chunk: _Chunk, buf, schema: pa.Schema | None, err: Exception, s
     return DataError(f"{chunk.where(i)}: cannot convert to Parquet: {_arrow_message(err)}")
 
 
+# ---------------------------------------------------------------- threads
+
+
+def _block_signals() -> None:
+    """Worker threads never take SIGINT/SIGTERM: the main thread handles them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+_lanes: dict[str, ThreadPoolExecutor] = {}
+
+
+def _lane(name: str) -> ThreadPoolExecutor:
+    """One worker thread per job ("parse", "write"); jobs on a lane run in submission order."""
+    if name not in _lanes:
+        _lanes[name] = ThreadPoolExecutor(1, f"shardkit-parquet-{name}", initializer=_block_signals)
+    return _lanes[name]
+
+
+class _Parsing:
+    """Chunks parsed on the parse lane, one at a time, while the caller reads the next.
+
+    `done(chunk, data, result)` runs in the caller's thread, in chunk order; `result` is
+    what `job(data, *args)` returned or the ArrowInvalid it raised.
+    """
+
+    def __init__(self, job: Callable, done: Callable, buffers: _Buffers) -> None:
+        self._job, self._done, self._buffers = job, done, buffers
+        self._queue: deque[tuple[_Chunk, object, Future]] = deque()
+
+    def submit(self, chunk: _Chunk, data, *args) -> None:
+        self._queue.append((chunk, data, _lane("parse").submit(self._job, data, *args)))
+        while len(self._queue) > 1:
+            self._finish_one()
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(chunk.fill for chunk, _, _ in self._queue)
+
+    def drain(self) -> None:
+        while self._queue:
+            self._finish_one()
+
+    def cancel(self) -> None:
+        while self._queue:
+            _, _, future = self._queue.popleft()
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - being dropped anyway
+                pass
+
+    def _finish_one(self) -> None:
+        chunk, data, future = self._queue.popleft()
+        try:
+            result = future.result()
+        except pa.ArrowInvalid as e:
+            result = e
+        self._done(chunk, data, result)
+        self._buffers.release(chunk)
+
+
 # ---------------------------------------------------------------- pass one: inference
 
 
 class SchemaBuilder:
     """Infers the schema of the whole input, fed block by block in input order.
 
-    `add_block` takes whole JSONL lines (each ending in b"\\n", no blank lines). Warnings
-    (one per field stored as JSON text, naming where the conflict was first seen) go to
-    `warn` as they happen and into the result.
+    `add_block` takes whole JSONL lines (each ending in b"\\n", no blank lines); give
+    `lines` if you counted them. Parsing runs on a second thread while the caller reads
+    the next block. Warnings (one per field stored as JSON text, naming where the
+    conflict was first seen) go to `warn` and into the result. Errors (DataError with
+    file:line) may surface one chunk (8 MiB) after the block that caused them.
     """
 
     def __init__(self, options: ParquetOptions | None = None, *, warn: Warn | None = None) -> None:
@@ -794,20 +932,26 @@ class SchemaBuilder:
         self._type: dict = {}
         self._known: tuple[dict, pa.Schema] | None = None  # (self._type, as an Arrow schema)
         self._json = _JsonFields(())
-        self._chunk = _Chunk()
         self._warnings: list[str] = []
         self._warn_cb = warn
+        self._buffers = _Buffers(self.options.parse_chunk_bytes)
+        self._chunk = self._buffers.chunk()
+        self._parsing = _Parsing(_infer_job, self._chunk_parsed, self._buffers)
 
     def add_block(self, data, first_line: int, display: str, lines: int | None = None) -> None:
-        """Feed whole lines; `lines` (their count) saves a scan if the caller knows it."""
+        """Feed whole lines (`lines` of them, counted if not given)."""
+        if not self._chunk.fits(data):
+            self._dispatch()
         self.records += self._chunk.add(data, lines, first_line, display)
-        if len(self._chunk.buf) >= self.options.parse_chunk_bytes:
-            self._infer_chunk()
+        if self._chunk.fill >= self.options.parse_chunk_bytes:
+            self._dispatch()
 
     def result(self) -> InferredSchema:
         """The schema of everything fed so far."""
         if self._chunk.lines:
-            self._infer_chunk()
+            self._dispatch()
+        self._parsing.drain()
+        self._buffers.clear()
         sealed, _ = _seal(self._type, (), self._warn)
         json_paths: list[Path_] = []
         fields = [_arrow_field(key, t, (key,), json_paths) for key, t in sealed.items()]
@@ -818,43 +962,33 @@ class SchemaBuilder:
         if self._warn_cb:
             self._warn_cb(msg)
 
-    def _infer_chunk(self) -> None:
-        buf, chunk = self._chunk.take()
-        data = self._json.rewrite(buf) if self._json else buf
-        try:
-            chunk_type = _from_arrow(pa.struct(list(self._parse(data).schema)))
-        except pa.ArrowInvalid as err:
-            # A conflict inside the chunk, or a line pyarrow rejects: walk it in Python,
-            # then make sure pyarrow can read it once the new JSON-text fields are rewritten.
-            failure: Exception = err
-            if self._infer_python(buf, chunk):
-                data = self._json.rewrite(buf)
-                try:
-                    _read_json(data, None)
-                    return
-                except pa.ArrowInvalid as again:
-                    failure = again
-            raise _parse_error(chunk, data, None, failure) from None
+    def _dispatch(self) -> None:
+        chunk, self._chunk = self._chunk, self._buffers.chunk()
+        data = self._json.rewrite(chunk)[0] if self._json else chunk.view()
+        if self._type and (self._known is None or self._known[0] is not self._type):
+            self._known = (self._type, pa.schema(list(_parse_type(self._type))))
+        self._parsing.submit(chunk, data, self._known[1] if self._type else None)
+
+    def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
+        if isinstance(result, Exception):
+            # A conflict inside the chunk (maybe one found in the chunk before, which was
+            # still being parsed when this one was sent), or a line pyarrow rejects: walk
+            # it in Python, then check pyarrow reads it with the JSON-text fields rewritten.
+            self._infer_python(chunk)
+            data = self._json.rewrite(chunk)[0] if self._json else chunk.view()
+            try:
+                _read_json(data, None)
+            except pa.ArrowInvalid as e:
+                raise _parse_error(chunk, data, None, e) from None
+            return
         conflicts: list = []
-        new = _unify_struct(self._type, chunk_type, (), lambda *c: conflicts.append(c))
+        new = _unify_struct(self._type, _from_arrow(pa.struct(list(result))), (), lambda *c: conflicts.append(c))
         if conflicts:
-            self._infer_python(buf, chunk)  # to name the line of each new conflict
+            self._infer_python(chunk)  # to name the line of each new conflict
         else:
             self._type = new
 
-    def _parse(self, data) -> pa.Table:
-        """Parse with the schema so far (fast; new keys inferred), or infer from scratch
-        when a value no longer fits it (a type widens, or a conflict)."""
-        if self._type:
-            if self._known is None or self._known[0] is not self._type:
-                self._known = (self._type, pa.schema(list(_parse_type(self._type))))
-            try:
-                return _read_json(data, self._known[1], unexpected="infer")
-            except pa.ArrowInvalid:
-                pass
-        return _read_json(data, None)
-
-    def _infer_python(self, buf, chunk: _Chunk) -> bool:
+    def _infer_python(self, chunk: _Chunk) -> bool:
         """Infer the chunk record by record; True if it found new JSON-text fields."""
         acc = self._type
         i = 0
@@ -871,14 +1005,25 @@ class SchemaBuilder:
             new_json.append(path)
             self._warn(f"{where}: field '{field}' is {got} here but {had} in earlier records; stored as JSON text")
 
-        view = memoryview(buf)
-        for i, (s, e) in enumerate(_line_spans(buf)):  # noqa: B007 - report() reads i
-            rec = _object_at(chunk, i, view[s:e])
+        data = bytes(chunk.view())
+        for i, (s, e) in enumerate(_line_spans(data)):  # noqa: B007 - report() reads i
+            rec = _object_at(chunk, i, data[s:e])
             acc = _unify_struct(acc, _type_of(rec, (), report), (), report)
         self._type = acc
         if new_json:
             self._json = _JsonFields(_json_leaves(acc, ()))
         return bool(new_json)
+
+
+def _infer_job(data, known: pa.Schema | None) -> pa.Schema:
+    """(parse lane) The chunk's schema: parsed with the schema so far, new keys inferred;
+    inferred from scratch when a value no longer fits (a type widens, or a conflict)."""
+    if known is not None:
+        try:
+            return _read_json(data, known, unexpected="infer").schema
+        except pa.ArrowInvalid:
+            pass
+    return _read_json(data, None).schema
 
 
 def _parse_type(t) -> pa.DataType:
@@ -947,31 +1092,17 @@ class _SinkAdapter:
         return False
 
 
-def _block_signals() -> None:
-    """The write lane never takes SIGINT/SIGTERM: the main thread handles them."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-_write_lane: list[ThreadPoolExecutor] = []
-
-
-def _lane() -> ThreadPoolExecutor:
-    if not _write_lane:
-        _write_lane.append(ThreadPoolExecutor(1, "shardkit-parquet", initializer=_block_signals))
-    return _write_lane[0]
-
-
 class ParquetShardWriter:
     """Writes one Parquet shard: JSONL lines in, row groups of at most `row_group_bytes`.
 
     Rows are buffered until `row_group_bytes` of them (Arrow's in-memory size, which is at
     least Parquet's uncompressed size for JSON data) are waiting; the largest prefix under
-    the limit becomes one row group (a single larger row gets a group of its own). A row
-    group is encoded, compressed and written to the sink on a second thread while the
-    caller parses the next one, so memory is about two row groups plus one parse chunk,
-    whatever the shard or input size. The sink is only written from that thread, one
-    write at a time, and never after close() or abort() return. Call abort() if anything
-    goes wrong before close().
+    the limit becomes one row group (a single larger row gets a group of its own).
+    Parsing runs on one thread and encoding + compression + writing on another, while the
+    caller reads on; memory is about two row groups plus three parse chunks, whatever the
+    shard or input size. The sink is written from the writing thread, one call at a time,
+    and never after close() or abort() return. Call abort() if anything goes wrong before
+    close(). Errors (DataError with file:line) may surface one chunk after their block.
     """
 
     def __init__(self, sink, schema: InferredSchema, options: ParquetOptions | None = None) -> None:
@@ -982,7 +1113,9 @@ class ParquetShardWriter:
         self._source = f" (from {options.schema_from})" if options.schema_from else ""
         self._parse_schema = schema.arrow
         self._json = _JsonFields(schema.json_paths)
-        self._chunk = _Chunk()
+        self._buffers = _Buffers(options.parse_chunk_bytes)
+        self._chunk = self._buffers.chunk()
+        self._parsing = _Parsing(_convert_job, self._chunk_parsed, self._buffers)
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
         self._inflight: Future | None = None
@@ -1010,7 +1143,7 @@ class ParquetShardWriter:
     @property
     def buffered_bytes(self) -> int:
         """Uncompressed bytes not yet in the sink: rows waiting or being written, unparsed JSON."""
-        return self._pending_bytes + self._inflight_bytes + len(self._chunk.buf)
+        return self._pending_bytes + self._inflight_bytes + self._chunk.fill + self._parsing.queued_bytes
 
     @property
     def estimated_bytes(self) -> int:
@@ -1019,23 +1152,27 @@ class ParquetShardWriter:
         ratio = self._out.flushed / done if done else 1.0
         return self._out.flushed + int(self.buffered_bytes * ratio)
 
+
     # ----- feeding
 
     def add_lines(self, data, n: int, first_line: int, display: str) -> None:
-        """Buffer n whole JSONL lines; write row groups as they fill up."""
+        """Buffer n whole JSONL lines; row groups are written as they fill up."""
         if self._closed:
             raise ValueError("writer is closed")
+        if not self._chunk.fits(data):
+            self._dispatch()
         self.records += self._chunk.add(data, n, first_line, display)
-        if len(self._chunk.buf) >= self.options.parse_chunk_bytes:
-            self._parse_chunk()
-            self._write_full_groups(final=False)
+        if self._chunk.fill >= self.options.parse_chunk_bytes:
+            self._dispatch()
 
     def close(self) -> None:
         """Write what is buffered and the footer (key-value metadata). The sink stays open."""
         if self._closed:
             return
         if self._chunk.lines:
-            self._parse_chunk()
+            self._dispatch()
+        self._parsing.drain()
+        self._buffers.clear()
         self._write_full_groups(final=True)
         self._wait()
         self._closed = True
@@ -1048,6 +1185,7 @@ class ParquetShardWriter:
             return
         self._closed = True
         self._out.discard = True
+        self._parsing.cancel()
         self._pending.clear()
         try:
             self._wait()
@@ -1060,27 +1198,28 @@ class ParquetShardWriter:
 
     # ----- internals
 
-    def _parse_chunk(self) -> None:
-        buf, chunk = self._chunk.take()
-        if not self._json:
-            table = self._parse(chunk, buf)
+    def _dispatch(self) -> None:
+        chunk, self._chunk = self._chunk, self._buffers.chunk()
+        if self._json:
+            data, rewritten = self._json.rewrite(chunk)
         else:
+            data, rewritten = chunk.view(), 0
+        self._parsing.submit(chunk, data, self._parse_schema, rewritten)
+
+    def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
+        table, rewritten = result if not isinstance(result, Exception) else (None, 0)
+        if table is None or (self._json and self._json.missed(table, rewritten)):
+            if self._json:  # a key the byte search missed (or a bad line): every line, in Python
+                data, rewritten = self._json.rewrite(chunk, everything=True)
             try:
-                table = _read_json(self._json.rewrite(buf), self._parse_schema)
-                if self._json.missed(table):
-                    raise pa.ArrowInvalid("a JSON-text field's key is spelled with escapes")
-            except pa.ArrowInvalid:
-                table = self._parse(chunk, self._json.rewrite(buf, everything=True))
-                if self._json.missed(table):
-                    raise AssertionError("JSON-text values were not all rewritten") from None
+                table = _read_json(data, self._parse_schema)
+            except pa.ArrowInvalid as e:
+                raise _parse_error(chunk, data, self._parse_schema, e, self._source) from None
+            if self._json and self._json.missed(table, rewritten):
+                raise AssertionError("JSON-text values were not all rewritten")
         self._pending.append(table)
         self._pending_bytes += table.nbytes
-
-    def _parse(self, chunk: _Chunk, data) -> pa.Table:
-        try:
-            return _read_json(data, self._parse_schema)
-        except pa.ArrowInvalid as e:
-            raise _parse_error(chunk, data, self._parse_schema, e, self._source) from None
+        self._write_full_groups(final=False)
 
     def _write_full_groups(self, *, final: bool) -> None:
         limit = self.options.row_group_bytes
@@ -1095,7 +1234,7 @@ class ParquetShardWriter:
     def _submit(self, group: pa.Table) -> None:
         self._wait()  # one row group in flight: memory stays bounded
         self._inflight_bytes = group.nbytes
-        self._inflight = _lane().submit(self._write_group, group)
+        self._inflight = _lane("write").submit(self._write_group, group)
 
     def _wait(self) -> None:
         if self._inflight is not None:
@@ -1112,6 +1251,11 @@ class ParquetShardWriter:
         self.row_groups += 1
 
 
+def _convert_job(data, schema: pa.Schema, rewritten: int) -> tuple[pa.Table, int]:
+    """(parse lane) The chunk as a table of the shard's schema."""
+    return _read_json(data, schema), rewritten
+
+
 def _rows_within(table: pa.Table, limit: int) -> int:
     """The most leading rows whose Arrow size is at most limit (at least one)."""
     n = table.num_rows
@@ -1122,7 +1266,7 @@ def _rows_within(table: pa.Table, limit: int) -> int:
     if table.slice(0, estimate).nbytes <= limit:
         lo = estimate
     else:
-        hi = estimate - 1 if estimate > 1 else 1
+        hi = max(1, estimate - 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if table.slice(0, mid).nbytes <= limit:

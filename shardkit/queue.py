@@ -664,6 +664,74 @@ class Queue:
         }
 
 
+def queue_manifest(queue: Queue, *, progress=None) -> dict:
+    """Write ROOT/manifest.json (`"type": "queue"`) + SHA256SUMS: every queue file with its
+    state, priority, records, bytes, sha256 and attempts.
+
+    sha256 and records come from a cache in .shardkit/cache/ keyed by (size, mtime_ns,
+    inode, ctime_ns): a rerun rehashes only files that changed (a rename keeps the inode
+    and mtime, so files that moved between states are not read again)."""
+    from .manifest import (
+        FORMAT_VERSION,
+        MANIFEST_NAME,
+        scan_file,
+        tool_name,
+        totals,
+        write_manifest,
+    )
+
+    cache_path = queue.meta / "cache" / "manifest-cache.json"
+    try:
+        cache = orjson.loads(cache_path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        cache = {}
+    fresh: dict[str, dict] = {}
+    files = []
+    rehashed = 0
+    for e in queue.entries([s for s in STATES if s != "inbox"]):
+        st = e.path.stat()
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        hit = cache.get(key)
+        if hit is None:
+            stats = scan_file(e.path, None)
+            hit = {"sha256": stats.sha256, "records": stats.records}
+            rehashed += 1
+            if progress:
+                progress(e.size)
+        fresh[key] = hit
+        item = e.item
+        files.append({
+            "path": os.path.relpath(e.path, queue.root),
+            "state": e.state,
+            "priority": e.priority,
+            "records": hit["records"],
+            "bytes": e.size,
+            "sha256": hit["sha256"],
+            "id": item.id if item else None,
+            "attempts": item.attempts if item else 0,
+            "record_kind": item.kind if item else None,
+        })
+    atomic_write(cache_path, orjson.dumps(fresh))
+    manifest = {
+        "shardkit_manifest": FORMAT_VERSION,
+        "type": "queue",
+        "complete": True,
+        "created_at": now_iso(),
+        "tool": tool_name(),
+        "root": str(queue.root),
+        "files": files,
+        "rejects": None,
+        "totals": totals(files),
+        "rehashed": rehashed,
+    }
+    write_manifest(queue.root / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def is_queue_root(path: Path) -> bool:
+    return (Path(path) / META).is_dir() and (Path(path) / "queue").is_dir()
+
+
 @dataclass
 class PrunePlan:
     delete: list[Entry] = field(default_factory=list)

@@ -4,6 +4,7 @@ state machine, ingest routes every kind of drop, doctor finds what was planted."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -365,3 +366,59 @@ def test_init_layout(tmp_path: Path) -> None:
     q = make_queue(tmp_path)
     for rel in STATE_DIRS.values():
         assert (q.root / rel).is_dir()
+
+
+def test_queue_manifest_rehashes_only_changed_files(tmp_path: Path) -> None:
+    from shardkit.manifest import verify
+    from shardkit.queue import queue_manifest
+
+    q = make_queue(tmp_path)
+    for i in range(5):
+        pend(q, f"f{i}.jsonl", GOOD * (i + 1))
+    m = queue_manifest(q)
+    assert m["type"] == "queue" and m["rehashed"] == 5 and m["totals"]["records"] == 15
+    assert verify(q.root / "manifest.json").ok
+    assert queue_manifest(q)["rehashed"] == 0
+    c = q.claim("w")  # a move is a rename: same inode and mtime, not read again
+    (q.dir("normal") / "f4.jsonl").write_bytes(GOOD)  # changed
+    m = queue_manifest(q)
+    assert m["rehashed"] == 1
+    entry = next(f for f in m["files"] if f["path"].endswith(c.name))
+    assert entry["state"] == "processing" and entry["attempts"] == 1
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=q.root, capture_output=True).returncode == 0
+    r = run_cli("manifest", q.root, "--json")
+    assert r.returncode == 0 and orjson.loads(r.stdout)["rehashed"] == 0
+
+
+def test_ingest_from_another_filesystem_copies_and_verifies(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) here")
+    q = make_queue(tmp_path)
+    other = Path(shm) / f"shardkit-inbox-{os.getpid()}"
+    other.mkdir()
+    try:
+        q.dir("inbox").rmdir()
+        q.dir("inbox").symlink_to(other)
+        drop(q, "far.jsonl", GOOD * 3)
+        result = ingest(q)
+        assert [(r.name, r.to) for r in result.routed] == [("far.jsonl", "normal")]
+        assert (q.dir("normal") / "far.jsonl").read_bytes() == GOOD * 3
+        assert not (other / "far.jsonl").exists()
+        line = [e for e in journal(q) if e["op"] == "ingest"][0]
+        assert line["copied"] is True and line["sha256"]
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_rotate_cli(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(3):
+        (logs / f"s{i}.log").write_bytes(b"status line\n" * 1000)
+    os.utime(logs / "s0.log", (OLD, OLD))
+    r = run_cli("rotate", logs, "--older-than", "1h", "--delete")
+    assert r.returncode == 0 and b"needs --yes" in r.stdout and (logs / "s0.log").exists()
+    r = run_cli("rotate", logs, "--older-than", "1h", "--compress", "--json")
+    assert r.returncode == 0 and orjson.loads(r.stdout)["applied"] is True
+    assert sorted(p.name for p in logs.iterdir()) == ["s0.log.gz", "s1.log", "s2.log"]
