@@ -17,15 +17,36 @@ from .errors import (  # noqa: E402
     ShardkitError,
     UsageError,
 )
-from .manifest import regenerate as regenerate_manifest  # noqa: E402
-from .manifest import verify  # noqa: E402
-from .shard import SplitOptions, SplitResult, split  # noqa: E402
+
+# The rest is imported on first use, so `shardkit --help` or `shardkit queue claim` does not
+# pay for the split pipeline and the validator (startup time matters to scripts and cron).
+_LAZY = {
+    "regenerate_manifest": ("manifest", "regenerate"),
+    "verify": ("manifest", "verify"),
+    "SplitOptions": ("shard", "SplitOptions"),
+    "SplitResult": ("shard", "SplitResult"),
+    "split": ("shard", "split"),
+    "Queue": ("queue", "Queue"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'shardkit' has no attribute {name!r}")
+
 
 __all__ = [
     "ConflictError",
     "DataError",
     "InputError",
     "Interrupted",
+    "Queue",
     "ShardkitError",
     "SplitOptions",
     "SplitResult",

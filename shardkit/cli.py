@@ -412,12 +412,16 @@ def rotate(
 
     Example: shardkit rotate logs/status --older-than 7d --compress
     """
+    from .journal import Journal
+    from .queue import is_queue_root
     from .rotate import rotate as run_rotate
 
     with exit_on_error():
+        root = next((p for p in [directory.absolute(), *directory.absolute().parents] if is_queue_root(p)), None)
         result = run_rotate(directory, older_than=_duration_option(older_than, "--older-than"),
                             max_bytes=_size_option(max_bytes, "--max-bytes"), compress=compress,
-                            delete=delete, yes=yes, dry_run=dry_run)
+                            delete=delete, yes=yes, dry_run=dry_run,
+                            journal=Journal.for_root(root) if root else None)
     if json_output:
         _print_json(result.to_dict())
     else:

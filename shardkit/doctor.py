@@ -75,6 +75,7 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
 
 def _temps(queue: Queue, repair: bool, now: float, add) -> None:
     open_tx = {i.intent.get("work") for i in queue.journal.open_intents()}
+    # not .shardkit/ itself: the journal's rotation temp files there are finished by its next rotation
     places = [queue.dir(s) for s in STATES] + [queue.meta / "items", queue.meta / "leases"]
     for folder in places:
         if not folder.is_dir():

@@ -96,13 +96,14 @@ def ingest(queue: Queue, *, priority: str | None = None, dry_run: bool = False, 
         result.finished = finish_open_ingests(queue)
     now = time.time() if now is None else now
     inbox = queue.dir("inbox")
+    inbox_entries = {e.name: e for e in queue.entries(["inbox"])}
     for p in sorted(inbox.iterdir()) if inbox.is_dir() else []:
         why = _not_ready(p, now, s.settle)
         if why:
             result.skipped.append((p.name, why))
             continue
-        entry = next((e for e in queue.entries(["inbox"]) if e.name == p.name), None)
-        if entry is None:
+        entry = inbox_entries.get(p.name)
+        if entry is None or not os.path.lexists(entry.path):
             continue  # taken by a concurrent ingest
         _check_disk(queue, entry)
         try:
@@ -173,10 +174,9 @@ def _ingest_one(queue: Queue, entry: Entry, prio: str, dry_run: bool) -> Routed:
     if dry_run:
         return Routed(entry.name, prio, records)
     stats = scan_file(entry.path, None)
-    item = queue.adopt(entry, journal=False)
+    item = entry.item or queue.new_item(entry)
     item.records, item.sha256, item.bytes, item.kind = stats.records, stats.sha256, stats.bytes, _main_kind(report)
-    queue.save_item(item)
-    moved = _move_in(queue, entry, prio)
+    moved = _move_in(queue, entry, prio)  # saves the record once, after the rename
     return Routed(entry.name, moved.state, records)
 
 

@@ -200,8 +200,11 @@ def _unify_struct(a: dict, b: dict, path: Path_, report: Report) -> dict:
     return a if out is None else out
 
 
-def _type_of(v, path: Path_, report: Report):
-    """Type of one decoded JSON value (a conflict inside a list raises to the enclosing field)."""
+def _type_of(v, path: Path_, report: Report, known=NULL):
+    """Type of one decoded JSON value (a conflict inside a list raises to the enclosing field).
+
+    `known` is what the field is so far: a field already stored as JSON text is not walked.
+    """
     if v is None:
         return NULL
     t = type(v)
@@ -213,17 +216,21 @@ def _type_of(v, path: Path_, report: Report):
         return INT if _I64_MIN <= v <= _I64_MAX else FLOAT
     if t is float:
         return FLOAT
+    if known == JSON:
+        return JSON
     if t is list:
         item = NULL
         sub = (*path, None)
+        inner = known[1] if type(known) is tuple else NULL
         for x in v:
-            item = _unify(item, _type_of(x, sub, report), sub, report)
+            item = _unify(item, _type_of(x, sub, report, inner), sub, report)
         return ("list", item)
     if t is dict:
         out = {}
+        fields = known if type(known) is dict else {}
         for key, x in v.items():
             try:
-                out[key] = _type_of(x, (*path, key), report)
+                out[key] = _type_of(x, (*path, key), report, fields.get(key, NULL))
             except _Conflict as c:
                 report((*path, key), c.a, c.b)
                 out[key] = JSON
@@ -975,7 +982,7 @@ class SchemaBuilder:
             # still being parsed when this one was sent), or a line pyarrow rejects: walk
             # it in Python, then check pyarrow reads it with the JSON-text fields rewritten.
             self._infer_python(chunk)
-            data = self._json.rewrite(chunk)[0] if self._json else chunk.view()
+            data = self._json.rewrite(chunk, everything=True)[0] if self._json else chunk.view()
             try:
                 _read_json(data, None)
             except pa.ArrowInvalid as e:
@@ -1008,7 +1015,7 @@ class SchemaBuilder:
         data = bytes(chunk.view())
         for i, (s, e) in enumerate(_line_spans(data)):  # noqa: B007 - report() reads i
             rec = _object_at(chunk, i, data[s:e])
-            acc = _unify_struct(acc, _type_of(rec, (), report), (), report)
+            acc = _unify_struct(acc, _type_of(rec, (), report, acc), (), report)
         self._type = acc
         if new_json:
             self._json = _JsonFields(_json_leaves(acc, ()))

@@ -20,6 +20,7 @@ one state folder a name is unique because no move ever replaces a file.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import secrets
 import shutil
@@ -207,8 +208,15 @@ class Queue:
             raise InputError(f"{self.root}: not a shardkit queue (no queue/ or .shardkit/); run: shardkit queue init {self.root}")
         self.settings = settings if settings is not None else load_settings(self.root)
         self.meta = self.root / META
+        for sub in ("items", "leases", "tmp", "cache"):  # a trainer's own layout has none of these
+            if not (self.meta / sub).is_dir():
+                try:
+                    (self.meta / sub).mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise env_error(e, self.meta / sub) from None
         self.journal = Journal(self.meta / "journal.jsonl")
         self.host = socket.gethostname()
+        self._item_cache: dict[str, tuple[tuple[int, int, int], Item]] = {}
 
     # ----- layout
 
@@ -253,15 +261,32 @@ class Queue:
         atomic_write(self._item_path(item.id), orjson.dumps(item.to_dict(), option=orjson.OPT_INDENT_2))
 
     def items(self) -> list[Item]:
-        out = []
+        """Every item record. Records are re-read only when their file changed (every save is
+        a new inode), so a long-lived Queue lists a big queue in a few milliseconds."""
         folder = self.meta / "items"
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.suffix == ".json" and not p.name.startswith("."):
-                    item = self.load_item(p.stem)
-                    if item is not None:
-                        out.append(item)
-        return out
+        cache = self._item_cache
+        seen = {}
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                st = os.stat(folder / name)
+            except FileNotFoundError:
+                continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = cache.get(name)
+            if hit is None or hit[0] != key:
+                item = self.load_item(name[:-5])
+                if item is None:
+                    continue
+                hit = (key, item)
+            seen[name] = hit
+        self._item_cache = seen
+        return [copy.deepcopy(item) for _, item in seen.values()]
 
     def _index(self) -> dict[tuple[str, str], Item]:
         return {(i.state, i.name): i for i in self.items()}
@@ -306,6 +331,14 @@ class Queue:
             raise UsageError(f"{name}: in several states ({where}); say which, e.g. {matches[0].state}/{name}")
         return matches[0]
 
+    def new_item(self, entry: Entry) -> Item:
+        """A record for a file that has none, not yet saved (the next move saves it)."""
+        item = Item(id=_new_id(), name=entry.name, state=entry.state, bytes=entry.size,
+                    priority=entry.state if entry.state in PENDING else "normal")
+        item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
+        entry.item = item
+        return item
+
     def adopt(self, entry: Entry, *, journal: bool = True) -> Item:
         """The record of a file, creating one for a file that has none (dropped in the inbox,
         or moved by hand). `journal=False` when the caller's own journal line names the id."""
@@ -336,6 +369,9 @@ class Queue:
         if dry_run:
             return Entry(to, new_name, target, entry.size, entry.mtime, entry.item)
         item = self.adopt(entry, journal=entry.state != "inbox")
+        if not target.parent.is_dir():  # e.g. dead/ or held/ in a layout made by hand
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(target.parent.parent)
         try:
             rename_noreplace(entry.path, target)
         except ConflictError:
@@ -571,11 +607,14 @@ class Queue:
             with self.journal.transaction("prune", files=len(plan.delete)) as tx:
                 for e in plan.delete:
                     item = e.item
+                    if not os.path.lexists(e.path):
+                        continue
+                    # journaled first: a kill between the two leaves a recorded delete, never a silent one
+                    tx.step("delete", id=item.id if item else None, name=e.name, state=e.state, bytes=e.size)
                     try:
                         os.unlink(e.path)
                     except FileNotFoundError:
                         continue
-                    tx.step(op="delete", id=item.id if item else None, name=e.name, state=e.state, bytes=e.size)
                     if item is not None:
                         item.history.append({"ts": now_iso(), "op": "prune", "from": e.state, "to": None})
                         item.state = "deleted"
@@ -610,7 +649,6 @@ class Queue:
         limits = [e.name for e in entries if self._over_limits(e)]
         usage = shutil.disk_usage(self.root)
         reserve = self.disk_reserve(entries)
-        journal = self.journal.path
         problems = []
         if stale:
             problems.append(f"{len(stale)} stale lease(s) in processing: run `shardkit queue requeue-stale`")
@@ -629,7 +667,7 @@ class Queue:
             "unleased_processing": external,
             "over_limits": limits,
             "disk": {"free": usage.free, "total": usage.total, "reserve": reserve},
-            "journal_bytes": journal.stat().st_size if journal.exists() else 0,
+            "journal_bytes": self.journal.disk_usage(),
             "problems": problems,
             "ok": not problems,
         }
@@ -644,13 +682,11 @@ class Queue:
 
     def disk_reserve(self, entries: list[Entry] | None = None) -> int:
         """Free bytes to keep: the setting, else 1.5 x the largest file a split could write."""
-        if self.settings.disk_reserve is not None:
-            return self.settings.disk_reserve
         sizes = [e.size for e in (entries if entries is not None else self.entries([*PRIORITIES, "inbox"]))]
         largest = max(sizes, default=0)
         if self.settings.max_bytes:
             largest = min(largest, self.settings.max_bytes)
-        return int(largest * 1.5)
+        return self.settings.reserve_for(largest)
 
     def show(self, name: str) -> dict:
         entry = self.find(name)
