@@ -32,10 +32,12 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/split.py
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/queue.py
 
 bench-quick: venv
 	$(BIN)/python bench/split.py --quick --runs 1
 	$(BIN)/python bench/validate.py --quick --runs 1
+	$(BIN)/python bench/queue.py --quick --runs 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info
