@@ -691,14 +691,29 @@ def queue_retry(
     names: Annotated[list[str] | None, typer.Argument(help="Failed files to retry.", show_default=False)] = None,
     all_failed: Annotated[bool, typer.Option("--all", help="Every failed file.")] = False,
     reset_attempts: Annotated[bool, typer.Option("--reset-attempts", help="Start counting attempts again (else: dead at max_attempts).")] = False,
+    split_records: Annotated[int | None, typer.Option("--split", help="Re-shard into N-record files (for a file that failed for size); the parent goes to split/.", min=1, show_default=False)] = None,
     root: RootOpt = None, dry_run: DryRunOpt = False, json_output: JsonOpt = False,
 ) -> None:
     """failed -> pending (its priority), or -> dead once attempts reach max_attempts.
 
-    Example: shardkit queue retry --all --dry-run
+    Example: shardkit queue retry --all --dry-run;  shardkit queue retry big.jsonl --split 50000
     """
     with exit_on_error():
-        moved = _open_queue(root).retry(names or [], all_failed=all_failed, reset_attempts=reset_attempts, dry_run=dry_run)
+        q = _open_queue(root)
+        if split_records is not None:
+            from .ingest import resplit
+
+            routed = resplit(q, names or [], split_records, all_failed=all_failed, dry_run=dry_run)
+        else:
+            moved = q.retry(names or [], all_failed=all_failed, reset_attempts=reset_attempts, dry_run=dry_run)
+    if split_records is not None:
+        if json_output:
+            _print_json({"dry_run": dry_run, "split": [r.to_dict() for r in routed]})
+        else:
+            for r in routed:
+                typer.echo(f"{'would split' if dry_run else 'split'}: {r.name} -> {len(r.children)} shard(s)")
+        _summary({"split": len(routed)})
+        return
     _moved(moved, "retried", dry_run, json_output)
 
 

@@ -259,9 +259,12 @@ def rename_noreplace_or_suffix(src: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------- split on ingest
 
 
-def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: int, strip: bool = False) -> Routed:
+def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: int | None, strip: bool = False,
+              max_records: int | None = None, op: str = "ingest") -> Routed:
     s = queue.settings
     reason = "invalid records stripped" if strip else f"over the limits (max_records {s.max_records}, max_bytes {s.max_bytes})"
+    if max_records is not None:
+        reason = f"re-split into shards of {max_records} records"
     if dry_run:
         return Routed(entry.name, "split", records, reason)
     item = queue.adopt(entry, journal=False)
@@ -275,25 +278,25 @@ def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: 
 
         check = CheckOptions(kind=s.kind, max_tokens=s.max_tokens, tokenizer=s.tokenizer)
     options = SplitOptions(
-        max_records=s.max_records or (None if s.max_bytes else 50_000), max_bytes=s.max_bytes,
-        name=template, check=check,
+        max_records=max_records or s.max_records or (None if s.max_bytes else 50_000),
+        max_bytes=None if max_records else s.max_bytes, name=template, check=check,
     )
     try:
         split([str(entry.path)], work, options, jobs=1)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)  # nothing published: the parent stays in the inbox
+        shutil.rmtree(work, ignore_errors=True)  # nothing published: the parent stays where it was
         raise
     faults.hit("after:ingest_split_written")
     # From here the transaction stays open until the parent has moved: a crash or an error
     # while publishing is rolled forward by finish_open_ingests, never undone.
-    tx = queue.journal.begin("ingest-split", id=item.id, name=entry.name,
-                             work=str(work.relative_to(queue.root)), priority=prio, strip=strip)
-    routed = _publish(queue, entry, item, work, prio, tx)
+    tx = queue.journal.begin("ingest-split", id=item.id, name=entry.name, work=str(work.relative_to(queue.root)),
+                             priority=prio, strip=strip, parent_state=entry.state, parent_op=op)
+    routed = _publish(queue, entry, item, work, prio, tx, op)
     tx.commit(children=len(routed))
     return Routed(entry.name, "split", records, reason, routed)
 
 
-def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx) -> list[str]:
+def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx, op: str = "ingest") -> list[str]:
     """Move the committed shards of `work` into pending, then the parent to split/."""
     manifest = read_manifest(work / MANIFEST_NAME)
     if not manifest.get("complete"):
@@ -325,9 +328,24 @@ def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx) 
     item.records = manifest["counts"]["read"] - manifest["counts"]["blank"]
     queue.save_item(item)
     if entry.path.exists():
-        queue.move(entry, "ingest", "split", reason=f"split into {len(children)} shard(s)")
+        queue.move(entry, op, "split", reason=f"split into {len(children)} shard(s)")
     shutil.rmtree(work, ignore_errors=True)
     return children
+
+
+def resplit(queue: Queue, names: list[str], max_records: int, *, all_failed: bool = False,
+            dry_run: bool = False) -> list[Routed]:
+    """`queue retry --split N`: a failed file (too big for the trainer) is cut into shards
+    of N records, published into its priority, and the parent moves to split/."""
+    if max_records < 1:
+        raise ConflictError(f"--split must be at least 1 (got {max_records})")
+    entries = queue.entries(["failed"]) if all_failed else [queue.find_for("retry", n) for n in names]
+    out = []
+    for entry in entries:
+        _check_disk(queue, entry)
+        out.append(_split_in(queue, entry, entry.priority, dry_run, records=entry.item.records if entry.item else None,
+                             max_records=max_records, op="retry"))
+    return out
 
 
 def finish_open_ingests(queue: Queue) -> list[str]:
@@ -341,14 +359,16 @@ def finish_open_ingests(queue: Queue) -> list[str]:
         if intent.op != "ingest-split":
             continue
         work = queue.root / intent.intent["work"]
-        entry = next((e for e in queue.entries(["inbox"]) if e.item and e.item.id == intent.intent["id"]), None)
+        parent_state = intent.intent.get("parent_state", "inbox")
+        entry = next((e for e in queue.entries([parent_state]) if e.item and e.item.id == intent.intent["id"]), None)
         complete = (work / MANIFEST_NAME).exists() and read_manifest(work / MANIFEST_NAME).get("complete")
         if entry is None:
             # the parent left the inbox only after every shard was published: all done
             shutil.rmtree(work, ignore_errors=True)
             queue.journal.resolve(intent, "commit", recovered=True)
         elif complete:
-            _publish(queue, entry, entry.item, work, intent.intent["priority"], None)
+            _publish(queue, entry, entry.item, work, intent.intent["priority"], None,
+                     intent.intent.get("parent_op", "ingest"))
             queue.journal.resolve(intent, "commit", recovered=True)
             done.append(intent.intent["name"])
         else:  # the split had not completed: nothing was published; the parent is ingested anew

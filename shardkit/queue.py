@@ -339,6 +339,22 @@ class Queue:
         entry.item = item
         return item
 
+    def find_for(self, op: str, name: str) -> Entry:
+        """The file `op` would move: found in any state; in a state `op` cannot move it from,
+        a ConflictError (exit 4) naming both; nowhere, an InputError (exit 3)."""
+        sources = TRANSITIONS[op][0]
+        try:
+            return self.find(name, sorted(sources))
+        except InputError:
+            try:
+                where = self.find(name)
+            except InputError:
+                raise InputError(f"{Path(name).name}: not in the queue") from None
+            raise ConflictError(
+                f"{where.name}: cannot {op} a file in {where.state} "
+                f"({op} moves files from {', '.join(sorted(sources))})"
+            ) from None
+
     def adopt(self, entry: Entry, *, journal: bool = True) -> Item:
         """The record of a file, creating one for a file that has none (dropped in the inbox,
         or moved by hand). `journal=False` when the caller's own journal line names the id."""
@@ -463,7 +479,7 @@ class Queue:
         return out
 
     def _held_entry(self, path_or_name: str, token: str | None) -> tuple[Entry, Lease | None]:
-        entry = self.find(path_or_name, ["processing"])
+        entry = self.find_for("complete", path_or_name)
         lease = self.lease(entry.name)
         if token is not None and (lease is None or lease.token != token):
             raise ConflictError(
@@ -504,7 +520,7 @@ class Queue:
     def retry(self, names: Iterable[str] = (), *, all_failed: bool = False, reset_attempts: bool = False,
               dry_run: bool = False) -> list[Entry]:
         """failed -> pending (its priority), or -> dead once attempts reach max_attempts."""
-        entries = self.entries(["failed"]) if all_failed else [self.find(n, ["failed"]) for n in names]
+        entries = self.entries(["failed"]) if all_failed else [self.find_for("retry", n) for n in names]
         if not entries and not all_failed:
             raise UsageError("name the files to retry, or give --all")
         out = []
@@ -551,7 +567,7 @@ class Queue:
     def hold(self, names: Iterable[str], *, reason: str | None = None, dry_run: bool = False) -> list[Entry]:
         out = []
         for n in names:
-            entry = self.find(n, [*PRIORITIES, "failed", "dead"])
+            entry = self.find_for("hold", n)
             moved = self.move(entry, "hold", "held", reason=reason, dry_run=dry_run)
             if not dry_run:
                 moved.item.held_from = entry.state
@@ -562,7 +578,7 @@ class Queue:
     def release(self, names: Iterable[str], *, dry_run: bool = False) -> list[Entry]:
         out = []
         for n in names:
-            entry = self.find(n, ["held"])
+            entry = self.find_for("release", n)
             back = (entry.item.held_from if entry.item else None) or "normal"
             out.append(self.move(entry, "release", back, dry_run=dry_run))
         return out
@@ -570,7 +586,7 @@ class Queue:
     def redrive(self, names: Iterable[str], *, dry_run: bool = False) -> list[Entry]:
         out = []
         for n in names:
-            entry = self.find(n, ["dead", "quarantine"])
+            entry = self.find_for("redrive", n)
             moved = self.move(entry, "redrive", "inbox", dry_run=dry_run)
             if not dry_run:
                 moved.item.attempts = 0
@@ -581,7 +597,7 @@ class Queue:
     def quarantine(self, names: Iterable[str], *, reason: str | None = None, dry_run: bool = False) -> list[Entry]:
         out = []
         for n in names:
-            entry = self.find(n, [*PRIORITIES, "inbox", "failed", "dead", "held"])
+            entry = self.find_for("quarantine", n)
             out.append(self.move(entry, "quarantine", "quarantine", reason=reason, dry_run=dry_run))
         return out
 

@@ -183,11 +183,12 @@ def test_moves_follow_the_state_machine_and_illegal_ones_exit_4(tmp_path: Path) 
     assert run_cli("queue", "release", "a.jsonl", "--root", root).returncode == 0
     assert "a.jsonl" in states(q)["normal"]
     # retry needs a failed file; redrive needs dead/quarantine: refused, nothing moves
-    for args in (["retry", "a.jsonl"], ["redrive", "a.jsonl"], ["release", "b.jsonl"]):
+    for args in (["retry", "a.jsonl"], ["redrive", "a.jsonl"], ["release", "b.jsonl"], ["complete", "a.jsonl"]):
         r = run_cli("queue", *args, "--root", root)
-        assert r.returncode in (3, 4), (args, r.stderr)
-    r = run_cli("queue", "complete", "a.jsonl", "--root", root)
-    assert r.returncode == 3 and b"not in the queue" in r.stderr  # not in processing
+        assert r.returncode == 4, (args, r.stderr)
+        assert f"cannot {args[0]} a file in".encode() in r.stderr
+    r = run_cli("queue", "hold", "nope.jsonl", "--root", root)
+    assert r.returncode == 3 and b"nope.jsonl: not in the queue" in r.stderr
     assert states(q) == {"high": ["b.jsonl"], "normal": ["a.jsonl"]}
     c = q.claim("w")
     assert c.name == "b.jsonl"
@@ -422,3 +423,19 @@ def test_rotate_cli(tmp_path: Path) -> None:
     r = run_cli("rotate", logs, "--older-than", "1h", "--compress", "--json")
     assert r.returncode == 0 and orjson.loads(r.stdout)["applied"] is True
     assert sorted(p.name for p in logs.iterdir()) == ["s0.log.gz", "s1.log", "s2.log"]
+
+
+def test_retry_split_reshards_a_file_that_failed_for_size(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    data = b"".join(GOOD.replace(b"hi", b"hi %d" % i) for i in range(25))
+    pend(q, "huge.jsonl", data, prio="high")
+    c = q.claim("w")
+    q.fail(c.name, c.token, reason="CUDA out of memory")
+    r = run_cli("queue", "retry", "huge.jsonl", "--split", "10", "--root", q.root)
+    assert r.returncode == 0, r.stderr
+    st = states(q)
+    assert st["split"] == ["huge.jsonl"] and len(st["high"]) == 3
+    assert b"".join((q.dir("high") / n).read_bytes() for n in sorted(st["high"])) == data
+    parent = q.find("huge.jsonl").item
+    assert all(q.find(n).item.parent == parent.id for n in st["high"])
+    assert [h["op"] for h in parent.history][-1] == "retry"
