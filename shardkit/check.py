@@ -308,6 +308,7 @@ _worker: Checker | None = None
 def _init_worker(options: CheckOptions) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
     _worker = Checker(options)
 
 

@@ -475,36 +475,41 @@ def _json_paths_of(pf: pq.ParquetFile, path) -> list[Path_]:
 
 
 class _Chunk:
-    """JSONL lines gathered from several calls into one reusable buffer, with their origin."""
+    """JSONL lines gathered from several calls, and where each line came from.
 
-    def __init__(self, buf: bytearray) -> None:
-        self.buf = buf
+    The caller's buffers are kept, not copied, until the chunk is parsed; a chunk of
+    several pieces is copied once into a pooled buffer when it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[memoryview] = []
         self.fill = 0
         self.lines = 0
         self.segments: list[tuple[int, int, str]] = []  # (first index, first line, display)
+        self.owned: list[bytearray] = []  # pooled buffers to hand back once parsed
+        self._data: memoryview | None = None
 
     def add(self, data, n: int | None, first_line: int, display: str) -> int:
-        """Copy whole lines in (n of them; counted if None); return n."""
-        data = memoryview(data).cast("B")
-        end = self.fill + len(data)
-        if end > len(self.buf):  # a block longer than the room left: a new, larger buffer
-            grown = bytearray(max(end + end // 4, 2 * len(self.buf)))
-            grown[: self.fill] = memoryview(self.buf)[: self.fill]
-            self.buf = grown
-        self.buf[self.fill : end] = data  # same length: the buffer is never resized
+        """Take whole lines (n of them; counted if None); return n."""
+        view = memoryview(data).cast("B")
         if n is None:
-            n = self.buf.count(b"\n", self.fill, end)
+            n = bytes(view).count(b"\n")
+        self.parts.append(view)
         self.segments.append((self.lines, first_line, display))
-        self.fill = end
+        self.fill += len(view)
         self.lines += n
         return n
 
-    def fits(self, data) -> bool:
-        """Whether data fits in the buffer as it is (an empty chunk takes anything)."""
-        return not self.fill or self.fill + memoryview(data).nbytes <= len(self.buf)
-
-    def view(self) -> memoryview:
-        return memoryview(self.buf)[: self.fill]
+    def data(self, buffers: _Buffers) -> memoryview:
+        """The chunk's bytes in one piece."""
+        if self._data is None:
+            if len(self.parts) == 1:
+                self._data = self.parts[0]
+            else:
+                buf = buffers.get(self.fill)
+                self.owned.append(buf)
+                self._data = _gather(buf, self.parts)
+        return self._data
 
     def where(self, index: int) -> str:
         """'file:line' of the chunk's index-th line."""
@@ -514,19 +519,35 @@ class _Chunk:
         raise AssertionError("index before the first segment")
 
 
+def _gather(buf: bytearray, pieces) -> memoryview:
+    """Copy pieces one after the other into buf (big enough); return the filled part."""
+    out = memoryview(buf)
+    pos = 0
+    for piece in pieces:
+        end = pos + len(piece)
+        out[pos:end] = piece
+        pos = end
+    return out[:pos]
+
+
 class _Buffers:
-    """A few chunk buffers, reused: fresh multi-megabyte buffers cost page faults."""
+    """A few reusable buffers: fresh multi-megabyte buffers cost page faults."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
+        self.size = size + size // 4
         self._free: list[bytearray] = []
 
-    def chunk(self) -> _Chunk:
-        return _Chunk(self._free.pop() if self._free else bytearray(self.size + self.size // 4))
+    def get(self, n: int) -> bytearray:
+        for i, buf in enumerate(self._free):
+            if len(buf) >= n:
+                return self._free.pop(i)
+        return bytearray(max(n, self.size))
 
     def release(self, chunk: _Chunk) -> None:
-        if len(self._free) < 2 and len(chunk.buf) <= 2 * self.size:
-            self._free.append(chunk.buf)
+        for buf in chunk.owned:
+            if len(self._free) < 4 and len(buf) <= 2 * self.size:
+                self._free.append(buf)
+        chunk.owned = []
 
     def clear(self) -> None:
         self._free.clear()
@@ -579,40 +600,52 @@ def _kind(v) -> str:
     return {str: "string", bool: "boolean", int: "integer", float: "float", list: "array"}.get(type(v), "value")
 
 
-def _load_memmem():
-    """glibc's memmem (SIMD): several times faster than bytes.find for a short needle."""
+def _libc_search():
+    """glibc's memmem, memchr and memrchr (SIMD), or None: bytes.find is several times slower."""
     try:
-        fn = ctypes.CDLL(None).memmem
+        libc = ctypes.CDLL(None)
+        funcs = libc.memmem, libc.memchr, libc.memrchr
     except (OSError, AttributeError):
         return None
-    fn.restype = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-    return fn
+    for fn in funcs:
+        fn.restype = ctypes.c_void_p
+    funcs[0].argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    funcs[1].argtypes = funcs[2].argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    return funcs
 
 
-_memmem = _load_memmem()
+_libc = _libc_search()
 
 
 class _Finder:
-    """buf.find(needle, start, end) for a bytearray, through memmem where libc has it."""
+    """find / newline search over any contiguous buffer, through libc where it can."""
 
-    def __init__(self, buf: bytearray) -> None:
-        self.buf = buf
-        self._array = None
-        if _memmem is not None and isinstance(buf, bytearray) and len(buf):
-            self._array = (ctypes.c_char * len(buf)).from_buffer(buf)
-            self._base = ctypes.addressof(self._array)
+    def __init__(self, data) -> None:
+        self._buf = pa.py_buffer(data)  # pins the memory while searching
+        self._base = self._buf.address
+        self._bytes = None if _libc else self._buf.to_pybytes()
 
     def find(self, needle: bytes, start: int, end: int) -> int:
-        if self._array is None:
-            return self.buf.find(needle, start, end)
+        if self._bytes is not None:
+            return self._bytes.find(needle, start, end)
         if end - start < len(needle):
             return -1
-        hit = _memmem(self._base + start, end - start, needle, len(needle))
+        hit = _libc[0](self._base + start, end - start, needle, len(needle))
         return hit - self._base if hit else -1
 
-    def close(self) -> None:
-        self._array = None  # ends the buffer export
+    def line_start(self, pos: int) -> int:
+        """Offset just past the last newline before pos (0 if none)."""
+        if self._bytes is not None:
+            return self._bytes.rfind(b"\n", 0, pos) + 1
+        hit = _libc[2](self._base, 10, pos)
+        return hit - self._base + 1 if hit else 0
+
+    def line_end(self, pos: int, end: int) -> int:
+        """Offset just past the first newline at or after pos (end if none)."""
+        if self._bytes is not None:
+            return self._bytes.find(b"\n", pos, end) + 1 or end
+        hit = _libc[1](self._base + pos, 10, end - pos)
+        return hit - self._base + 1 if hit else end
 
 
 # ---------------------------------------------------------------- JSON-text fields
@@ -643,51 +676,49 @@ class _JsonFields:
     def __bool__(self) -> bool:
         return bool(self.trie)
 
-    def rewrite(self, chunk: _Chunk, everything: bool = False) -> tuple[object, int]:
+    def rewrite(self, chunk: _Chunk, buffers: _Buffers, everything: bool = False) -> tuple[memoryview, int]:
         """(the chunk's lines with JSON-text fields re-serialised, values rewritten).
 
         Same line count. Lines that cannot be decoded are left alone: the parser reports them.
         """
-        view = chunk.view()
-        spans = None if everything else self._candidates(chunk)
+        data = chunk.data(buffers)
+        spans = None if everything else self._candidates(data, chunk.lines)
         if spans is None:  # most lines hold a key: rewrite them all
-            spans = _line_spans(chunk.buf, chunk.fill)
-        if not spans:
-            return view, 0
+            spans = _line_spans(bytes(data))
         counter = [0]
-        parts = []
+        pieces = []
         prev = 0
         for s, e in spans:
-            line = self._rewrite_line(view[s:e], counter)
+            line = self._rewrite_line(data[s:e], counter)
             if line is not None:
-                parts.append(view[prev:s])
-                parts.append(line)
+                pieces.append(data[prev:s])
+                pieces.append(line)
                 prev = e
-        parts.append(view[prev:])
-        return b"".join(parts), counter[0]
+        if not pieces:
+            return data, 0
+        pieces.append(data[prev:])
+        buf = buffers.get(sum(len(p) for p in pieces))
+        chunk.owned.append(buf)
+        return _gather(buf, pieces), counter[0]
 
     def missed(self, table: pa.Table, rewritten: int) -> bool:
         """True if the table holds more non-null JSON-text values than were rewritten."""
         return sum(_non_null(table.column(p[0]), p[1:]) for p in self.paths) != rewritten
 
-    def _candidates(self, chunk: _Chunk) -> list[tuple[int, int]] | None:
+    def _candidates(self, data, lines: int) -> list[tuple[int, int]] | None:
         """Spans of the lines holding a key; None if that is most of them."""
-        buf, end = chunk.buf, chunk.fill
+        end = len(data)
         spans: dict[int, int] = {}
-        most = chunk.lines // 2 + 1
-        finder = _Finder(buf)
-        try:
-            for key in self.keys:
-                pos = finder.find(key, 0, end)
-                while pos >= 0:
-                    s = buf.rfind(b"\n", 0, pos) + 1
-                    e = buf.find(b"\n", pos, end) + 1 or end
-                    spans[s] = e
-                    if len(spans) >= most:
-                        return None
-                    pos = finder.find(key, e, end)
-        finally:
-            finder.close()
+        most = lines // 2 + 1
+        finder = _Finder(data)
+        for key in self.keys:
+            pos = finder.find(key, 0, end)
+            while pos >= 0:
+                s, e = finder.line_start(pos), finder.line_end(pos, end)
+                spans[s] = e
+                if len(spans) >= most:
+                    return None
+                pos = finder.find(key, e, end)
         return sorted(spans.items())
 
     def _rewrite_line(self, line, counter: list[int]) -> bytes | None:
@@ -942,12 +973,12 @@ class SchemaBuilder:
         self._warnings: list[str] = []
         self._warn_cb = warn
         self._buffers = _Buffers(self.options.parse_chunk_bytes)
-        self._chunk = self._buffers.chunk()
+        self._chunk = _Chunk()
         self._parsing = _Parsing(_infer_job, self._chunk_parsed, self._buffers)
 
     def add_block(self, data, first_line: int, display: str, lines: int | None = None) -> None:
         """Feed whole lines (`lines` of them, counted if not given)."""
-        if not self._chunk.fits(data):
+        if self._chunk.fill and self._chunk.fill + memoryview(data).nbytes > self.options.parse_chunk_bytes:
             self._dispatch()
         self.records += self._chunk.add(data, lines, first_line, display)
         if self._chunk.fill >= self.options.parse_chunk_bytes:
@@ -970,8 +1001,8 @@ class SchemaBuilder:
             self._warn_cb(msg)
 
     def _dispatch(self) -> None:
-        chunk, self._chunk = self._chunk, self._buffers.chunk()
-        data = self._json.rewrite(chunk)[0] if self._json else chunk.view()
+        chunk, self._chunk = self._chunk, _Chunk()
+        data = self._json.rewrite(chunk, self._buffers)[0] if self._json else chunk.data(self._buffers)
         if self._type and (self._known is None or self._known[0] is not self._type):
             self._known = (self._type, pa.schema(list(_parse_type(self._type))))
         self._parsing.submit(chunk, data, self._known[1] if self._type else None)
@@ -982,7 +1013,7 @@ class SchemaBuilder:
             # still being parsed when this one was sent), or a line pyarrow rejects: walk
             # it in Python, then check pyarrow reads it with the JSON-text fields rewritten.
             self._infer_python(chunk)
-            data = self._json.rewrite(chunk, everything=True)[0] if self._json else chunk.view()
+            data = self._json.rewrite(chunk, self._buffers, everything=True)[0] if self._json else chunk.data(self._buffers)
             try:
                 _read_json(data, None)
             except pa.ArrowInvalid as e:
@@ -1012,7 +1043,7 @@ class SchemaBuilder:
             new_json.append(path)
             self._warn(f"{where}: field '{field}' is {got} here but {had} in earlier records; stored as JSON text")
 
-        data = bytes(chunk.view())
+        data = bytes(chunk.data(self._buffers))
         for i, (s, e) in enumerate(_line_spans(data)):  # noqa: B007 - report() reads i
             rec = _object_at(chunk, i, data[s:e])
             acc = _unify_struct(acc, _type_of(rec, (), report, acc), (), report)
@@ -1121,7 +1152,7 @@ class ParquetShardWriter:
         self._parse_schema = schema.arrow
         self._json = _JsonFields(schema.json_paths)
         self._buffers = _Buffers(options.parse_chunk_bytes)
-        self._chunk = self._buffers.chunk()
+        self._chunk = _Chunk()
         self._parsing = _Parsing(_convert_job, self._chunk_parsed, self._buffers)
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
@@ -1166,7 +1197,7 @@ class ParquetShardWriter:
         """Buffer n whole JSONL lines; row groups are written as they fill up."""
         if self._closed:
             raise ValueError("writer is closed")
-        if not self._chunk.fits(data):
+        if self._chunk.fill and self._chunk.fill + memoryview(data).nbytes > self.options.parse_chunk_bytes:
             self._dispatch()
         self.records += self._chunk.add(data, n, first_line, display)
         if self._chunk.fill >= self.options.parse_chunk_bytes:
@@ -1206,18 +1237,18 @@ class ParquetShardWriter:
     # ----- internals
 
     def _dispatch(self) -> None:
-        chunk, self._chunk = self._chunk, self._buffers.chunk()
+        chunk, self._chunk = self._chunk, _Chunk()
         if self._json:
-            data, rewritten = self._json.rewrite(chunk)
+            data, rewritten = self._json.rewrite(chunk, self._buffers)
         else:
-            data, rewritten = chunk.view(), 0
+            data, rewritten = chunk.data(self._buffers), 0
         self._parsing.submit(chunk, data, self._parse_schema, rewritten)
 
     def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
         table, rewritten = result if not isinstance(result, Exception) else (None, 0)
         if table is None or (self._json and self._json.missed(table, rewritten)):
             if self._json:  # a key the byte search missed (or a bad line): every line, in Python
-                data, rewritten = self._json.rewrite(chunk, everything=True)
+                data, rewritten = self._json.rewrite(chunk, self._buffers, everything=True)
             try:
                 table = _read_json(data, self._parse_schema)
             except pa.ArrowInvalid as e:
