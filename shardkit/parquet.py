@@ -1,35 +1,44 @@
 """Parquet core: schema inference over the whole input, a Parquet shard writer, Parquet -> JSONL.
 
-Two passes over the input (the splitter reads it twice; stdin must be spooled or given
-`schema_from`). Pass one feeds every block to a `SchemaBuilder`; pass two feeds the same
-lines to one `ParquetShardWriter` per shard, all with the schema pass one produced::
+Two passes over the input (the splitter reads it twice; stdin must be spooled, or the
+schema given with `schema_from`). Pass one feeds every run of lines to a `SchemaBuilder`;
+pass two feeds the same lines to one `ParquetShardWriter` per shard, all with the schema
+pass one produced::
 
-    builder = SchemaBuilder(options)
-    for block in blocks:                       # whole JSONL lines, each ending in b"\\n"
-        builder.add_block(block.data, block.first_line, "big.jsonl")
+    builder = SchemaBuilder(options, warn=print)
+    for data, first_line, n in runs:           # whole JSONL lines, each ending in b"\n"
+        builder.add_block(data, first_line, "big.jsonl", lines=n)   # lines= saves a count
     schema = builder.result()                  # or schema_from_parquet(options.schema_from)
-    manifest_state = schema.to_json()          # JSON-serialisable: resume rebuilds it with
-    schema = InferredSchema.from_json(manifest_state)   # InferredSchema.from_json
+    state = schema.to_json()                   # plain JSON, for the manifest / --resume;
+    schema = InferredSchema.from_json(state)   # gives back an equal schema
+    schema.json_fields, schema.warnings        # ["messages[].content"], [...]
 
     writer = ParquetShardWriter(sink, schema, options)   # sink: .write(bytes), never seeked
     writer.add_lines(data, n, first_line, "big.jsonl")   # n whole lines
-    writer.bytes_written                       # exact bytes handed to sink so far
-    writer.estimated_bytes                     # + buffered rows at the compression ratio seen
-    writer.close()                             # last row group + footer
+    writer.bytes_written                       # exact bytes handed to the sink so far
+    writer.buffered_bytes                      # uncompressed bytes not in the sink yet
+    writer.estimated_bytes                     # bytes_written + buffered at the ratio seen
+    writer.close()                             # last row groups + footer; abort() on error
 
     for line in parquet_lines("shard.parquet"):          # Parquet -> JSONL, bounded memory
         ...
+
+Buffers passed to add_block / add_lines are read without copying until their chunk is
+parsed (at most two chunks later, and always by result() / close()): don't modify them
+after the call. shardkit's BlockReader never reuses a block's buffer. Blocks of about
+`parse_chunk_bytes` (8 MiB) are fastest: one block is then one chunk, parsed in place.
 
 Schema rules (the whole input, never a sample): null widens to any type, int to float,
 objects become structs whose fields are the union over all records (a key seen once is
 kept), arrays become lists (`messages` -> `list<struct<role, content>>`). Strings that look
 like dates stay strings. A true conflict (`content` a string here and a list of parts
 there; `id` a string and an int) follows `on_conflict`: "json-string" (default) stores
-that field as JSON text - every non-null value, `"abc"` as `"\\"abc\\""` - marks it in the
+that field as JSON text - every non-null value, `"abc"` as `"\"abc\""` - marks it in the
 field metadata and in the file's key-value metadata (`shardkit.json_fields`), lists it in
-`InferredSchema.json_fields` and warns; `parquet_lines` restores the values exactly.
-"error" raises DataError naming file:line, the field and both types. Paths are dotted,
-with `[]` for list items: `messages[].content`.
+`InferredSchema.json_fields` and warns (file:line of the first conflicting value);
+`parquet_lines` restores the values exactly. "error" raises DataError naming file:line,
+the field and both types. Paths are dotted, with `[]` for list items: `messages[].content`.
+A line that is not a JSON object is a DataError with file:line, in either pass.
 
 Caveats: Parquet has no "absent": a key missing from a record reads back as null
 (`parquet_lines(drop_nulls=True)` omits null keys instead). Keys come back in schema order
@@ -37,18 +46,22 @@ Caveats: Parquet has no "absent": a key missing from a record reads back as null
 does. An object that is always empty (`{}`) cannot be a Parquet struct; it is stored as
 JSON text too, with a warning.
 
-Pass one parses with pyarrow's C++ JSON reader, 8 MiB at a time, and unifies the per-chunk
-schemas; only a chunk with a new conflict (or a line pyarrow rejects) is walked in Python,
-to find the line. Pass two parses with the schema given explicitly; lines that hold a
-JSON-text field are rewritten with orjson first (found by a byte search for the key).
+How: pyarrow's C++ JSON reader parses 8 MiB chunks on a worker thread while the caller
+reads the next block. Pass one parses each chunk with the schema so far (new keys
+inferred) and unifies; only a chunk with a new conflict (or a line pyarrow rejects) is
+walked in Python, to name the line. Pass two parses with the final schema; lines holding a
+JSON-text field (found with memmem) are re-serialised with orjson first. Row groups are
+encoded, compressed and written on a second worker thread.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import re
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -287,7 +300,7 @@ def _to_arrow(t, path: Path_, json_paths: list) -> pa.DataType:
 def _arrow_field(key: str, t, path: Path_, json_paths: list) -> pa.Field:
     if t == JSON:
         json_paths.append(path)
-        return pa.field(key, pa.string(), metadata=FIELD_ENCODING)
+        return pa.field(key, pa.string())
     return pa.field(key, _to_arrow(t, path, json_paths))
 
 
@@ -346,7 +359,7 @@ class InferredSchema:
             json_paths: list[Path_] = []
             fields = [_decode_field(name, t, (name,), json_paths) for name, t in doc["fields"]]
             return cls(pa.schema(fields), json_paths, doc.get("warnings", ()))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, UsageError) as e:
             raise DataError(f"not a saved shardkit Parquet schema: {e}") from None
 
     def __eq__(self, other: object) -> bool:
@@ -381,8 +394,10 @@ def _encode(t: pa.DataType, path: Path_, json_paths: set):
         return "json"
     if str(t) in _SIMPLE:
         return str(t)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if pa.types.is_list(t):
         return {"list": _encode(t.value_type, (*path, None), json_paths)}
+    if pa.types.is_large_list(t):
+        return {"large_list": _encode(t.value_type, (*path, None), json_paths)}
     if pa.types.is_struct(t):
         return {"struct": _encode_struct([t.field(i) for i in range(t.num_fields)], path, json_paths)}
     if pa.types.is_timestamp(t):
@@ -404,6 +419,8 @@ def _decode(t, path: Path_, json_paths: list) -> pa.DataType:
         return _SIMPLE[t]
     if "list" in t:
         return pa.list_(pa.field("element", _decode(t["list"], (*path, None), json_paths)))
+    if "large_list" in t:
+        return pa.large_list(pa.field("element", _decode(t["large_list"], (*path, None), json_paths)))
     if "struct" in t:
         return pa.struct([_decode_field(n, sub, (*path, n), json_paths) for n, sub in t["struct"]])
     if "timestamp" in t:
@@ -455,9 +472,12 @@ def schema_from_parquet(path: str | Path) -> InferredSchema:
     except pa.ArrowException as e:
         raise InputError(f"{path}: not a Parquet file ({e})") from None
     arrow = pf.schema_arrow
-    return InferredSchema(
-        pa.schema([pa.field(f.name, _plain(f.type)) for f in arrow]), _json_paths_of(pf, path)
-    )
+    try:
+        return InferredSchema(
+            pa.schema([pa.field(f.name, _plain(f.type)) for f in arrow]), _json_paths_of(pf, path)
+        )
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
 
 
 def _json_paths_of(pf: pq.ParquetFile, path) -> list[Path_]:
@@ -487,6 +507,7 @@ class _Chunk:
         self.lines = 0
         self.segments: list[tuple[int, int, str]] = []  # (first index, first line, display)
         self.owned: list[bytearray] = []  # pooled buffers to hand back once parsed
+        self.json: _JsonFields | None = None  # the JSON-text fields it was rewritten for
         self._data: memoryview | None = None
 
     def add(self, data, n: int | None, first_line: int, display: str) -> int:
@@ -900,13 +921,16 @@ def _block_signals() -> None:
 
 
 _lanes: dict[str, ThreadPoolExecutor] = {}
+_lanes_lock = threading.Lock()
+os.register_at_fork(after_in_child=_lanes.clear)  # a forked child has none of the threads
 
 
 def _lane(name: str) -> ThreadPoolExecutor:
     """One worker thread per job ("parse", "write"); jobs on a lane run in submission order."""
-    if name not in _lanes:
-        _lanes[name] = ThreadPoolExecutor(1, f"shardkit-parquet-{name}", initializer=_block_signals)
-    return _lanes[name]
+    with _lanes_lock:
+        if name not in _lanes:
+            _lanes[name] = ThreadPoolExecutor(1, f"shardkit-parquet-{name}", initializer=_block_signals)
+        return _lanes[name]
 
 
 class _Parsing:
@@ -975,9 +999,11 @@ class SchemaBuilder:
         self._buffers = _Buffers(self.options.parse_chunk_bytes)
         self._chunk = _Chunk()
         self._parsing = _Parsing(_infer_job, self._chunk_parsed, self._buffers)
+        self._result: InferredSchema | None = None
 
     def add_block(self, data, first_line: int, display: str, lines: int | None = None) -> None:
         """Feed whole lines (`lines` of them, counted if not given)."""
+        self._result = None
         if self._chunk.fill and self._chunk.fill + memoryview(data).nbytes > self.options.parse_chunk_bytes:
             self._dispatch()
         self.records += self._chunk.add(data, lines, first_line, display)
@@ -986,14 +1012,19 @@ class SchemaBuilder:
 
     def result(self) -> InferredSchema:
         """The schema of everything fed so far."""
-        if self._chunk.lines:
-            self._dispatch()
-        self._parsing.drain()
-        self._buffers.clear()
-        sealed, _ = _seal(self._type, (), self._warn)
-        json_paths: list[Path_] = []
-        fields = [_arrow_field(key, t, (key,), json_paths) for key, t in sealed.items()]
-        return InferredSchema(pa.schema(fields), json_paths, self._warnings)
+        if self._result is None:
+            if self._chunk.lines:
+                self._dispatch()
+            self._parsing.drain()
+            self._buffers.clear()
+            before = len(self._warnings)
+            sealed, _ = _seal(self._type, (), self._warn)
+            warnings = self._warnings[:]
+            del self._warnings[before:]  # sealing is redone if more data comes
+            json_paths: list[Path_] = []
+            fields = [_arrow_field(key, t, (key,), json_paths) for key, t in sealed.items()]
+            self._result = InferredSchema(pa.schema(fields), json_paths, warnings)
+        return self._result
 
     def _warn(self, msg: str) -> None:
         self._warnings.append(msg)
@@ -1002,16 +1033,31 @@ class SchemaBuilder:
 
     def _dispatch(self) -> None:
         chunk, self._chunk = self._chunk, _Chunk()
-        data = self._json.rewrite(chunk, self._buffers)[0] if self._json else chunk.data(self._buffers)
-        if self._type and (self._known is None or self._known[0] is not self._type):
+        chunk.json = self._json
+        self._parsing.submit(chunk, self._rewritten(chunk), self._known_schema())
+
+    def _rewritten(self, chunk: _Chunk):
+        return self._json.rewrite(chunk, self._buffers)[0] if self._json else chunk.data(self._buffers)
+
+    def _known_schema(self) -> pa.Schema | None:
+        """The schema so far, as pyarrow's parser takes it."""
+        if not self._type:
+            return None
+        if self._known is None or self._known[0] is not self._type:
             self._known = (self._type, pa.schema(list(_parse_type(self._type))))
-        self._parsing.submit(chunk, data, self._known[1] if self._type else None)
+        return self._known[1]
 
     def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
+        if isinstance(result, Exception) and chunk.json is not self._json:
+            # sent before the chunk ahead of it found a new JSON-text field: rewrite, retry
+            chunk.json = self._json
+            try:
+                result = _infer_job(self._rewritten(chunk), self._known_schema())
+            except pa.ArrowInvalid as e:
+                result = e
         if isinstance(result, Exception):
-            # A conflict inside the chunk (maybe one found in the chunk before, which was
-            # still being parsed when this one was sent), or a line pyarrow rejects: walk
-            # it in Python, then check pyarrow reads it with the JSON-text fields rewritten.
+            # A conflict inside the chunk, or a line pyarrow rejects: walk it in Python,
+            # then check pyarrow reads it with the JSON-text fields rewritten.
             self._infer_python(chunk)
             data = self._json.rewrite(chunk, self._buffers, everything=True)[0] if self._json else chunk.data(self._buffers)
             try:
