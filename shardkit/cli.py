@@ -179,6 +179,11 @@ def split(
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one, for --max-tokens.", show_default=False)] = None,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="With --validate: longer lines are invalid and not decoded.")] = "16MiB",
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --validate: worker processes, a number or auto (all cores for inputs over 32 MiB).")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Shard format: jsonl (byte-exact copies) or parquet (schema from the whole input).")] = "jsonl",
+    compression: Annotated[str | None, typer.Option("--compression", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
+    row_group_bytes: Annotated[str | None, typer.Option("--row-group-bytes", help="Parquet row groups of about SIZE uncompressed (default 64MiB).", show_default=False)] = None,
+    schema_from: Annotated[Path | None, typer.Option("--schema-from", help="Use the schema of this Parquet file (e.g. last week's shards); skip inference.", show_default=False)] = None,
+    on_conflict: Annotated[str, typer.Option("--on-conflict", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
     ] = False,
@@ -189,7 +194,7 @@ def split(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, summary or warnings; errors only.")] = False,
 ) -> None:
-    """Split JSONL files into shards of at most N records or SIZE bytes.
+    """Split JSONL (or Parquet) files into JSONL or Parquet shards of at most N records or SIZE bytes.
 
     Records are copied byte for byte: the shards, concatenated in manifest order,
     equal the inputs' non-blank lines. Each shard appears atomically, and
@@ -211,6 +216,18 @@ def split(
             )
         elif max_tokens is not None or tokenizer is not None:
             raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
+        parquet = None
+        if fmt == "parquet":
+            from .parquet import ParquetOptions
+
+            parquet = ParquetOptions(
+                compression=compression or "zstd",
+                row_group_bytes=_size_option(row_group_bytes, "--row-group-bytes") or 64 * 2**20,
+                on_conflict=on_conflict, schema_from=str(schema_from) if schema_from else None,
+            )
+        elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
+            raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
+                             "(JSONL shards are plain, byte-exact copies)")
         options = SplitOptions(
             max_records=max_records,
             max_bytes=_size_option(max_bytes, "--max-bytes"),
@@ -219,6 +236,8 @@ def split(
             name=name,
             rejects=rejects,
             check=check,
+            format=fmt,
+            parquet=parquet,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, _raise_on_sigterm)

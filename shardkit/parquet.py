@@ -557,18 +557,21 @@ class _Buffers:
     def __init__(self, size: int) -> None:
         self.size = size + size // 4
         self._free: list[bytearray] = []
+        self._lock = threading.Lock()  # taken on the parse lane, given back by the caller
 
     def get(self, n: int) -> bytearray:
-        for i, buf in enumerate(self._free):
-            if len(buf) >= n:
-                return self._free.pop(i)
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= n:
+                    return self._free.pop(i)
         return bytearray(max(n, self.size))
 
     def release(self, chunk: _Chunk) -> None:
-        for buf in chunk.owned:
-            if len(self._free) < 4 and len(buf) <= 2 * self.size:
-                self._free.append(buf)
-        chunk.owned = []
+        with self._lock:
+            for buf in chunk.owned:
+                if len(self._free) < 4 and len(buf) <= 2 * self.size:
+                    self._free.append(buf)
+            chunk.owned = []
 
     def clear(self) -> None:
         self._free.clear()
@@ -922,7 +925,16 @@ def _block_signals() -> None:
 
 _lanes: dict[str, ThreadPoolExecutor] = {}
 _lanes_lock = threading.Lock()
-os.register_at_fork(after_in_child=_lanes.clear)  # a forked child has none of the threads
+
+
+def _forget_lanes() -> None:
+    """In a forked child: its copy has none of the threads, and the lock may look held."""
+    global _lanes_lock
+    _lanes.clear()
+    _lanes_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lanes)
 
 
 def _lane(name: str) -> ThreadPoolExecutor:
@@ -934,24 +946,32 @@ def _lane(name: str) -> ThreadPoolExecutor:
 
 
 class _Parsing:
-    """Chunks parsed on the parse lane, one at a time, while the caller reads the next.
+    """Chunks prepared (JSON-text fields rewritten) on one lane and parsed on another,
+    while the caller reads the next: three chunks move at once.
 
-    `done(chunk, data, result)` runs in the caller's thread, in chunk order; `result` is
-    what `job(data, *args)` returned or the ArrowInvalid it raised.
+    `prepare(chunk, buffers, *args)` runs on the prepare lane and returns what
+    `parse(prepared, *args)` takes on the parse lane; `done(chunk, result)` runs in the
+    caller's thread, in chunk order, with what parse returned or the ArrowInvalid it raised.
     """
 
-    def __init__(self, job: Callable, done: Callable, buffers: _Buffers) -> None:
-        self._job, self._done, self._buffers = job, done, buffers
-        self._queue: deque[tuple[_Chunk, object, Future]] = deque()
+    _DEPTH = 2  # chunks sent and not yet done
 
-    def submit(self, chunk: _Chunk, data, *args) -> None:
-        self._queue.append((chunk, data, _lane("parse").submit(self._job, data, *args)))
-        while len(self._queue) > 1:
+    def __init__(self, prepare: Callable, parse: Callable, done: Callable, buffers: _Buffers) -> None:
+        self._prepare, self._parse, self._done, self._buffers = prepare, parse, done, buffers
+        self._queue: deque[tuple[_Chunk, Future]] = deque()
+
+    def submit(self, chunk: _Chunk, *args) -> None:
+        prepared = _lane("prepare").submit(self._prepare, chunk, self._buffers, *args)
+        self._queue.append((chunk, _lane("parse").submit(self._run_parse, prepared, args)))
+        while len(self._queue) > self._DEPTH:
             self._finish_one()
+
+    def _run_parse(self, prepared: Future, args: tuple):
+        return self._parse(prepared.result(), *args)
 
     @property
     def queued_bytes(self) -> int:
-        return sum(chunk.fill for chunk, _, _ in self._queue)
+        return sum(chunk.fill for chunk, _ in self._queue)
 
     def drain(self) -> None:
         while self._queue:
@@ -959,20 +979,22 @@ class _Parsing:
 
     def cancel(self) -> None:
         while self._queue:
-            _, _, future = self._queue.popleft()
+            _, future = self._queue.popleft()
             try:
                 future.result()
             except Exception:  # noqa: BLE001 - being dropped anyway
                 pass
 
     def _finish_one(self) -> None:
-        chunk, data, future = self._queue.popleft()
+        chunk, future = self._queue.popleft()
         try:
             result = future.result()
         except pa.ArrowInvalid as e:
             result = e
-        self._done(chunk, data, result)
-        self._buffers.release(chunk)
+        try:
+            self._done(chunk, result)
+        finally:
+            self._buffers.release(chunk)
 
 
 # ---------------------------------------------------------------- pass one: inference
@@ -998,7 +1020,7 @@ class SchemaBuilder:
         self._warn_cb = warn
         self._buffers = _Buffers(self.options.parse_chunk_bytes)
         self._chunk = _Chunk()
-        self._parsing = _Parsing(_infer_job, self._chunk_parsed, self._buffers)
+        self._parsing = _Parsing(_prepare, _infer_parse, self._chunk_parsed, self._buffers)
         self._result: InferredSchema | None = None
 
     def add_block(self, data, first_line: int, display: str, lines: int | None = None) -> None:
@@ -1034,10 +1056,7 @@ class SchemaBuilder:
     def _dispatch(self) -> None:
         chunk, self._chunk = self._chunk, _Chunk()
         chunk.json = self._json
-        self._parsing.submit(chunk, self._rewritten(chunk), self._known_schema())
-
-    def _rewritten(self, chunk: _Chunk):
-        return self._json.rewrite(chunk, self._buffers)[0] if self._json else chunk.data(self._buffers)
+        self._parsing.submit(chunk, self._json, self._known_schema())
 
     def _known_schema(self) -> pa.Schema | None:
         """The schema so far, as pyarrow's parser takes it."""
@@ -1047,12 +1066,13 @@ class SchemaBuilder:
             self._known = (self._type, pa.schema(list(_parse_type(self._type))))
         return self._known[1]
 
-    def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
+    def _chunk_parsed(self, chunk: _Chunk, result) -> None:
         if isinstance(result, Exception) and chunk.json is not self._json:
             # sent before the chunk ahead of it found a new JSON-text field: rewrite, retry
             chunk.json = self._json
             try:
-                result = _infer_job(self._rewritten(chunk), self._known_schema())
+                known = self._known_schema()
+                result = _infer_parse(_prepare(chunk, self._buffers, self._json, known), self._json, known)
             except pa.ArrowInvalid as e:
                 result = e
         if isinstance(result, Exception):
@@ -1099,9 +1119,15 @@ class SchemaBuilder:
         return bool(new_json)
 
 
-def _infer_job(data, known: pa.Schema | None) -> pa.Schema:
+def _prepare(chunk: _Chunk, buffers: _Buffers, fields: _JsonFields, _schema) -> tuple[memoryview, int]:
+    """(prepare lane) The chunk in one piece, JSON-text fields rewritten; values rewritten."""
+    return fields.rewrite(chunk, buffers) if fields else (chunk.data(buffers), 0)
+
+
+def _infer_parse(prepared: tuple[memoryview, int], _fields, known: pa.Schema | None) -> pa.Schema:
     """(parse lane) The chunk's schema: parsed with the schema so far, new keys inferred;
     inferred from scratch when a value no longer fits (a type widens, or a conflict)."""
+    data = prepared[0]
     if known is not None:
         try:
             return _read_json(data, known, unexpected="infer").schema
@@ -1199,14 +1225,14 @@ class ParquetShardWriter:
         self._json = _JsonFields(schema.json_paths)
         self._buffers = _Buffers(options.parse_chunk_bytes)
         self._chunk = _Chunk()
-        self._parsing = _Parsing(_convert_job, self._chunk_parsed, self._buffers)
+        self._parsing = _Parsing(_prepare, _convert_parse, self._chunk_parsed, self._buffers)
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
         self._inflight: Future | None = None
         self._inflight_bytes = 0
         self._written_uncompressed = 0
         self._out = _SinkAdapter(sink)
-        self._closed = False
+        self._closed = self._closing = False
         self._writer = pq.ParquetWriter(
             pa.PythonFile(self._out, mode="w"),
             schema.parquet_schema(),
@@ -1241,7 +1267,7 @@ class ParquetShardWriter:
 
     def add_lines(self, data, n: int, first_line: int, display: str) -> None:
         """Buffer n whole JSONL lines; row groups are written as they fill up."""
-        if self._closed:
+        if self._closing:
             raise ValueError("writer is closed")
         if self._chunk.fill and self._chunk.fill + memoryview(data).nbytes > self.options.parse_chunk_bytes:
             self._dispatch()
@@ -1250,24 +1276,28 @@ class ParquetShardWriter:
             self._dispatch()
 
     def close(self) -> None:
-        """Write what is buffered and the footer (key-value metadata). The sink stays open."""
+        """Write what is buffered and the footer (key-value metadata). The sink stays open.
+
+        If it raises, call abort().
+        """
         if self._closed:
             return
+        self._closing = True
         if self._chunk.lines:
             self._dispatch()
         self._parsing.drain()
         self._buffers.clear()
         self._write_full_groups(final=True)
         self._wait()
-        self._closed = True
         self._writer.close()
         self._out.flush()
+        self._closed = True
 
     def abort(self) -> None:
         """Drop what is buffered; once this returns, nothing more reaches the sink."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._closing = True
         self._out.discard = True
         self._parsing.cancel()
         self._pending.clear()
@@ -1280,21 +1310,24 @@ class ParquetShardWriter:
         except Exception:  # noqa: BLE001
             pass
 
+    def __del__(self) -> None:
+        out = getattr(self, "_out", None)
+        if out is not None and not getattr(self, "_closed", True):
+            out.discard = True  # never a footer into a sink the caller gave up on
+
     # ----- internals
 
     def _dispatch(self) -> None:
         chunk, self._chunk = self._chunk, _Chunk()
-        if self._json:
-            data, rewritten = self._json.rewrite(chunk, self._buffers)
-        else:
-            data, rewritten = chunk.data(self._buffers), 0
-        self._parsing.submit(chunk, data, self._parse_schema, rewritten)
+        self._parsing.submit(chunk, self._json, self._parse_schema)
 
-    def _chunk_parsed(self, chunk: _Chunk, data, result) -> None:
-        table, rewritten = result if not isinstance(result, Exception) else (None, 0)
-        if table is None or (self._json and self._json.missed(table, rewritten)):
+    def _chunk_parsed(self, chunk: _Chunk, result) -> None:
+        table = None if isinstance(result, Exception) else result
+        if table is None:
             if self._json:  # a key the byte search missed (or a bad line): every line, in Python
                 data, rewritten = self._json.rewrite(chunk, self._buffers, everything=True)
+            else:
+                data = chunk.data(self._buffers)
             try:
                 table = _read_json(data, self._parse_schema)
             except pa.ArrowInvalid as e:
@@ -1335,9 +1368,17 @@ class ParquetShardWriter:
         self.row_groups += 1
 
 
-def _convert_job(data, schema: pa.Schema, rewritten: int) -> tuple[pa.Table, int]:
-    """(parse lane) The chunk as a table of the shard's schema."""
-    return _read_json(data, schema), rewritten
+def _convert_parse(prepared: tuple[memoryview, int], fields: _JsonFields, schema: pa.Schema) -> pa.Table:
+    """(parse lane) The chunk as a table of the shard's schema.
+
+    ArrowInvalid too if a JSON-text field's key was spelled so that the byte search
+    missed it (pyarrow would have kept that value as a plain string).
+    """
+    data, rewritten = prepared
+    table = _read_json(data, schema)
+    if fields and fields.missed(table, rewritten):
+        raise pa.ArrowInvalid("a JSON-text field's key is spelled with escapes")
+    return table
 
 
 def _rows_within(table: pa.Table, limit: int) -> int:

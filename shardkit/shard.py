@@ -9,12 +9,14 @@ from its last committed shard and ends with exactly the files an uninterrupted r
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -53,6 +55,9 @@ from .validate import Report
 
 OVERSIZE_POLICIES = ("own-shard", "reject", "error")
 DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
+DEFAULT_PARQUET_NAME = "{stem}-{index:05d}.parquet"
+FORMATS = ("jsonl", "parquet")
+PARQUET_PIECE = 1 << 20  # JSONL bytes fed to a Parquet shard between size checks
 DEFAULT_REJECTS = "rejects.jsonl"
 PARTIAL_PREFIX = ".shardkit-partial-"
 
@@ -75,6 +80,8 @@ class SplitOptions:
     rejects: str = DEFAULT_REJECTS
     block_size: int = BLOCK_SIZE
     check: CheckOptions | None = None  # --validate: invalid records go to the rejects file
+    format: str = "jsonl"  # or "parquet"
+    parquet: Any = None  # parquet.ParquetOptions when format is parquet
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -90,6 +97,19 @@ class SplitOptions:
             raise UsageError(f"--oversize must be one of {', '.join(OVERSIZE_POLICIES)} (got {self.oversize!r})")
         if self.block_size < 1:
             raise UsageError("block size must be positive")
+        if self.format not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.format!r})")
+        if self.format == "parquet":
+            if self.parquet is None:
+                from .parquet import ParquetOptions
+
+                object.__setattr__(self, "parquet", ParquetOptions())
+            if self.name == DEFAULT_NAME:
+                object.__setattr__(self, "name", DEFAULT_PARQUET_NAME)
+            if self.oversize == "reject":
+                raise UsageError("--oversize reject needs --format jsonl (a Parquet shard's size is known only once written)")
+        elif self.parquet is not None:
+            raise UsageError("Parquet options (--row-group-bytes, --schema-from, --on-conflict) need --format parquet")
         shard_name(self.name, "x", 0)  # fails early on a bad template
         if "{index" not in self.name:
             raise UsageError(f"--name {self.name!r} must contain {{index}} so shard names differ")
@@ -100,10 +120,11 @@ class SplitOptions:
             "max_bytes": self.max_bytes,
             "num_shards": self.num_shards,
             "oversize": self.oversize,
-            "format": "jsonl",
-            "compression": None,
+            "format": self.format,
+            "compression": self.parquet.compression if self.parquet else None,
             "name": self.name,
             "validate": self.check.params() if self.check else None,
+            **({"parquet": self.parquet.params()} if self.parquet else {}),
         }
 
 
@@ -155,7 +176,7 @@ def shard_name(template: str, stem: str, index: int) -> str:
     return check_rel_name(name)
 
 
-_STEM_SUFFIXES = re.compile(r"(\.(jsonl|ndjson|json|txt))?(\.(gz|zst))?$", re.IGNORECASE)
+_STEM_SUFFIXES = re.compile(r"(\.(jsonl|ndjson|json|txt|parquet))?(\.(gz|zst))?$", re.IGNORECASE)
 
 
 def input_stems(paths: Sequence[str]) -> list[str]:
@@ -216,6 +237,34 @@ class _ShardFile:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+class _ParquetShardFile(_ShardFile):
+    """A Parquet shard: JSONL lines in, row groups out to the temp file, hashed as written."""
+
+    def __init__(self, out: Path, name: str, schema, options) -> None:
+        from .parquet import ParquetShardWriter
+
+        super().__init__(out, name)
+        self.writer = ParquetShardWriter(self, schema, options)
+
+    def write(self, data) -> None:  # the sink of ParquetShardWriter
+        super().write(data)
+
+    def add(self, data, n: int, first_line: int, display: str) -> None:
+        self.writer.add_lines(data, n, first_line, display)
+
+    @property
+    def estimated_bytes(self) -> int:
+        return self.writer.estimated_bytes
+
+    def commit(self, *, adopt_identical: bool) -> str:
+        self.writer.close()
+        return super().commit(adopt_identical=adopt_identical)
+
+    def abort(self) -> None:
+        self.writer.abort()
+        super().abort()
 
 
 class _Rejects:
@@ -351,6 +400,7 @@ class _Splitter:
         self.checks = checks
         self.report = Report(max_examples=checks.options.examples) if checks else None
         self.invalid = 0
+        self.schema = None  # parquet.InferredSchema for --format parquet
         self.stems = input_stems([s.path for s in specs])
         self.out = out
         self.opts = options
@@ -400,6 +450,8 @@ class _Splitter:
             "counts": {"read": read, "written": written, "rejected": rejected, "blank": blank},
             "totals": totals(self.files),
         }
+        if self.schema is not None:
+            m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
         if not complete:
             m["rejects"] = {"path": self.rejects.final.name, "records": self.rejects.records}
             m["resume"] = self.cp.to_dict()
@@ -436,10 +488,17 @@ class _Splitter:
                     f"{target}: listed in the manifest but missing or changed; cannot resume (use --overwrite)"
                 )
         self.rejects.restore(cp.rejects_records, cp.rejects_bytes)
+        if self.opts.format == "parquet" and old.get("parquet"):
+            from .parquet import InferredSchema
+
+            self.schema = InferredSchema.from_json(old["parquet"]["schema"])
 
     # ----- the run
 
     def run(self) -> None:
+        if self.opts.format == "parquet" and self.schema is None:
+            self.schema = self._infer_schema()
+            self._save()  # the schema is part of what --resume needs
         start = self.cp.input
         for i in range(start, len(self.specs)):
             resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
@@ -469,7 +528,7 @@ class _Splitter:
         self._read, self._blank, self._rejected = cp.records, cp.blank, cp.rejected
         self._reset_shard()
         src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
-        with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
+        with open_input(spec, on_raw=src_hash.update if src_hash else None) as stream:
             reader = BlockReader(stream, self.opts.block_size, start_offset=cp.offset, start_line=cp.line)
             seen = stream.raw_bytes
             checked = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
@@ -501,6 +560,27 @@ class _Splitter:
         faults.hit("after:input_done")
         self._save()
 
+    def _infer_schema(self):
+        """Pass one for Parquet: the schema of every record that will be written."""
+        from .parquet import SchemaBuilder, schema_from_parquet
+
+        popts = self.opts.parquet
+        if popts.schema_from:
+            return schema_from_parquet(popts.schema_from)
+        builder = SchemaBuilder(popts, warn=self.warn)
+        for spec in self.specs:
+            if not spec.rereadable:
+                raise UsageError("--format parquet reads its input twice (schema, then data): give a file, "
+                                 "not stdin, or give --schema-from FILE.parquet")
+            with open_input(spec) as stream:
+                blocks = BlockReader(stream, self.opts.block_size)
+                checked = self.checks.checked(blocks, spec.display) if self.checks else ((b, None) for b in blocks)
+                for block, verdict in checked:
+                    runs, _ = nonblank_runs(block)
+                    for start, end, line, n in _valid_pieces(block, runs, verdict.bad if verdict else ()):
+                        builder.add_block(memoryview(block.buf)[start:end], line, spec.display, lines=n)
+        return builder.result()
+
     def _quota_for(self, spec: InputSpec) -> Callable[[int], int | None]:
         n, cap = self.opts.num_shards, self.opts.max_records
         if n is None:
@@ -526,19 +606,13 @@ class _Splitter:
 
     def _feed_checked(self, block: Block, runs: list, bad: list[Bad]) -> None:
         """Runs of records with the invalid ones cut out and sent to the rejects file."""
-        s, k = block.start, 0
-        for run in runs:
-            self._blank += run.blanks_before
-            pos, line, stop = run.start, run.first_line, run.first_line + run.lines
-            while k < len(bad) and s + bad[k].start < run.end:
-                b = bad[k]
-                if s + b.start > pos:
-                    self._feed_run(block, pos, s + b.start, line, b.line - line)
-                self._reject_invalid(block, b)
-                pos, line = s + b.end, b.line + 1
-                k += 1
-            if pos < run.end:
-                self._feed_run(block, pos, run.end, line, stop - line)
+        for piece in _pieces(block, runs, bad):
+            if piece[0] == "run":
+                self._blank += piece[1]
+            elif piece[0] == "ok":
+                self._feed_run(block, *piece[1:])
+            else:
+                self._reject_invalid(block, piece[1])
 
     def _reject_invalid(self, block: Block, b: Bad) -> None:
         raw = block.buf[block.start + b.start : block.start + b.end]
@@ -548,6 +622,9 @@ class _Splitter:
         self.invalid += 1
 
     def _feed_run(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
+        if self.opts.format == "parquet":
+            self._feed_run_parquet(block, pos, end, line)
+            return
         buf = block.buf
         last_line = line + lines  # one past the run's last line
         max_bytes = self.opts.max_bytes
@@ -573,6 +650,25 @@ class _Splitter:
             self._write(memoryview(buf)[pos:cut], n, line)
             pos, line = cut, line + n
 
+    def _feed_run_parquet(self, block: Block, pos: int, end: int, line: int) -> None:
+        """Records in pieces of about PARQUET_PIECE bytes, checking the shard's size between
+        pieces: its on-disk size is known only as row groups are written (estimated_bytes)."""
+        buf = block.buf
+        while pos < end:
+            if self._records and self._full():
+                self._commit(block.offset + pos - block.start, line)
+            cut = end
+            if end - pos > PARQUET_PIECE:
+                cut = buf.rfind(NL, pos, pos + PARQUET_PIECE) + 1
+                if cut <= pos:
+                    cut = buf.find(NL, pos) + 1
+            n = buf.count(NL, pos, cut)
+            room = self._room()
+            if room is not None and n > room:
+                cut, n = nth_line_end(buf, pos, room), room
+            self._write(memoryview(buf)[pos:cut], n, line)
+            pos, line = cut, line + n
+
     def _room(self) -> int | None:
         quota = self._quota(self._index)
         return None if quota is None else quota - self._records
@@ -581,14 +677,23 @@ class _Splitter:
         room = self._room()
         if room is not None and room <= 0:
             return True
-        return self.opts.max_bytes is not None and self._bytes >= self.opts.max_bytes
+        if self.opts.max_bytes is None:
+            return False
+        if isinstance(self._file, _ParquetShardFile):
+            return self._file.estimated_bytes >= self.opts.max_bytes
+        return self._bytes >= self.opts.max_bytes
 
     def _write(self, data: memoryview, n: int, line: int) -> None:
         if not self._records:
             self._first_line = line
             if not self.dry_run:
-                self._file = _ShardFile(self.out, self._name())
-        if self._file is not None:
+                if self.opts.format == "parquet":
+                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet)
+                else:
+                    self._file = _ShardFile(self.out, self._name())
+        if isinstance(self._file, _ParquetShardFile):
+            self._file.add(data, n, line, self._spec.display)
+        elif self._file is not None:
             self._file.write(data)
         self._records += n
         self._bytes += len(data)
@@ -626,14 +731,18 @@ class _Splitter:
 
     def _commit_held(self, offset: int, line: int) -> None:
         sha = self._file.commit(adopt_identical=self.adopt_identical) if self._file else None
+        size = self._bytes
+        if isinstance(self._file, _ParquetShardFile):
+            size = self._file.writer.bytes_written
         self._file = None
+        parquet = self.opts.format == "parquet"
         self.files.append(
             {
                 "path": self._name(),
-                "format": "jsonl",
-                "compression": None,
+                "format": self.opts.format,
+                "compression": self.opts.parquet.compression if parquet else None,
                 "records": self._records,
-                "bytes": self._bytes,
+                "bytes": size,
                 "sha256": sha,
                 "source": self._source_path(self._spec),
                 "first_line": self._first_line,
@@ -666,12 +775,94 @@ class _Splitter:
         self.rejects.close()
 
 
+def _pieces(block: Block, runs: list, bad) -> Iterator[tuple]:
+    """In input order: ("run", blanks_before) per run, ("ok", start, end, first_line, lines)
+    for consecutive valid records, ("bad", Bad) for an invalid one."""
+    s, k = block.start, 0
+    for run in runs:
+        yield ("run", run.blanks_before)
+        pos, line, stop = run.start, run.first_line, run.first_line + run.lines
+        while k < len(bad) and s + bad[k].start < run.end:
+            b = bad[k]
+            if s + b.start > pos:
+                yield ("ok", pos, s + b.start, line, b.line - line)
+            yield ("bad", b)
+            pos, line = s + b.end, b.line + 1
+            k += 1
+        if pos < run.end:
+            yield ("ok", pos, run.end, line, stop - line)
+
+
+def _valid_pieces(block: Block, runs: list, bad) -> Iterator[tuple[int, int, int, int]]:
+    """(start, end, first_line, lines) of the valid records of `runs`."""
+    for piece in _pieces(block, runs, bad):
+        if piece[0] == "ok":
+            yield piece[1:]
+
+
+def is_parquet(spec: InputSpec) -> bool:
+    if spec.is_stdin or spec.compression is not None:
+        return False
+    with open(spec.path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+class _ParquetLines:
+    """A Parquet input read as JSONL bytes (`readinto`, like InputStream). `on_raw` sees the
+    Parquet file's own bytes, so the manifest's source sha256 is the file's."""
+
+    def __init__(self, spec: InputSpec, on_raw: Callable[[bytes], None] | None = None) -> None:
+        from .parquet import parquet_lines
+
+        self.spec = spec
+        self._lines = parquet_lines(spec.path)
+        self._pending = memoryview(b"")
+        self._on_raw = on_raw
+        self.raw_bytes = 0
+
+    def readinto(self, view: memoryview) -> int:
+        n = 0
+        while n < len(view):
+            if not self._pending:
+                chunk = b"".join(itertools.islice(self._lines, 256))
+                if not chunk:
+                    break
+                self._pending = memoryview(chunk)
+            k = min(len(view) - n, len(self._pending))
+            view[n : n + k] = self._pending[:k]
+            self._pending = self._pending[k:]
+            n += k
+        self.raw_bytes += n
+        return n
+
+    def read(self, size: int) -> bytes:
+        buf = bytearray(size)
+        return bytes(buf[: self.readinto(memoryview(buf))])
+
+    def __enter__(self) -> _ParquetLines:
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is None and self._on_raw is not None:
+            with open(self.spec.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    self._on_raw(chunk)
+        self.raw_bytes = self.spec.size or self.raw_bytes
+
+
+def open_input(spec: InputSpec, on_raw: Callable[[bytes], None] | None = None):
+    """An input as a stream of JSONL bytes: JSONL (plain, gzip, zstd, stdin) or Parquet."""
+    if is_parquet(spec):
+        return _ParquetLines(spec, on_raw)
+    return InputStream(spec, on_raw=on_raw)
+
+
 def count_records(spec: InputSpec, block_size: int = BLOCK_SIZE) -> int:
     """Non-blank lines in an input (a read-only pass, for --num-shards)."""
     if not spec.rereadable:
         raise UsageError("--num-shards needs an input that can be read twice (a file, not stdin)")
     total = 0
-    with InputStream(spec) as stream:
+    with open_input(spec) as stream:
         for block in BlockReader(stream, block_size):
             total += sum(r.lines for r in nonblank_runs(block)[0])
     return total

@@ -1,0 +1,161 @@
+"""`split --format parquet` end to end: real pyarrow readers, real processes, real kills."""
+
+from __future__ import annotations
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_chat_jsonl, run_cli
+from crashkit import final_files, run_and_kill, run_with_fault, seeded_delays, timed
+
+from shardkit.manifest import verify
+
+
+def drifting(path, n=3000):
+    """Records whose fields drift: null then string, int then float, a rare key, nested messages."""
+    lines = []
+    for i in range(n):
+        r = {
+            "id": i,
+            "score": i if i < n // 2 else i + 0.5,
+            "tag": None if i < n * 0.9 else f"t{i}",
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+        }
+        if i % 1000 == 999:
+            r["rare"] = {"k": i}
+        lines.append(orjson.dumps(r) + b"\n")
+    path.write_bytes(b"".join(lines))
+    return [orjson.loads(x) for x in lines]
+
+
+def read_rows(out):
+    m = orjson.loads((out / "manifest.json").read_bytes())
+    rows = []
+    for f in m["files"]:
+        rows += pq.read_table(out / f["path"]).to_pylist()
+    return m, rows
+
+
+def same(original, row):
+    """A row equals the record it came from, modulo absent keys read back as null."""
+    for k, v in row.items():
+        if k not in original:
+            assert v is None, (k, v)
+        elif isinstance(v, dict) and isinstance(original[k], dict):
+            same(original[k], v)
+        else:
+            assert v == original[k], (k, v, original[k])
+
+
+def test_drifting_schema_converts_losslessly(tmp_path):
+    records = drifting(tmp_path / "in.jsonl")
+    out = tmp_path / "out"
+    r = run_cli("split", tmp_path / "in.jsonl", "-o", out, "--format", "parquet", "-n", "1000", "--json")
+    assert r.returncode == 0, r.stderr
+    m, rows = read_rows(out)
+    assert [f["records"] for f in m["files"]] == [1000, 1000, 1000]
+    assert all(f["format"] == "parquet" and f["compression"] == "zstd" for f in m["files"])
+    assert len(rows) == len(records)
+    for orig, row in zip(records, rows, strict=True):
+        same(orig, row)
+    assert verify(out / "manifest.json").ok
+    assert m["parquet"]["json_fields"] == []
+    schema = pq.read_schema(out / m["files"][0]["path"])
+    assert str(schema.field("score").type) == "double" and str(schema.field("tag").type) == "string"
+    assert "rare" in schema.names
+
+
+def test_parquet_back_to_jsonl_and_conflicts_as_json_text(tmp_path):
+    src = tmp_path / "in.jsonl"
+    recs = [
+        {"messages": [{"role": "user", "content": "plain"}, {"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "parts"}]}, {"role": "assistant", "content": "y"}]},
+    ]
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    r = run_cli("split", src, "-o", tmp_path / "pq", "--format", "parquet", "-n", "10")
+    assert r.returncode == 0 and b"stored as JSON text" in r.stderr
+    m = orjson.loads((tmp_path / "pq" / "manifest.json").read_bytes())
+    assert m["parquet"]["json_fields"] == ["messages[].content"]
+    r = run_cli("split", tmp_path / "pq" / m["files"][0]["path"], "-o", tmp_path / "back", "-n", "10")
+    assert r.returncode == 0, r.stderr
+    back = [orjson.loads(x) for x in (tmp_path / "back" / "in-00000-00000.jsonl").read_bytes().splitlines()]
+    assert back == recs
+    r = run_cli("split", src, "-o", tmp_path / "err", "--format", "parquet", "-n", "10", "--on-conflict", "error")
+    assert r.returncode == 1 and b"in.jsonl:2" in r.stderr and b"content" in r.stderr
+
+
+def test_max_bytes_and_row_groups(tmp_path):
+    src = tmp_path / "in.jsonl"
+    make_chat_jsonl(src, 4000, seed=3, max_len=2000)
+    out = tmp_path / "out"
+    r = run_cli("split", src, "-o", out, "--format", "parquet", "--max-bytes", "1MB", "--row-group-bytes", "256KiB")
+    assert r.returncode == 0, r.stderr
+    m, rows = read_rows(out)
+    assert len(rows) == 4000 and len(m["files"]) > 2
+    for f in m["files"]:
+        meta = pq.ParquetFile(out / f["path"]).metadata
+        assert meta.num_rows == f["records"]
+        assert f["bytes"] == (out / f["path"]).stat().st_size
+        # a shard rolls once its size reaches the limit: over by at most one piece
+        assert f["bytes"] <= 1_000_000 * 1.5, f
+        assert all(meta.row_group(i).total_byte_size <= 2 * 256 * 1024 for i in range(meta.num_row_groups))
+
+
+def test_validate_and_parquet_reject_invalid_records(tmp_path):
+    src = tmp_path / "in.jsonl"
+    good = b'{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}\n'
+    src.write_bytes(good + b'{"messages": 5}\n' + b"not json\n" + good)
+    r = run_cli("split", src, "-o", tmp_path / "o", "--format", "parquet", "-n", "10", "--validate", "chat", "--json")
+    assert r.returncode == 0, r.stderr
+    s = orjson.loads(r.stdout)
+    assert s["counts"] == {"read": 4, "written": 2, "rejected": 2, "blank": 0}
+    assert pq.read_table(tmp_path / "o" / "in-00000.parquet").num_rows == 2
+
+
+def test_stdin_needs_schema_from(tmp_path):
+    r = run_cli("split", "-", "-o", tmp_path / "o", "--format", "parquet", "-n", "10", input=b'{"a": 1}\n')
+    assert r.returncode == 2 and b"--schema-from" in r.stderr
+    r = run_cli("split", "x.jsonl", "-o", tmp_path / "o", "-n", "1", "--row-group-bytes", "1MB")
+    assert r.returncode == 2
+
+
+@pytest.fixture(scope="module")
+def parquet_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pqcrash")
+    src = base / "in.jsonl"
+    make_chat_jsonl(src, 3000, seed=9, max_len=1500)
+    args = ["split", src, "--format", "parquet", "-n", "400"]
+    ref = base / "ref"
+    seconds = timed([*args, "-o", ref])
+    return base, args, final_files(ref), seconds
+
+
+def check_resumed(out, args, reference):
+    for name, content in final_files(out).items():
+        if name not in ("manifest.json", "SHA256SUMS"):
+            assert content == reference[name], f"{name} partial or different after the kill"
+    r = run_with_fault([*args, "-o", out, "--resume"], "")
+    assert r.returncode == 0, r.stderr
+    got = final_files(out)
+    assert got.keys() == reference.keys()
+    for name in reference:
+        if name != "manifest.json":
+            assert got[name] == reference[name], name  # byte-identical Parquet
+    assert verify(out / "manifest.json").ok
+
+
+@pytest.mark.parametrize("fault", ["after:shard_commit:2", "before:shard_commit:3", "after:manifest_write:1", "after:shard_write:5"])
+def test_parquet_killed_at_fault_points_resumes_exactly(parquet_run, fault, tmp_path):
+    _, args, reference, _ = parquet_run
+    out = tmp_path / "out"
+    r = run_with_fault([*args, "-o", out], fault)
+    assert r.returncode == -9, r.stderr
+    check_resumed(out, args, reference)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_parquet_kill9_at_random_moments(parquet_run, trial, tmp_path):
+    _, args, reference, seconds = parquet_run
+    out = tmp_path / "out"
+    run_and_kill([*args, "-o", out], seeded_delays(404, 6, 0.1, seconds * 1.1)[trial])
+    check_resumed(out, args, reference)
