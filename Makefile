@@ -32,12 +32,14 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/split.py
 	$(BIN)/python bench/validate.py
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/queue_ops.py
+	$(BIN)/python bench/parquet.py
 
 bench-quick: venv
 	$(BIN)/python bench/split.py --quick --runs 1
 	$(BIN)/python bench/validate.py --quick --runs 1
-	$(BIN)/python bench/queue.py --quick --runs 1
+	$(BIN)/python bench/queue_ops.py --quick --runs 1
+	$(BIN)/python bench/parquet.py --quick --runs 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info

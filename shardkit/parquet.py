@@ -1244,9 +1244,9 @@ class ParquetShardWriter:
 
     @property
     def bytes_written(self) -> int:
-        """Bytes handed to the sink so far: exact; complete for each row group written.
-
-        After close() it is the size of the file.
+        """Bytes the sink has taken so far (counted when its write() returns): every row
+        group written so far, complete. Never more than the sink holds; after close() it
+        is the size of the file.
         """
         return self._out.flushed
 

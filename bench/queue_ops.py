@@ -10,7 +10,7 @@
 Drops are hard links of cached files (ingest moves the link; the cache stays). The target:
 m2 / m1 <= 0.10.
 
-    .venv/bin/python bench/queue.py [--runs 3] [--quick] [--check]
+    .venv/bin/python bench/queue_ops.py [--runs 3] [--quick] [--check]
 
 Writes bench/results/queue.json (queue-quick.json with --quick).
 """
