@@ -1,0 +1,1261 @@
+"""Training-ready shards: the record pipeline behind `split --shuffle/--holdout/--dedup/--exclude/--to`.
+
+Records flow left to right, one step with one job each::
+
+    inputs (JSONL: plain, .gz, .zst, stdin)
+      -> validation      --validate: `check.Checks` by blocks; invalid -> rejects.jsonl
+      -> convert         --to chat: alpaca/sharegpt/prompt-completion -> messages; unmappable -> rejects
+      -> exclude         --exclude EVAL: key in the eval set -> excluded.jsonl
+      -> dedup           --dedup exact: normalised record seen before -> duplicates.jsonl
+      -> route           --holdout F: train or validation, by a stable hash
+      -> size gate       a record over --max-bytes: own shard (warned), reject or error
+      -> sink            per input (`{stem}-{split}-00000.jsonl`), or --shuffle: one stream
+      -> shard writers   one per split, rolling at --max-records/--max-bytes, atomic commits
+      -> manifest        `split` per file, counts, seed, role mapping, side files
+
+Without --to, records are copied byte for byte. With --to chat, converted records are
+re-serialised by orjson (chat records keep their bytes); side files keep original bytes.
+
+**Conservation.** ``read = written + rejected + duplicates + excluded + blank`` (written =
+train + validation, counted from the shards written): checked at the end of every run,
+dry runs included; a mismatch raises `ConservationError` (a bug, never bad data).
+
+**Shuffle** (two passes, Rao's external shuffle): pass 1 scatters each record into one of
+k temp bucket files in ``OUT/.shardkit-shuffle/`` with a seeded RNG (uniform, per record);
+pass 2 loads one bucket at a time, permutes it with its own seeded RNG and writes it out.
+Scattering uniformly and then permuting every bucket uniformly gives a uniformly random
+permutation of the whole stream. k comes from the input size (compressed inputs count 4x,
+stdin 1 GiB) so that a bucket is planned at a quarter of --shuffle-memory; a bucket that
+still comes out larger than --shuffle-memory (bytes + 16 bytes per record for its offsets
+and permutation) is re-scattered into sub-buckets before it is loaded. The order is a
+function of (seed, --shuffle-memory, input sizes, records): the same inputs and options
+give byte-identical shards. Temp disk: about the size of the output, freed bucket by bucket.
+Memory: one bucket (planned at --shuffle-memory/4, never over --shuffle-memory) plus 8 MiB
+of pass-1 write buffers plus the interpreter; measured on the 290 MB / 100k-record file
+with the default 256 MiB: 94 MiB peak RSS, 99 MiB on the doubled file (bench/shuffle.py).
+
+**Holdout.** A record goes to ``validation`` iff the first 8 bytes of
+``sha256("shardkit-holdout:{seed}:" + k)`` read as a fraction are below --holdout, where k
+is the record's 128-bit normalised hash, or with --holdout-key FIELD the field's value
+(``s`` + a string's UTF-8 bytes, or ``j`` + any other value as normalised JSON; records
+sharing a value stay together). It depends on nothing else, so adding, removing or
+reordering files never moves a record between splits. A record without the key field is
+rejected (code ``holdout_key``). Without --holdout every shard's `split` is ``train``.
+
+**Dedup** keeps the first copy of every normalised record (the `stats` hash: sha256 of the
+JSON re-encoded with sorted keys, first 16 bytes; a line that is not JSON hashes its bytes).
+Memory: the index is the only structure that grows with the input: a dict from the
+128-bit hash (a Python int) to the first copy's packed (input, line), which names it in
+duplicates.jsonl. Measured with CPython 3.11: 121 bytes per distinct record (1M distinct
+records: peak RSS 38 -> 153 MiB), i.e. 16 bytes of hash plus ~105 of int objects and dict
+slots; a bare set of the hashes would still take ~82. Budget ~8M distinct records per GB.
+
+**Crash safety.** Shards are written under temp names and committed without replacing
+(`shard._ShardFile`); the manifest is rewritten with ``"complete": false`` after each.
+Side files are appended under ``.shardkit-partial-NAME`` and published at the end. A
+``--resume`` of an interrupted run restarts it from scratch: it deletes exactly the files
+its manifest lists, the temp buckets and the partial files, and runs again; as the output is
+deterministic, a shard committed just before a crash (not yet listed) is adopted only if
+identical. The result equals an uninterrupted run. A lock (flock on OUT) refuses a second
+run into the same folder while one is writing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import math
+import os
+import random
+import shutil
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from . import faults
+from .check import Checks, auto_jobs
+from .convert import MAPPING, to_chat
+from .errors import ConflictError, DataError, Interrupted, ShardkitError, UsageError
+from .io import (
+    BackgroundHasher,
+    InputSpec,
+    InputStream,
+    atomic_write,
+    deferred_signals,
+    env_error,
+    fsync_dir,
+    inspect_input,
+    remove_stale_temps,
+    write_all,
+)
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SUMS_NAME,
+    check_rel_name,
+    dumps,
+    now_iso,
+    read_manifest,
+    sums_text,
+    tool_name,
+    totals,
+)
+from .overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
+from .records import NL, BlockReader, nonblank_runs
+from .shard import (
+    DEFAULT_NAME,
+    Progress,
+    SplitOptions,
+    SplitResult,
+    Warn,
+    _refuse_json_array,
+    _Rejects,
+    _ShardFile,
+    input_stems,
+    reject_record,
+)
+from .validate import Report
+
+__all__ = [
+    "DEFAULT_SHUFFLE_MEMORY",
+    "ConservationError",
+    "PipelineOptions",
+    "run_pipeline",
+]
+
+DEFAULT_SHUFFLE_MEMORY = 256 * 1024 * 1024
+MIN_SHUFFLE_MEMORY = 64 * 1024
+DUPLICATES_NAME = "duplicates.jsonl"
+EXCLUDED_NAME = "excluded.jsonl"
+TEMP_DIR = ".shardkit-shuffle"
+TRAIN, VALIDATION = "train", "validation"
+SHUFFLED_STEM = "part"
+HOLDOUT_NAME = "{stem}-{split}-{index:05d}.jsonl"
+RECORD_OVERHEAD = 16  # bytes per record while a bucket is in memory: offset + permutation entry
+BUCKET_SHARE = 4  # buckets are planned at 1/4 of --shuffle-memory (peak RSS flat as input grows)
+MAX_BUCKETS = 256  # open files in pass 1; more data than this many buckets hold is re-scattered
+MAX_DEPTH = 8  # re-scatter levels before a bucket is loaded whatever its size
+COMPRESSED_RATIO = 4  # planning guess: decompressed bytes per compressed byte
+STDIN_GUESS = 1 << 30  # planning guess for stdin, whose size is unknown
+CHUNK = 1 << 20  # bytes gathered before one write
+PENDING_BUDGET = 8 << 20  # bytes waiting for all bucket files together in pass 1 (64 KiB each at least)
+CONVERSIONS = ("chat",)
+DEDUP_METHODS = ("exact",)
+_HOLDOUT_SCALE = float(1 << 64)
+
+
+class ConservationError(ShardkitError):
+    """read != written + rejected + duplicates + excluded + blank: a shardkit bug."""
+
+    exit_code = 1
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineOptions:
+    """`split` options plus the training-ready steps. Checked at construction.
+
+    `split` says how to cut (max_records, max_bytes, oversize, name, rejects, check).
+    `split.num_shards` works only with `shuffle` (counts are known after the first pass).
+    `name` (--name) may use `{split}` besides `{stem}` and `{index}`; when None, the split's
+    name is used, and its default becomes `{stem}-{split}-{index:05d}.jsonl` under
+    --holdout. With --shuffle, `{stem}` is `part`.
+    """
+
+    split: SplitOptions
+    name: str | None = None
+    shuffle: bool = False
+    seed: int = 0
+    shuffle_memory: int = DEFAULT_SHUFFLE_MEMORY
+    holdout: float | None = None
+    holdout_key: str | None = None
+    holdout_seed: int = 0
+    dedup: str | None = None
+    exclude: tuple[str, ...] = ()
+    exclude_key: str = "record"
+    to: str | None = None
+    duplicates: str = DUPLICATES_NAME
+    excluded: str = EXCLUDED_NAME
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
+        if getattr(self.split, "format", "jsonl") != "jsonl":
+            raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to write JSONL shards; "
+                             "--format parquet is not supported with them yet")
+        if self.shuffle_memory < MIN_SHUFFLE_MEMORY:
+            raise UsageError(f"--shuffle-memory must be at least {MIN_SHUFFLE_MEMORY} bytes (got {self.shuffle_memory})")
+        if self.holdout is not None and not 0 < self.holdout < 1:
+            raise UsageError(f"--holdout must be a fraction between 0 and 1, exclusive (got {self.holdout})")
+        if self.holdout is None and self.holdout_key is not None:
+            raise UsageError("--holdout-key needs --holdout FRACTION")
+        if self.holdout_key == "":
+            raise UsageError("--holdout-key must name a field")
+        if self.dedup is not None and self.dedup not in DEDUP_METHODS:
+            raise UsageError(f"--dedup must be one of {', '.join(DEDUP_METHODS)} (got {self.dedup!r})")
+        if self.to is not None and self.to not in CONVERSIONS:
+            raise UsageError(f"--to must be one of {', '.join(CONVERSIONS)} (got {self.to!r})")
+        key_function(self.exclude_key)
+        if self.split.num_shards is not None and not self.shuffle:
+            raise UsageError("--num-shards with --holdout/--dedup/--exclude/--to needs --shuffle "
+                             "(record counts are known only after the first pass); use --max-records or --max-bytes")
+        names = [self.split.rejects, self.duplicates, self.excluded]
+        for name in names:
+            check_rel_name(name)
+        if len(set(names)) != len(names):
+            raise UsageError(f"the rejects, duplicates and excluded files need different names (got {names})")
+        template = self.name_template()
+        if "{index" not in template:
+            raise UsageError(f"--name {template!r} must contain {{index}} so shard names differ")
+        if self.holdout is not None and "{split" not in template:
+            raise UsageError(f"--name {template!r} must contain {{split}} with --holdout so train and validation shards differ")
+        shard_file_name(template, "x", TRAIN, 0)
+
+    def name_template(self) -> str:
+        """--name, or the default for this mode: `{stem}-{index:05d}.jsonl`, `{stem}-{split}-{index:05d}.jsonl` under --holdout."""
+        if self.name is not None:
+            return self.name
+        if self.split.name == DEFAULT_NAME and self.holdout is not None:
+            return HOLDOUT_NAME
+        return self.split.name
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return (TRAIN, VALIDATION) if self.holdout is not None else (TRAIN,)
+
+    def params(self, exclude_paths: list[str]) -> dict:
+        """What the manifest records (and --resume compares); eval paths relative to OUT."""
+        return {
+            **self.split.params(),
+            "name": self.name_template(),
+            "shuffle": self.shuffle,
+            "seed": self.seed if self.shuffle else None,
+            "shuffle_memory": self.shuffle_memory if self.shuffle else None,
+            "holdout": self.holdout,
+            "holdout_key": self.holdout_key,
+            "holdout_seed": self.holdout_seed if self.holdout is not None else None,
+            "dedup": self.dedup,
+            "exclude": exclude_paths,
+            "exclude_key": self.exclude_key if self.exclude else None,
+            "to": self.to,
+        }
+
+
+def shard_file_name(template: str, stem: str, split: str, index: int) -> str:
+    """Format a shard name (fields: stem, split, index); refuse names that escape OUT."""
+    try:
+        name = template.format(stem=stem, split=split, index=index)
+    except (KeyError, IndexError, ValueError) as e:
+        raise UsageError(f"--name {template!r}: {e.__class__.__name__}: {e} (fields: {{stem}}, {{split}}, {{index}})") from None
+    return check_rel_name(name)
+
+
+# ---------------------------------------------------------------- records
+
+
+_NOT_YET = object()
+INVALID = object()  # what `_Record.obj()` gives for a line that is not JSON
+
+
+class _Record:
+    """One non-blank line on its way through the steps."""
+
+    __slots__ = ("source", "line", "offset", "raw", "original", "split", "_obj", "_hash")
+
+    def __init__(self, source: int, line: int, offset: int, raw: bytes) -> None:
+        self.source = source
+        self.line = line
+        self.offset = offset
+        self.raw = raw  # what gets written (converted records: the new bytes)
+        self.original = raw  # what side files keep
+        self.split = TRAIN
+        self._obj: object = _NOT_YET
+        self._hash: bytes | None = None
+
+    def obj(self) -> object:
+        """The decoded JSON value (decoded once); `INVALID` when the line is not JSON."""
+        if self._obj is _NOT_YET:
+            try:
+                self._obj = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                self._obj = INVALID
+        return self._obj
+
+    def replace(self, obj: dict) -> None:
+        self._obj, self._hash = obj, None
+        self.raw = orjson.dumps(obj) + NL
+
+    def hash(self) -> bytes:
+        """128-bit hash of the normalised record (the bytes, for a line that is not JSON)."""
+        if self._hash is None:
+            obj = self.obj()
+            if obj is INVALID:
+                normalised = self.raw.rstrip(b"\r\n")
+            else:
+                normalised = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+            self._hash = hashlib.sha256(normalised).digest()[:HASH_BYTES]
+        return self._hash
+
+
+@dataclass
+class _Tally:
+    """Per input: what came in and where it went."""
+
+    path: str
+    display: str
+    bytes: int | None = None
+    sha256: str | None = None
+    records: int = 0
+    blank: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    excluded: int = 0
+    routed: dict[str, int] = field(default_factory=lambda: {TRAIN: 0, VALIDATION: 0})
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
+            "blank": self.blank, "rejected": self.rejected, "duplicates": self.duplicates,
+            "excluded": self.excluded, TRAIN: self.routed[TRAIN], VALIDATION: self.routed[VALIDATION],
+        }
+
+
+# ---------------------------------------------------------------- steps (each: record -> keep?)
+
+
+class _Convert:
+    """--to chat. A chat record keeps its bytes; an unmappable record is rejected."""
+
+    def __init__(self, p: _Pipeline) -> None:
+        self.p = p
+
+    def __call__(self, rec: _Record) -> bool:
+        obj = rec.obj()
+        if obj is INVALID:
+            self.p.reject(rec, "invalid_json", "not valid JSON; --to chat cannot convert it")
+            return False
+        chat, reason = to_chat(obj)
+        if chat is None:
+            self.p.reject(rec, "convert", f"--to chat: {reason}")
+            return False
+        if chat is not obj:
+            rec.replace(chat)
+        return True
+
+
+class _Exclude:
+    """--exclude EVAL: a record whose key is in the eval index goes to excluded.jsonl."""
+
+    def __init__(self, p: _Pipeline, index: EvalIndex) -> None:
+        self.p, self.index = p, index
+        self.whole = index.key == "record"
+
+    def __call__(self, rec: _Record) -> bool:
+        if self.whole:
+            h = rec.hash()
+        else:
+            obj = rec.obj()
+            key = self.index.key_of(obj) if type(obj) is dict else None
+            if key is None:
+                return True
+            h = hashlib.sha256(key).digest()[:HASH_BYTES]
+        where = self.index.where(h)
+        if where is None:
+            return True
+        entry = self.p.side_entry(rec, "excluded", f"in the eval set ({self.index.key}): {where}")
+        entry["matches"] = where
+        self.p.excluded.add(entry)
+        self.p.tallies[rec.source].excluded += 1
+        return False
+
+
+class _Dedup:
+    """--dedup exact: keep the first copy of each normalised record."""
+
+    def __init__(self, p: _Pipeline) -> None:
+        self.p = p
+        self.seen: dict[int, int] = {}  # hash -> input << 40 | line of the first copy
+
+    def __call__(self, rec: _Record) -> bool:
+        here = rec.source << 40 | rec.line
+        first = self.seen.setdefault(int.from_bytes(rec.hash(), "little"), here)
+        if first == here:
+            return True
+        where = f"{self.p.specs[first >> 40].display}:{first & ((1 << 40) - 1)}"
+        entry = self.p.side_entry(rec, "duplicate", f"duplicate of {where}")
+        entry["duplicate_of"] = where
+        self.p.duplicates.add(entry)
+        self.p.tallies[rec.source].duplicates += 1
+        return False
+
+
+class _Holdout:
+    """--holdout F: validation iff a stable hash of (seed, key) falls under F."""
+
+    def __init__(self, p: _Pipeline, fraction: float, key: str | None, seed: int) -> None:
+        self.p, self.key = p, key
+        self.limit = fraction * _HOLDOUT_SCALE
+        self.prefix = f"shardkit-holdout:{seed}:".encode()
+
+    def __call__(self, rec: _Record) -> bool:
+        if self.key is None:
+            material = rec.hash()
+        else:
+            obj = rec.obj()
+            if type(obj) is not dict or obj.get(self.key) is None:
+                what = "not a JSON object" if type(obj) is not dict else f"no {self.key!r} field"
+                self.p.reject(rec, "holdout_key", f"{what} to route --holdout by (--holdout-key {self.key})")
+                return False
+            value = obj[self.key]  # "5" and 5 are different keys
+            if type(value) is str:
+                material = b"s" + value.encode()
+            else:
+                material = b"j" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(self.prefix + material).digest()
+        rec.split = VALIDATION if int.from_bytes(digest[:8], "big") < self.limit else TRAIN
+        return True
+
+
+def holdout_split(normalised_hash: bytes, fraction: float, seed: int = 0) -> str:
+    """The split a record with this 128-bit normalised hash goes to (for tests and tools)."""
+    digest = hashlib.sha256(f"shardkit-holdout:{seed}:".encode() + normalised_hash).digest()
+    return VALIDATION if int.from_bytes(digest[:8], "big") < fraction * _HOLDOUT_SCALE else TRAIN
+
+
+class _SizeGate:
+    """A record over --max-bytes: its own shard (warned), rejected, or an error, as --oversize says."""
+
+    def __init__(self, p: _Pipeline, max_bytes: int, policy: str) -> None:
+        self.p, self.max_bytes, self.policy = p, max_bytes, policy
+
+    def __call__(self, rec: _Record) -> bool:
+        size = len(rec.raw)
+        if size <= self.max_bytes:
+            return True
+        where = f"{self.p.specs[rec.source].display}:{rec.line}"
+        what = f"record is {size} bytes, larger than --max-bytes {self.max_bytes}"
+        if self.policy == "error":
+            raise DataError(f"{where}: {what} (use --oversize own-shard or --oversize reject)")
+        if self.policy == "reject":
+            self.p.reject(rec, "oversize", what)
+            return False
+        self.p.warn(f"{where}: {what}; written to a shard of its own")
+        return True
+
+
+# ---------------------------------------------------------------- shard writers
+
+
+class _ShardWriter:
+    """Shards of one split, rolled at max_records / max_bytes (or a per-index quota)."""
+
+    def __init__(
+        self,
+        p: _Pipeline,
+        split: str,
+        stem: str,
+        source: str | None,
+        quota: Callable[[int], int | None],
+    ) -> None:
+        self.p, self.split, self.stem, self.source = p, split, stem, source
+        self.quota = quota
+        self.max_bytes = p.opts.split.max_bytes
+        self.index = 0
+        self.records = self.bytes = 0
+        self.first_line: int | None = None
+        self.last_line: int | None = None
+        self.file: _ShardFile | None = None
+        self.pending: list = []
+        self.pending_bytes = 0
+
+    def name(self) -> str:
+        return shard_file_name(self.p.template, self.stem, self.split, self.index)
+
+    def add(self, data, size: int, line: int | None = None) -> None:
+        """One record (its bytes, or None in a dry run) of `size` bytes."""
+        if self.records and self._full(size):
+            self.commit()
+        if not self.records:
+            self.first_line = line
+            if not self.p.dry_run:
+                self.file = _ShardFile(self.p.out, self.name())
+        self.records += 1
+        self.bytes += size
+        self.last_line = line
+        if data is not None:
+            self.pending.append(data)
+            self.pending_bytes += size
+            if self.pending_bytes >= CHUNK:
+                self.flush()
+
+    def _full(self, size: int) -> bool:
+        room = self.quota(self.index)
+        if room is not None and self.records >= room:
+            return True
+        return self.max_bytes is not None and self.bytes + size > self.max_bytes
+
+    def flush(self) -> None:
+        """Write what is gathered (it may hold views into a shuffle bucket being released)."""
+        if self.pending:
+            self.file.write(b"".join(self.pending))
+            self.pending.clear()
+            self.pending_bytes = 0
+
+    def commit(self) -> None:
+        if not self.records:
+            return
+        self.flush()
+        with deferred_signals():
+            sha = self.file.commit(adopt_identical=self.p.adopt_identical) if self.file else None
+            self.file = None
+            self.p.committed({
+                "path": self.name(), "format": "jsonl", "compression": None,
+                "records": self.records, "bytes": self.bytes, "sha256": sha,
+                "source": self.source, "first_line": self.first_line, "last_line": self.last_line,
+                "split": self.split,
+            })
+        self.index += 1
+        self.records = self.bytes = 0
+
+    def abort(self) -> None:
+        self.pending.clear()
+        if self.file is not None:
+            self.file.abort()
+            self.file = None
+
+
+# ---------------------------------------------------------------- sinks
+
+
+class _PerInputSink:
+    """Without --shuffle: each input is cut on its own, one writer per split."""
+
+    def __init__(self, p: _Pipeline) -> None:
+        self.p = p
+        self.writers: dict[str, _ShardWriter] = {}
+
+    def start_input(self, i: int) -> None:
+        cap = self.p.opts.split.max_records
+        self.writers = {
+            s: _ShardWriter(self.p, s, self.p.stems[i], self.p.tallies[i].path, lambda _i: cap)
+            for s in self.p.opts.splits
+        }
+
+    def add(self, rec: _Record) -> None:
+        self.writers[rec.split].add(None if self.p.dry_run else rec.raw, len(rec.raw), rec.line)
+
+    def end_input(self) -> None:
+        for w in self.writers.values():
+            w.commit()
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+class _FileBucket:
+    """Records appended to a temp file in pass 1 (or in a re-scatter), loaded whole in pass 2."""
+
+    def __init__(self, folder: Path, name: str, flush_at: int) -> None:
+        self.path = folder / name
+        self.flush_at = flush_at
+        self.records = self.bytes = 0
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    def append(self, raw: bytes) -> None:
+        self._pending.append(raw)
+        self._pending_bytes += len(raw)
+        self.records += 1
+        self.bytes += len(raw)
+        if self._pending_bytes >= self.flush_at:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._fd < 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                self._fd = os.open(self.path, flags, 0o600)
+            except OSError as e:
+                raise env_error(e, self.path) from None
+        try:
+            write_all(self._fd, b"".join(self._pending))
+        except OSError as e:
+            raise env_error(e, self.path) from None
+        self._pending.clear()
+        self._pending_bytes = 0
+        faults.hit("after:bucket_write")
+
+    def close(self) -> None:
+        """Done appending (no fsync: a crash restarts the run, buckets are never reused)."""
+        self._flush()
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Close without writing what is pending (the run is being aborted)."""
+        self._pending.clear()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1  # forgotten first: an interrupt here never closes it twice
+            os.close(fd)
+
+    def items(self) -> Iterator[bytes]:
+        """The records in append order, streamed (for a re-scatter)."""
+        with open(self.path, "rb", buffering=0) as f:
+            for block in BlockReader(f):
+                buf = bytes(block.buf[: block.end])
+                pos, find = 0, buf.find
+                while pos < block.end:
+                    nxt = find(NL, pos) + 1
+                    yield buf[pos:nxt]
+                    pos = nxt
+
+    def load(self) -> tuple[bytearray, array]:
+        """All bytes in one buffer, and the n+1 record boundaries."""
+        buf = bytearray(self.bytes)
+        view = memoryview(buf)
+        with open(self.path, "rb", buffering=0) as f:
+            got = 0
+            while got < self.bytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise DataError(f"{self.path}: temp bucket shorter than written; rerun with --resume")
+                got += n
+        view.release()
+        offsets = array("q", [0])
+        pos, find, add = 0, buf.find, offsets.append
+        for _ in range(self.records):
+            pos = find(NL, pos) + 1
+            add(pos)
+        return buf, offsets
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class _SizeBucket:
+    """A dry run's bucket: only record sizes, so the plan (names, records, bytes) is exact."""
+
+    def __init__(self) -> None:
+        self.records = self.bytes = 0
+        self.sizes = array("Q")
+
+    def append(self, item) -> None:
+        size = item if type(item) is int else len(item)
+        self.sizes.append(size)
+        self.records += 1
+        self.bytes += size
+
+    def close(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+    def items(self) -> Iterator[int]:
+        return iter(self.sizes)
+
+    def load(self) -> tuple[None, array]:
+        offsets = array("q", [0])
+        total = 0
+        for size in self.sizes:
+            total += size
+            offsets.append(total)
+        return None, offsets
+
+    def discard(self) -> None:
+        self.sizes = array("Q")
+
+
+class _ShuffleSink:
+    """--shuffle: all inputs as one stream per split, shuffled by a two-pass external shuffle."""
+
+    def __init__(self, p: _Pipeline, estimate: int) -> None:
+        self.p = p
+        self.memory = p.opts.shuffle_memory
+        self.folder = p.out / TEMP_DIR
+        self.writer: _ShardWriter | None = None
+        self.live: list = []  # every bucket made, for abort
+        self.buckets_made = 0
+        self.rescattered = 0
+        self.oversized = 0
+        if not p.dry_run:
+            self.folder.mkdir(mode=0o700)
+        shares = {TRAIN: 1.0 - (p.opts.holdout or 0.0), VALIDATION: p.opts.holdout or 0.0}
+        self.roots: dict[str, list] = {}
+        self.rngs: dict[str, random.Random] = {}
+        for split in p.opts.splits:
+            k = self._count(shares[split] * estimate)
+            self.roots[split] = self._children(split, "", k)
+            self.rngs[split] = random.Random(self._seed(split, "", "scatter"))
+
+    def _seed(self, split: str, bucket: str, use: str) -> str:
+        return f"shardkit-shuffle:{self.p.opts.seed}:{split}:{bucket}:{use}"
+
+    def _count(self, footprint: float) -> int:
+        return max(1, min(MAX_BUCKETS, math.ceil(footprint / (self.memory / BUCKET_SHARE))))
+
+    def _children(self, split: str, parent: str, k: int) -> list:
+        self.buckets_made += k
+        if self.p.dry_run:
+            return [_SizeBucket() for _ in range(k)]
+        flush_at = max(64 * 1024, PENDING_BUDGET // k)  # the same total whatever k: flat RSS
+        prefix = f"{parent}." if parent else ""
+        made = [_FileBucket(self.folder, f"{split}-{prefix}{j}", flush_at) for j in range(k)]
+        self.live += made
+        return made
+
+    def start_input(self, i: int) -> None:
+        pass
+
+    def add(self, rec: _Record) -> None:
+        buckets = self.roots[rec.split]
+        k = len(buckets)
+        buckets[self.rngs[rec.split].randrange(k) if k > 1 else 0].append(rec.raw)
+
+    def end_input(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """Pass 2: every bucket, in order, permuted in memory and written out."""
+        for buckets in self.roots.values():
+            for b in buckets:
+                b.close()
+        faults.hit("after:scatter_done")
+        counts = {s: sum(b.records for b in self.roots[s]) for s in self.p.opts.splits}
+        for split in self.p.opts.splits:
+            writer = self.writer = _ShardWriter(self.p, split, SHUFFLED_STEM, None, self._quota(counts[split]))
+            for j, bucket in enumerate(self.roots[split]):
+                self._drain(split, str(j), bucket, writer, 0)
+            writer.commit()
+        if not self.p.dry_run:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _quota(self, total: int) -> Callable[[int], int | None]:
+        n, cap = self.p.opts.split.num_shards, self.p.opts.split.max_records
+        if n is None:
+            return lambda i: cap
+        q, r = divmod(total, n)
+        return lambda i: min(q + (i < r), cap) if cap else q + (i < r)
+
+    def _drain(self, split: str, name: str, bucket, writer: _ShardWriter, depth: int) -> None:
+        if bucket.records == 0:
+            bucket.discard()
+            return
+        footprint = bucket.bytes + RECORD_OVERHEAD * bucket.records
+        if footprint > self.memory and bucket.records > 1 and depth < MAX_DEPTH:
+            self._rescatter(split, name, bucket, writer, depth, footprint)
+            return
+        if footprint > self.memory:
+            self.oversized += 1
+            self.p.warn(f"shuffle bucket {split}-{name} holds {bucket.records} record(s) of {footprint} bytes, "
+                        f"more than --shuffle-memory {self.memory}; loading it anyway")
+        data, offsets = bucket.load()
+        perm = array("Q", range(bucket.records))
+        random.Random(self._seed(split, name, "shuffle")).shuffle(perm)
+        add = writer.add
+        if data is None:  # dry run: sizes only
+            for j in perm:
+                add(None, offsets[j + 1] - offsets[j])
+        else:
+            view = memoryview(data)
+            for j in perm:
+                start, end = offsets[j], offsets[j + 1]
+                add(view[start:end], end - start)
+            writer.flush()  # no view into this bucket may outlive it: the next one loads now
+            del view
+        del data, offsets, perm
+        bucket.discard()
+        faults.hit("after:bucket_shuffled")
+
+    def _rescatter(self, split: str, name: str, bucket, writer: _ShardWriter, depth: int, footprint: int) -> None:
+        self.rescattered += 1
+        k = max(2, self._count(footprint))
+        children = self._children(split, name, k)
+        rng = random.Random(self._seed(split, name, "scatter"))
+        for item in bucket.items():
+            children[rng.randrange(k)].append(item)
+        bucket.discard()
+        if not self.p.dry_run:
+            self.live = [b for b in self.live if b is not bucket]
+        for child in children:
+            child.close()
+        for j, child in enumerate(children):
+            self._drain(split, f"{name}.{j}", child, writer, depth + 1)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            with suppress(OSError):
+                self.writer.abort()
+        for b in self.live:
+            with suppress(OSError):
+                b.abandon()
+        if not self.p.dry_run:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        specs: list[InputSpec],
+        out: Path,
+        options: PipelineOptions,
+        checks: Checks | None,
+        *,
+        dry_run: bool,
+        adopt_identical: bool,
+        progress: Progress | None,
+        warn: Warn,
+    ) -> None:
+        self.specs, self.out, self.opts, self.checks = specs, out, options, checks
+        self.dry_run, self.adopt_identical = dry_run, adopt_identical
+        self.progress, self.warn = progress, warn
+        self.template = options.name_template()
+        self.stems = input_stems([s.path for s in specs])
+        self.tallies = [_Tally(self._rel(s), s.display, s.size) for s in specs]
+        self.report = Report(max_examples=checks.options.examples) if checks else None
+        self.rejects = _Rejects(out / options.split.rejects, dry_run)
+        self.duplicates = _Rejects(out / options.duplicates, dry_run)
+        self.excluded = _Rejects(out / options.excluded, dry_run)
+        self.files: list[dict] = []
+        self.created_at = now_iso()
+        self.eval_index: EvalIndex | None = None
+        self.exclude_paths = [self._rel(inspect_input(p)) for p in options.exclude]
+        self.sink: _PerInputSink | _ShuffleSink | None = None
+
+    def _rel(self, spec: InputSpec) -> str:
+        if spec.is_stdin:
+            return "-"
+        return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(self.out))
+
+    # ----- steps
+
+    def reject(self, rec: _Record, code: str, reason: str) -> None:
+        self.rejects.add(reject_record(self.specs[rec.source].display, rec.line, rec.offset, code, reason, rec.original))
+        self.tallies[rec.source].rejected += 1
+
+    def side_entry(self, rec: _Record, code: str, reason: str) -> dict:
+        return reject_record(self.specs[rec.source].display, rec.line, rec.offset, code, reason, rec.original)
+
+    def _steps(self) -> list[Callable[[_Record], bool]]:
+        o = self.opts
+        steps: list[Callable[[_Record], bool]] = []
+        if o.to == "chat":
+            steps.append(_Convert(self))
+        if o.exclude:
+            transform = (lambda obj: to_chat(obj)[0] or obj) if o.to == "chat" else None
+            specs = inspect_inputs(o.exclude, "eval (--exclude)")
+            self.eval_index = EvalIndex(o.exclude_key, transform).load(specs)
+            steps.append(_Exclude(self, self.eval_index))
+        if o.dedup:
+            steps.append(_Dedup(self))
+        if o.holdout is not None:
+            steps.append(_Holdout(self, o.holdout, o.holdout_key, o.holdout_seed))
+        if o.split.max_bytes is not None:
+            steps.append(_SizeGate(self, o.split.max_bytes, o.split.oversize))
+        return steps
+
+    # ----- the run
+
+    def run(self) -> dict:
+        steps = self._steps()
+        self.sink = _ShuffleSink(self, self._estimate()) if self.opts.shuffle else _PerInputSink(self)
+        self.save()
+        for i, spec in enumerate(self.specs):
+            self.sink.start_input(i)
+            tally = self.tallies[i]
+            for rec in self._read(i, spec):
+                for step in steps:
+                    if not step(rec):
+                        break
+                else:
+                    tally.routed[rec.split] += 1
+                    self.sink.add(rec)
+            self.sink.end_input()
+            if tally.blank:
+                self.warn(f"{spec.display}: {tally.blank} blank line(s) skipped")
+        self.sink.finish()
+        with deferred_signals():
+            return self._finish()
+
+    def _estimate(self) -> int:
+        total = 0
+        for s in self.specs:
+            if s.size is None:
+                total += STDIN_GUESS
+            else:
+                total += s.size * (COMPRESSED_RATIO if s.compression else 1)
+        return total
+
+    def _read(self, i: int, spec: InputSpec) -> Iterator[_Record]:
+        """Non-blank lines of one input as records; invalid ones (--validate) rejected here."""
+        tally = self.tallies[i]
+        src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
+        with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
+            reader = BlockReader(stream, self.opts.split.block_size)
+            blocks = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
+            seen = 0
+            for block, verdict in blocks:
+                bad = []
+                if verdict is not None:
+                    self.report.merge(verdict.report)
+                    bad = verdict.bad
+                yield from self._block_records(i, block, bad, tally)
+                if self.progress:
+                    self.progress(stream.raw_bytes - seen)
+                seen = stream.raw_bytes
+            if reader.added_newline:
+                self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
+            tally.bytes = stream.raw_bytes
+        tally.sha256 = src_hash.hexdigest() if src_hash else None
+
+    def _block_records(self, i: int, block, bad: list, tally: _Tally) -> Iterator[_Record]:
+        runs, trailing = nonblank_runs(block)
+        buf = bytes(memoryview(block.buf)[: block.end])
+        base, s = block.offset - block.start, block.start
+        k, nbad = 0, len(bad)
+        find = buf.find
+        for run in runs:
+            tally.blank += run.blanks_before
+            pos, line = run.start, run.first_line
+            while pos < run.end:
+                nxt = find(NL, pos, run.end) + 1
+                tally.records += 1
+                if k < nbad and s + bad[k].start == pos:
+                    b = bad[k]
+                    k += 1
+                    self.rejects.add(reject_record(self.specs[i].display, line, base + pos, b.code, b.reason, buf[pos:nxt]))
+                    tally.rejected += 1
+                else:
+                    yield _Record(i, line, base + pos, buf[pos:nxt])
+                pos, line = nxt, line + 1
+        tally.blank += trailing
+
+    # ----- manifest
+
+    def committed(self, entry: dict) -> None:
+        self.files.append(entry)
+        self.save()
+
+    def counts(self) -> dict:
+        t = self.tallies
+        by_split = {s: sum(f["records"] for f in self.files if f["split"] == s) for s in (TRAIN, VALIDATION)}
+        blank = sum(x.blank for x in t)
+        return {
+            "read": sum(x.records for x in t) + blank,
+            "written": by_split[TRAIN] + by_split[VALIDATION],
+            TRAIN: by_split[TRAIN],
+            VALIDATION: by_split[VALIDATION],
+            "rejected": sum(x.rejected for x in t),
+            "duplicates": sum(x.duplicates for x in t),
+            "excluded": sum(x.excluded for x in t),
+            "blank": blank,
+        }
+
+    def manifest(self, complete: bool, sides: dict | None = None) -> dict:
+        m = {
+            "shardkit_manifest": FORMAT_VERSION,
+            "type": "shards",
+            "complete": complete,
+            "created_at": self.created_at,
+            "tool": tool_name(),
+            "params": self.opts.params(self.exclude_paths),
+            "sources": [t.to_dict() for t in self.tallies],
+            "files": self.files,
+        }
+        for key, side in (("rejects", self.rejects), ("duplicates", self.duplicates), ("excluded", self.excluded)):
+            m[key] = (sides or {}).get(key) if complete else {"path": side.final.name, "records": side.records}
+        m["counts"] = self.counts()
+        m["totals"] = totals(self.files)
+        if self.opts.to == "chat":
+            m["roles"] = MAPPING
+        if self.eval_index is not None:
+            sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
+            m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if isinstance(self.sink, _ShuffleSink):
+            m["shuffle"] = {"seed": self.opts.seed, "memory": self.opts.shuffle_memory,
+                            "buckets": self.sink.buckets_made, "rescattered": self.sink.rescattered}
+        if not complete:
+            m["resume"] = {"mode": "restart"}  # --resume deletes what this lists and runs again
+        return m
+
+    def save(self, m: dict | None = None) -> None:
+        if not self.dry_run:
+            write_manifest_with_sides(self.out, m or self.manifest(complete=False))
+
+    def _finish(self) -> dict:
+        sides = {}
+        for key, side in (("rejects", self.rejects), ("duplicates", self.duplicates), ("excluded", self.excluded)):
+            sides[key] = side.publish()
+        faults.hit("after:sides_published")
+        for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded")):
+            if sides[key]:
+                self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
+        final = self.manifest(complete=True, sides=sides)
+        check_conservation(final["counts"])
+        for split in (TRAIN, VALIDATION):
+            routed = sum(t.routed[split] for t in self.tallies)
+            if routed != final["counts"][split]:
+                raise ConservationError(f"internal error: {routed} record(s) routed to {split}, "
+                                        f"{final['counts'][split]} written; please report it")
+        self.save(final)
+        return final
+
+    def abort(self) -> None:
+        """Leave nothing behind but whole, listed files (best effort: the original error wins)."""
+        with suppress(OSError):
+            if self.sink is not None:
+                self.sink.abort()
+        for side in (self.rejects, self.duplicates, self.excluded):
+            with suppress(OSError):
+                side.close()
+                if not self.dry_run:  # useless to a rerun, which starts from scratch
+                    _unlink(side.partial)
+        if not self.dry_run and self.out.is_dir():
+            # a temp shard whose name was not recorded yet (interrupted inside create_temp);
+            # OUT is locked by this run, so every temp file in it is this run's or stale
+            with suppress(OSError):
+                remove_stale_temps(self.out)
+
+
+def check_conservation(counts: dict) -> None:
+    """read = written + rejected + duplicates + excluded + blank, and written = train + validation."""
+    c = counts
+    accounted = c["written"] + c["rejected"] + c["duplicates"] + c["excluded"] + c["blank"]
+    if c["read"] != accounted or c["written"] != c[TRAIN] + c[VALIDATION]:
+        raise ConservationError(
+            f"internal error: records do not add up (read {c['read']} != written {c['written']} + rejected "
+            f"{c['rejected']} + duplicates {c['duplicates']} + excluded {c['excluded']} + blank {c['blank']}); "
+            "please report it"
+        )
+
+
+def write_manifest_with_sides(out: Path, manifest: dict) -> None:
+    """SHA256SUMS (shards, rejects, duplicates, excluded) first, then manifest.json, atomically."""
+    lines = sums_text(manifest)
+    for key in ("duplicates", "excluded"):
+        side = manifest.get(key)
+        if side and side.get("sha256"):
+            lines += f"{side['sha256']}  {side['path']}\n".encode()
+    atomic_write(out / SUMS_NAME, lines)
+    atomic_write(out / MANIFEST_NAME, dumps(manifest))
+    faults.hit("after:manifest_write")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run_pipeline(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    options: PipelineOptions,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+    jobs: int | None = None,
+) -> SplitResult:
+    """Split JSONL inputs into training-ready shards in `out` (see the module doc).
+
+    Same contract as `shard.split`: manifest.json + SHA256SUMS, atomic shards, no partial
+    file under a final name whatever happens, --resume/--overwrite rules. Raises UsageError,
+    InputError, DataError, ConflictError or Interrupted.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    paths = [os.fspath(p) for p in inputs]
+    if not paths:
+        raise UsageError("give at least one input file (or - for stdin)")
+    if (paths + list(options.exclude)).count("-") > 1:
+        raise UsageError("stdin (-) can be given only once")
+    specs = [inspect_input(p) for p in paths]
+    for spec in specs:
+        _refuse_json_array(spec)
+    out = Path(out)
+    warnings: list[str] = []
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn:
+            warn(msg)
+
+    with ExitStack() as stack:
+        checks = None
+        if options.split.check is not None:
+            if jobs is None:
+                sizes = [s.size for s in specs]
+                jobs = auto_jobs(None if None in sizes else sum(sizes))
+            checks = stack.enter_context(Checks(options.split.check, jobs))
+            checks.start()  # workers fork now, before this process runs any thread
+        # A shard committed just before a kill is not listed yet; a rerun writes the same
+        # bytes under that name and adopts the file when it is identical.
+        pipeline = _Pipeline(specs, out, options, checks, dry_run=dry_run, adopt_identical=resume or overwrite,
+                             progress=progress, warn=_warn)
+        result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=pipeline.report)
+        old = _prepare_out(out, pipeline, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result,
+                           stack=stack)
+        if old is not None and old.get("complete"):
+            result.manifest, result.already_complete = old, True
+            return result
+        if old is not None:
+            pipeline.created_at = old.get("created_at", pipeline.created_at)
+            result.resumed = True
+        try:
+            result.manifest = pipeline.run()
+        except KeyboardInterrupt:
+            pipeline.abort()
+            raise Interrupted(
+                f"interrupted; no partial file was left under a final name in {out}; "
+                "rerun with --resume to run it again from the start"
+            ) from None
+        except BaseException:
+            pipeline.abort()
+            raise
+    return result
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive flock on OUT while writing: a second run into it is refused."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConflictError(f"{out}: another shardkit run is writing here; wait for it to finish") from None
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_run: bool,
+                 result: SplitResult, stack: ExitStack) -> dict | None:
+    """Check OUT against the rules (DESIGN.md §3), lock it for this run (not in a dry run),
+    clean what a crashed run left; return the old manifest when resuming (complete: nothing
+    to do; incomplete: the files it lists are deleted, the run starts again)."""
+    if out.exists() and not out.is_dir():
+        raise ConflictError(f"{out}: exists and is not a directory")
+    if not out.exists():
+        if not dry_run:
+            try:
+                out.mkdir(parents=True)
+            except OSError as e:
+                raise env_error(e, out) from None
+            stack.enter_context(_locked(out))
+        return None
+    if not dry_run:
+        stack.enter_context(_locked(out))  # before anything is looked at or cleaned
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.exists():
+        others = [
+            q.name for q in out.iterdir()
+            if not q.name.startswith(".") and not (q.name == SUMS_NAME and q.is_file() and q.stat().st_size == 0)
+        ]
+        if others:
+            raise ConflictError(
+                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
+                f"e.g. {others[0]}); choose an empty or new output folder"
+            )
+        if not dry_run:
+            result.removed_temps = _clean(out, p)
+        return None
+    old = read_manifest(manifest_path)
+    if overwrite:
+        if not dry_run:
+            _remove_listed(out, old)
+            result.removed_temps = _clean(out, p)
+        return None
+    if not resume:
+        state = "a complete" if old.get("complete") else "an interrupted"
+        raise ConflictError(
+            f"{out}: already holds {state} shardkit run ({MANIFEST_NAME}); "
+            "use --resume to continue it, or --overwrite to replace the files it lists"
+        )
+    _check_same_run(out, old, p)
+    if old.get("complete"):
+        return old
+    if any(s.is_stdin for s in p.specs):
+        raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")
+    if not dry_run:
+        _remove_listed(out, old)
+        result.removed_temps = _clean(out, p)
+    return old
+
+
+def _check_same_run(out: Path, old: dict, p: _Pipeline) -> None:
+    new_params = p.opts.params(p.exclude_paths)
+    old_params = old.get("params", {})
+    if old_params != new_params:
+        changed = sorted(k for k in new_params.keys() | old_params.keys() if old_params.get(k) != new_params.get(k))
+        raise ConflictError(
+            f"{out}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
+            "rerun with the same options, or use --overwrite"
+        )
+    old_paths = [s.get("path") for s in old.get("sources", [])]
+    new_paths = [t.path for t in p.tallies]
+    if old_paths != new_paths:
+        raise ConflictError(f"{out}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {new_paths})")
+    for s, spec in zip(old["sources"], p.specs, strict=True):
+        if spec.size is not None and s.get("bytes") not in (None, spec.size):
+            raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
+
+
+def _remove_listed(out: Path, old: dict) -> None:
+    """Delete exactly the files the old manifest lists (shards and side files), then it."""
+    names = [f.get("path") for f in old.get("files", [])]
+    for key in ("rejects", "duplicates", "excluded"):
+        if isinstance(old.get(key), dict):
+            names.append(old[key].get("path"))
+    for name in names:
+        if isinstance(name, str):
+            check_rel_name(name)
+            _unlink(out / name)
+    _unlink(out / SUMS_NAME)
+    _unlink(out / MANIFEST_NAME)
+    fsync_dir(out)
+
+
+def _clean(out: Path, p: _Pipeline) -> list[str]:
+    """What a killed run leaves under hidden names: temp shards, partial side files, buckets."""
+    removed = [q.name for q in remove_stale_temps(out)]
+    for side in (p.rejects, p.duplicates, p.excluded):
+        if side.partial.exists():
+            _unlink(side.partial)
+            removed.append(side.partial.name)
+    folder = out / TEMP_DIR
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder)
+        removed.append(TEMP_DIR)
+    return removed
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+__all__ += ["TEMP_DIR", "check_conservation", "holdout_split", "shard_file_name"]
