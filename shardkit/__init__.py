@@ -27,6 +27,9 @@ _LAZY = {
     "SplitResult": ("shard", "SplitResult"),
     "split": ("shard", "split"),
     "Queue": ("queue", "Queue"),
+    "run_pipeline": ("pipeline", "run_pipeline"),
+    "PipelineOptions": ("pipeline", "PipelineOptions"),
+    "find_overlap": ("overlap", "find_overlap"),
 }
 
 
@@ -46,13 +49,16 @@ __all__ = [
     "DataError",
     "InputError",
     "Interrupted",
+    "PipelineOptions",
     "Queue",
     "ShardkitError",
     "SplitOptions",
     "SplitResult",
     "UsageError",
     "__version__",
+    "find_overlap",
     "regenerate_manifest",
+    "run_pipeline",
     "split",
     "verify",
 ]

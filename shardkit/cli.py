@@ -162,7 +162,7 @@ def split(
         ),
     ] = "own-shard",
     name: Annotated[
-        str, typer.Option("--name", help="Shard file name template; fields {stem} (input name without extensions) and {index}.")
+        str, typer.Option("--name", help="Shard file name template; fields {stem} (input name without extensions), {index}, and {split} with --holdout.")
     ] = "{stem}-{index:05d}.jsonl",
     rejects: Annotated[
         str, typer.Option("--rejects", help="Name of the rejects file inside OUT (original bytes + file, line, reason).")
@@ -183,6 +183,16 @@ def split(
     compression: Annotated[str | None, typer.Option("--compression", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
     row_group_bytes: Annotated[str | None, typer.Option("--row-group-bytes", help="Parquet row groups of about SIZE uncompressed (default 64MiB).", show_default=False)] = None,
     schema_from: Annotated[Path | None, typer.Option("--schema-from", help="Use the schema of this Parquet file (e.g. last week's shards); skip inference.", show_default=False)] = None,
+    shuffle: Annotated[bool, typer.Option("--shuffle", help="Shuffle all inputs together (two passes, bounded memory); shards are named part-NNNNN.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --shuffle: same seed and inputs, byte-identical shards.", show_default=False)] = None,
+    shuffle_memory: Annotated[str, typer.Option("--shuffle-memory", help="Memory for one shuffle bucket.")] = "256MB",
+    holdout: Annotated[float | None, typer.Option("--holdout", help="Fraction of records for a validation split, chosen by a stable hash (same record, same split, whatever else arrives).", min=0.0, max=1.0, show_default=False)] = None,
+    holdout_key: Annotated[str | None, typer.Option("--holdout-key", help="Hash this field instead of the whole record (keeps a group together).", show_default=False)] = None,
+    holdout_seed: Annotated[int, typer.Option("--holdout-seed", help="Seed of the holdout hash.")] = 0,
+    dedup: Annotated[str | None, typer.Option("--dedup", help="exact: drop exact duplicates (normalised JSON) across all inputs, keeping the first; dropped ones go to duplicates.jsonl.", show_default=False)] = None,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Drop records that appear in this eval file (repeatable); they go to excluded.jsonl.", show_default=False)] = None,
+    exclude_key: Annotated[str, typer.Option("--exclude-key", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
+    to: Annotated[str | None, typer.Option("--to", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
@@ -204,7 +214,7 @@ def split(
     Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
     """
     from .check import CheckOptions
-    from .shard import SplitOptions
+    from .shard import DEFAULT_NAME, SplitOptions
     from .shard import split as run_split
 
     with exit_on_error():
@@ -228,12 +238,15 @@ def split(
         elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
             raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
                              "(JSONL shards are plain, byte-exact copies)")
+        pipeline = bool(shuffle or holdout is not None or dedup or exclude or to)
+        if seed is not None and not shuffle:
+            raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
         options = SplitOptions(
             max_records=max_records,
             max_bytes=_size_option(max_bytes, "--max-bytes"),
             num_shards=num_shards,
             oversize=oversize,
-            name=name,
+            name=DEFAULT_NAME if pipeline else name,
             rejects=rejects,
             check=check,
             format=fmt,
@@ -241,8 +254,19 @@ def split(
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        run = run_split
+        if pipeline:
+            from .pipeline import PipelineOptions, run_pipeline
+
+            options = PipelineOptions(
+                split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
+                shuffle_memory=_size_option(shuffle_memory, "--shuffle-memory"), holdout=holdout,
+                holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
+                exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
+            )
+            run = run_pipeline
         with _progress(total, not (quiet or json_output), "split") as progress:
-            result = run_split(
+            result = run(
                 inputs,
                 out,
                 options,
@@ -268,14 +292,16 @@ def _render_split(result) -> None:
     verb = "would write" if result.dry_run else ("resumed and wrote" if result.resumed else "wrote")
     files = m["files"]
     for f in files[:10]:
-        typer.echo(f"  {f['path']}  {f['records']:>10,} records  {format_size(f['bytes']):>10}  lines {f['first_line']}-{f['last_line']}")
+        where = f"  lines {f['first_line']}-{f['last_line']}" if f.get("first_line") is not None else ""
+        typer.echo(f"  {f['path']}  {f['records']:>10,} records  {format_size(f['bytes']):>10}{where}")
     if len(files) > 10:
         typer.echo(f"  ... and {len(files) - 10} more")
     typer.echo(
         f"{verb} {t['files']} shard(s), {t['records']:,} records, {format_size(t['bytes'])} in {result.out}"
     )
+    extra = "".join(f" + {c[k]:,} {k}" for k in ("duplicates", "excluded") if k in c)
     typer.echo(
-        f"records: {c['read']:,} lines read = {c['written']:,} written + {c['rejected']:,} rejected + {c['blank']:,} blank"
+        f"records: {c['read']:,} lines read = {c['written']:,} written + {c['rejected']:,} rejected{extra} + {c['blank']:,} blank"
     )
     if result.validation is not None:
         note = " (this resumed part only)" if result.resumed else ""
@@ -414,6 +440,31 @@ def stats(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")]
+
+
+@app.command()
+def overlap(
+    train: Annotated[list[str], typer.Argument(help="Training inputs (JSONL, .gz, .zst, .json arrays).", show_default=False)],
+    against: Annotated[list[Path], typer.Option("--against", help="Eval inputs to look for in the training inputs (repeatable).", show_default=False)],
+    key: Annotated[str, typer.Option("--key", help="Match by: record (normalised JSON), first-user, prompt, or a FIELD.")] = "record",
+    examples: Annotated[int, typer.Option("--examples", help="Pairs of file:line to show.", min=0)] = 10,
+    json_output: JsonOpt = False,
+) -> None:
+    """Report eval records that also appear in the training data (leakage). Exit 1 when any do.
+
+    Example: shardkit overlap train.jsonl --against data/validation/eval.jsonl --key first-user
+    """
+    from .overlap import find_overlap
+
+    with exit_on_error():
+        result = find_overlap(train, [str(p) for p in against], key=key, examples=examples)
+    if json_output:
+        _print_json(result.to_dict())
+    else:
+        for line in result.lines():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -38,13 +38,18 @@ def dumps(manifest: dict) -> bytes:
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
 
 
+SIDE_FILES = ("rejects", "duplicates", "excluded")  # records set aside, with their bytes
+
+
+def side_entries(manifest: dict) -> list[dict]:
+    """The side files a manifest lists (rejects, duplicates, excluded) that have a sha256."""
+    return [e for k in SIDE_FILES if isinstance(e := manifest.get(k), dict) and e.get("sha256")]
+
+
 def sums_text(manifest: dict) -> bytes:
-    """coreutils format: '<sha256>  <path>' per line, shards then the rejects file."""
-    lines = [f"{f['sha256']}  {f['path']}\n" for f in manifest.get("files", [])]
-    rejects = manifest.get("rejects")
-    if rejects and rejects.get("sha256"):
-        lines.append(f"{rejects['sha256']}  {rejects['path']}\n")
-    return "".join(lines).encode()
+    """coreutils format: '<sha256>  <path>' per line, shards then the side files."""
+    entries = [*manifest.get("files", []), *side_entries(manifest)]
+    return "".join(f"{e['sha256']}  {e['path']}\n" for e in entries).encode()
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -157,9 +162,7 @@ def verify(path: Path) -> VerifyResult:
         result.problems.append(
             f"{path}: incomplete (an interrupted run); rerun the split with --resume"
         )
-    entries = list(manifest["files"])
-    if manifest.get("rejects") and manifest["rejects"].get("sha256"):
-        entries.append(manifest["rejects"])
+    entries = [*manifest["files"], *side_entries(manifest)]
     for entry in entries:
         result.checked += 1
         problem = _check_entry(base, entry)

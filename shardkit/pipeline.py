@@ -1050,12 +1050,7 @@ def check_conservation(counts: dict) -> None:
 
 def write_manifest_with_sides(out: Path, manifest: dict) -> None:
     """SHA256SUMS (shards, rejects, duplicates, excluded) first, then manifest.json, atomically."""
-    lines = sums_text(manifest)
-    for key in ("duplicates", "excluded"):
-        side = manifest.get(key)
-        if side and side.get("sha256"):
-            lines += f"{side['sha256']}  {side['path']}\n".encode()
-    atomic_write(out / SUMS_NAME, lines)
+    atomic_write(out / SUMS_NAME, sums_text(manifest))
     atomic_write(out / MANIFEST_NAME, dumps(manifest))
     faults.hit("after:manifest_write")
 

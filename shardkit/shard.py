@@ -156,10 +156,12 @@ class SplitResult:
             "counts": m["counts"],
             "totals": m["totals"],
             "files": [
-                {k: f.get(k) for k in ("path", "records", "bytes", "sha256", "first_line", "last_line")}
+                {k: f.get(k) for k in ("path", "split", "records", "bytes", "sha256", "first_line", "last_line")
+                 if k in f}
                 for f in m["files"]
             ],
             "rejects": m["rejects"],
+            **{k: m[k] for k in ("duplicates", "excluded") if k in m},
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "warnings": self.warnings,
         }

@@ -250,3 +250,28 @@ def test_split_validate_schema(tmp_path: Path) -> None:
     rejects = [orjson.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_bytes().splitlines()]
     assert [(x["line"], x["code"]) for x in rejects] == [(2, "schema"), (3, "schema")]
     assert rejects[0]["reason"] == "text: 5 is not of type 'string'"
+
+
+def test_split_training_flags_and_overlap_via_cli(tmp_path: Path) -> None:
+    """The CLI wiring of the pipeline and of `overlap` (the logic is tested in test_pipeline)."""
+    lines = [GOOD.replace(b"hi there", b"hi %d" % i) for i in range(300)]
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(b"\n".join(lines + lines[:50]) + b"\n")
+    ev = tmp_path / "eval.jsonl"
+    ev.write_bytes(b"\n".join(lines[:20]) + b"\n")
+    args = ["split", src, "-n", "100", "--shuffle", "--seed", "3", "--dedup", "exact", "--holdout", "0.2",
+            "--exclude", ev, "--json"]
+    r1, r2 = run_cli(*args, "-o", tmp_path / "o1"), run_cli(*args, "-o", tmp_path / "o2")
+    assert r1.returncode == 0, r1.stderr
+    s = orjson.loads(r1.stdout)
+    c = s["counts"]
+    assert (c["read"], c["duplicates"], c["excluded"], c["written"]) == (350, 30, 40, 280)
+    assert {f["split"] for f in s["files"]} == {"train", "validation"}
+    assert final_files(tmp_path / "o1").keys() == final_files(tmp_path / "o2").keys()
+    for name, data in final_files(tmp_path / "o1").items():
+        if name != "manifest.json":
+            assert final_files(tmp_path / "o2")[name] == data
+    assert run_cli("verify", tmp_path / "o1").returncode == 0
+    r = run_cli("overlap", src, "--against", ev, "--json")
+    assert r.returncode == 1 and orjson.loads(r.stdout)["overlapping_eval_records"] == 20
+    assert run_cli("split", src, "-o", tmp_path / "o3", "-n", "5", "--seed", "1").returncode == 2
