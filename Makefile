@@ -34,12 +34,14 @@ bench: venv
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/queue_ops.py
 	$(BIN)/python bench/parquet.py
+	$(BIN)/python bench/shuffle.py
 
 bench-quick: venv
 	$(BIN)/python bench/split.py --quick --runs 1
 	$(BIN)/python bench/validate.py --quick --runs 1
 	$(BIN)/python bench/queue_ops.py --quick --runs 1
 	$(BIN)/python bench/parquet.py --quick --runs 1
+	$(BIN)/python bench/shuffle.py --quick --runs 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info

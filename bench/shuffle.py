@@ -13,7 +13,7 @@ Targets (issue 7): (x) time <= 3 x (s) time; (x) peak RSS <= --shuffle-memory + 
 (x2)/(x) peak RSS within 0.9-1.1.
 
 Until `shardkit split` has the --shuffle flags, the shuffle contenders run the library
-through ``python -c`` with the same flags (`--via library`, the default); `--via cli` runs
+through ``python -c`` with the same flags (`--via library`); `--via cli` (the default) runs
 ``shardkit split --shuffle ...`` instead, nothing else changes.
 
     .venv/bin/python bench/shuffle.py [--runs 3] [--quick] [--via library|cli] [--check]
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} records, smoke test")
     ap.add_argument("--shardkit", default=str(ROOT / ".venv/bin/shardkit"), help="executable")
-    ap.add_argument("--via", choices=("library", "cli"), default="library",
+    ap.add_argument("--via", choices=("library", "cli"), default="cli",
                     help="run the shuffle through python -c (library) or `shardkit split --shuffle` (cli)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)

@@ -262,7 +262,7 @@ def test_split_training_flags_and_overlap_via_cli(tmp_path: Path) -> None:
     args = ["split", src, "-n", "100", "--shuffle", "--seed", "3", "--dedup", "exact", "--holdout", "0.2",
             "--exclude", ev, "--json"]
     r1, r2 = run_cli(*args, "-o", tmp_path / "o1"), run_cli(*args, "-o", tmp_path / "o2")
-    assert r1.returncode == 0, r1.stderr
+    assert r1.returncode == r2.returncode == 0, r1.stderr
     s = orjson.loads(r1.stdout)
     c = s["counts"]
     assert (c["read"], c["duplicates"], c["excluded"], c["written"]) == (350, 30, 40, 280)
