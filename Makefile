@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := fixtures/generated
 
-.PHONY: venv test lint demo bench bench-quick clean
+.PHONY: venv test lint demo bench bench-quick torture clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,15 @@ bench-quick: venv
 	$(BIN)/python bench/queue_ops.py --quick --runs 1
 	$(BIN)/python bench/parquet.py --quick --runs 1
 	$(BIN)/python bench/shuffle.py --quick --runs 1
+
+# The reliability suite with 500 crash trials per command, 30 s races, 3000 fuzz examples
+# (about an hour on 2 cores); summary table printed at the end, for docs/RELIABILITY.md.
+torture: venv
+	@mkdir -p build && rm -f build/torture-report.jsonl
+	SHARDKIT_TRIALS=500 SHARDKIT_RACE_SECONDS=30 SHARDKIT_FUZZ_EXAMPLES=3000 \
+	SHARDKIT_TORTURE_REPORT=build/torture-report.jsonl \
+	$(BIN)/python -m pytest tests/reliability -q -p no:cacheprovider; status=$$?; \
+	$(BIN)/python tests/reliability/torture.py build/torture-report.jsonl; exit $$status
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info

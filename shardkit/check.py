@@ -13,6 +13,8 @@ output does not depend on the number of workers.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -309,7 +311,19 @@ def _init_worker(options: CheckOptions) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
+    _die_with_parent()
     _worker = Checker(options)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a parent killed by SIGKILL (it would hold the caller's
+    stdout open forever): Linux's PR_SET_PDEATHSIG, then a check for a parent already gone."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
 
 
 def _check_in_worker(data: bytes, first_line: int, display: str) -> Verdict:

@@ -36,7 +36,7 @@ app = typer.Typer(
 
 
 def _emit_error(message: str) -> None:
-    sys.stderr.write(f"shardkit: error: {message}\n")
+    sys.stderr.write(f"shardkit: error: {_safe(message)}\n")
 
 
 @contextlib.contextmanager
@@ -79,6 +79,14 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Iterator[Any]:
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr) as bar:
         yield bar.update
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def _safe(text: object) -> str:
+    """A file name or message for the terminal: control characters shown as \\xNN, never sent."""
+    return str(text).translate(_CONTROL)
 
 
 def _print_json(data: Any) -> None:
@@ -560,7 +568,7 @@ def _moved(entries, verb: str, dry_run: bool, json_output: bool) -> None:
         _print_json({"dry_run": dry_run, "moved": rows})
     else:
         for r in rows:
-            typer.echo(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}")
+            typer.echo(_safe(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}"))
     _summary({("would move" if dry_run else "moved"): len(rows)})
 
 
@@ -615,9 +623,9 @@ def _render_status(st: dict) -> None:
     d = st["disk"]
     typer.echo(f"  disk free {format_size(d['free'])} of {format_size(d['total'])} (reserve {format_size(d['reserve'])}); journal {format_size(st['journal_bytes'])}")
     for name in st["unleased_processing"]:
-        typer.echo(f"  processing/{name}: no lease (moved by hand?)")
+        typer.echo(_safe(f"  processing/{name}: no lease (moved by hand?)"))
     for p in st["problems"]:
-        typer.echo(f"  needs a person: {p}")
+        typer.echo(_safe(f"  needs a person: {p}"))
     if st["ok"]:
         typer.echo("  ok")
 
@@ -650,7 +658,7 @@ def queue_list(
         _print_json(rows)
         return
     for r in rows:
-        typer.echo(f"{r['state']:<11} {r['name']}  {format_size(r['bytes'])}  attempts {r['attempts'] if r['attempts'] is not None else '-'}")
+        typer.echo(_safe(f"{r['state']:<11} {r['name']}  {format_size(r['bytes'])}  attempts {r['attempts'] if r['attempts'] is not None else '-'}"))
 
 
 @queue_app.command("show")
@@ -690,9 +698,9 @@ def queue_ingest(
                 for r in result.routed:
                     extra = f" ({r.reason})" if r.reason else ""
                     kids = f": {len(r.children)} shard(s)" if r.children else ""
-                    typer.echo(f"{'would route' if dry_run else 'routed'}: {r.name} -> {r.to}{kids}{extra}")
+                    typer.echo(_safe(f"{'would route' if dry_run else 'routed'}: {r.name} -> {r.to}{kids}{extra}"))
                 for name, why in result.skipped:
-                    typer.echo(f"skipped: {name}: {why}")
+                    typer.echo(_safe(f"skipped: {name}: {why}"))
             _summary(result.counts())
             if not watch:
                 break
@@ -802,6 +810,9 @@ def queue_requeue_stale(
     _moved([e for e, _ in out], "requeued", dry_run, json_output)
 
 
+PAST = {"hold": "held", "release": "released", "redrive": "redriven", "quarantine": "quarantined"}
+
+
 def _names_cmd(method: str, help_text: str):
     def cmd(
         names: Annotated[list[str], typer.Argument(help="File names (or STATE/NAME).", show_default=False)],
@@ -812,7 +823,7 @@ def _names_cmd(method: str, help_text: str):
             q = _open_queue(root)
             fn = getattr(q, method)
             moved = fn(names, reason=reason, dry_run=dry_run) if method in ("hold", "quarantine") else fn(names, dry_run=dry_run)
-        _moved(moved, f"{method}d" if method.endswith("e") else f"{method}ed", dry_run, json_output)
+        _moved(moved, PAST.get(method, f"{method}ed"), dry_run, json_output)
 
     cmd.__doc__ = help_text
     return cmd
@@ -843,7 +854,7 @@ def queue_prune(
         _print_json({"deleted": plan.deleted, "freed": plan.freed, "plan": [e.name for e in plan.delete], "kept": len(plan.keep), "dry_run": not doit})
     else:
         for e in plan.delete:
-            typer.echo(f"{'deleted' if doit else 'would delete'}: {e.state}/{e.name} ({format_size(e.size)})")
+            typer.echo(_safe(f"{'deleted' if doit else 'would delete'}: {e.state}/{e.name} ({format_size(e.size)})"))
         if not doit and plan.delete:
             typer.echo("nothing deleted: add --yes to delete these files")
     _summary({"deleted" if doit else "would delete": plan.deleted if doit else len(plan.delete), "kept": len(plan.keep)})
@@ -868,7 +879,7 @@ def queue_doctor(
     else:
         for f in report.findings:
             tag = "repaired" if f.repaired else ("info" if f.code == "external_processing" else "problem")
-            typer.echo(f"{tag}: {f.code}: {f.message}")
+            typer.echo(_safe(f"{tag}: {f.code}: {f.message}"))
         typer.echo("ok" if report.ok else f"{len(report.problems)} problem(s) remain")
     if not report.ok:
         raise typer.Exit(1)

@@ -69,6 +69,7 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
     _records(queue, repair, add)
     _leases(queue, repair, add)
     _duplicates(queue, add)
+    _reports(queue, repair, add)
     _unknown(queue, add)
     return report
 
@@ -165,6 +166,24 @@ def _leases(queue: Queue, repair: bool, add) -> None:
                 add(Finding("processing_without_lease", f"processing/{name}: no lease and not open; `queue requeue-stale` returns it once older than stale_after"))
         elif queue.lease_is_stale(lease):
             add(Finding("stale_lease", f"processing/{name}: lease of {lease.worker} is stale (owner gone); run `queue requeue-stale`"))
+
+
+def _reports(queue: Queue, repair: bool, add) -> None:
+    """Every quarantined file has NAME.report.json beside it."""
+    for e in queue.entries(["quarantine"]):
+        report = e.path.with_name(e.name + ".report.json")
+        if report.exists():
+            continue
+        f = Finding("report_missing", f"quarantine/{e.name}: no {report.name} (lost in a crash?)", True)
+        if repair:
+            from .ingest import _write_report
+            from .manifest import now_iso
+
+            _write_report(queue, e.name, {"name": e.name, "id": e.item.id if e.item else None, "quarantined_at": now_iso(),
+                                          "reason": "report lost (interrupted ingest); run `shardkit validate` on the file",
+                                          "report": None})
+            f.repaired = True
+        add(f)
 
 
 def _duplicates(queue: Queue, add) -> None:

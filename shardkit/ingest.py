@@ -116,6 +116,8 @@ def ingest(queue: Queue, *, priority: str | None = None, dry_run: bool = False, 
 def _not_ready(p: Path, now: float, settle: float) -> str | None:
     if p.name.startswith("."):
         return "hidden file"
+    if any(ord(c) < 32 or c == "\x7f" for c in p.name):
+        return "name has control characters (newline, escape...): refused; rename it"
     if p.name.endswith((".tmp", ".part", ".partial")):
         return "temporary or partial upload"
     if p.name.endswith(REPORT_SUFFIX):
@@ -225,13 +227,14 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
                 rejects: Path | None = None) -> Routed:
     if dry_run:
         return Routed(entry.name, "quarantine", None, reason)
-    moved = queue.move(entry, "ingest", "quarantine", reason=reason)
+    item = entry.item or queue.new_item(entry)
     records = report.get("records", {}).get("read") if isinstance(report.get("records"), dict) else None
-    if records is not None:
-        moved.item.records = records
-        queue.save_item(moved.item)
-    doc = {"name": entry.name, "id": moved.item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
-    _write_report(queue, moved.name, doc)
+    item.records = records
+    # the report first: a kill between the two leaves a report for a file still in the inbox
+    # (rewritten when it is ingested again), never a quarantined file without its report
+    doc = {"name": entry.name, "id": item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
+    _write_report(queue, entry.name, doc)
+    moved = queue.move(entry, "ingest", "quarantine", reason=reason)
     if rejects is not None and rejects.exists():
         rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / f"{Path(moved.name).stem}.rejects.jsonl")
     return Routed(entry.name, "quarantine", records, reason)
@@ -239,7 +242,7 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
 
 def _write_report(queue: Queue, name: str, doc: dict) -> None:
     path = queue.dir("quarantine") / f"{name}{REPORT_SUFFIX}"
-    atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n", replace=True)
 
 
 def rename_noreplace_or_suffix(src: Path, dst: Path) -> Path:

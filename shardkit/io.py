@@ -56,7 +56,10 @@ def parse_size(text: str | int) -> int:
         unit = m.group(2).lower() if m else None
         if not m or unit not in _UNITS:
             raise UsageError(f"invalid size {text!r} (use e.g. 4096, 64MB, 64MiB, 1G)")
-        value = int(float(m.group(1)) * _UNITS[unit])
+        try:
+            value = int(float(m.group(1)) * _UNITS[unit])
+        except (OverflowError, ValueError):
+            raise UsageError(f"invalid size {text!r}: too large") from None
     if value <= 0:
         raise UsageError(f"invalid size {text!r}: must be greater than 0")
     return value
@@ -251,7 +254,9 @@ def create_temp(directory: Path, hint: str) -> tuple[int, Path]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     for attempt in range(100):
-        tmp = directory / f"{TMP_PREFIX}{os.getpid()}-{attempt}-{hint}"
+        # the hint only helps a person; keep the temp name within NAME_MAX (255 bytes)
+        short = hint if len(hint.encode()) <= 160 else hint.encode()[:160].decode("utf-8", "ignore")
+        tmp = directory / f"{TMP_PREFIX}{os.getpid()}-{attempt}-{short}"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

@@ -291,4 +291,6 @@ def check_rel_name(name: str) -> str:
         raise UsageError(f"invalid file name {name!r}: must be a plain name inside the output folder")
     if any(ord(c) < 32 or c == "\x7f" for c in name):
         raise UsageError(f"invalid file name {name!r}: control characters are not allowed")
+    if len(name.encode("utf-8", "surrogateescape")) > 255:
+        raise UsageError(f"invalid file name {name[:40]!r}...: longer than 255 bytes")
     return name

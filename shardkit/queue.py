@@ -292,8 +292,10 @@ class Queue:
         return {(i.state, i.name): i for i in self.items()}
 
     def entries(self, states: Iterable[str] = STATES) -> list[Entry]:
-        """Every data file in the given state folders, with its record (if any)."""
-        index = self._index()
+        """Every data file in the given state folders, with its record (if any).
+
+        Folders are listed before the records are read: a mover saves the record before
+        its rename, so a file seen here has its record on disk by the time it is read."""
         out = []
         for state in states:
             folder = self.dir(state)
@@ -308,7 +310,10 @@ class Queue:
                     continue  # moved by someone else meanwhile
                 if not _is_regular(st):
                     continue
-                out.append(Entry(state, p.name, p, st.st_size, st.st_mtime, index.get((state, p.name))))
+                out.append(Entry(state, p.name, p, st.st_size, st.st_mtime, None))
+        index = self._index()
+        for e in out:
+            e.item = index.get((e.state, e.name))
         return out
 
     def find(self, name: str, states: Iterable[str] = STATES) -> Entry:
@@ -317,11 +322,14 @@ class Queue:
         p = Path(name)
         if len(p.parts) > 1:
             for state, rel in STATE_DIRS.items():
-                with contextlib.suppress(ValueError):
-                    if p.resolve().parent == (self.root / rel).resolve():
-                        state_hint = state
-                if p.parent.name == Path(rel).name or str(p.parent) == state:
-                    state_hint = state_hint or state
+                if str(p.parent) in (state, rel):  # STATE/NAME or queue/STATE/NAME, relative to ROOT
+                    state_hint = state
+                elif p.is_absolute() or p.parent.exists():
+                    with contextlib.suppress(OSError):
+                        if p.parent.resolve() == (self.root / rel).resolve():
+                            state_hint = state
+            if state_hint is None or ".." in p.parts:
+                raise InputError(f"{name}: not in the queue at {self.root} (a path must be inside its state folders)")
             name = p.name
         matches = [e for e in self.entries([state_hint] if state_hint else states) if e.name == name]
         if not matches:
@@ -330,6 +338,17 @@ class Queue:
             where = ", ".join(e.state for e in matches)
             raise UsageError(f"{name}: in several states ({where}); say which, e.g. {matches[0].state}/{name}")
         return matches[0]
+
+    def _record_of(self, entry: Entry) -> Item | None:
+        """The entry's record, looked for again if the listing found none: it may have been
+        saved by its mover after our listing, or missed by a readdir that raced with a
+        record being replaced. Only then is a file without a record adopted."""
+        for delay in (0.0, 0.01, 0.05):
+            if entry.item is not None:
+                break
+            time.sleep(delay)
+            entry.item = self._index().get((entry.state, entry.name))
+        return entry.item
 
     def new_item(self, entry: Entry) -> Item:
         """A record for a file that has none, not yet saved (the next move saves it)."""
@@ -384,12 +403,27 @@ class Queue:
         target = self.path(to, new_name)
         if dry_run:
             return Entry(to, new_name, target, entry.size, entry.mtime, entry.item)
-        item = self.adopt(entry, journal=entry.state != "inbox")
+        self._record_of(entry)
+        fresh = entry.item is None or not self._item_path(entry.item.id).exists()
+        if fresh:
+            # a record no one else knows yet: save it, already in its target state, before the
+            # rename, so no other process ever sees the file without its record
+            item = entry.item or self.new_item(entry)
+            item.state, item.name = to, new_name
+            self.save_item(item)
+        else:
+            item = entry.item
         if not target.parent.is_dir():  # e.g. dead/ or held/ in a layout made by hand
             target.parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(target.parent.parent)
         try:
-            rename_noreplace(entry.path, target)
+            try:
+                rename_noreplace(entry.path, target)
+            except BaseException:
+                if fresh:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._item_path(item.id))
+                raise
         except ConflictError:
             raise ConflictError(f"{entry.name}: {to}/{new_name} already exists; nothing was moved") from None
         except InputError:
@@ -622,7 +656,7 @@ class Queue:
         if yes:
             with self.journal.transaction("prune", files=len(plan.delete)) as tx:
                 for e in plan.delete:
-                    item = e.item
+                    item = self._record_of(e)
                     if not os.path.lexists(e.path):
                         continue
                     # journaled first: a kill between the two leaves a recorded delete, never a silent one

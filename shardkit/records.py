@@ -96,6 +96,8 @@ class BlockReader:
                 self.added_newline = True
                 carry += NL
             yield from self._emit(carry, len(carry))
+            if self.added_newline:
+                self.offset -= 1  # offsets count input bytes; the added newline is not one
 
     def _emit(self, buf: bytes | bytearray, end: int) -> Iterator[Block]:
         block = Block(buf, 0, end, self.line, self.offset)

@@ -9,9 +9,11 @@ from its last committed shard and ends with exactly the files an uninterrupted r
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -171,7 +173,7 @@ def shard_name(template: str, stem: str, index: int) -> str:
     """Format a shard name; reject templates that escape the output folder."""
     try:
         name = template.format(stem=stem, index=index)
-    except (KeyError, IndexError, ValueError) as e:
+    except Exception as e:  # any format error (KeyError, TypeError, AttributeError...) is a usage error
         raise UsageError(
             f"--name {template!r}: {e.__class__.__name__}: {e} (fields: {{stem}}, {{index}})"
         ) from None
@@ -224,7 +226,8 @@ class _ShardFile:
         except ConflictError:
             # A run killed between renaming a shard and rewriting the manifest leaves that
             # shard behind; a resumed run writes the same bytes, so adopt it if identical.
-            if not adopt_identical or scan_file(self.final, None).sha256 != sha:
+            if (not adopt_identical or not stat.S_ISREG(os.lstat(self.final).st_mode)
+                    or scan_file(self.final, None).sha256 != sha):
                 os.unlink(self.tmp)
                 raise
             os.unlink(self.tmp)
@@ -293,7 +296,16 @@ class _Rejects:
         if not self.partial.exists() and self.final.is_file() and self.final.stat().st_size == size:
             return  # published just before the crash; publish() will find it in place
         try:
-            with open(self.partial, "r+b") as f:
+            fd = os.open(self.partial, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise DataError(f"{self.partial}: missing; cannot resume (use --overwrite)") from None
+        except OSError as e:  # ELOOP: a symlink was put there; never write through it
+            raise ConflictError(f"{self.partial}: not a regular file ({e.strerror}); cannot resume") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConflictError(f"{self.partial}: not a regular file; cannot resume")
+        try:
+            with open(fd, "r+b") as f:
                 if os.fstat(f.fileno()).st_size < size:
                     raise DataError(f"{self.partial}: shorter than its checkpoint; cannot resume (use --overwrite)")
                 f.truncate(size)
@@ -332,9 +344,14 @@ class _Rejects:
         if self.dry_run:
             return entry
         self.close()
-        if self.partial.exists():
-            with open(self.partial, "rb") as f:
-                os.fsync(f.fileno())
+        if os.path.lexists(self.partial):
+            if not stat.S_ISREG(os.lstat(self.partial).st_mode):
+                raise ConflictError(f"{self.partial}: not a regular file; refusing to publish it")
+            fd = os.open(self.partial, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             rename_noreplace(self.partial, self.final)
             fsync_dir(self.final.parent)
         entry["sha256"] = scan_file(self.final, None).sha256
@@ -754,6 +771,7 @@ class _Splitter:
         self._index += 1
         self._reset_shard()
         self.rejects.sync()
+        committed = self.out / self.files[-1]["path"]
         self.cp = _Checkpoint(
             input=self._i,
             offset=offset,
@@ -765,7 +783,15 @@ class _Splitter:
             rejects_records=self.rejects.records,
             rejects_bytes=self.rejects.bytes,
         )
-        self._save()
+        try:
+            self._save()
+        except BaseException:
+            # the manifest could not list it (disk full...): a shard no manifest lists must not stay
+            if sha is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(committed)
+                fsync_dir(self.out)
+            raise
 
     def _reset_shard(self) -> None:
         self._records = self._bytes = 0
