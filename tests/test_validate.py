@@ -1514,3 +1514,22 @@ def test_corrupted_lines_never_raise(obj, data):
         raw[at:at] = junk
     result = Validator("auto").check(bytes(raw))
     assert all(i.code in CODES and i.code != "internal_error" for i in result.issues)
+
+
+@pytest.mark.parametrize("kind", ["chat", "auto"])
+def test_chat_with_extra_top_level_keys_fast_path_equals_thorough_path(kind) -> None:
+    """The shortcut for chat records with unknown top-level keys gives the thorough path's result."""
+    import itertools
+
+    bodies = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": ""}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "{{x}}"}],
+        [{"role": "bot", "content": "x"}],
+        [{"role": "user", "content": [{"type": "text", "text": "a"}]}, {"role": "assistant", "content": "b"}],
+    ]
+    extras = [{"source": "web"}, {"lang": "en", "id": 4}, {"sourse": 1, "metadata": {}}, {"tools": "x", "src": 1}, {}]
+    v = Validator(kind)
+    for body, extra in itertools.product(bodies, extras):
+        raw = orjson.dumps({"messages": body, **extra})
+        assert v.check(raw) == v._check_thoroughly(raw, None), raw
