@@ -113,9 +113,10 @@ from .shard import (
     SplitOptions,
     SplitResult,
     Warn,
-    _refuse_json_array,
     _Rejects,
     _ShardFile,
+    check_run_inputs,
+    collecting_warn,
     input_stems,
     reject_record,
 )
@@ -1076,23 +1077,10 @@ def run_pipeline(
     file under a final name whatever happens, --resume/--overwrite rules. Raises UsageError,
     InputError, DataError, ConflictError or Interrupted.
     """
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite cannot be used together")
-    paths = [os.fspath(p) for p in inputs]
-    if not paths:
-        raise UsageError("give at least one input file (or - for stdin)")
-    if (paths + list(options.exclude)).count("-") > 1:
-        raise UsageError("stdin (-) can be given only once")
-    specs = [inspect_input(p) for p in paths]
-    for spec in specs:
-        _refuse_json_array(spec)
+    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude)
     out = Path(out)
     warnings: list[str] = []
-
-    def _warn(msg: str) -> None:
-        warnings.append(msg)
-        if warn:
-            warn(msg)
+    _warn = collecting_warn(warnings, warn)
 
     with ExitStack() as stack:
         checks = None

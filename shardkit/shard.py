@@ -899,6 +899,33 @@ def count_records(spec: InputSpec, block_size: int = BLOCK_SIZE) -> int:
 # ---------------------------------------------------------------- entry point
 
 
+def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[str] = ()) -> list[InputSpec]:
+    """The checks every split-like run makes first: flags that exclude each other, inputs
+    that exist and are JSONL (or Parquet), stdin at most once (counting `also`)."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    paths = [os.fspath(p) for p in inputs]
+    if not paths:
+        raise UsageError("give at least one input file (or - for stdin)")
+    if (paths + list(also)).count("-") > 1:
+        raise UsageError("stdin (-) can be given only once")
+    specs = [inspect_input(p) for p in paths]
+    for spec in specs:
+        _refuse_json_array(spec)
+    return specs
+
+
+def collecting_warn(warnings: list[str], warn: Warn | None) -> Warn:
+    """A warn callback that keeps every warning (for the result) and passes it on."""
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn:
+            warn(msg)
+
+    return _warn
+
+
 def split(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -916,23 +943,10 @@ def split(
     Raises UsageError, InputError, DataError, ConflictError or Interrupted (each with
     its exit code); whatever happens, no partial file appears under a final name.
     """
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite cannot be used together")
-    paths = [os.fspath(p) for p in inputs]
-    if not paths:
-        raise UsageError("give at least one input file (or - for stdin)")
-    if paths.count("-") > 1:
-        raise UsageError("stdin (-) can be given only once")
-    specs = [inspect_input(p) for p in paths]
-    for spec in specs:
-        _refuse_json_array(spec)
+    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
     out = Path(out)
     warnings: list[str] = []
-
-    def _warn(msg: str) -> None:
-        warnings.append(msg)
-        if warn:
-            warn(msg)
+    _warn = collecting_warn(warnings, warn)
 
     check_rel_name(options.rejects)
     with ExitStack() as stack:
