@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import orjson
 
-from .validate import detect_kind
+from .validate import _type_name, detect_kind
 
 __all__ = ["MAPPING", "SHAREGPT_ROLES", "to_chat"]
 
@@ -232,11 +232,3 @@ _CONVERTERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "prompt-completion": _p
 _MAPPED_KEYS = {"alpaca": _ALPACA_KEYS, "sharegpt": _SHAREGPT_KEYS, "prompt-completion": _PROMPT_COMPLETION_KEYS}
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)

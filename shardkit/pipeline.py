@@ -78,7 +78,7 @@ from pathlib import Path
 import orjson
 
 from . import faults
-from .check import Checks, auto_jobs
+from .check import Checks
 from .convert import MAPPING, to_chat
 from .errors import ConflictError, DataError, Interrupted, ShardkitError, UsageError
 from .io import (
@@ -119,6 +119,7 @@ from .shard import (
     collecting_warn,
     input_stems,
     reject_record,
+    start_checks,
 )
 from .validate import Report
 
@@ -1083,13 +1084,7 @@ def run_pipeline(
     _warn = collecting_warn(warnings, warn)
 
     with ExitStack() as stack:
-        checks = None
-        if options.split.check is not None:
-            if jobs is None:
-                sizes = [s.size for s in specs]
-                jobs = auto_jobs(None if None in sizes else sum(sizes))
-            checks = stack.enter_context(Checks(options.split.check, jobs))
-            checks.start()  # workers fork now, before this process runs any thread
+        checks = start_checks(stack, options.split.check, specs, jobs)
         # A shard committed just before a kill is not listed yet; a rerun writes the same
         # bytes under that name and adopts the file when it is identical.
         pipeline = _Pipeline(specs, out, options, checks, dry_run=dry_run, adopt_identical=resume or overwrite,

@@ -915,6 +915,19 @@ def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[st
     return specs
 
 
+def start_checks(stack: ExitStack, check: CheckOptions | None, specs: list[InputSpec], jobs: int | None) -> Checks | None:
+    """The validator for a run (None without --validate), its workers started now, before
+    this process runs any thread (so they can be forked), and stopped with `stack`."""
+    if check is None:
+        return None
+    if jobs is None:
+        sizes = [s.size for s in specs]
+        jobs = auto_jobs(None if None in sizes else sum(sizes))
+    checks = stack.enter_context(Checks(check, jobs))
+    checks.start()
+    return checks
+
+
 def collecting_warn(warnings: list[str], warn: Warn | None) -> Warn:
     """A warn callback that keeps every warning (for the result) and passes it on."""
 
@@ -950,13 +963,7 @@ def split(
 
     check_rel_name(options.rejects)
     with ExitStack() as stack:
-        checks = None
-        if options.check is not None:
-            if jobs is None:
-                sizes = [s.size for s in specs]
-                jobs = auto_jobs(None if None in sizes else sum(sizes))
-            checks = stack.enter_context(Checks(options.check, jobs))
-            checks.start()  # workers start now, before this process runs any thread
+        checks = start_checks(stack, options.check, specs, jobs)
         return _split(specs, out, options, checks, resume=resume, overwrite=overwrite,
                       dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
 
