@@ -461,16 +461,21 @@ def _mark_json(schema: pa.Schema, json_paths: set) -> pa.Schema:
     return pa.schema([field(f, (f.name,)) for f in schema])
 
 
-def schema_from_parquet(path: str | Path) -> InferredSchema:
-    """The schema of an existing Parquet file (its JSON-text fields too, if shardkit wrote it)."""
+def _open_parquet(path: str | Path) -> pq.ParquetFile:
+    """Open a Parquet file; a missing, unreadable or non-Parquet file is an InputError."""
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     except pa.ArrowException as e:
         raise InputError(f"{path}: not a Parquet file ({e})") from None
+
+
+def schema_from_parquet(path: str | Path) -> InferredSchema:
+    """The schema of an existing Parquet file (its JSON-text fields too, if shardkit wrote it)."""
+    pf = _open_parquet(path)
     arrow = pf.schema_arrow
     try:
         return InferredSchema(
@@ -1413,14 +1418,7 @@ def parquet_lines(path: str | Path, batch_rows: int = 2048, *, drop_nulls: bool 
     """
     if batch_rows < 1:
         raise UsageError(f"batch_rows must be at least 1 (got {batch_rows})")
-    try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    except pa.ArrowException as e:
-        raise InputError(f"{path}: not a Parquet file ({e})") from None
+    pf = _open_parquet(path)
     fields = _JsonFields(_json_paths_of(pf, path))
     dumps, nl = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     row = 0
