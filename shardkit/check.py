@@ -307,23 +307,34 @@ def ranges(size: int, jobs: int, piece: int | None = None) -> list[tuple[int, in
 _worker: Checker | None = None
 
 
-def _init_worker(options: CheckOptions) -> None:
+def _init_worker(options: CheckOptions, parent: int) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
-    _die_with_parent()
+    _die_with_parent(parent)
     _worker = Checker(options)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """A worker must not outlive a parent killed by SIGKILL (it would hold the caller's
-    stdout open forever): Linux's PR_SET_PDEATHSIG, then a check for a parent already gone."""
-    parent = os.getppid()
+    stdout open forever): Linux's PR_SET_PDEATHSIG, then a check for a parent already gone.
+    `parent` is the pid of the process that made the pool (with forkserver, the server in
+    between dies with it and its children get the signal in turn)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent or parent == 1:
+    if os.getppid() != parent and not _alive(parent):
         os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_in_worker(data: bytes, first_line: int, display: str) -> Verdict:
@@ -389,7 +400,7 @@ class Checks:
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.jobs, mp_context=_context(), initializer=_init_worker, initargs=(self.options,)
+                self.jobs, mp_context=_context(), initializer=_init_worker, initargs=(self.options, os.getpid())
             )
         return self._pool
 
