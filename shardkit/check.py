@@ -328,13 +328,18 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by its own parent, is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _check_in_worker(data: bytes, first_line: int, display: str) -> Verdict:
