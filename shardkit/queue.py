@@ -348,6 +348,15 @@ class Queue:
                 break
             time.sleep(delay)
             entry.item = self._index().get((entry.state, entry.name))
+        if entry.item is None:
+            # a record of this name whose file is not where it says is this file's record,
+            # one step behind its move (doctor's record_behind, applied before adopting)
+            for item in self.items():
+                if (item.name == entry.name and item.state in STATE_DIRS
+                        and not os.path.lexists(self.path(item.state, item.name))):
+                    item.state = entry.state
+                    entry.item = item
+                    break
         return entry.item
 
     def new_item(self, entry: Entry) -> Item:
