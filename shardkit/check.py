@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import InputError, UsageError
+from .io import pid_alive
 from .records import Block, BlockReader
 from .tokens import count_tokens, load_tokenizer, record_text
 from .validate import (
@@ -323,23 +324,8 @@ def _die_with_parent(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent and not _alive(parent):
+    if os.getppid() != parent and not pid_alive(parent):
         os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, killed but not yet reaped by its own parent, is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _check_in_worker(data: bytes, first_line: int, display: str) -> Verdict:

@@ -433,3 +433,18 @@ class BackgroundHasher:
     def hexdigest(self) -> str:
         self._drain(0)
         return self._h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running? A zombie (killed, not yet reaped by its parent) is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

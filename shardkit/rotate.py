@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConflictError, InputError, UsageError
-from .io import TMP_PREFIX, commit_file, create_temp, env_error, fsync_dir
+from .io import TMP_PREFIX, commit_file, create_temp, env_error, fsync_dir, pid_alive
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -422,20 +422,10 @@ def _remove_dead_temps(directory: Path) -> list[str]:
     removed = []
     for entry in os.scandir(directory):
         m = _OUR_TEMP.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not _pid_alive(int(m.group(1))):
+        if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
             _unlink_quietly(Path(entry.path))
             removed.append(entry.name)
     return sorted(removed)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _open_error(e: OSError, path: Path) -> Exception:
