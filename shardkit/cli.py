@@ -144,7 +144,7 @@ def split(
         typer.Argument(help="JSONL files to split: plain, .gz or .zst (detected by content); - reads stdin.", show_default=False),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty).", show_default=False)
+        str, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty), or an s3:// prefix (needs shardkit[s3]).", show_default=False)
     ],
     max_records: Annotated[
         int | None, typer.Option("--max-records", "-n", help="At most N records per shard.", min=1, show_default=False)
@@ -202,6 +202,9 @@ def split(
     exclude_key: Annotated[str, typer.Option("--exclude-key", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
     to: Annotated[str | None, typer.Option("--to", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
+    staging: Annotated[
+        Path | None, typer.Option("--staging", help="With an s3:// OUT: local folder where shards are prepared before upload (default: one per OUT under the temp dir, or $SHARDKIT_STAGING).", show_default=False)
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
     ] = False,
@@ -263,6 +266,7 @@ def split(
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
         run = run_split
+        kwargs: dict = {}
         if pipeline:
             from .pipeline import PipelineOptions, run_pipeline
 
@@ -273,6 +277,13 @@ def split(
                 exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
             )
             run = run_pipeline
+            from .remote import is_url
+
+            if is_url(out) or any(is_url(p) for p in inputs):
+                raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to work on local files; "
+                                 "split to a local folder (or stage the objects locally) first")
+        elif staging is not None:
+            kwargs["staging"] = staging
         with _progress(total, not (quiet or json_output), "split") as progress:
             result = run(
                 inputs,
@@ -284,6 +295,7 @@ def split(
                 progress=progress,
                 warn=_warn_printer(quiet or json_output),
                 jobs=_jobs_option(jobs),
+                **kwargs,
             )
     if json_output:
         _print_json(result.summary())
@@ -316,7 +328,11 @@ def _render_split(result) -> None:
         typer.echo(f"validation{note}:")
         for line in result.validation.lines():
             typer.echo(f"  {line}")
-    if not result.dry_run:
+    if result.dry_run:
+        return
+    if isinstance(result.out, str):  # an object-store URL
+        typer.echo(f"manifest: {result.out.rstrip('/')}/manifest.json  (check: shardkit verify {result.out})")
+    else:
         typer.echo(f"manifest: {result.out / 'manifest.json'}  (check: cd {result.out} && sha256sum -c SHA256SUMS)")
 
 
@@ -359,7 +375,7 @@ def manifest_cmd(
 
 @app.command()
 def verify(
-    manifest: Annotated[Path, typer.Argument(help="manifest.json (or the folder holding it).", show_default=False)],
+    manifest: Annotated[str, typer.Argument(help="manifest.json (or the folder holding it); an s3:// URL works too (needs shardkit[s3]).", show_default=False)],
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Recompute every listed file's size, sha256 and record count; exit 1 on any mismatch.

@@ -86,6 +86,7 @@ class InputSpec:
     display: str  # what messages call it
     size: int | None  # bytes on disk; None for stdin
     compression: str | None  # None, "gzip" or "zstd"
+    remote: bool = False  # an object-store URL (see remote.py), read through fsspec
 
     @property
     def is_stdin(self) -> bool:
@@ -101,6 +102,16 @@ def inspect_input(path: str) -> InputSpec:
     """Check that an input exists and is a readable regular file; sniff its compression."""
     if path == STDIN:
         return InputSpec(STDIN, "<stdin>", None, None)
+    from . import remote
+
+    if remote.is_url(path):
+        meta = remote.info(path)
+        if meta is None:
+            raise InputError(f"{path}: no such object")
+        if meta.get("type") == "directory":
+            raise InputError(f"{path}: is a prefix (folder), expected a JSONL object")
+        return InputSpec(path, path, meta.get("size"), sniff_compression(remote.read_head(path, 4)), remote=True)
+    path = remote.local_path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -159,7 +170,12 @@ class InputStream:
         self.raw_bytes = 0
         self._on_raw_user = on_raw
         try:
-            raw: BinaryIO = sys.stdin.buffer if spec.is_stdin else open(spec.path, "rb")  # noqa: SIM115
+            if spec.remote:
+                from .remote import open_read
+
+                raw: BinaryIO = open_read(spec.path)
+            else:
+                raw = sys.stdin.buffer if spec.is_stdin else open(spec.path, "rb")  # noqa: SIM115
         except OSError as e:
             raise InputError(f"{spec.display}: cannot read: {e.strerror}") from None
         self._raw = raw

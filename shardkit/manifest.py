@@ -69,6 +69,11 @@ def read_manifest(path: Path) -> dict:
         raise InputError(f"{path}: is a directory; give the manifest file ({MANIFEST_NAME})") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: bytes, path: Path | str) -> dict:
+    """Check a manifest's bytes (`path` names it in errors)."""
     try:
         manifest = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -99,11 +104,15 @@ def scan_file(path: Path, compression: str | None = _SNIFF) -> FileStats:
     start with gzip's magic bytes is still plain."""
     if path.suffix == ".parquet":
         return _scan_parquet(path)
-    h = hashlib.sha256()
-    records = blank = 0
     spec = inspect_input(str(path))
     if compression != _SNIFF:
         spec = InputSpec(spec.path, spec.display, spec.size, compression)
+    return _scan_spec(spec)
+
+
+def _scan_spec(spec: InputSpec) -> FileStats:
+    h = hashlib.sha256()
+    records = blank = 0
     with InputStream(spec, on_raw=h.update) as stream:
         for block in BlockReader(stream):
             runs, trailing = nonblank_runs(block)
@@ -150,9 +159,15 @@ class VerifyResult:
         }
 
 
-def verify(path: Path) -> VerifyResult:
-    """Recompute size, sha256 and record count of every file the manifest lists."""
-    path = Path(path)
+def verify(path: Path | str) -> VerifyResult:
+    """Recompute size, sha256 and record count of every file the manifest lists.
+
+    `path` may be an object-store URL (of the manifest or of its prefix)."""
+    from . import remote
+
+    if remote.is_url(path):
+        return _verify_url(str(path))
+    path = Path(remote.local_path(str(path)))
     if path.is_dir():
         path = path / MANIFEST_NAME
     manifest = read_manifest(path)
@@ -194,6 +209,61 @@ def _check_entry(base: Path, entry: dict) -> str | None:
         return f"{rel}: sha256 mismatch (manifest {str(entry.get('sha256'))[:12]}…, file {stats.sha256[:12]}…)"
     if "records" in entry and stats.records != entry["records"]:
         return f"{rel}: {stats.records} records, manifest says {entry['records']}"
+    return None
+
+
+def _verify_url(url: str) -> VerifyResult:
+    from . import remote
+
+    if not url.endswith(".json"):
+        url = remote.join(url, MANIFEST_NAME)
+    manifest = parse_manifest(remote.read_bytes(url), url)
+    base = url.rsplit("/", 1)[0]
+    result = VerifyResult(url, complete=bool(manifest.get("complete", True)))  # type: ignore[arg-type]
+    if not result.complete:
+        result.problems.append(f"{url}: incomplete (an interrupted run); rerun the split with --resume")
+    entries = [*manifest["files"], *side_entries(manifest)]
+    for entry in entries:
+        result.checked += 1
+        problem = _check_remote_entry(base, entry)
+        if problem:
+            result.problems.append(problem)
+    listed = {e["path"] for e in entries}
+    result.extra = [n for n in remote.list_names(base)
+                    if n not in listed and not n.startswith(".") and n.endswith(DATA_SUFFIXES)]
+    return result
+
+
+def _check_remote_entry(base: str, entry: dict) -> str | None:
+    from . import remote
+
+    rel = entry.get("path")
+    if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+        return f"{rel!r}: unsafe path in manifest"
+    url = remote.join(base, rel)
+    meta = remote.info(url)
+    if meta is None:
+        return f"{rel}: missing"
+    if meta.get("size") != entry.get("bytes"):
+        return f"{rel}: size {meta.get('size')} bytes, manifest says {entry.get('bytes')}"
+    try:
+        if rel.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            size, sha = remote.hash_object(url)
+            with remote.open_read(url) as f:
+                records = pq.ParquetFile(f).metadata.num_rows
+        else:
+            stats = _scan_spec(InputSpec(url, url, meta.get("size"), entry.get("compression"), remote=True))
+            sha, records = stats.sha256, stats.records
+    except (InputError, DataError) as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a corrupt Parquet object is a mismatch, not a crash
+        return f"{rel}: unreadable: {e.__class__.__name__}: {e}"
+    if sha != entry.get("sha256"):
+        return f"{rel}: sha256 mismatch (manifest {str(entry.get('sha256'))[:12]}…, object {sha[:12]}…)"
+    if "records" in entry and records != entry["records"]:
+        return f"{rel}: {records} records, manifest says {entry['records']}"
     return None
 
 

@@ -463,8 +463,10 @@ def _mark_json(schema: pa.Schema, json_paths: set) -> pa.Schema:
 
 def _open_parquet(path: str | Path) -> pq.ParquetFile:
     """Open a Parquet file; a missing, unreadable or non-Parquet file is an InputError."""
+    from .remote import is_url, open_read
+
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(open_read(path) if is_url(path) else path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as e:

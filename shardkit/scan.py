@@ -121,6 +121,7 @@ def _validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None
             checks.jobs > 1
             and spec.compression is None
             and not spec.is_stdin
+            and not spec.remote
             and spec.size is not None
             and spec.size >= POOL_MIN_BYTES
             and not is_json_array(spec.path, head)

@@ -151,7 +151,7 @@ class SplitResult:
         m = self.manifest
         return {
             "out": str(self.out),
-            "manifest": str(self.out / MANIFEST_NAME),
+            "manifest": f"{str(self.out).rstrip('/')}/{MANIFEST_NAME}",
             "dry_run": self.dry_run,
             "resumed": self.resumed,
             "complete": m["complete"],
@@ -433,6 +433,7 @@ class _Splitter:
         self.rejects = _Rejects(out / options.rejects, dry_run)
         self.created_at = now_iso()
         self.oversize_rejected = 0
+        self.absolute_sources = False
         # per-input state
         self._i = 0
         self._spec: InputSpec = specs[0] if specs else InputSpec("-", "<stdin>", None, None)
@@ -485,6 +486,10 @@ class _Splitter:
     def _source_path(self, spec: InputSpec) -> str:
         if spec.is_stdin:
             return "-"
+        if spec.remote:
+            return spec.path
+        if self.absolute_sources:  # the manifest will live elsewhere (an object store)
+            return os.path.abspath(spec.path)
         return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(self.out))
 
     def _save(self, complete: bool = False) -> None:
@@ -831,6 +836,10 @@ def _valid_pieces(block: Block, runs: list, bad) -> Iterator[tuple[int, int, int
 def is_parquet(spec: InputSpec) -> bool:
     if spec.is_stdin or spec.compression is not None:
         return False
+    if spec.remote:
+        from .remote import read_head
+
+        return read_head(spec.path, 4) == b"PAR1"
     with open(spec.path, "rb") as f:
         return f.read(4) == b"PAR1"
 
@@ -872,7 +881,9 @@ class _ParquetLines:
 
     def __exit__(self, exc_type, *exc: object) -> None:
         if exc_type is None and self._on_raw is not None:
-            with open(self.spec.path, "rb") as f:
+            from .remote import open_read
+
+            with (open_read(self.spec.path) if self.spec.remote else open(self.spec.path, "rb")) as f:
                 while chunk := f.read(1 << 20):
                     self._on_raw(chunk)
         self.raw_bytes = self.spec.size or self.raw_bytes
@@ -950,22 +961,51 @@ def split(
     progress: Progress | None = None,
     warn: Warn | None = None,
     jobs: int | None = None,
+    staging: str | os.PathLike | None = None,
 ) -> SplitResult:
     """Split JSONL inputs into shards in `out`, with manifest.json and SHA256SUMS.
 
+    Inputs and `out` may be object-store URLs (remote.py); a URL `out` is prepared in the
+    local `staging` folder and published object by object, manifest last.
     Raises UsageError, InputError, DataError, ConflictError or Interrupted (each with
     its exit code); whatever happens, no partial file appears under a final name.
     """
+    from . import remote
+
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
-    out = Path(out)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
 
     check_rel_name(options.rejects)
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, jobs)
-        return _split(specs, out, options, checks, resume=resume, overwrite=overwrite,
-                      dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
+        kw = dict(resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
+        if remote.is_url(os.fspath(out)):
+            return _split_to_url(specs, os.fspath(out), options, checks, staging=staging, **kw)
+        return _split(specs, Path(remote.local_path(os.fspath(out))), options, checks, **kw)
+
+
+def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrite, dry_run, warnings, **kw) -> SplitResult:
+    """Split into a local staging folder, then publish it to `url` (manifest last).
+
+    Killed at any point, a rerun with --resume continues: the staged split resumes from its
+    last shard, and the publish keeps each object already uploaded (checked by sha256)."""
+    from . import remote
+
+    old = remote.check_destination(url, resume=resume, overwrite=overwrite)
+    if old is not None and old.get("complete") and not overwrite:
+        return SplitResult(out=url, manifest=old, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
+    stage = remote.staging_dir(url, staging)
+    result = _split(specs, stage, options, checks, resume=resume or old is not None, overwrite=overwrite,
+                    dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
+    result.out = url  # type: ignore[assignment]
+    if dry_run:
+        return result
+    if overwrite and old is not None:
+        remote.remove_listed(url, old)
+    remote.publish(stage, url, overwrite=overwrite)
+    remote.remove_staging(stage, result.manifest)
+    return result
 
 
 def _refuse_json_array(spec: InputSpec) -> None:
@@ -981,9 +1021,11 @@ def _refuse_json_array(spec: InputSpec) -> None:
         )
 
 
-def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings) -> SplitResult:
+def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings,
+           absolute_sources=False) -> SplitResult:
     splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
                          warn=warn, checks=checks)
+    splitter.absolute_sources = absolute_sources
     result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=splitter.report)
     old = _prepare_out(out, splitter, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result)
     if old is not None and old.get("complete"):

@@ -1,0 +1,307 @@
+"""Object-store paths (`s3://bucket/key`, and any other fsspec URL) for inputs, outputs and verify.
+
+Needs the optional extra `shardkit[s3]` (fsspec, s3fs); imported only when a URL is met.
+
+Reading streams the object in `READ_BLOCK` ranges (memory does not grow with its size).
+Writing keeps the local guarantees with the store's own atomicity instead of rename:
+
+* a split into a URL runs into a local staging folder first (resumable like any split);
+* each file is then uploaded as a multipart upload that is *completed* only after its last
+  byte was sent (`autocommit=False`, then `commit()`); a failure or a kill before that leaves
+  no object under the final key, only an incomplete upload the store never shows;
+* new keys are written with `If-None-Match: *` (fsspec mode "xb"), the store's "rename
+  without replacing": another writer's object is never overwritten silently;
+* `manifest.json` goes last, so a reader who sees the manifest sees every file it lists.
+
+`file://` URLs are plain local paths and take the local code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import faults
+from .errors import ConflictError, DataError, InputError, UsageError
+
+READ_BLOCK = 8 << 20  # bytes fetched per range request while streaming an input
+PART_SIZE = 8 << 20  # multipart upload part size (S3's minimum is 5 MiB)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: object) -> bool:
+    """True for `s3://...`, `gs://...`, `memory://...`; False for local paths and `file://`."""
+    return isinstance(path, str) and bool(_URL.match(path)) and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """`file:///x/y` -> `/x/y`; anything else unchanged."""
+    return path[len("file://"):] if isinstance(path, str) and path.startswith("file://") else path
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a URL; a clear error if the extra is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError(f"{url}: object-store paths need the s3 extra: pip install 'shardkit[s3]'") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise UsageError(f"{url}: cannot open this kind of URL: {e}") from None
+    return fs, path.rstrip("/")
+
+
+def join(url: str, name: str) -> str:
+    return url.rstrip("/") + "/" + name
+
+
+def _store_error(e: BaseException, url: str) -> InputError:
+    return InputError(f"{url}: {e.__class__.__name__}: {e}")
+
+
+def info(url: str) -> dict | None:
+    """The object's metadata (fresh, not cached), or None if there is none."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+
+
+def read_head(url: str, n: int) -> bytes:
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path, start=0, end=n)
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such object") from None
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+
+
+def open_read(url: str):
+    """A sequential binary reader over the object, fetching `READ_BLOCK` at a time."""
+    fs, path = filesystem(url)
+    try:
+        return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such object") from None
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such object") from None
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+
+
+def hash_object(url: str, on_data: Callable[[bytes], None] | None = None) -> tuple[int, str]:
+    """(size, sha256) of an object, streamed."""
+    h = hashlib.sha256()
+    size = 0
+    with open_read(url) as f:
+        while chunk := f.read(READ_BLOCK):
+            h.update(chunk)
+            size += len(chunk)
+            if on_data is not None:
+                on_data(chunk)
+    return size, h.hexdigest()
+
+
+def list_names(url: str) -> list[str]:
+    """Names of the objects directly under a prefix ([] if there are none)."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    try:
+        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+
+
+def upload(local: Path, url: str, *, replace: bool = False) -> None:
+    """Copy a local file to `url` so the object appears complete or not at all.
+
+    Parts are sent as they are read (bounded memory); the upload is completed only after
+    the last part. Any error, Ctrl-C included, aborts it: no object under `url`. Without
+    `replace`, an object already there makes the store refuse (If-None-Match: *)."""
+    fs, path = filesystem(url)
+    try:
+        f = fs.open(path, "wb" if replace else "xb", block_size=PART_SIZE, autocommit=False)
+    except FileExistsError:
+        raise ConflictError(f"{url}: already exists; not replaced") from None
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+    committed = False
+    try:
+        with open(local, "rb") as src:
+            while chunk := src.read(PART_SIZE):
+                f.write(chunk)
+                faults.hit("after:upload_part")
+        f.close()  # sends what is buffered; with autocommit=False the object is not created yet
+        faults.hit("before:upload_commit")
+        f.commit()
+        committed = True
+    except FileExistsError:
+        raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
+    except (OSError, ValueError) as e:
+        if _precondition_failed(e):
+            raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
+        raise _store_error(e, url) from None
+    finally:
+        if not committed:
+            _discard(f)
+    fs.invalidate_cache(path)
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    text = str(e)
+    return "PreconditionFailed" in text or "412" in text or "pre-conditions" in text
+
+
+def _discard(f) -> None:
+    """Abort a multipart upload; never let the file's close() commit it later."""
+    try:
+        f.discard()
+    except Exception:  # noqa: BLE001 - the store drops incomplete uploads by lifecycle rule anyway
+        pass
+    f.closed = True
+
+
+def delete(url: str) -> None:
+    fs, path = filesystem(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise _store_error(e, url) from None
+    fs.invalidate_cache(path)
+
+
+# ---------------------------------------------------------------- staging + publish
+
+
+def staging_dir(url: str, staging: str | os.PathLike | None = None) -> Path:
+    """Where a split into `url` is prepared: `staging` if given, else `$SHARDKIT_STAGING`,
+    else a folder under the system temp dir named after the URL (so --resume finds it)."""
+    if staging is not None:
+        return Path(staging)
+    base = os.environ.get("SHARDKIT_STAGING") or os.path.join(tempfile.gettempdir(), f"shardkit-staging-{os.getuid()}")
+    return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def check_destination(url: str, *, resume: bool, overwrite: bool) -> dict | None:
+    """The rules of a local OUT, applied to a prefix: returns its manifest if it has one.
+
+    A prefix holding objects but no manifest is refused unless --resume (an interrupted
+    publish of ours: each object is checked by sha256 before it is kept)."""
+    from .manifest import MANIFEST_NAME, parse_manifest
+
+    mpath = join(url, MANIFEST_NAME)
+    if info(mpath) is not None:
+        old = parse_manifest(read_bytes(mpath), mpath)
+        if not (resume or overwrite):
+            raise ConflictError(
+                f"{url}: already holds a shardkit run ({MANIFEST_NAME}); use --resume to keep it, "
+                "or --overwrite to replace the files it lists"
+            )
+        return old
+    names = list_names(url)
+    if names and not (resume or overwrite):
+        raise ConflictError(
+            f"{url}: not empty and holds no shardkit manifest ({len(names)} object(s), e.g. {names[0]}); "
+            "choose an empty prefix, or --resume an interrupted upload"
+        )
+    return None
+
+
+def remove_listed(url: str, old: dict) -> list[str]:
+    """--overwrite: delete the manifest first (readers stop trusting the set), then its files."""
+    from .manifest import MANIFEST_NAME, SUMS_NAME, check_rel_name, side_entries
+
+    delete(join(url, MANIFEST_NAME))
+    removed = []
+    for entry in [*old.get("files", []), *side_entries(old)]:
+        name = entry.get("path")
+        if isinstance(name, str):
+            delete(join(url, check_rel_name(name)))
+            removed.append(name)
+    delete(join(url, SUMS_NAME))
+    return removed
+
+
+def publish(local_dir: Path, url: str, *, overwrite: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
+    """Upload a finished local run (files, side files, SHA256SUMS, then manifest.json).
+
+    An object already under a file's key is kept only if its sha256 is the manifest's (an
+    interrupted publish being finished); otherwise it is a conflict, or with `overwrite`
+    replaced. Returns the names uploaded."""
+    from .manifest import MANIFEST_NAME, SUMS_NAME, read_manifest, side_entries
+
+    manifest = read_manifest(local_dir / MANIFEST_NAME)
+    if not manifest.get("complete"):
+        raise DataError(f"{local_dir / MANIFEST_NAME}: the staged run is incomplete; rerun with --resume")
+    uploaded = []
+    entries = [*manifest["files"], *side_entries(manifest)]
+    sums = local_dir / SUMS_NAME
+    if sums.exists():
+        entries.append({"path": SUMS_NAME, "bytes": sums.stat().st_size, "sha256": _sha256_file(sums)})
+    for entry in entries:
+        name = entry["path"]
+        target = join(url, name)
+        present = info(target)
+        if present is not None:
+            if present.get("size") == entry["bytes"] and hash_object(target)[1] == entry["sha256"]:
+                continue  # the same bytes: uploaded by the interrupted run we finish
+            if not overwrite:
+                raise ConflictError(f"{target}: exists with other content; not replaced (use --overwrite)")
+        upload(local_dir / name, target, replace=present is not None)
+        uploaded.append(name)
+        if progress:
+            progress(entry["bytes"])
+        faults.hit("after:upload_file")
+    mtarget = join(url, MANIFEST_NAME)
+    upload(local_dir / MANIFEST_NAME, mtarget, replace=info(mtarget) is not None)
+    uploaded.append(MANIFEST_NAME)
+    return uploaded
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remove_staging(local_dir: Path, manifest: dict) -> None:
+    """After a publish: delete exactly the staged files the manifest lists, then the folder."""
+    from .manifest import MANIFEST_NAME, SUMS_NAME, side_entries
+
+    for entry in [*manifest.get("files", []), *side_entries(manifest)]:
+        (local_dir / entry["path"]).unlink(missing_ok=True)
+    (local_dir / SUMS_NAME).unlink(missing_ok=True)
+    (local_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    try:
+        local_dir.rmdir()
+    except OSError:
+        pass  # something else is in there: leave it
+
+
+def iter_objects(url: str) -> Iterator[str]:
+    for name in list_names(url):
+        yield join(url, name)
