@@ -186,7 +186,7 @@ def split(
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="With --validate: records longer than N tokens are rejected (needs --tokenizer).", min=1, show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one, for --max-tokens.", show_default=False)] = None,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="With --validate: longer lines are invalid and not decoded.")] = "16MiB",
-    jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --validate: worker processes, a number or auto (all cores for inputs over 32 MiB).")] = "auto",
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="Worker processes (for --validate, or per file with --engine): a number or auto (all cores for inputs over 32 MiB).")] = "auto",
     fmt: Annotated[str, typer.Option("--format", "-f", help="Shard format: jsonl (byte-exact copies) or parquet (schema from the whole input).")] = "jsonl",
     compression: Annotated[str | None, typer.Option("--compression", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
     row_group_bytes: Annotated[str | None, typer.Option("--row-group-bytes", help="Parquet row groups of about SIZE uncompressed (default 64MiB).", show_default=False)] = None,
@@ -202,6 +202,9 @@ def split(
     exclude_key: Annotated[str, typer.Option("--exclude-key", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
     to: Annotated[str | None, typer.Option("--to", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="local or ray: one task per input file (a process pool, or Ray tasks; RAY_ADDRESS names a cluster), merged into the same shards and manifest as without it. --jobs sets the workers.", show_default=False)
+    ] = None,
     staging: Annotated[
         Path | None, typer.Option("--staging", help="With an s3:// OUT: local folder where shards are prepared before upload (default: one per OUT under the temp dir, or $SHARDKIT_STAGING).", show_default=False)
     ] = None,
@@ -282,8 +285,17 @@ def split(
             if is_url(out) or any(is_url(p) for p in inputs):
                 raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to work on local files; "
                                  "split to a local folder (or stage the objects locally) first")
-        elif staging is not None:
-            kwargs["staging"] = staging
+            if engine is not None:
+                raise UsageError("--engine splits each input on its own; --shuffle, --holdout, --dedup, "
+                                 "--exclude and --to work across all inputs: drop one or the other")
+        else:
+            if staging is not None:
+                kwargs["staging"] = staging
+            if engine is not None:
+                from .engine import split_many
+
+                run = split_many
+                kwargs["engine"] = engine
         with _progress(total, not (quiet or json_output), "split") as progress:
             result = run(
                 inputs,

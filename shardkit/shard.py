@@ -1022,10 +1022,14 @@ def _refuse_json_array(spec: InputSpec) -> None:
 
 
 def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings,
-           absolute_sources=False) -> SplitResult:
+           absolute_sources=False, stems=None, schema=None) -> SplitResult:
     splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
                          warn=warn, checks=checks)
     splitter.absolute_sources = absolute_sources
+    if stems is not None:  # engine.py: one input of many, named as in the whole run
+        splitter.stems = list(stems)
+    if schema is not None:  # engine.py: the Parquet schema of all the inputs, inferred once
+        splitter.schema = schema
     result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=splitter.report)
     old = _prepare_out(out, splitter, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result)
     if old is not None and old.get("complete"):

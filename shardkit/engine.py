@@ -1,0 +1,422 @@
+"""Many inputs at once: `--engine local|ray` runs one task per input file, then merges.
+
+Each input is split by its own task into `OUT/.shardkit-parts/NNNNN/`, a complete split run
+of its own (manifest, checkpoint, rejects): a task killed half-way resumes like any split.
+The parent then merges the parts in input order: it renames each shard into OUT (same
+folder tree, no copy), concatenates the rejects, writes manifest.json last and removes
+the parts. Shard names, bytes, rejects and manifest are exactly those of a single-process
+`split` of the same inputs (only `created_at` differs), whichever engine ran the tasks:
+per-input work never depends on which worker did it or when.
+
+`local` runs the tasks in a process pool on this machine; `ray` submits them as Ray tasks
+(`shardkit[ray]`), to a local runtime or to the cluster named by RAY_ADDRESS. With Ray on
+several machines OUT (or --staging, for an s3:// OUT) must be a folder every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import faults
+from .errors import ConflictError, DataError, InputError, ShardkitError, UsageError
+from .io import commit_file, create_temp, fsync_dir, rename_noreplace, write_all
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SUMS_NAME,
+    now_iso,
+    read_manifest,
+    tool_name,
+    totals,
+    write_manifest,
+)
+from .validate import Report
+
+ENGINES = ("local", "ray")
+PARTS_DIR = ".shardkit-parts"
+
+
+@dataclass
+class PartResult:
+    index: int
+    manifest: dict
+    report: Report | None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def split_part(index: int, path: str, stem: str, part_dir: str, options, schema) -> PartResult:
+    """One input, split alone into `part_dir` (resuming what an earlier attempt left there).
+
+    The task body for both engines: a plain function of its arguments."""
+    from .shard import _split, check_run_inputs, start_checks
+
+    t0 = time.perf_counter()
+    specs = check_run_inputs([path], resume=True, overwrite=False)
+    warnings: list[str] = []
+    with ExitStack() as stack:
+        checks = start_checks(stack, options.check, specs, 1)
+        r = _split(specs, Path(part_dir), options, checks, resume=True, overwrite=False, dry_run=False,
+                   progress=None, warn=warnings.append, warnings=warnings, absolute_sources=True,
+                   stems=[stem], schema=schema)
+    return PartResult(index, r.manifest, r.validation, warnings, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- running tasks
+
+
+def _init_local_worker(parent: int) -> None:
+    from .check import _die_with_parent
+
+    _die_with_parent(parent)
+
+
+def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
+              done: Callable[[object], None] | None = None) -> list:
+    """fn(*task) for every task, results in task order; the first failure stops the rest."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if engine == "ray":
+        return _run_ray(fn, tasks, jobs, done)
+    if jobs <= 1 or len(tasks) <= 1:
+        results = []
+        for t in tasks:
+            results.append(fn(*t))
+            if done:
+                done(results[-1])
+        return results
+    from .check import _context
+
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_context(),
+                               initializer=_init_local_worker, initargs=(os.getpid(),))
+    futures = [pool.submit(fn, *t) for t in tasks]
+    try:
+        results = []
+        for f in futures:
+            try:
+                results.append(f.result())
+            except BrokenProcessPool:
+                raise InputError("a worker process died (killed, or out of memory); nothing partial is "
+                                 "under a final name: rerun with --resume to continue") from None
+            if done:
+                done(results[-1])
+        return results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--engine ray needs the ray extra: pip install 'shardkit[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address or None, num_cpus=None if address else jobs, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+        started = True
+    try:
+        remote_fn = ray.remote(num_cpus=1, max_retries=0)(fn)
+        refs = [remote_fn.remote(*t) for t in tasks]
+        results = []
+        try:
+            for ref in refs:
+                results.append(ray.get(ref))
+                if done:
+                    done(results[-1])
+        except ray.exceptions.RayError as e:
+            for r in refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(r)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ShardkitError):
+                raise cause from None
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise InputError(f"a Ray task failed ({e.__class__.__name__}: {first}); nothing partial is "
+                             "under a final name: rerun with --resume to continue") from None
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- split
+
+
+def split_many(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    options,
+    *,
+    engine: str = "local",
+    jobs: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    staging: str | os.PathLike | None = None,
+):
+    """`split` with one task per input (see the module doc); returns a SplitResult."""
+    from . import remote
+    from .shard import SplitResult, check_run_inputs, collecting_warn
+    from .shard import split as split_one_process
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    paths = [os.fspath(p) for p in inputs]
+    if "-" in paths:
+        raise UsageError("--engine reads files, not stdin (-): stdin can be read once, by one process")
+    if dry_run:  # nothing is written: the single-process run says the same
+        return split_one_process(paths, out, options, resume=resume, overwrite=overwrite, dry_run=True,
+                                 progress=progress, warn=warn, jobs=jobs, staging=staging)
+    specs = check_run_inputs(paths, resume=resume, overwrite=overwrite)
+    warnings: list[str] = []
+    _warn = collecting_warn(warnings, warn)
+    url = os.fspath(out) if remote.is_url(os.fspath(out)) else None
+    old_remote = None
+    if url is not None:
+        old_remote = remote.check_destination(url, resume=resume, overwrite=overwrite)
+        if old_remote is not None and old_remote.get("complete") and not overwrite:
+            return SplitResult(out=url, manifest=old_remote, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
+        local = remote.staging_dir(url, staging)
+        resume = resume or old_remote is not None
+    else:
+        local = Path(remote.local_path(os.fspath(out)))
+    result = SplitResult(out=local, manifest={}, warnings=warnings)
+    old = _prepare(local, resume=resume, overwrite=overwrite, rejects=options.rejects)
+    if old is not None:
+        result.manifest, result.already_complete = old, True
+    else:
+        _run_split(specs, local, options, engine=engine, jobs=jobs, progress=progress, warn=_warn, result=result,
+                   absolute=url is not None)
+    if url is not None:
+        result.out = url  # type: ignore[assignment]
+        if result.already_complete and old_remote is None:
+            result.already_complete = False  # staged earlier, not yet published
+        if not result.already_complete:
+            if overwrite and old_remote is not None:
+                remote.remove_listed(url, old_remote)
+            remote.publish(local, url, overwrite=overwrite)
+            remote.remove_staging(local, result.manifest)
+    return result
+
+
+def _run_split(specs, out: Path, options, *, engine, jobs, progress, warn, result, absolute) -> None:
+    from .check import auto_jobs
+    from .shard import _Splitter, check_rel_name, input_stems, start_checks
+
+    check_rel_name(options.rejects)
+    created_at = now_iso()
+    stems = input_stems([s.path for s in specs])
+    schema = None
+    if options.format == "parquet":
+        # one schema for all the inputs, as a single-process run infers it
+        with ExitStack() as stack:
+            checks = start_checks(stack, options.check, specs, jobs)
+            schema = _Splitter(specs, out, options, dry_run=True, adopt_identical=False, progress=None,
+                               warn=warn, checks=checks)._infer_schema()
+    if jobs is None:
+        sizes = [s.size for s in specs]
+        jobs = auto_jobs(None if None in sizes else sum(sizes))
+    parts = out / PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    tasks = [(i, spec.path, stems[i], str(parts / f"{i:05d}"), options, schema) for i, spec in enumerate(specs)]
+    sizes = {i: spec.size or 0 for i, spec in enumerate(specs)}
+
+    def done(part: PartResult) -> None:
+        for w in part.warnings:
+            warn(w)
+        if progress:
+            progress(sizes[part.index])
+
+    results = run_tasks(split_part, tasks, engine=engine, jobs=jobs, done=done)
+    report = None
+    if options.check is not None:
+        report = Report(max_examples=options.check.examples)
+        for part in results:
+            if part.report is not None:
+                report.merge(part.report)
+    result.validation = report
+    result.manifest = _merge(specs, out, parts, results, options, created_at, absolute)
+
+
+def _source_path(spec, out: Path, absolute: bool) -> str:
+    """As the single-process split writes it (shard._Splitter._source_path)."""
+    if spec.remote:
+        return spec.path
+    if absolute:
+        return os.path.abspath(spec.path)
+    return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out))
+
+
+def _merge(specs, out: Path, parts: Path, results: list[PartResult], options, created_at: str, absolute: bool) -> dict:
+    """The parts, in input order, as one run: shards renamed in, rejects concatenated,
+    manifest written last (crash-safe: a rerun with --resume finishes an interrupted merge)."""
+    files: list[dict] = []
+    sources: list[dict] = []
+    counts = {"read": 0, "written": 0, "rejected": 0, "blank": 0}
+    for spec, part in zip(specs, results, strict=True):
+        pdir = parts / f"{part.index:05d}"
+        src = _source_path(spec, out, absolute)
+        for entry in part.manifest["files"]:
+            _move_in(pdir / entry["path"], out / entry["path"], entry)
+            faults.hit("after:merge_move")
+            files.append({**entry, "source": src})
+        sources += [{**s, "path": src} for s in part.manifest["sources"]]
+        for k in counts:
+            counts[k] += part.manifest["counts"][k]
+    fsync_dir(out)
+    rejects = _merge_rejects(out / options.rejects, [(parts / f"{p.index:05d}", p.manifest.get("rejects")) for p in results])
+    m = {
+        "shardkit_manifest": FORMAT_VERSION,
+        "type": "shards",
+        "complete": True,
+        "created_at": created_at,
+        "tool": tool_name(),
+        "params": options.params(),
+        "sources": sources,
+        "files": files,
+        "rejects": rejects,
+        "counts": counts,
+        "totals": totals(files),
+    }
+    if results and "parquet" in results[0].manifest:
+        m["parquet"] = results[0].manifest["parquet"]
+    faults.hit("before:merge_manifest")
+    write_manifest(out / MANIFEST_NAME, m)
+    faults.hit("after:merge_manifest")
+    _remove_parts(parts)
+    return m
+
+
+def _move_in(src: Path, dst: Path, entry: dict) -> None:
+    """Rename a part's shard into OUT; after an interrupted merge it may be there already."""
+    if src.exists():
+        try:
+            rename_noreplace(src, dst)
+            return
+        except ConflictError:
+            if _sha256(dst) != entry["sha256"]:
+                raise ConflictError(f"{dst}: exists with other content; not replaced (use --overwrite)") from None
+            src.unlink()
+            return
+    if not dst.exists() or dst.stat().st_size != entry["bytes"] or _sha256(dst) != entry["sha256"]:
+        raise DataError(f"{src}: listed by its part's manifest but missing; rerun with --overwrite")
+
+
+def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict | None:
+    listed = [(d / e["path"], e) for d, e in parts if e]
+    if not listed:
+        return None
+    records = sum(e["records"] for _, e in listed)
+    h = hashlib.sha256()
+    size = 0
+    fd, tmp = create_temp(final.parent, final.name)
+    try:
+        for path, _ in listed:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    write_all(fd, chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+        sha = h.hexdigest()
+        if final.exists():  # an interrupted merge got this far: same bytes, or a conflict
+            if _sha256(final) != sha:
+                raise ConflictError(f"{final}: exists with other content; not replaced (use --overwrite)")
+            os.close(fd)
+            tmp.unlink()
+        else:
+            commit_file(fd, tmp, final, replace=False)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"path": final.name, "records": records, "bytes": size, "sha256": sha}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove_parts(parts: Path) -> None:
+    """The parts folder is shardkit's own scratch space (hidden, inside OUT)."""
+    shutil.rmtree(parts, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        fsync_dir(parts.parent)
+
+
+def _prepare(out: Path, *, resume: bool, overwrite: bool, rejects: str) -> dict | None:
+    """OUT's rules for an engine run; returns the manifest of a run already complete."""
+    from .shard import _remove_listed
+
+    if out.exists() and not out.is_dir():
+        raise ConflictError(f"{out}: exists and is not a directory")
+    parts = out / PARTS_DIR
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        old = read_manifest(manifest)
+        if overwrite:
+            _remove_listed(out, old)
+            _remove_parts(parts)
+            return None
+        if not resume:
+            raise ConflictError(
+                f"{out}: already holds a shardkit run ({MANIFEST_NAME}); use --resume to keep it, "
+                "or --overwrite to replace the files it lists"
+            )
+        if not old.get("complete"):
+            raise ConflictError(f"{out}: holds an interrupted run made without --engine; resume it the same way")
+        _remove_parts(parts)  # a merge killed after its manifest: only the scratch is left
+        return old
+    if parts.exists():
+        if overwrite:
+            _remove_part_files(out, parts, rejects)
+            return None
+        if not resume:
+            raise ConflictError(f"{out}: holds an interrupted --engine run ({PARTS_DIR}); "
+                                "use --resume to continue it, or --overwrite to start again")
+        return None
+    if out.exists():
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if others:
+            raise ConflictError(
+                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
+                f"e.g. {others[0]}); choose an empty or new output folder"
+            )
+    return None
+
+
+def _remove_part_files(out: Path, parts: Path, rejects: str) -> None:
+    """--overwrite of an interrupted engine run: the shards its parts list (some may have
+    been moved into OUT already), the rejects, then the parts themselves."""
+    for pm in sorted(parts.glob(f"*/{MANIFEST_NAME}")):
+        try:
+            m = read_manifest(pm)
+        except ShardkitError:
+            continue
+        for entry in m.get("files", []):
+            name = entry.get("path")
+            if isinstance(name, str) and "/" not in name and not name.startswith("."):
+                (out / name).unlink(missing_ok=True)
+    (out / rejects).unlink(missing_ok=True)
+    (out / SUMS_NAME).unlink(missing_ok=True)
+    _remove_parts(parts)
