@@ -16,6 +16,7 @@ several machines OUT (or --staging, for an s3:// OUT) must be a folder every nod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -55,14 +56,17 @@ class PartResult:
     seconds: float = 0.0
 
 
-def split_part(index: int, path: str, stem: str, part_dir: str, options, schema) -> PartResult:
+def split_part(index: int, path: str, display: str, stem: str, part_dir: str, options, schema) -> PartResult:
     """One input, split alone into `part_dir` (resuming what an earlier attempt left there).
 
-    The task body for both engines: a plain function of its arguments."""
-    from .shard import _split, check_run_inputs, start_checks
+    The task body for both engines: a plain function of its arguments. `path` and
+    `part_dir` are absolute (a Ray worker runs in a folder of its own); `display` is the
+    input as the user named it, for messages and rejects, as in a single-process run."""
+    from .io import inspect_input
+    from .shard import _split, start_checks
 
     t0 = time.perf_counter()
-    specs = check_run_inputs([path], resume=True, overwrite=False)
+    specs = [dataclasses.replace(inspect_input(path), display=display)]
     warnings: list[str] = []
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, 1)
@@ -234,7 +238,8 @@ def _run_split(specs, out: Path, options, *, engine, jobs, progress, warn, resul
         jobs = auto_jobs(None if None in sizes else sum(sizes))
     parts = out / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    tasks = [(i, spec.path, stems[i], str(parts / f"{i:05d}"), options, schema) for i, spec in enumerate(specs)]
+    tasks = [(i, spec.path if spec.remote else os.path.abspath(spec.path), spec.display, stems[i],
+              os.path.abspath(parts / f"{i:05d}"), options, schema) for i, spec in enumerate(specs)]
     sizes = {i: spec.size or 0 for i, spec in enumerate(specs)}
 
     def done(part: PartResult) -> None:

@@ -86,16 +86,6 @@ def test_engines_write_the_single_process_files(tmp_path: Path, ray_runtime, fmt
     assert run_cli("verify", tmp_path / "ray").returncode == 0
 
 
-def test_engine_ray_from_the_cli(tmp_path: Path):
-    pytest.importorskip("ray")
-    inputs = _inputs(tmp_path)
-    r = run_cli("split", *inputs, "-o", tmp_path / "ray", "-n", "100", "--validate", "chat", "--engine", "ray", "-j", "2")
-    assert r.returncode == 0, r.stderr
-    r1 = run_cli("split", *inputs, "-o", tmp_path / "one", "-n", "100", "--validate", "chat")
-    assert r1.returncode == 0, r1.stderr
-    _same_run(tmp_path / "one", tmp_path / "ray")
-
-
 def test_a_killed_worker_resumes_to_the_same_files(tmp_path: Path):
     inputs = _inputs(tmp_path)
     args = ["split", *inputs, "-o", tmp_path / "out", "-n", "64", "--validate", "chat"]
