@@ -7,8 +7,9 @@ under bench/data/out/, after an untimed warm-up read of the inputs and a sync:
   (l1)  shardkit split F1..F20 -o D -n 50000 --validate chat --engine local -j 1
   (l2)  the same with -j 2 (two worker processes, one file each at a time)
   (r2)  the same with --engine ray -j 2, RAY_ADDRESS set to a Ray head with 2 CPUs started
-        by this script (`ray start --head --num-cpus 2`), as on a cluster: the runtime is up
-        before the job, the job connects to it
+        by this script (`ray start --head --num-cpus 2`) just before the timed job and stopped
+        just after it, as on a cluster: the runtime is up before the job, the job connects to it
+        (the other contenders run with no Ray process on the machine)
   (rc)  --engine ray -j 2 with no RAY_ADDRESS: the job starts (and stops) a local Ray
         runtime itself (information: the runtime's start-up is not the engine's overhead)
   (s2)  without --engine: one process reads the files in turn, -j 2 check workers
@@ -98,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     manifests: dict[str, dict] = {}
     started = dt.datetime.now().astimezone()
     stop_ray(ray_bin)
-    address = start_ray_head(ray_bin)
     try:
         for r in range(args.runs):
             order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
@@ -107,14 +107,16 @@ def main(argv: list[str] | None = None) -> int:
                 for p in inputs:
                     warm(p)
                 env_ray = os.environ.pop("RAY_ADDRESS", None)
-                if ray_mode == "head":
-                    os.environ["RAY_ADDRESS"] = address
+                if ray_mode == "head":  # up before the timed job, as a cluster is; down after it
+                    os.environ["RAY_ADDRESS"] = start_ray_head(ray_bin)
                     os.environ["RAY_AUTH_MODE"] = "token"  # `ray start` turns token auth on
                 try:
                     with fresh_dir() as out:
                         m = measure(argv(out), tree=True)
                         manifests[key] = strip_time(check_output(label, out, records, nfiles))
                 finally:
+                    if ray_mode == "head":
+                        stop_ray(ray_bin)
                     os.environ.pop("RAY_ADDRESS", None)
                     os.environ.pop("RAY_AUTH_MODE", None)
                     if env_ray is not None:
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "scaleout-quick" if args.quick else "scaleout",
         {
             "local_time": started.isoformat(timespec="seconds"),
-            "note": "2-core machine; Ray head for (r2) started before the runs, its daemons not in the memory figure",
+            "note": "2-core machine; Ray head for (r2) started before each (r2) run and stopped after it; its daemons are not in the memory figure",
             "params": {"files": nfiles, "records_per_file": records, "bytes": total, "max_records": MAX_RECORDS,
                        "runs": args.runs},
             "commands": {k: argv(Path("D")) for k, _, argv, _ in contenders},

@@ -422,6 +422,7 @@ def validate(
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Records longer than N tokens are invalid (needs --tokenizer).", min=1, show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="Worker processes: a number, or auto (all cores for inputs over 32 MiB).")] = "auto",
+    engine: Annotated[str | None, typer.Option("--engine", help="local or ray: one task per input file (same report and rejects as without it).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the exit code and errors.")] = False,
 ) -> None:
@@ -436,12 +437,22 @@ def validate(
     with exit_on_error():
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with _progress(total, not (quiet or json_output), "validate") as progress:
-            result = validate_files(
-                inputs, kind=kind, schema=schema, max_errors=max_errors,
-                max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
-                max_tokens=max_tokens, tokenizer=tokenizer,
-                rejects=rejects, jobs=_jobs_option(jobs), progress=progress,
-            )
+            if engine is not None:
+                from .engine import validate_many
+
+                result = validate_many(
+                    inputs, engine=engine, jobs=_jobs_option(jobs), rejects=rejects, max_errors=max_errors,
+                    progress=progress, kind=kind, schema=str(schema) if schema else None,
+                    max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"), max_tokens=max_tokens,
+                    tokenizer=str(tokenizer) if tokenizer else None,
+                )
+            else:
+                result = validate_files(
+                    inputs, kind=kind, schema=schema, max_errors=max_errors,
+                    max_line_bytes=_size_option(max_line_bytes, "--max-line-bytes"),
+                    max_tokens=max_tokens, tokenizer=tokenizer,
+                    rejects=rejects, jobs=_jobs_option(jobs), progress=progress,
+                )
     if json_output:
         _print_json(result.to_dict())
     elif not quiet:
@@ -455,6 +466,8 @@ def validate(
 def stats(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="local or ray: read each input in its own task (same report as without it).", show_default=False)] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --engine: worker processes, a number or auto.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
 ) -> None:
     """Records, kinds, messages and turns, length percentiles, histogram, exact duplicates, tokens.
@@ -466,7 +479,13 @@ def stats(
     with exit_on_error():
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with _progress(total, not json_output, "stats") as progress:
-            report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+            if engine is not None:
+                from .engine import stats_many
+
+                report = stats_many(inputs, engine=engine, jobs=_jobs_option(jobs),
+                                    tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+            else:
+                report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
     if json_output:
         _print_json(report)
     else:

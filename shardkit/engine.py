@@ -127,7 +127,9 @@ def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
     started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, num_cpus=None if address else jobs, include_dashboard=False,
+        # RAY_ADDRESS names a running cluster; without it, a new local runtime of --jobs CPUs
+        # ("local": never a cluster that happens to run on this machine, sized otherwise)
+        ray.init(address=address or "local", num_cpus=None if address else jobs, include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
         started = True
     try:
@@ -425,3 +427,126 @@ def _remove_part_files(out: Path, parts: Path, rejects: str) -> None:
     (out / rejects).unlink(missing_ok=True)
     (out / SUMS_NAME).unlink(missing_ok=True)
     _remove_parts(parts)
+
+
+# ---------------------------------------------------------------- validate and stats
+
+
+def _task_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """(path a worker can open, name the user gave) for each input; stdin refused."""
+    from .io import inspect_input
+
+    paths = [os.fspath(p) for p in inputs]
+    if not paths:
+        raise UsageError("give at least one input file")
+    if "-" in paths:
+        raise UsageError("--engine reads files, not stdin (-): stdin can be read once, by one process")
+    specs = [inspect_input(p) for p in paths]  # missing inputs fail here, before any task
+    return [(s.path if s.remote else os.path.abspath(s.path), s.display) for s in specs]
+
+
+def validate_part(index: int, path: str, display: str, options, rejects_dir: str | None) -> tuple:
+    """One input validated alone: (its Report, the file holding its rejects or None)."""
+    from .check import Checks
+    from .io import inspect_input
+    from .scan import RejectsSink, _validate_one
+
+    spec = dataclasses.replace(inspect_input(path), display=display)
+    report = Report(max_examples=options.examples)
+    sink = None
+    if rejects_dir is not None:
+        sink = RejectsSink(Path(rejects_dir) / f".shardkit-part-{os.getpid()}-{index:05d}-{time.time_ns()}.jsonl")
+    try:
+        with Checks(options, 1) as checks:
+            _validate_one(spec, checks, report, sink, None)
+        if sink is not None and sink.records:
+            sink.publish()
+            return report, str(sink.final)
+        return report, None
+    finally:
+        if sink is not None:
+            sink.abort()
+
+
+def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str | os.PathLike | None = None,
+                  max_errors: int = 0, progress: Callable[[int], None] | None = None, **check_options):
+    """`validate` with one task per input: the same report and rejects file, in input order."""
+    from .check import CheckOptions, auto_jobs
+    from .scan import RejectsSink, ValidationResult
+
+    tasks_in = _task_inputs(inputs)
+    options = CheckOptions(**check_options)
+    sink = RejectsSink(Path(rejects)) if rejects is not None else None  # refuses an existing file now
+    if jobs is None:
+        jobs = auto_jobs(sum(os.path.getsize(p) for p, _ in tasks_in if not _is_url(p)))
+    rdir = str(Path(rejects).resolve().parent) if rejects is not None else None
+    sizes = [0 if _is_url(p) else os.path.getsize(p) for p, _ in tasks_in]
+    tasks = [(i, p, d, options, rdir) for i, (p, d) in enumerate(tasks_in)]
+
+    results = run_tasks(validate_part, tasks, engine=engine, jobs=jobs)
+    report = Report(max_examples=options.examples)
+    try:
+        for (part_report, part_rejects), size in zip(results, sizes, strict=True):
+            report.merge(part_report)
+            if progress:
+                progress(size)
+            if part_rejects is not None and sink is not None:
+                with open(part_rejects, "rb") as f:
+                    for line in f:
+                        sink.add_raw(line)
+        if sink is not None:
+            sink.publish()
+    finally:
+        for _, part_rejects in results:
+            if part_rejects is not None:
+                Path(part_rejects).unlink(missing_ok=True)
+        if sink is not None:
+            sink.abort()
+    return ValidationResult(report, max_errors, Path(rejects) if rejects else None)
+
+
+def _is_url(path: str) -> bool:
+    from .remote import is_url
+
+    return is_url(path)
+
+
+def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, examples: int) -> tuple:
+    """One input's rows and tally, as compute_stats gathers them (file index = `index`)."""
+    from .io import inspect_input
+    from .stats import _Columns, _scan
+    from .tokens import load_tokenizer
+
+    spec = dataclasses.replace(inspect_input(path), display=display)
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    columns = _Columns(with_tokens=tokenizer is not None)
+    tally = _scan(index, spec, columns, tokenizer, examples, None)
+    return columns, tally
+
+
+def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: str | None = None,
+               examples: int = 3, progress: Callable[[int], None] | None = None) -> dict:
+    """`stats` with one task per input: the same report as compute_stats."""
+    from .check import auto_jobs
+    from .stats import _Columns, _report
+
+    tasks_in = _task_inputs(inputs)
+    if jobs is None:
+        jobs = auto_jobs(sum(os.path.getsize(p) for p, _ in tasks_in if not _is_url(p)))
+    if tokenizer_path is not None:
+        from .tokens import load_tokenizer
+
+        load_tokenizer(tokenizer_path)  # a bad tokenizer fails before any task
+    tasks = [(i, p, d, tokenizer_path, examples) for i, (p, d) in enumerate(tasks_in)]
+    results = run_tasks(stats_part, tasks, engine=engine, jobs=jobs)
+    merged = _Columns(with_tokens=tokenizer_path is not None)
+    tallies = []
+    for (columns, tally), (p, _) in zip(results, tasks_in, strict=True):
+        tally.first_row = len(merged.kind)
+        for name in ("file", "line", "kind", "chars", "messages", "turns", "tokens"):
+            getattr(merged, name).extend(getattr(columns, name))
+        merged.hashes += columns.hashes
+        tallies.append(tally)
+        if progress and not _is_url(p):
+            progress(os.path.getsize(p))
+    return _report(merged, tallies, examples, tokenizer_path)

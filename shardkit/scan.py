@@ -206,6 +206,16 @@ class RejectsSink:
             raise env_error(e, self.final) from None
         self.records += 1
 
+    def add_raw(self, line: bytes) -> None:
+        """A reject line already encoded (one task's rejects, merged by engine.py)."""
+        if self._fd < 0:
+            self._fd, self._tmp = create_temp(self.final.parent, self.final.name)
+        try:
+            write_all(self._fd, line)
+        except OSError as e:
+            raise env_error(e, self.final) from None
+        self.records += 1
+
     def publish(self) -> None:
         if self._fd >= 0 and self._tmp is not None:
             fd, self._fd = self._fd, -1

@@ -132,3 +132,33 @@ def test_engine_refuses_stdin_and_cross_input_options(tmp_path: Path):
     assert r.returncode == 2 and b"--engine" in r.stderr
     r = run_cli("split", p, "-o", tmp_path / "o", "-n", "2", "--engine", "spark")
     assert r.returncode == 2 and b"local, ray" in r.stderr
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_validate_engine_gives_the_same_report_and_rejects(tmp_path: Path, engine: str):
+    if engine == "ray":
+        pytest.importorskip("ray")
+    inputs = _inputs(tmp_path)
+    base = ["validate", *inputs, "--kind", "chat", "--json"]
+    one = run_cli(*base, "--rejects", tmp_path / "one.jsonl")
+    many = run_cli(*base, "--rejects", tmp_path / "many.jsonl", "--engine", engine, "-j", "2")
+    assert one.returncode == many.returncode == 1, many.stderr
+    a, b = orjson.loads(one.stdout), orjson.loads(many.stdout)
+    assert a.pop("rejects").endswith("one.jsonl") and b.pop("rejects").endswith("many.jsonl")
+    assert a == b
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "many.jsonl").read_bytes()
+    assert len((tmp_path / "many.jsonl").read_bytes().splitlines()) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shardkit")]
+
+
+def test_stats_engine_gives_the_same_report(tmp_path: Path):
+    inputs = _inputs(tmp_path)
+    dup = tmp_path / "in" / "dup.jsonl"
+    dup.write_bytes((tmp_path / "in" / "small.jsonl").read_bytes())  # duplicates across files
+    one = run_cli("stats", *inputs, dup, "--json")
+    many = run_cli("stats", *inputs, dup, "--json", "--engine", "local", "-j", "2")
+    assert one.returncode == many.returncode == 0, many.stderr
+    a, b = orjson.loads(one.stdout), orjson.loads(many.stdout)
+    assert a == b
+    assert a["total"]["files"] == 5 and [i["path"] for i in b["inputs"]] == [str(p) for p in [*inputs, dup]]
+    assert a["total"]["duplicates"]["records"] >= 3  # small.jsonl and dup.jsonl: seen across tasks

@@ -233,3 +233,25 @@ def test_missing_object_is_a_clear_error(bucket):
     r = run_cli("split", f"s3://{bucket}/nope.jsonl", "-o", f"s3://{bucket}/x", "--max-records", "5")
     assert r.returncode == 3
     assert r.stderr.strip().endswith(b"no such object") and b"Traceback" not in r.stderr
+
+
+def test_engine_local_from_s3_to_s3_matches_a_local_split(bucket, tmp_path: Path):
+    fs = _fs()
+    names = []
+    for i in range(3):
+        p = tmp_path / f"part{i}.jsonl"
+        data = make_chat_jsonl(p, 90 + i * 20, seed=20 + i)
+        fs.pipe_file(f"{bucket}/in/part{i}.jsonl", gzip.compress(data) if i == 1 else data)
+        names.append(f"s3://{bucket}/in/part{i}.jsonl")
+    out = f"s3://{bucket}/eng"
+    r = run_cli("split", *names, "-o", out, "--max-records", "40", "--engine", "local", "-j", "2")
+    assert r.returncode == 0, r.stderr
+    one = run_cli("split", *names, "-o", tmp_path / "one", "--max-records", "40")
+    assert one.returncode == 0, one.stderr
+    a = _manifest(fs, f"{bucket}/eng")
+    b = orjson.loads((tmp_path / "one" / "manifest.json").read_bytes())
+    a.pop("created_at"), b.pop("created_at")
+    assert a == b  # sources are the URLs in both
+    for f in b["files"]:
+        assert fs.cat_file(f"{bucket}/eng/{f['path']}") == (tmp_path / "one" / f["path"]).read_bytes()
+    assert run_cli("verify", out).returncode == 0
