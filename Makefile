@@ -35,6 +35,7 @@ bench: venv
 	$(BIN)/python bench/queue_ops.py
 	$(BIN)/python bench/parquet.py
 	$(BIN)/python bench/shuffle.py
+	$(BIN)/python bench/scaleout.py
 
 bench-quick: venv
 	$(BIN)/python bench/split.py --quick --runs 1
@@ -42,6 +43,7 @@ bench-quick: venv
 	$(BIN)/python bench/queue_ops.py --quick --runs 1
 	$(BIN)/python bench/parquet.py --quick --runs 1
 	$(BIN)/python bench/shuffle.py --quick --runs 1
+	$(BIN)/python bench/scaleout.py --quick --runs 1
 
 # The reliability suite with 500 crash trials per command, 30 s races, 3000 fuzz examples
 # (about an hour on 2 cores); summary table printed at the end, for docs/RELIABILITY.md.

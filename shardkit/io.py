@@ -195,6 +195,11 @@ class InputStream:
             else:
                 self._stream = _open_zstd(io.BufferedReader(hashing, 1 << 20))
 
+    @property
+    def size_hint(self) -> int | None:
+        """Bytes this stream will yield, when known (a plain file; not stdin, not compressed)."""
+        return self.spec.size if self._direct and not self.spec.is_stdin else None
+
     def _count_raw(self, data: bytes) -> None:
         self.raw_bytes += len(data)
         if self._on_raw_user is not None:

@@ -55,6 +55,10 @@ class BlockReader:
     ) -> None:
         self._stream = stream
         self._block_size = block_size
+        # bytes the stream still holds, when it knows (a plain file): a small file then gets
+        # a small buffer; a fresh 1 MiB one costs its page faults even if 1 KiB is read into it
+        hint = getattr(stream, "size_hint", None)
+        self._left = hint - start_offset if isinstance(hint, int) else None
         self._skip = start_offset
         self.offset = start_offset  # offset of the next byte not yet yielded
         self.line = start_line
@@ -79,11 +83,16 @@ class BlockReader:
         carry = self._skip_prefix()
         while True:
             k = len(carry)
-            buf = bytearray(k + max(self._block_size, k))  # doubles for a very long line
+            room = max(self._block_size, k)  # doubles for a very long line
+            if self._left is not None:
+                room = min(room, max(self._left, 0) + 4096)  # + 4096: a file that grew still reads
+            buf = bytearray(k + room)
             buf[:k] = carry
             n = self._stream.readinto(memoryview(buf)[k:])
             if not n:
                 break
+            if self._left is not None:
+                self._left -= n
             filled = k + n
             cut = buf.rfind(NL, 0, filled) + 1
             if cut == 0:  # no line ends yet: keep reading
