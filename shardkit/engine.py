@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -80,8 +81,14 @@ def split_part(index: int, path: str, display: str, stem: str, part_dir: str, op
 
 
 def _init_local_worker(parent: int) -> None:
+    """Ctrl-C goes to the parent, which stops the workers with SIGTERM: they die at once
+    (what they leave is temp files, cleared by --resume), without a traceback each."""
+    import signal
+
     from .check import _die_with_parent
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
 
 
@@ -104,6 +111,7 @@ def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_context(),
                                initializer=_init_local_worker, initargs=(os.getpid(),))
     futures = [pool.submit(fn, *t) for t in tasks]
+    finished = False
     try:
         results = []
         for f in futures:
@@ -114,8 +122,15 @@ def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
                                  "under a final name: rerun with --resume to continue") from None
             if done:
                 done(results[-1])
+        finished = True
         return results
     finally:
+        if not finished:
+            # a failure, Ctrl-C or SIGTERM here: stop the other tasks now rather than let them
+            # run to their end (each aborts its partial file; their parts resume later)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError):
+                    proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -445,7 +460,7 @@ def _task_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     return [(s.path if s.remote else os.path.abspath(s.path), s.display) for s in specs]
 
 
-def validate_part(index: int, path: str, display: str, options, rejects_dir: str | None) -> tuple:
+def validate_part(index: int, path: str, display: str, options, rejects_dir: str | None, token: str) -> tuple:
     """One input validated alone: (its Report, the file holding its rejects or None)."""
     from .check import Checks
     from .io import inspect_input
@@ -455,7 +470,7 @@ def validate_part(index: int, path: str, display: str, options, rejects_dir: str
     report = Report(max_examples=options.examples)
     sink = None
     if rejects_dir is not None:
-        sink = RejectsSink(Path(rejects_dir) / f".shardkit-part-{os.getpid()}-{index:05d}-{time.time_ns()}.jsonl")
+        sink = RejectsSink(Path(rejects_dir) / f".shardkit-part-{token}-{index:05d}.jsonl")
     try:
         with Checks(options, 1) as checks:
             _validate_one(spec, checks, report, sink, None)
@@ -481,9 +496,15 @@ def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str 
         jobs = auto_jobs(sum(os.path.getsize(p) for p, _ in tasks_in if not _is_url(p)))
     rdir = str(Path(rejects).resolve().parent) if rejects is not None else None
     sizes = [0 if _is_url(p) else os.path.getsize(p) for p, _ in tasks_in]
-    tasks = [(i, p, d, options, rdir) for i, (p, d) in enumerate(tasks_in)]
-
-    results = run_tasks(validate_part, tasks, engine=engine, jobs=jobs)
+    token = secrets.token_hex(6)
+    tasks = [(i, p, d, options, rdir, token) for i, (p, d) in enumerate(tasks_in)]
+    try:
+        results = run_tasks(validate_part, tasks, engine=engine, jobs=jobs)
+    except BaseException:
+        if rdir is not None:  # the rejects of the tasks that did finish
+            for leftover in Path(rdir).glob(f".shardkit-part-{token}-*.jsonl"):
+                leftover.unlink(missing_ok=True)
+        raise
     report = Report(max_examples=options.examples)
     try:
         for (part_report, part_rejects), size in zip(results, sizes, strict=True):
