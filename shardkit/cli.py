@@ -3,7 +3,6 @@
 Nothing here decides anything about data; every command is one library call.
 """
 
-from __future__ import annotations
 
 import contextlib
 import os
