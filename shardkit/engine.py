@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import time
@@ -28,6 +29,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from . import faults
 from .errors import ConflictError, DataError, InputError, ShardkitError, UsageError
@@ -193,7 +196,14 @@ def split_many(
 ):
     """`split` with one task per input (see the module doc); returns a SplitResult."""
     from . import remote
-    from .shard import SplitResult, check_run_inputs, collecting_warn
+    from .shard import (
+        SplitResult,
+        check_names,
+        check_run_inputs,
+        check_same_run,
+        collecting_warn,
+        source_path,
+    )
     from .shard import split as split_one_process
 
     if engine not in ENGINES:
@@ -205,42 +215,55 @@ def split_many(
         return split_one_process(paths, out, options, resume=resume, overwrite=overwrite, dry_run=True,
                                  progress=progress, warn=warn, jobs=jobs, staging=staging)
     specs = check_run_inputs(paths, resume=resume, overwrite=overwrite)
+    check_names(options, specs)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
     url = os.fspath(out) if remote.is_url(os.fspath(out)) else None
     old_remote = None
     if url is not None:
-        old_remote = remote.check_destination(url, resume=resume, overwrite=overwrite)
-        if old_remote is not None and old_remote.get("complete") and not overwrite:
-            return SplitResult(out=url, manifest=old_remote, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
         local = remote.staging_dir(url, staging)
-        resume = resume or old_remote is not None
+        old_remote = remote.check_destination(url, local, resume=resume, overwrite=overwrite)
+        if old_remote is not None and not overwrite:  # --resume, and the run there is complete
+            check_same_run(url, old_remote, options, [source_path(s, None) for s in specs])
+            return SplitResult(out=url, manifest=old_remote, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
     else:
+        if staging is not None:
+            raise UsageError("--staging is for an s3:// (object store) OUT; this OUT is a local folder")
         local = Path(remote.local_path(os.fspath(out)))
+    sources = [source_path(s, None if url else local) for s in specs]
     result = SplitResult(out=local, manifest={}, warnings=warnings)
-    old = _prepare(local, resume=resume, overwrite=overwrite, rejects=options.rejects)
+    old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
     if old is not None:
         result.manifest, result.already_complete = old, True
     else:
-        _run_split(specs, local, options, engine=engine, jobs=jobs, progress=progress, warn=_warn, result=result,
-                   absolute=url is not None)
+        result.resumed = resume and (local / PARTS_DIR).exists()
+        _run_split(specs, local, options, sources, engine=engine, jobs=jobs, progress=progress, warn=_warn,
+                   result=result)
     if url is not None:
         result.out = url  # type: ignore[assignment]
-        if result.already_complete and old_remote is None:
-            result.already_complete = False  # staged earlier, not yet published
-        if not result.already_complete:
-            if overwrite and old_remote is not None:
-                remote.remove_listed(url, old_remote)
-            remote.publish(local, url, overwrite=overwrite)
-            remote.remove_staging(local, result.manifest)
+        result.already_complete = False  # complete in staging: published now
+        if overwrite and old_remote is not None:
+            remote.replace_run(url, local, old_remote)
+        remote.publish(local, url)
+        remote.remove_staging(local, result.manifest)
     return result
 
 
-def _run_split(specs, out: Path, options, *, engine, jobs, progress, warn, result, absolute) -> None:
-    from .check import auto_jobs
-    from .shard import _Splitter, check_rel_name, input_stems, start_checks
+def _abs_check(options):
+    """The options as a task on another machine (another folder) must see them: the schema
+    and tokenizer paths absolute. The manifest keeps the paths as given (`options.params()`)."""
+    check = options.check
+    if check is None:
+        return options
+    changes = {k: os.path.abspath(v) for k in ("schema", "tokenizer")
+               if isinstance(v := getattr(check, k, None), str) and not _is_url(v) and os.path.exists(v)}
+    return dataclasses.replace(options, check=dataclasses.replace(check, **changes)) if changes else options
 
-    check_rel_name(options.rejects)
+
+def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, progress, warn, result) -> None:
+    from .check import auto_jobs
+    from .shard import _Splitter, input_stems, start_checks
+
     created_at = now_iso()
     stems = input_stems([s.path for s in specs])
     schema = None
@@ -254,14 +277,16 @@ def _run_split(specs, out: Path, options, *, engine, jobs, progress, warn, resul
         sizes = [s.size for s in specs]
         jobs = auto_jobs(None if None in sizes else sum(sizes))
     parts = out / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
+    _start_parts(parts, options, sources)
+    task_options = _abs_check(options)
     tasks = [(i, spec.path if spec.remote else os.path.abspath(spec.path), spec.display, stems[i],
-              os.path.abspath(parts / f"{i:05d}"), options, schema) for i, spec in enumerate(specs)]
+              os.path.abspath(parts / f"{i:05d}"), task_options, schema) for i, spec in enumerate(specs)]
     sizes = {i: spec.size or 0 for i, spec in enumerate(specs)}
 
     def done(part: PartResult) -> None:
         for w in part.warnings:
-            warn(w)
+            if not _PART_SUMMARY.search(w):  # per-part totals: the run's total is said once, below
+                warn(w)
         if progress:
             progress(sizes[part.index])
 
@@ -273,27 +298,50 @@ def _run_split(specs, out: Path, options, *, engine, jobs, progress, warn, resul
             if part.report is not None:
                 report.merge(part.report)
     result.validation = report
-    result.manifest = _merge(specs, out, parts, results, options, created_at, absolute)
+    result.manifest = _merge(out, parts, results, options, created_at, sources)
+    rejected = result.manifest["counts"]["rejected"]
+    if rejected:
+        warn(f"{rejected} record(s) written to {options.rejects} (invalid, or larger than --max-bytes)")
 
 
-def _source_path(spec, out: Path, absolute: bool) -> str:
-    """As the single-process split writes it (shard._Splitter._source_path)."""
-    if spec.remote:
-        return spec.path
-    if absolute:
-        return os.path.abspath(spec.path)
-    return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out))
+_PART_SUMMARY = re.compile(r"^\d+ (invalid )?record\(s\) (larger than --max-bytes )?written to ")
+RUN_FILE = "run.json"
 
 
-def _merge(specs, out: Path, parts: Path, results: list[PartResult], options, created_at: str, absolute: bool) -> dict:
+def _start_parts(parts: Path, options, sources: list[str]) -> None:
+    """Create the parts folder with what the run is (checked by --resume), or check it."""
+    from .io import atomic_write
+    from .shard import check_same_run
+
+    run = {"params": options.params(), "sources": [{"path": p} for p in sources]}
+    marker = parts / RUN_FILE
+    if marker.exists():
+        try:
+            old = orjson.loads(marker.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as e:
+            raise DataError(f"{marker}: unreadable ({e}); start again with --overwrite") from None
+        check_same_run(parts.parent, old, options, sources)
+        return
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, orjson.dumps(run, option=orjson.OPT_INDENT_2), replace=False)
+
+
+def _merge(out: Path, parts: Path, results: list[PartResult], options, created_at: str, sources_as: list[str]) -> dict:
     """The parts, in input order, as one run: shards renamed in, rejects concatenated,
     manifest written last (crash-safe: a rerun with --resume finishes an interrupted merge)."""
+    taken: dict[str, int] = {}
+    for part in results:  # the names first: a clash must stop the merge before any move
+        for entry in part.manifest["files"]:
+            name = entry["path"]
+            if name in taken or name in (options.rejects, MANIFEST_NAME, SUMS_NAME):
+                raise ConflictError(f"{out / name}: two inputs give this shard name; refusing to replace it "
+                                    "(put {stem} in --name)")
+            taken[name] = part.index
     files: list[dict] = []
     sources: list[dict] = []
     counts = {"read": 0, "written": 0, "rejected": 0, "blank": 0}
-    for spec, part in zip(specs, results, strict=True):
+    for src, part in zip(sources_as, results, strict=True):
         pdir = parts / f"{part.index:05d}"
-        src = _source_path(spec, out, absolute)
         for entry in part.manifest["files"]:
             _move_in(pdir / entry["path"], out / entry["path"], entry)
             faults.hit("after:merge_move")
@@ -386,9 +434,10 @@ def _remove_parts(parts: Path) -> None:
         fsync_dir(parts.parent)
 
 
-def _prepare(out: Path, *, resume: bool, overwrite: bool, rejects: str) -> dict | None:
+def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, overwrite: bool) -> dict | None:
     """OUT's rules for an engine run; returns the manifest of a run already complete."""
-    from .shard import _remove_listed
+    from .io import remove_stale_temps
+    from .shard import _remove_listed, check_same_run, refuse_deleting_inputs
 
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
@@ -397,8 +446,10 @@ def _prepare(out: Path, *, resume: bool, overwrite: bool, rejects: str) -> dict 
     if manifest.exists():
         old = read_manifest(manifest)
         if overwrite:
+            refuse_deleting_inputs(out, old, specs)
             _remove_listed(out, old)
-            _remove_parts(parts)
+            remove_part_files(out, parts, options.rejects)
+            remove_stale_temps(out)
             return None
         if not resume:
             raise ConflictError(
@@ -407,29 +458,35 @@ def _prepare(out: Path, *, resume: bool, overwrite: bool, rejects: str) -> dict 
             )
         if not old.get("complete"):
             raise ConflictError(f"{out}: holds an interrupted run made without --engine; resume it the same way")
+        check_same_run(out, old, options, sources)
         _remove_parts(parts)  # a merge killed after its manifest: only the scratch is left
+        remove_stale_temps(out)
         return old
     if parts.exists():
         if overwrite:
-            _remove_part_files(out, parts, rejects)
-            return None
-        if not resume:
+            remove_part_files(out, parts, options.rejects)
+        elif not resume:
             raise ConflictError(f"{out}: holds an interrupted --engine run ({PARTS_DIR}); "
                                 "use --resume to continue it, or --overwrite to start again")
+        remove_stale_temps(out)
         return None
     if out.exists():
-        others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".")
+                  and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)]
         if others:
             raise ConflictError(
                 f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
                 f"e.g. {others[0]}); choose an empty or new output folder"
             )
+        remove_stale_temps(out)
     return None
 
 
-def _remove_part_files(out: Path, parts: Path, rejects: str) -> None:
+def remove_part_files(out: Path, parts: Path, rejects: str) -> None:
     """--overwrite of an interrupted engine run: the shards its parts list (some may have
     been moved into OUT already), the rejects, then the parts themselves."""
+    if not parts.exists():
+        return
     for pm in sorted(parts.glob(f"*/{MANIFEST_NAME}")):
         try:
             m = read_manifest(pm)
@@ -491,13 +548,18 @@ def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str 
 
     tasks_in = _task_inputs(inputs)
     options = CheckOptions(**check_options)
+    if rejects is not None and not Path(rejects).resolve().parent.is_dir():
+        raise InputError(f"{rejects}: its folder does not exist")
     sink = RejectsSink(Path(rejects)) if rejects is not None else None  # refuses an existing file now
+    task_options = dataclasses.replace(options, **{
+        k: os.path.abspath(v) for k in ("schema", "tokenizer")
+        if isinstance(v := getattr(options, k), str) and not _is_url(v) and os.path.exists(v)})
     if jobs is None:
         jobs = auto_jobs(sum(os.path.getsize(p) for p, _ in tasks_in if not _is_url(p)))
     rdir = str(Path(rejects).resolve().parent) if rejects is not None else None
     sizes = [0 if _is_url(p) else os.path.getsize(p) for p, _ in tasks_in]
     token = secrets.token_hex(6)
-    tasks = [(i, p, d, options, rdir, token) for i, (p, d) in enumerate(tasks_in)]
+    tasks = [(i, p, d, task_options, rdir, token) for i, (p, d) in enumerate(tasks_in)]
     try:
         results = run_tasks(validate_part, tasks, engine=engine, jobs=jobs)
     except BaseException:
@@ -558,7 +620,8 @@ def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: 
         from .tokens import load_tokenizer
 
         load_tokenizer(tokenizer_path)  # a bad tokenizer fails before any task
-    tasks = [(i, p, d, tokenizer_path, examples) for i, (p, d) in enumerate(tasks_in)]
+    task_tokenizer = os.path.abspath(tokenizer_path) if tokenizer_path and os.path.exists(tokenizer_path) else tokenizer_path
+    tasks = [(i, p, d, task_tokenizer, examples) for i, (p, d) in enumerate(tasks_in)]
     results = run_tasks(stats_part, tasks, engine=engine, jobs=jobs)
     merged = _Columns(with_tokens=tokenizer_path is not None)
     tallies = []

@@ -110,7 +110,9 @@ def inspect_input(path: str) -> InputSpec:
             raise InputError(f"{path}: no such object")
         if meta.get("type") == "directory":
             raise InputError(f"{path}: is a prefix (folder), expected a JSONL object")
-        return InputSpec(path, path, meta.get("size"), sniff_compression(remote.read_head(path, 4)), remote=True)
+        size = meta.get("size")
+        head = remote.read_head(path, 4) if size else b""  # a ranged GET of an empty object is a 416
+        return InputSpec(path, path, size, sniff_compression(head), remote=True)
     path = remote.local_path(path)
     try:
         st = os.stat(path)

@@ -118,6 +118,7 @@ from .shard import (
     check_run_inputs,
     collecting_warn,
     input_stems,
+    refuse_deleting_inputs,
     reject_record,
     start_checks,
 )
@@ -1160,6 +1161,8 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
             result.removed_temps = _clean(out, p)
         return None
     old = read_manifest(manifest_path)
+    if overwrite or resume:  # a pipeline resume starts again: it deletes the old files too
+        refuse_deleting_inputs(out, old, p.specs)
     if overwrite:
         if not dry_run:
             _remove_listed(out, old)

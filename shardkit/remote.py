@@ -139,6 +139,9 @@ def upload(local: Path, url: str, *, replace: bool = False) -> None:
     the last part. Any error, Ctrl-C included, aborts it: no object under `url`. Without
     `replace`, an object already there makes the store refuse (If-None-Match: *)."""
     fs, path = filesystem(url)
+    if os.path.getsize(local) == 0:
+        _upload_empty(fs, path, url, replace)
+        return
     try:
         f = fs.open(path, "wb" if replace else "xb", block_size=PART_SIZE, autocommit=False)
     except FileExistsError:
@@ -164,6 +167,24 @@ def upload(local: Path, url: str, *, replace: bool = False) -> None:
     finally:
         if not committed:
             _discard(f)
+    fs.invalidate_cache(path)
+
+
+def _upload_empty(fs, path: str, url: str, replace: bool) -> None:
+    """A 0-byte object: one PUT, If-None-Match too (s3fs's file writer would `touch` it)."""
+    try:
+        try:
+            fs.pipe_file(path, b"", mode="overwrite" if replace else "create")
+        except TypeError:  # a filesystem whose pipe_file has no mode
+            if not replace and info(url) is not None:
+                raise FileExistsError(url) from None
+            fs.pipe_file(path, b"")
+    except FileExistsError:
+        raise ConflictError(f"{url}: already exists; not replaced") from None
+    except (OSError, ValueError) as e:
+        if _precondition_failed(e):
+            raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
+        raise _store_error(e, url) from None
     fs.invalidate_cache(path)
 
 
@@ -204,11 +225,16 @@ def staging_dir(url: str, staging: str | os.PathLike | None = None) -> Path:
     return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def check_destination(url: str, *, resume: bool, overwrite: bool) -> dict | None:
-    """The rules of a local OUT, applied to a prefix: returns its manifest if it has one.
+REPLACING = ".shardkit-replacing.json"  # in the staging folder: the manifest an --overwrite is deleting
 
-    A prefix holding objects but no manifest is refused unless --resume (an interrupted
-    publish of ours: each object is checked by sha256 before it is kept)."""
+
+def check_destination(url: str, stage: Path, *, resume: bool, overwrite: bool) -> dict | None:
+    """The rules of a local OUT, applied to a prefix: returns the manifest of the run there
+    (or, for an --overwrite interrupted while deleting, the one it was deleting).
+
+    A prefix holding objects but no manifest is refused, except with --resume (an
+    interrupted publish of ours: each object is kept only if its sha256 is the one staged)
+    or an --overwrite that was interrupted while deleting the run it replaces."""
     from .manifest import MANIFEST_NAME, parse_manifest
 
     mpath = join(url, MANIFEST_NAME)
@@ -220,13 +246,26 @@ def check_destination(url: str, *, resume: bool, overwrite: bool) -> dict | None
                 "or --overwrite to replace the files it lists"
             )
         return old
+    replacing = stage / REPLACING
+    if overwrite and replacing.exists():
+        return parse_manifest(replacing.read_bytes(), replacing)
     names = list_names(url)
-    if names and not (resume or overwrite):
+    if names and not resume:
         raise ConflictError(
             f"{url}: not empty and holds no shardkit manifest ({len(names)} object(s), e.g. {names[0]}); "
-            "choose an empty prefix, or --resume an interrupted upload"
+            "choose an empty prefix" + ("" if overwrite else ", or --resume an interrupted upload")
         )
     return None
+
+
+def replace_run(url: str, stage: Path, old: dict) -> None:
+    """--overwrite: note what is being deleted (so a rerun can finish), then delete it."""
+    from .io import atomic_write
+    from .manifest import dumps
+
+    stage.mkdir(parents=True, exist_ok=True)
+    atomic_write(stage / REPLACING, dumps(old))
+    remove_listed(url, old)
 
 
 def remove_listed(url: str, old: dict) -> list[str]:
@@ -244,12 +283,13 @@ def remove_listed(url: str, old: dict) -> list[str]:
     return removed
 
 
-def publish(local_dir: Path, url: str, *, overwrite: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
+def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None = None) -> list[str]:
     """Upload a finished local run (files, side files, SHA256SUMS, then manifest.json).
 
     An object already under a file's key is kept only if its sha256 is the manifest's (an
-    interrupted publish being finished); otherwise it is a conflict, or with `overwrite`
-    replaced. Returns the names uploaded."""
+    interrupted publish being finished); any other object there is a conflict: never
+    replaced (--overwrite deleted the old run's own objects before this). Returns the
+    names uploaded."""
     from .manifest import MANIFEST_NAME, SUMS_NAME, read_manifest, side_entries
 
     manifest = read_manifest(local_dir / MANIFEST_NAME)
@@ -267,15 +307,14 @@ def publish(local_dir: Path, url: str, *, overwrite: bool = False, progress: Cal
         if present is not None:
             if present.get("size") == entry["bytes"] and hash_object(target)[1] == entry["sha256"]:
                 continue  # the same bytes: uploaded by the interrupted run we finish
-            if not overwrite:
-                raise ConflictError(f"{target}: exists with other content; not replaced (use --overwrite)")
-        upload(local_dir / name, target, replace=present is not None)
+            raise ConflictError(f"{target}: exists with other content (not this run's); not replaced")
+        upload(local_dir / name, target)
         uploaded.append(name)
         if progress:
             progress(entry["bytes"])
         faults.hit("after:upload_file")
     mtarget = join(url, MANIFEST_NAME)
-    upload(local_dir / MANIFEST_NAME, mtarget, replace=info(mtarget) is not None)
+    upload(local_dir / MANIFEST_NAME, mtarget, replace=False)
     uploaded.append(MANIFEST_NAME)
     return uploaded
 
@@ -296,6 +335,7 @@ def remove_staging(local_dir: Path, manifest: dict) -> None:
         (local_dir / entry["path"]).unlink(missing_ok=True)
     (local_dir / SUMS_NAME).unlink(missing_ok=True)
     (local_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    (local_dir / REPLACING).unlink(missing_ok=True)
     try:
         local_dir.rmdir()
     except OSError:

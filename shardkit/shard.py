@@ -113,6 +113,8 @@ class SplitOptions:
         elif self.parquet is not None:
             raise UsageError("Parquet options (--row-group-bytes, --schema-from, --on-conflict) need --format parquet")
         shard_name(self.name, "x", 0)  # fails early on a bad template
+        if self.rejects in (MANIFEST_NAME, SUMS_NAME):
+            raise UsageError(f"--rejects {self.rejects!r}: that name is the run's own {self.rejects}")
         if "{index" not in self.name:
             raise UsageError(f"--name {self.name!r} must contain {{index}} so shard names differ")
 
@@ -484,13 +486,8 @@ class _Splitter:
         ]
 
     def _source_path(self, spec: InputSpec) -> str:
-        if spec.is_stdin:
-            return "-"
-        if spec.remote:
-            return spec.path
-        if self.absolute_sources:  # the manifest will live elsewhere (an object store)
-            return os.path.abspath(spec.path)
-        return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(self.out))
+        # absolute_sources: the manifest will live elsewhere (an object store)
+        return source_path(spec, None if self.absolute_sources else self.out)
 
     def _save(self, complete: bool = False) -> None:
         if not self.dry_run:
@@ -839,7 +836,7 @@ def is_parquet(spec: InputSpec) -> bool:
     if spec.remote:
         from .remote import read_head
 
-        return read_head(spec.path, 4) == b"PAR1"
+        return bool(spec.size) and read_head(spec.path, 4) == b"PAR1"
     with open(spec.path, "rb") as f:
         return f.read(4) == b"PAR1"
 
@@ -973,10 +970,10 @@ def split(
     from . import remote
 
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
+    check_names(options, specs)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
 
-    check_rel_name(options.rejects)
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, jobs)
         kw = dict(resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
@@ -992,20 +989,54 @@ def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrit
     last shard, and the publish keeps each object already uploaded (checked by sha256)."""
     from . import remote
 
-    old = remote.check_destination(url, resume=resume, overwrite=overwrite)
-    if old is not None and old.get("complete") and not overwrite:
-        return SplitResult(out=url, manifest=old, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
     stage = remote.staging_dir(url, staging)
-    result = _split(specs, stage, options, checks, resume=resume or old is not None, overwrite=overwrite,
+    old = remote.check_destination(url, stage, resume=resume, overwrite=overwrite)
+    if old is not None and not overwrite:  # --resume, and the run there is complete
+        check_same_run(url, old, options, [source_path(s, None) for s in specs])
+        return SplitResult(out=url, manifest=old, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
+    result = _split(specs, stage, options, checks, resume=resume, overwrite=overwrite,
                     dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
     result.out = url  # type: ignore[assignment]
     if dry_run:
         return result
     if overwrite and old is not None:
-        remote.remove_listed(url, old)
-    remote.publish(stage, url, overwrite=overwrite)
+        remote.replace_run(url, stage, old)
+    remote.publish(stage, url)
     remote.remove_staging(stage, result.manifest)
     return result
+
+
+def source_path(spec: InputSpec, out: Path | None) -> str:
+    """How a manifest names an input: "-", its URL, its path relative to the manifest's
+    folder `out`, or (`out` None: the manifest goes to an object store) its absolute path."""
+    if spec.is_stdin:
+        return "-"
+    if spec.remote:
+        return spec.path
+    if out is None:
+        return os.path.abspath(spec.path)
+    return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out))
+
+
+def check_same_run(where, old: dict, options: SplitOptions, sources: list[str]) -> None:
+    """--resume: the run in `where` must have been made from these inputs and options."""
+    new_params = options.params()
+    if old.get("params") != new_params:
+        changed = sorted(k for k in new_params if old.get("params", {}).get(k) != new_params[k])
+        raise ConflictError(
+            f"{where}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
+            "rerun with the same options, or use --overwrite"
+        )
+    old_paths = [s.get("path") for s in old.get("sources", [])]
+    if old_paths != sources:
+        raise ConflictError(f"{where}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {sources})")
+
+
+def check_names(options: SplitOptions, specs: Sequence[InputSpec]) -> None:
+    """Every name the run will write is valid, checked before anything is written."""
+    check_rel_name(options.rejects)
+    for stem in input_stems([s.path for s in specs]):
+        shard_name(options.name, stem, 0)
 
 
 def _refuse_json_array(spec: InputSpec) -> None:
@@ -1057,8 +1088,16 @@ def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress,
 
 def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
     """Check OUT against the rules; return the old manifest to resume from, if any."""
+    from .engine import PARTS_DIR, remove_part_files
+
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
+    if (out / PARTS_DIR).exists():
+        if not overwrite:
+            raise ConflictError(f"{out}: holds an interrupted --engine run ({PARTS_DIR}); continue it with "
+                                "the same --engine and --resume, or start again with --overwrite")
+        if not dry_run:
+            remove_part_files(out, out / PARTS_DIR, splitter.opts.rejects)
     if not out.exists():
         if not dry_run:
             try:
@@ -1086,6 +1125,7 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
         return None
     old = read_manifest(manifest_path)
     if overwrite:
+        refuse_deleting_inputs(out, old, splitter.specs)
         if not dry_run:
             _remove_listed(out, old)
             result.removed_temps = [p.name for p in remove_stale_temps(out)]
@@ -1104,22 +1144,35 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
 
 
 def _check_same_run(out: Path, old: dict, splitter: _Splitter) -> None:
-    new_params = splitter.opts.params()
-    if old.get("params") != new_params:
-        changed = sorted(k for k in new_params if old.get("params", {}).get(k) != new_params[k])
-        raise ConflictError(
-            f"{out}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
-            "rerun with the same options, or use --overwrite"
-        )
-    old_paths = [s.get("path") for s in old.get("sources", [])]
-    new_paths = [splitter._source_path(s) for s in splitter.specs]
-    if old_paths != new_paths:
-        raise ConflictError(f"{out}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {new_paths})")
+    check_same_run(out, old, splitter.opts, [splitter._source_path(s) for s in splitter.specs])
     for s, spec in zip(old["sources"], splitter.specs, strict=True):
         if spec.size is not None and s.get("bytes") not in (None, spec.size):
             raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
     if not old.get("complete") and not isinstance(old.get("resume"), dict):
         raise DataError(f"{out / MANIFEST_NAME}: incomplete but has no resume checkpoint; use --overwrite")
+
+
+def refuse_deleting_inputs(out: Path, old: dict, specs: Sequence[InputSpec]) -> None:
+    """--overwrite deletes the files the old manifest lists: never one this run reads."""
+    from .manifest import side_entries
+
+    doomed = set()
+    for entry in [*old.get("files", []), *side_entries(old)]:
+        name = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            with contextlib.suppress(OSError, ValueError):
+                st = (out / check_rel_name(name)).stat()
+                doomed.add((st.st_dev, st.st_ino))
+    for spec in specs:
+        if spec.is_stdin or spec.remote:
+            continue
+        with contextlib.suppress(OSError):
+            st = os.stat(spec.path)
+            if (st.st_dev, st.st_ino) in doomed:
+                raise ConflictError(
+                    f"{spec.display}: is a file of the run in {out} that --overwrite would delete; "
+                    "copy it out of that folder first, or write to another folder"
+                )
 
 
 def _remove_listed(out: Path, old: dict) -> None:

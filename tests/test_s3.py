@@ -255,3 +255,47 @@ def test_engine_local_from_s3_to_s3_matches_a_local_split(bucket, tmp_path: Path
     for f in b["files"]:
         assert fs.cat_file(f"{bucket}/eng/{f['path']}") == (tmp_path / "one" / f["path"]).read_bytes()
     assert run_cli("verify", out).returncode == 0
+
+
+# ---- found in review
+
+
+def test_overwrite_does_not_replace_objects_that_are_not_the_runs(bucket, tmp_path: Path):
+    src = tmp_path / "a.jsonl"
+    make_chat_jsonl(src, 10, seed=1)
+    fs = _fs()
+    fs.pipe_file(f"{bucket}/foreign/a-00000.jsonl", b"precious user data\n")
+    r = run_cli("split", src, "-o", f"s3://{bucket}/foreign", "--max-records", "2", "--overwrite")
+    assert r.returncode == 4 and b"not empty" in r.stderr, r.stderr
+    assert fs.cat_file(f"{bucket}/foreign/a-00000.jsonl") == b"precious user data\n"
+    # a run there, plus an object it does not list whose name a new shard takes
+    assert run_cli("split", src, "-o", f"s3://{bucket}/mixed", "--max-records", "10").returncode == 0
+    fs.pipe_file(f"{bucket}/mixed/a-00001.jsonl", b"someone else's\n")
+    r = run_cli("split", src, "-o", f"s3://{bucket}/mixed", "--max-records", "5", "--overwrite")
+    assert r.returncode == 4 and b"not replaced" in r.stderr, r.stderr
+    assert fs.cat_file(f"{bucket}/mixed/a-00001.jsonl") == b"someone else's\n"
+
+
+def test_resume_of_a_complete_upload_checks_inputs_and_options(bucket, tmp_path: Path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    make_chat_jsonl(a, 10, seed=1)
+    make_chat_jsonl(b, 10, seed=2)
+    out = f"s3://{bucket}/run"
+    assert run_cli("split", a, b, "-o", out, "--max-records", "4").returncode == 0
+    for extra in ([], ["--engine", "local"]):
+        r = run_cli("split", b, "-o", out, "--max-records", "4", "--resume", *extra)
+        assert r.returncode == 4 and b"inputs differ" in r.stderr, r.stderr
+        r = run_cli("split", a, b, "-o", out, "--max-records", "3", "--resume", *extra)
+        assert r.returncode == 4 and b"options differ" in r.stderr, r.stderr
+        r = run_cli("split", a, b, "-o", out, "--max-records", "4", "--resume", *extra)
+        assert r.returncode == 0 and b"already complete" in r.stdout, r.stderr
+
+
+def test_empty_object_input(bucket, tmp_path: Path):
+    _fs().pipe_file(f"{bucket}/in/empty.jsonl", b"")
+    url = f"s3://{bucket}/in/empty.jsonl"
+    r = run_cli("split", url, "-o", tmp_path / "o", "--max-records", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout)["counts"] == {"read": 0, "written": 0, "rejected": 0, "blank": 0}
+    assert run_cli("validate", url).returncode == 0
+    assert run_cli("stats", url).returncode == 0
