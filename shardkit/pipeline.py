@@ -1133,7 +1133,7 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
                  result: SplitResult, stack: ExitStack) -> dict | None:
     """Check OUT against the rules (DESIGN.md §3), lock it for this run (not in a dry run),
     clean what a crashed run left; return the old manifest when resuming (complete: nothing
-    to do; incomplete: the files it lists are deleted, the run starts again)."""
+    to do; incomplete: the run starts again, adopting the identical shards it finds)."""
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
     if not out.exists():
@@ -1161,7 +1161,7 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
             result.removed_temps = _clean(out, p)
         return None
     old = read_manifest(manifest_path)
-    if overwrite or resume:  # a pipeline resume starts again: it deletes the old files too
+    if overwrite:
         refuse_deleting_inputs(out, old, p.specs)
     if overwrite:
         if not dry_run:
@@ -1180,8 +1180,18 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
     if any(s.is_stdin for s in p.specs):
         raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")
     if not dry_run:
-        _remove_listed(out, old)
+        # The run starts again and writes the same shards: each one already here (listed, or
+        # committed just before the kill and not yet listed) is adopted if identical. The
+        # manifest is not deleted first: killed before the new run wrote one, that would
+        # leave shards and no manifest, a folder no rerun may touch. Only the side files it
+        # lists (published at the very end, rewritten by the new run) go now.
+        for key in ("rejects", "duplicates", "excluded"):
+            entry = old.get(key)
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                _unlink(out / check_rel_name(entry["path"]))
+        fsync_dir(out)
         result.removed_temps = _clean(out, p)
+        faults.hit("after:resume_cleaned")
     return old
 
 

@@ -573,6 +573,22 @@ def test_sigkill_during_a_shuffle_then_resume_gives_the_uninterrupted_output(cra
     rerun_and_compare(inputs, out, reference, resume=True)
 
 
+@pytest.mark.parametrize("second", ["after:resume_cleaned:1", "after:bucket_write:2", "before:shard_commit:1"])
+def test_a_recovery_killed_too_still_recovers(crash_workload, second):
+    """Found by `make torture`: killed just after a shard was committed (not yet listed),
+    then the --resume killed before it wrote its first manifest. The resume used to delete
+    the old manifest first, leaving a shard and no manifest: a folder no rerun may touch."""
+    base, inputs, reference, _ = crash_workload
+    out = base / f"twice-{second.replace(':', '-')}"
+    r = run_script(inputs, out, "after:shard_commit:3")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = run_script(inputs, out, second, resume=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (out / "manifest.json").exists()
+    check_after_crash(out, reference)
+    rerun_and_compare(inputs, out, reference, resume=True)
+
+
 def test_sigkill_at_a_random_moment_then_overwrite_gives_the_uninterrupted_output(crash_workload):
     base, inputs, reference, seconds = crash_workload
     for k, delay in enumerate(seeded_delays(2027, 2, 0.2, 0.8 * seconds)):
