@@ -34,7 +34,7 @@ import orjson
 
 from . import faults
 from .errors import ConflictError, DataError, InputError, ShardkitError, UsageError
-from .io import commit_file, create_temp, fsync_dir, rename_noreplace, write_all
+from .io import commit_file, create_temp, fsync_dir, rename_noreplace, sha256_file, write_all
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -380,11 +380,11 @@ def _move_in(src: Path, dst: Path, entry: dict) -> None:
             rename_noreplace(src, dst)
             return
         except ConflictError:
-            if _sha256(dst) != entry["sha256"]:
+            if sha256_file(dst) != entry["sha256"]:
                 raise ConflictError(f"{dst}: exists with other content; not replaced (use --overwrite)") from None
             src.unlink()
             return
-    if not dst.exists() or dst.stat().st_size != entry["bytes"] or _sha256(dst) != entry["sha256"]:
+    if not dst.exists() or dst.stat().st_size != entry["bytes"] or sha256_file(dst) != entry["sha256"]:
         raise DataError(f"{src}: listed by its part's manifest but missing; rerun with --overwrite")
 
 
@@ -405,7 +405,7 @@ def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict |
                     size += len(chunk)
         sha = h.hexdigest()
         if final.exists():  # an interrupted merge got this far: same bytes, or a conflict
-            if _sha256(final) != sha:
+            if sha256_file(final) != sha:
                 raise ConflictError(f"{final}: exists with other content; not replaced (use --overwrite)")
             os.close(fd)
             tmp.unlink()
@@ -419,14 +419,6 @@ def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict |
     return {"path": final.name, "records": records, "bytes": size, "sha256": sha}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _remove_parts(parts: Path) -> None:
     """The parts folder is shardkit's own scratch space (hidden, inside OUT)."""
     shutil.rmtree(parts, ignore_errors=True)
@@ -437,7 +429,7 @@ def _remove_parts(parts: Path) -> None:
 def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, overwrite: bool) -> dict | None:
     """OUT's rules for an engine run; returns the manifest of a run already complete."""
     from .io import remove_stale_temps
-    from .shard import _remove_listed, check_same_run, refuse_deleting_inputs
+    from .shard import _remove_listed, check_same_run, refuse_deleting_inputs, refuse_foreign_files
 
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
@@ -471,13 +463,7 @@ def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, ove
         remove_stale_temps(out)
         return None
     if out.exists():
-        others = [p.name for p in out.iterdir() if not p.name.startswith(".")
-                  and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)]
-        if others:
-            raise ConflictError(
-                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
-                f"e.g. {others[0]}); choose an empty or new output folder"
-            )
+        refuse_foreign_files(out)
         remove_stale_temps(out)
     return None
 

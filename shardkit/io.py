@@ -458,6 +458,15 @@ class BackgroundHasher:
         return self._h.hexdigest()
 
 
+def sha256_file(path: Path | str) -> str:
+    """sha256 of a local file, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def pid_alive(pid: int) -> bool:
     """Is process `pid` running? A zombie (killed, not yet reaped by its parent) is not."""
     try:

@@ -170,21 +170,25 @@ def verify(path: Path | str) -> VerifyResult:
     path = Path(remote.local_path(str(path)))
     if path.is_dir():
         path = path / MANIFEST_NAME
-    manifest = read_manifest(path)
     base = path.parent
-    result = VerifyResult(path, complete=bool(manifest.get("complete", True)))
+    return _verify(path, read_manifest(path), lambda entry: _check_entry(base, entry),
+                   lambda: [p.name for p in _data_files(base)])
+
+
+def _verify(where, manifest: dict, check, names) -> VerifyResult:
+    """Check every entry with `check(entry) -> problem or None`; `names()` lists the data
+    files beside the manifest (to report the ones it does not list)."""
+    result = VerifyResult(where, complete=bool(manifest.get("complete", True)))
     if not result.complete:
-        result.problems.append(
-            f"{path}: incomplete (an interrupted run); rerun the split with --resume"
-        )
+        result.problems.append(f"{where}: incomplete (an interrupted run); rerun the split with --resume")
     entries = [*manifest["files"], *side_entries(manifest)]
     for entry in entries:
         result.checked += 1
-        problem = _check_entry(base, entry)
+        problem = check(entry)
         if problem:
             result.problems.append(problem)
     listed = {e["path"] for e in entries}
-    result.extra = [p.name for p in _data_files(base) if p.name not in listed]
+    result.extra = [n for n in names() if n not in listed]
     return result
 
 
@@ -217,21 +221,9 @@ def _verify_url(url: str) -> VerifyResult:
 
     if not url.endswith(".json"):
         url = remote.join(url, MANIFEST_NAME)
-    manifest = parse_manifest(remote.read_bytes(url), url)
     base = url.rsplit("/", 1)[0]
-    result = VerifyResult(url, complete=bool(manifest.get("complete", True)))  # type: ignore[arg-type]
-    if not result.complete:
-        result.problems.append(f"{url}: incomplete (an interrupted run); rerun the split with --resume")
-    entries = [*manifest["files"], *side_entries(manifest)]
-    for entry in entries:
-        result.checked += 1
-        problem = _check_remote_entry(base, entry)
-        if problem:
-            result.problems.append(problem)
-    listed = {e["path"] for e in entries}
-    result.extra = [n for n in remote.list_names(base)
-                    if n not in listed and not n.startswith(".") and n.endswith(DATA_SUFFIXES)]
-    return result
+    return _verify(url, parse_manifest(remote.read_bytes(url), url), lambda entry: _check_remote_entry(base, entry),
+                   lambda: [n for n in remote.list_names(base) if not n.startswith(".") and n.endswith(DATA_SUFFIXES)])
 
 
 def _check_remote_entry(base: str, entry: dict) -> str | None:

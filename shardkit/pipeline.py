@@ -119,6 +119,7 @@ from .shard import (
     collecting_warn,
     input_stems,
     refuse_deleting_inputs,
+    refuse_foreign_files,
     reject_record,
     start_checks,
 )
@@ -1148,15 +1149,7 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
         stack.enter_context(_locked(out))  # before anything is looked at or cleaned
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.exists():
-        others = [
-            q.name for q in out.iterdir()
-            if not q.name.startswith(".") and not (q.name == SUMS_NAME and q.is_file() and q.stat().st_size == 0)
-        ]
-        if others:
-            raise ConflictError(
-                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
-                f"e.g. {others[0]}); choose an empty or new output folder"
-            )
+        refuse_foreign_files(out)
         if not dry_run:
             result.removed_temps = _clean(out, p)
         return None

@@ -299,7 +299,9 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
     entries = [*manifest["files"], *side_entries(manifest)]
     sums = local_dir / SUMS_NAME
     if sums.exists():
-        entries.append({"path": SUMS_NAME, "bytes": sums.stat().st_size, "sha256": _sha256_file(sums)})
+        from .io import sha256_file
+
+        entries.append({"path": SUMS_NAME, "bytes": sums.stat().st_size, "sha256": sha256_file(sums)})
     for entry in entries:
         name = entry["path"]
         target = join(url, name)
@@ -317,14 +319,6 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
     upload(local_dir / MANIFEST_NAME, mtarget, replace=False)
     uploaded.append(MANIFEST_NAME)
     return uploaded
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def remove_staging(local_dir: Path, manifest: dict) -> None:

@@ -1107,18 +1107,7 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
         return None
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.exists():
-        # An empty SHA256SUMS is what a run killed between its first two writes leaves
-        # (the sums go first, listing no shard yet): ours, and replaced on the next write.
-        others = [
-            p.name for p in out.iterdir()
-            if not p.name.startswith((".shardkit-", "."))
-            and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)
-        ]
-        if others:
-            raise ConflictError(
-                f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
-                f"e.g. {others[0]}); choose an empty or new output folder"
-            )
+        refuse_foreign_files(out)
         if not dry_run:
             result.removed_temps = [p.name for p in remove_stale_temps(out)]
             _unlink_if_exists(splitter.rejects.partial)
@@ -1150,6 +1139,21 @@ def _check_same_run(out: Path, old: dict, splitter: _Splitter) -> None:
             raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
     if not old.get("complete") and not isinstance(old.get("resume"), dict):
         raise DataError(f"{out / MANIFEST_NAME}: incomplete but has no resume checkpoint; use --overwrite")
+
+
+def refuse_foreign_files(out: Path) -> None:
+    """An OUT with no manifest must hold nothing but shardkit's hidden files. An empty
+    SHA256SUMS is what a run killed between its first two writes leaves (the sums go
+    first, listing no shard yet): ours, and replaced on the next write."""
+    others = [
+        p.name for p in out.iterdir()
+        if not p.name.startswith(".") and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)
+    ]
+    if others:
+        raise ConflictError(
+            f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
+            f"e.g. {others[0]}); choose an empty or new output folder"
+        )
 
 
 def refuse_deleting_inputs(out: Path, old: dict, specs: Sequence[InputSpec]) -> None:
