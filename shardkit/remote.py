@@ -18,6 +18,7 @@ Writing keeps the local guarantees with the store's own atomicity instead of ren
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -132,60 +133,52 @@ def list_names(url: str) -> list[str]:
         raise _store_error(e, url) from None
 
 
-def upload(local: Path, url: str, *, replace: bool = False) -> None:
-    """Copy a local file to `url` so the object appears complete or not at all.
+def upload(local: Path, url: str) -> None:
+    """Copy a local file to a new object at `url`, which appears complete or not at all.
 
     Parts are sent as they are read (bounded memory); the upload is completed only after
-    the last part. Any error, Ctrl-C included, aborts it: no object under `url`. Without
-    `replace`, an object already there makes the store refuse (If-None-Match: *)."""
+    the last part. Any error, Ctrl-C included, aborts it: no object under `url`. An object
+    already there makes the store refuse (If-None-Match: *): nothing is ever replaced."""
     fs, path = filesystem(url)
-    if os.path.getsize(local) == 0:
-        _upload_empty(fs, path, url, replace)
-        return
-    try:
-        f = fs.open(path, "wb" if replace else "xb", block_size=PART_SIZE, autocommit=False)
-    except FileExistsError:
-        raise ConflictError(f"{url}: already exists; not replaced") from None
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
-    committed = False
-    try:
-        with open(local, "rb") as src:
-            while chunk := src.read(PART_SIZE):
-                f.write(chunk)
-                faults.hit("after:upload_part")
-        f.close()  # sends what is buffered; with autocommit=False the object is not created yet
-        faults.hit("before:upload_commit")
-        f.commit()
-        committed = True
-    except FileExistsError:
-        raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
-    except (OSError, ValueError) as e:
-        if _precondition_failed(e):
-            raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
-        raise _store_error(e, url) from None
-    finally:
-        if not committed:
-            _discard(f)
+    with _never_replacing(url):
+        if os.path.getsize(local) == 0:
+            # one PUT with the same condition (s3fs's file writer would `touch` it)
+            try:
+                fs.pipe_file(path, b"", mode="create")
+            except TypeError:  # a filesystem whose pipe_file has no mode
+                if info(url) is not None:
+                    raise FileExistsError(url) from None
+                fs.pipe_file(path, b"")
+        else:
+            f = fs.open(path, "xb", block_size=PART_SIZE, autocommit=False)
+            committed = False
+            try:
+                with open(local, "rb") as src:
+                    while chunk := src.read(PART_SIZE):
+                        f.write(chunk)
+                        faults.hit("after:upload_part")
+                f.close()  # sends what is buffered; with autocommit=False the object is not created yet
+                faults.hit("before:upload_commit")
+                f.commit()
+                committed = True
+            finally:
+                if not committed:
+                    _discard(f)
     fs.invalidate_cache(path)
 
 
-def _upload_empty(fs, path: str, url: str, replace: bool) -> None:
-    """A 0-byte object: one PUT, If-None-Match too (s3fs's file writer would `touch` it)."""
+@contextlib.contextmanager
+def _never_replacing(url: str) -> Iterator[None]:
+    """Store errors as shardkit errors; the store's "it exists" (at open, or If-None-Match
+    failing at completion because another writer got there first) as a conflict."""
     try:
-        try:
-            fs.pipe_file(path, b"", mode="overwrite" if replace else "create")
-        except TypeError:  # a filesystem whose pipe_file has no mode
-            if not replace and info(url) is not None:
-                raise FileExistsError(url) from None
-            fs.pipe_file(path, b"")
+        yield
     except FileExistsError:
-        raise ConflictError(f"{url}: already exists; not replaced") from None
+        raise ConflictError(f"{url}: already exists (another writer?); not replaced") from None
     except (OSError, ValueError) as e:
         if _precondition_failed(e):
-            raise ConflictError(f"{url}: appeared while uploading (another writer); not replaced") from None
+            raise ConflictError(f"{url}: already exists (another writer?); not replaced") from None
         raise _store_error(e, url) from None
-    fs.invalidate_cache(path)
 
 
 def _precondition_failed(e: BaseException) -> bool:
@@ -316,7 +309,7 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
             progress(entry["bytes"])
         faults.hit("after:upload_file")
     mtarget = join(url, MANIFEST_NAME)
-    upload(local_dir / MANIFEST_NAME, mtarget, replace=False)
+    upload(local_dir / MANIFEST_NAME, mtarget)
     uploaded.append(MANIFEST_NAME)
     return uploaded
 
