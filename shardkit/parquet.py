@@ -137,6 +137,15 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _NAMES = {NULL: "null", BOOL: "boolean", INT: "integer", FLOAT: "float", STRING: "string", JSON: "JSON text"}
 
 
+class SchemaChanged(Exception):  # noqa: N818 - not an error: the caller starts again
+    """A ParquetShardWriter met records its schema snapshot has no room for; `schema` is
+    the builder's new snapshot."""
+
+    def __init__(self, schema: InferredSchema) -> None:
+        super().__init__("the schema grew")
+        self.schema = schema
+
+
 class _Conflict(Exception):
     def __init__(self, a, b) -> None:
         self.a, self.b = a, b
@@ -270,20 +279,25 @@ def _from_arrow(t: pa.DataType):
     raise AssertionError(f"pyarrow inferred an unexpected type from JSON: {t}")
 
 
-def _seal(t, path: Path_, warn: Warn):
-    """Replace what Parquet cannot store (an object that was always empty) by JSON text."""
+def _seal(t, path: Path_, warn: Warn, sealed: dict | None = None):
+    """Replace what Parquet cannot store (an object that was always empty) by JSON text.
+
+    Each field so replaced goes into `sealed` with its type before sealing.
+    """
     if isinstance(t, tuple):
-        item, empty = _seal(t[1], (*path, None), warn)
+        item, empty = _seal(t[1], (*path, None), warn, sealed)
         return ("list", item), empty
     if not isinstance(t, dict):
         return t, False
     out = {}
     for key, sub in t.items():
-        sealed, empty = _seal(sub, (*path, key), warn)
+        done, empty = _seal(sub, (*path, key), warn, sealed)
         if empty:
             warn(f"field '{path_text((*path, key))}' only ever holds empty objects; stored as JSON text")
-            sealed = JSON
-        out[key] = sealed
+            done = JSON
+            if sealed is not None:
+                sealed[(*path, key)] = sub
+        out[key] = done
     return out, not out
 
 
@@ -314,10 +328,14 @@ class InferredSchema:
     (for the manifest / resume) and `from_json()` rebuilds an equal schema.
     """
 
-    def __init__(self, arrow: pa.Schema, json_paths=(), warnings=()) -> None:
+    def __init__(self, arrow: pa.Schema, json_paths=(), warnings=(), sealed=None) -> None:
         self.arrow = pa.schema(list(arrow))  # no schema-level metadata
         self.json_paths: tuple[Path_, ...] = tuple(tuple(p) for p in json_paths)
         self.warnings: list[str] = list(warnings)
+        # JSON-text fields that are so only because they always held empty objects so far,
+        # with their type in the lattice: a writer given a schema from a SchemaBuilder's
+        # snapshot() checks their values still fit it (not saved by to_json).
+        self.sealed: dict[Path_, object] = dict(sealed or {})
         _encode_struct(self.arrow, (), set(self.json_paths))  # fails early on a type JSON can't fill
 
     @property
@@ -691,15 +709,16 @@ class _JsonFields:
     non-null values pyarrow parsed, and the chunk is then rewritten line by line.
     """
 
-    def __init__(self, json_paths) -> None:
+    def __init__(self, json_paths, sealed: dict | None = None) -> None:
         self.paths = [tuple(p) for p in json_paths]
         self.trie: dict = {}
         keys = set()
+        sealed = sealed or {}
         for path in self.paths:
             node = self.trie
             for step in path[:-1]:
                 node = node.setdefault(step, {})
-            node[path[-1]] = True
+            node[path[-1]] = _Sealed(sealed[path]) if path in sealed else True
             keys.add(orjson.dumps(path[-1]))
             keys.add(json.dumps(path[-1]).encode())
         self.keys = sorted(keys)
@@ -779,10 +798,36 @@ def _non_null(column: pa.ChunkedArray, steps: Path_) -> int:
     return total
 
 
+class _Sealed:
+    """A JSON-text leaf that only ever held empty objects: `type` is what it held."""
+
+    __slots__ = ("type",)
+
+    def __init__(self, t) -> None:
+        self.type = t
+
+
+class _Widened(pa.ArrowInvalid):
+    """A value no longer fits a field stored as JSON text because it always held empty
+    objects: the schema is only a snapshot (SchemaBuilder.snapshot) and must widen."""
+
+
+def _fits(v, t) -> bool:
+    """True if the value's type adds nothing to the lattice type t."""
+    grew: list = []
+    try:
+        u = _unify(t, _type_of(v, (), lambda *c: grew.append(c), t), (), lambda *c: grew.append(c))
+    except _Conflict:
+        return False
+    return u is t and not grew
+
+
 def _stringify(v, node, counter: list[int]) -> object:
-    if node is True:
+    if node is True or type(node) is _Sealed:
         if v is None:
             return None
+        if node is not True and not _fits(v, node.type):
+            raise _Widened("a field stored as JSON text for holding only empty objects holds more")
         counter[0] += 1
         return _dumps(v).decode("utf-8", "surrogatepass")
     if type(v) is dict:
@@ -797,7 +842,7 @@ def _stringify(v, node, counter: list[int]) -> object:
 
 
 def _restore(v, node, where: Callable[[], str], path: Path_) -> object:
-    if node is True:
+    if node is True or type(node) is _Sealed:
         if v is None:
             return None
         try:
@@ -1042,18 +1087,58 @@ class SchemaBuilder:
     def result(self) -> InferredSchema:
         """The schema of everything fed so far."""
         if self._result is None:
-            if self._chunk.lines:
-                self._dispatch()
-            self._parsing.drain()
-            self._buffers.clear()
-            before = len(self._warnings)
-            sealed, _ = _seal(self._type, (), self._warn)
-            warnings = self._warnings[:]
-            del self._warnings[before:]  # sealing is redone if more data comes
-            json_paths: list[Path_] = []
-            fields = [_arrow_field(key, t, (key,), json_paths) for key, t in sealed.items()]
-            self._result = InferredSchema(pa.schema(fields), json_paths, warnings)
+            self._result = self._schema(self._warn)
         return self._result
+
+    def snapshot(self) -> InferredSchema:
+        """The schema of everything fed so far, to write with before the input is all seen.
+
+        Unlike result(), it reports nothing: a field that held only empty objects so far
+        is sealed as JSON text silently (and listed in `.sealed`, so that a writer checks
+        its values), as more data may give it fields.
+        """
+        return self._schema(None)
+
+    def add_chunk(self, chunk: _Chunk) -> None:
+        """Feed a writer's chunk of lines and wait until it is inferred."""
+        ends = [start for start, _, _ in chunk.segments[1:]] + [chunk.lines]
+        for part, (start, first_line, display), end in zip(chunk.parts, chunk.segments, ends, strict=True):
+            self.add_block(part, first_line, display, lines=end - start)
+        self._settle()
+
+    def state(self) -> dict:
+        """Plain JSON holding the inference so far (the manifest keeps it for --resume)."""
+        self._settle()
+        return {"type": _type_to_json(self._type), "warnings": list(self._warnings)}
+
+    @classmethod
+    def from_state(cls, state: dict, options: ParquetOptions | None = None, *, warn: Warn | None = None) -> SchemaBuilder:
+        """A builder that goes on from `state()` (DataError if it is not one)."""
+        builder = cls(options, warn=warn)
+        try:
+            builder._type = _type_from_json(state["type"])
+            builder._warnings = [str(w) for w in state["warnings"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"not a saved shardkit schema inference: {e}") from None
+        builder._json = _JsonFields(_json_leaves(builder._type, ()))
+        return builder
+
+    def _settle(self) -> None:
+        if self._chunk.lines:
+            self._dispatch()
+        self._parsing.drain()
+        self._buffers.clear()
+
+    def _schema(self, warn: Warn | None) -> InferredSchema:
+        self._settle()
+        before = len(self._warnings)
+        sealed: dict = {}
+        done, _ = _seal(self._type, (), warn or self._warnings.append, sealed)
+        warnings = self._warnings[:]
+        del self._warnings[before:]  # sealing is redone if more data comes
+        json_paths: list[Path_] = []
+        fields = [_arrow_field(key, t, (key,), json_paths) for key, t in done.items()]
+        return InferredSchema(pa.schema(fields), json_paths, warnings, sealed)
 
     def _warn(self, msg: str) -> None:
         self._warnings.append(msg)
@@ -1152,6 +1237,28 @@ def _parse_type(t) -> pa.DataType:
     return {NULL: pa.null(), BOOL: pa.bool_(), INT: pa.int64(), FLOAT: pa.float64(), STRING: pa.string(), JSON: pa.string()}[t]
 
 
+def _type_to_json(t):
+    """The lattice as plain JSON: leaves are strings, a list is ["list", item], a struct an object."""
+    if isinstance(t, tuple):
+        return ["list", _type_to_json(t[1])]
+    if isinstance(t, dict):
+        return {key: _type_to_json(sub) for key, sub in t.items()}
+    return t
+
+
+def _type_from_json(doc):
+    if isinstance(doc, list):
+        if len(doc) != 2 or doc[0] != "list":
+            raise ValueError(f"bad list type {doc!r:.60}")
+        return ("list", _type_from_json(doc[1]))
+    if isinstance(doc, dict):
+        return {str(key): _type_from_json(sub) for key, sub in doc.items()}
+    for name in _NAMES:  # the module's own strings: `is` comparisons stay true
+        if doc == name:
+            return name
+    raise ValueError(f"unknown type {doc!r:.60}")
+
+
 def _json_leaves(t, path: Path_) -> list[Path_]:
     if isinstance(t, dict):
         return [p for key, sub in t.items() for p in ([(*path, key)] if sub == JSON else _json_leaves(sub, (*path, key)))]
@@ -1220,16 +1327,23 @@ class ParquetShardWriter:
     shard or input size. The sink is written from the writing thread, one call at a time,
     and never after close() or abort() return. Call abort() if anything goes wrong before
     close(). Errors (DataError with file:line) may surface one chunk after their block.
+
+    With a `builder`, `schema` is that builder's snapshot() of the input so far: a chunk
+    that does not fit it is fed to the builder, and if the builder's schema grows,
+    SchemaChanged (holding the new snapshot) is raised; the caller aborts and starts
+    again with it. That is how the splitter converts in one pass.
     """
 
-    def __init__(self, sink, schema: InferredSchema, options: ParquetOptions | None = None) -> None:
+    def __init__(self, sink, schema: InferredSchema, options: ParquetOptions | None = None,
+                 *, builder: SchemaBuilder | None = None) -> None:
         self.options = options = options or ParquetOptions()
         self.schema = schema
         self.records = 0
         self.row_groups = 0
         self._source = f" (from {options.schema_from})" if options.schema_from else ""
         self._parse_schema = schema.arrow
-        self._json = _JsonFields(schema.json_paths)
+        self._json = _JsonFields(schema.json_paths, schema.sealed)
+        self._builder = builder
         self._buffers = _Buffers(options.parse_chunk_bytes)
         self._chunk = _Chunk()
         self._parsing = _Parsing(_prepare, _convert_parse, self._chunk_parsed, self._buffers)
@@ -1329,21 +1443,34 @@ class ParquetShardWriter:
         self._parsing.submit(chunk, self._json, self._parse_schema)
 
     def _chunk_parsed(self, chunk: _Chunk, result) -> None:
-        table = None if isinstance(result, Exception) else result
-        if table is None:
-            if self._json:  # a key the byte search missed (or a bad line): every line, in Python
-                data, rewritten = self._json.rewrite(chunk, self._buffers, everything=True)
-            else:
-                data = chunk.data(self._buffers)
-            try:
-                table = _read_json(data, self._parse_schema)
-            except pa.ArrowInvalid as e:
-                raise _parse_error(chunk, data, self._parse_schema, e, self._source) from None
-            if self._json and self._json.missed(table, rewritten):
-                raise AssertionError("JSON-text values were not all rewritten")
+        table = self._retry(chunk) if isinstance(result, Exception) else result
         self._pending.append(table)
         self._pending_bytes += table.nbytes
         self._write_full_groups(final=False)
+
+    def _retry(self, chunk: _Chunk) -> pa.Table:
+        """A chunk that failed to parse: a JSON-text key the byte search missed (rewrite
+        every line, in Python), a record the schema snapshot has no room for
+        (SchemaChanged), or a bad line (DataError naming it)."""
+        data = None
+        try:
+            if self._json:
+                data, rewritten = self._json.rewrite(chunk, self._buffers, everything=True)
+            else:
+                data = chunk.data(self._buffers)
+            table = _read_json(data, self._parse_schema)
+        except pa.ArrowInvalid as e:
+            if self._builder is not None:
+                self._builder.add_chunk(chunk)  # DataError if a line is bad
+                grown = self._builder.snapshot()
+                if grown != self.schema or grown.sealed != self.schema.sealed:
+                    raise SchemaChanged(grown) from None
+            if data is None:
+                raise AssertionError(f"a value does not fit its JSON-text field, but the schema did not grow: {e}") from None
+            raise _parse_error(chunk, data, self._parse_schema, e, self._source) from None
+        if self._json and self._json.missed(table, rewritten):
+            raise AssertionError("JSON-text values were not all rewritten")
+        return table
 
     def _write_full_groups(self, *, final: bool) -> None:
         limit = self.options.row_group_bytes

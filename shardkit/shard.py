@@ -60,6 +60,11 @@ DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
 DEFAULT_PARQUET_NAME = "{stem}-{index:05d}.parquet"
 FORMATS = ("jsonl", "parquet")
 PARQUET_PIECE = 1 << 20  # JSONL bytes fed to a Parquet shard between size checks
+# A Parquet run whose schema snapshot grows starts again with the new snapshot this many
+# times, while it has committed no shard and wasted at most this many bytes; after that
+# it infers the rest of the input first (see _Splitter._start_again).
+_SNAPSHOT_ATTEMPTS = 8
+_SNAPSHOT_BYTES = 64 << 20
 DEFAULT_REJECTS = "rejects.jsonl"
 PARTIAL_PREFIX = ".shardkit-partial-"
 
@@ -249,11 +254,11 @@ class _ShardFile:
 class _ParquetShardFile(_ShardFile):
     """A Parquet shard: JSONL lines in, row groups out to the temp file, hashed as written."""
 
-    def __init__(self, out: Path, name: str, schema, options) -> None:
+    def __init__(self, out: Path, name: str, schema, options, builder=None) -> None:
         from .parquet import ParquetShardWriter
 
         super().__init__(out, name)
-        self.writer = ParquetShardWriter(self, schema, options)
+        self.writer = ParquetShardWriter(self, schema, options, builder=builder)
 
     def write(self, data) -> None:  # the sink of ParquetShardWriter
         super().write(data)
@@ -399,9 +404,14 @@ class _Checkpoint:
     next_index: int = 0
     rejects_records: int = 0
     rejects_bytes: int = 0
+    # Parquet shards written with a schema that then grew, to delete before going on
+    discard: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if not d["discard"]:
+            del d["discard"]  # the usual case: manifests stay as they were
+        return d
 
 
 class _Splitter:
@@ -422,13 +432,21 @@ class _Splitter:
         self.report = Report(max_examples=checks.options.examples) if checks else None
         self.invalid = 0
         self.schema = None  # parquet.InferredSchema for --format parquet
+        # Parquet in one pass: the schema is a snapshot of what the builder has seen and
+        # grows (the run starting again) when records do not fit it; None once it is final
+        self.builder = None
+        self._attempts = 0
+        self._attempt_bytes = 0
+        self._wasted = 0
+        self._progressed = 0
         self.stems = input_stems([s.path for s in specs])
         self.out = out
         self.opts = options
         self.dry_run = dry_run
         self.adopt_identical = adopt_identical
         self.progress = progress
-        self.warn = warn
+        self._warn_to = warn
+        self._warned: set[str] = set()
         self.files: list[dict] = []
         self.sources: list[dict] = []
         self.cp = _Checkpoint()
@@ -447,6 +465,13 @@ class _Splitter:
         self._first_line = 0
         self._last_line = 0
         self._read = self._blank = self._rejected = 0
+
+    def warn(self, msg: str) -> None:
+        """Pass a warning on, once: a run that starts again (the Parquet schema grew) meets
+        the same things twice."""
+        if msg not in self._warned:
+            self._warned.add(msg)
+            self._warn_to(msg)
 
     # ----- manifest
 
@@ -474,6 +499,8 @@ class _Splitter:
         }
         if self.schema is not None:
             m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
+            if self.builder is not None and not complete:
+                m["parquet"]["inference"] = self.builder.state()  # the schema is still a snapshot
         if not complete:
             m["rejects"] = {"path": self.rejects.final.name, "records": self.rejects.records}
             m["resume"] = self.cp.to_dict()
@@ -498,6 +525,7 @@ class _Splitter:
     def restore(self, old: dict) -> None:
         """Continue from an incomplete manifest written by the same inputs and options."""
         cp = _Checkpoint(**old["resume"])
+        self._discard(cp)
         self.cp = cp
         self.created_at = old.get("created_at", self.created_at)
         self.sources = [s for s in old["sources"] if s.get("sha256")][: cp.input]
@@ -510,20 +538,45 @@ class _Splitter:
                 )
         self.rejects.restore(cp.rejects_records, cp.rejects_bytes)
         if self.opts.format == "parquet" and old.get("parquet"):
-            from .parquet import InferredSchema
+            from .parquet import InferredSchema, SchemaBuilder
 
             self.schema = InferredSchema.from_json(old["parquet"]["schema"])
+            inference = old["parquet"].get("inference")
+            if inference is not None:
+                self.builder = SchemaBuilder.from_state(inference, self.opts.parquet, warn=self.warn)
+                self.schema = self.builder.snapshot()
+
+    def _discard(self, cp: _Checkpoint) -> None:
+        """Delete the shards a checkpoint names as written with a schema that grew."""
+        if not cp.discard or self.dry_run:
+            return
+        for name in cp.discard:
+            _unlink_if_exists(self.out / check_rel_name(name))
+        fsync_dir(self.out)
+        cp.discard = []
 
     # ----- the run
 
     def run(self) -> None:
+        from .parquet import SchemaChanged
+
         if self.opts.format == "parquet" and self.schema is None:
-            self.schema = self._infer_schema()
+            self._start_schema()
             self._save()  # the schema is part of what --resume needs
-        start = self.cp.input
-        for i in range(start, len(self.specs)):
-            resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
-            self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
+        while True:
+            try:
+                start = self.cp.input
+                for i in range(start, len(self.specs)):
+                    resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
+                    self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
+                break
+            except SchemaChanged as e:
+                self._start_again(e.schema)
+        if self.builder is not None:  # every record fitted the last snapshot: it is final
+            final = self.builder.result()  # reports fields that only ever held empty objects
+            if final != self.schema or final.sealed != self.schema.sealed:
+                raise AssertionError("the final schema differs from the one the shards were written with")
+            self.schema, self.builder = final, None
         self.rejects.sync()
         with deferred_signals():
             self._finish()
@@ -558,6 +611,7 @@ class _Splitter:
                     self._feed_block(block, verdict)
                     if self.progress:
                         self.progress(stream.raw_bytes - seen)
+                        self._progressed += stream.raw_bytes - seen
                     seen = stream.raw_bytes
             except EOFError:
                 raise DataError(f"{spec.display}: shorter than when the run was interrupted; cannot resume (use --overwrite)") from None
@@ -581,26 +635,86 @@ class _Splitter:
         faults.hit("after:input_done")
         self._save()
 
-    def _infer_schema(self):
-        """Pass one for Parquet: the schema of every record that will be written."""
+    def _start_schema(self) -> None:
+        """The Parquet schema to start with: --schema-from's; or, with no file to check
+        records against it (--dry-run), the whole input's (a pass of its own); or a
+        snapshot that grows as records need (the run starts again when it does)."""
         from .parquet import SchemaBuilder, schema_from_parquet
 
         popts = self.opts.parquet
         if popts.schema_from:
-            return schema_from_parquet(popts.schema_from)
-        builder = SchemaBuilder(popts, warn=self.warn)
+            self.schema = schema_from_parquet(popts.schema_from)
+            return
         for spec in self.specs:
             if not spec.rereadable:
-                raise UsageError("--format parquet reads its input twice (schema, then data): give a file, "
-                                 "not stdin, or give --schema-from FILE.parquet")
+                raise UsageError("--format parquet may read its input twice (if the schema grows, the run starts "
+                                 "again): give a file, not stdin, or give --schema-from FILE.parquet")
+        if self.dry_run:
+            self.schema = self._infer_schema()
+            return
+        self.builder = SchemaBuilder(popts, warn=self.warn)
+        self._feed_builder(self.builder, _Checkpoint(), limit=popts.parse_chunk_bytes)  # a first guess
+        self.schema = self.builder.snapshot()
+
+    def _start_again(self, schema) -> None:
+        """Records did not fit the schema snapshot: drop what was written with it and start
+        from the first record with the grown one. Early on (nothing committed, little
+        read) the new snapshot is used as it is; otherwise the rest of the input is
+        inferred first, so that the run starts again at most once more."""
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
+        self._attempts += 1
+        wasted, self._attempt_bytes = self._attempt_bytes, 0
+        self._wasted += wasted
+        if self.files or self._attempts > _SNAPSHOT_ATTEMPTS or self._wasted > _SNAPSHOT_BYTES:
+            self._feed_builder(self.builder, self.cp)  # the records before cp fitted; go on from there
+            self.schema, self.builder = self.builder.result(), None
+        else:
+            self.schema = schema
+        written = [f["path"] for f in self.files]
+        self.files, self.sources = [], []
+        self.rejects.close()
+        self.rejects.restore(0, 0)
+        self.invalid = self.oversize_rejected = 0
+        if self.report is not None:
+            self.report.__init__(max_examples=self.checks.options.examples)
+        self._reset_shard()
+        self._read = self._blank = self._rejected = 0
+        if self.progress and self._progressed:
+            self.progress(-self._progressed)
+        self._progressed = 0
+        self.cp = _Checkpoint(discard=written)
+        self._save()  # lists no shard; --resume deletes the ones it names
+        faults.hit("after:schema_grew")
+        self._discard(self.cp)
+        self._save()
+
+    def _infer_schema(self):
+        """The schema of every record that will be written, in a pass of its own."""
+        from .parquet import SchemaBuilder
+
+        builder = SchemaBuilder(self.opts.parquet, warn=self.warn)
+        self._feed_builder(builder, _Checkpoint())
+        return builder.result()
+
+    def _feed_builder(self, builder, start: _Checkpoint, limit: int | None = None) -> None:
+        """Feed the builder every valid record from `start` (input, offset, line) on, or
+        the blocks holding the first `limit` bytes of them."""
+        fed = 0
+        for i in range(start.input, len(self.specs)):
+            spec = self.specs[i]
+            offset, line = (start.offset, start.line) if i == start.input else (0, 1)
             with open_input(spec) as stream:
-                blocks = BlockReader(stream, self.opts.block_size)
+                blocks = BlockReader(stream, self.opts.block_size, start_offset=offset, start_line=line)
                 checked = self.checks.checked(blocks, spec.display) if self.checks else ((b, None) for b in blocks)
                 for block, verdict in checked:
                     runs, _ = nonblank_runs(block)
-                    for start, end, line, n in _valid_pieces(block, runs, verdict.bad if verdict else ()):
-                        builder.add_block(memoryview(block.buf)[start:end], line, spec.display, lines=n)
-        return builder.result()
+                    for s, e, first, n in _valid_pieces(block, runs, verdict.bad if verdict else ()):
+                        builder.add_block(memoryview(block.buf)[s:e], first, spec.display, lines=n)
+                        fed += e - s
+                    if limit is not None and fed >= limit:
+                        return
 
     def _quota_for(self, spec: InputSpec) -> Callable[[int], int | None]:
         n, cap = self.opts.num_shards, self.opts.max_records
@@ -709,7 +823,7 @@ class _Splitter:
             self._first_line = line
             if not self.dry_run:
                 if self.opts.format == "parquet":
-                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet)
+                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet, self.builder)
                 else:
                     self._file = _ShardFile(self.out, self._name())
         if isinstance(self._file, _ParquetShardFile):
@@ -718,6 +832,7 @@ class _Splitter:
             self._file.write(data)
         self._records += n
         self._bytes += len(data)
+        self._attempt_bytes += len(data)
         self._read += n
         self._last_line = line + n - 1
 
