@@ -37,6 +37,7 @@ from .io import (
     inspect_input,
     remove_stale_temps,
     rename_noreplace,
+    start_writeback,
     write_all,
 )
 from .jsonarray import is_json_array
@@ -254,14 +255,18 @@ class _ShardFile:
 class _ParquetShardFile(_ShardFile):
     """A Parquet shard: JSONL lines in, row groups out to the temp file, hashed as written."""
 
-    def __init__(self, out: Path, name: str, schema, options, builder=None) -> None:
+    def __init__(self, out: Path, name: str, schema, options, builder=None, index: int = 0, after=None) -> None:
         from .parquet import ParquetShardWriter
 
         super().__init__(out, name)
-        self.writer = ParquetShardWriter(self, schema, options, builder=builder)
+        # consecutive shards take turns on two lanes: one's last row groups are encoded
+        # while the next one's first are parsed (`after`: it waits for the previous one)
+        self.writer = ParquetShardWriter(self, schema, options, builder=builder, lane=f"write{index % 2}", after=after)
 
     def write(self, data) -> None:  # the sink of ParquetShardWriter
         super().write(data)
+        if self.fd >= 0:
+            start_writeback(self.fd)
 
     def add(self, data, n: int, first_line: int, display: str) -> None:
         self.writer.add_lines(data, n, first_line, display)
@@ -274,7 +279,31 @@ class _ParquetShardFile(_ShardFile):
         self.writer.close()
         return super().commit(adopt_identical=adopt_identical)
 
+    def commit_async(self, *, adopt_identical: bool):
+        """commit() in the background: returns once every record is parsed (errors in the
+        data are raised here); the future gives the sha256 once the shard is under its
+        final name. Until then, abort() is all one may do with it."""
+        from .parquet import _lane
+
+        self.written = written = self.writer.close_async()
+
+        def commit() -> str:
+            written.result()
+            return _ShardFile.commit(self, adopt_identical=adopt_identical)
+
+        self.closing = _lane("commit").submit(commit)
+        return self.closing
+
     def abort(self) -> None:
+        closing = getattr(self, "closing", None)
+        if closing is not None:
+            # never cut short, or unlink, a file the lanes are finishing and renaming
+            try:
+                closing.result()
+            except BaseException:  # noqa: BLE001 - failed: its temp file is removed below
+                pass
+            else:
+                return  # committed: under its final name, listed or not (resume adopts it)
         self.writer.abort()
         super().abort()
 
@@ -435,6 +464,7 @@ class _Splitter:
         # Parquet in one pass: the schema is a snapshot of what the builder has seen and
         # grows (the run starting again) when records do not fit it; None once it is final
         self.builder = None
+        self._closing: tuple | None = None  # the shard being committed: (file, future, entry, checkpoint)
         self._attempts = 0
         self._attempt_bytes = 0
         self._wasted = 0
@@ -618,6 +648,7 @@ class _Splitter:
             if reader.added_newline:
                 self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
             self._commit(reader.offset, reader.line)
+            self._settle()
             self.sources.append(
                 {
                     "path": self._source_path(spec),
@@ -661,6 +692,7 @@ class _Splitter:
         from the first record with the grown one. Early on (nothing committed, little
         read) the new snapshot is used as it is; otherwise the rest of the input is
         inferred first, so that the run starts again at most once more."""
+        self._settle()  # listed, then deleted with the others
         if self._file is not None:
             self._file.abort()
             self._file = None
@@ -758,7 +790,7 @@ class _Splitter:
 
     def _feed_run(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
         if self.opts.format == "parquet":
-            self._feed_run_parquet(block, pos, end, line)
+            self._feed_run_parquet(block, pos, end, line, lines)
             return
         buf = block.buf
         last_line = line + lines  # one past the run's last line
@@ -785,19 +817,22 @@ class _Splitter:
             self._write(memoryview(buf)[pos:cut], n, line)
             pos, line = cut, line + n
 
-    def _feed_run_parquet(self, block: Block, pos: int, end: int, line: int) -> None:
-        """Records in pieces of about PARQUET_PIECE bytes, checking the shard's size between
-        pieces: its on-disk size is known only as row groups are written (estimated_bytes)."""
+    def _feed_run_parquet(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
+        """Records in pieces of about PARQUET_PIECE bytes with --max-bytes, checking the
+        shard's size between pieces (its on-disk size is known only as row groups are
+        written: estimated_bytes); else the whole run, cut only where a shard is full."""
         buf = block.buf
+        last_line = line + lines  # one past the run's last line
+        piece = PARQUET_PIECE if self.opts.max_bytes is not None else None
         while pos < end:
             if self._records and self._full():
                 self._commit(block.offset + pos - block.start, line)
             cut = end
-            if end - pos > PARQUET_PIECE:
-                cut = buf.rfind(NL, pos, pos + PARQUET_PIECE) + 1
+            if piece is not None and end - pos > piece:
+                cut = buf.rfind(NL, pos, pos + piece) + 1
                 if cut <= pos:
                     cut = buf.find(NL, pos) + 1
-            n = buf.count(NL, pos, cut)
+            n = last_line - line if cut == end else buf.count(NL, pos, cut)
             room = self._room()
             if room is not None and n > room:
                 cut, n = nth_line_end(buf, pos, room), room
@@ -823,7 +858,9 @@ class _Splitter:
             self._first_line = line
             if not self.dry_run:
                 if self.opts.format == "parquet":
-                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet, self.builder)
+                    after = self._closing[0].written if self._closing and self._closing[0] else None
+                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet,
+                                                   self.builder, self._index, after)
                 else:
                     self._file = _ShardFile(self.out, self._name())
         if isinstance(self._file, _ParquetShardFile):
@@ -866,54 +903,83 @@ class _Splitter:
             self._commit_held(offset, line)
 
     def _commit_held(self, offset: int, line: int) -> None:
-        sha = self._file.commit(adopt_identical=self.adopt_identical) if self._file else None
-        size = self._bytes
-        if isinstance(self._file, _ParquetShardFile):
-            size = self._file.writer.bytes_written
-        self._file = None
+        """Close the shard, rename it to its final name, then list it in the manifest with
+        the checkpoint. A Parquet shard's last row groups, fsync and rename happen in the
+        background while the next shard is read; _settle() lists it (before the next
+        shard is committed, an input is done, or the run ends)."""
+        self._settle()
         parquet = self.opts.format == "parquet"
-        self.files.append(
-            {
-                "path": self._name(),
-                "format": self.opts.format,
-                "compression": self.opts.parquet.compression if parquet else None,
-                "records": self._records,
-                "bytes": size,
-                "sha256": sha,
-                "source": self._source_path(self._spec),
-                "first_line": self._first_line,
-                "last_line": self._last_line,
-            }
-        )
-        self._index += 1
-        self._reset_shard()
-        self.rejects.sync()
-        committed = self.out / self.files[-1]["path"]
-        self.cp = _Checkpoint(
+        entry = {
+            "path": self._name(),
+            "format": self.opts.format,
+            "compression": self.opts.parquet.compression if parquet else None,
+            "records": self._records,
+            "bytes": self._bytes,
+            "sha256": None,
+            "source": self._source_path(self._spec),
+            "first_line": self._first_line,
+            "last_line": self._last_line,
+        }
+        cp = _Checkpoint(
             input=self._i,
             offset=offset,
             line=line,
             records=self._read,
             blank=self._blank,
             rejected=self._rejected,
-            next_index=self._index,
+            next_index=self._index + 1,
             rejects_records=self.rejects.records,
             rejects_bytes=self.rejects.bytes,
         )
-        try:
-            self._save()
-        except BaseException:
-            # the manifest could not list it (disk full...): a shard no manifest lists must not stay
-            if sha is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(committed)
-                fsync_dir(self.out)
-            raise
+        file = self._file
+        if isinstance(file, _ParquetShardFile):
+            self._closing = (file, file.commit_async(adopt_identical=self.adopt_identical), entry, cp)
+        else:
+            if file is not None:
+                entry["sha256"] = file.commit(adopt_identical=self.adopt_identical)
+            self._closing = (None, None, entry, cp)
+        self._file = None
+        self._index += 1
+        self._reset_shard()
+        if file is None or not parquet:
+            self._settle()
+
+    def _settle(self) -> None:
+        """List the shard committed last in the manifest, once it is under its final name."""
+        if self._closing is None:
+            return
+        file, done, entry, cp = self._closing
+        self._closing = None
+        if file is not None:
+            try:
+                entry["sha256"] = done.result()
+            except BaseException:
+                file.abort()
+                raise
+            entry["bytes"] = file.writer.bytes_written
+        with deferred_signals():
+            self.files.append(entry)
+            self.rejects.sync()
+            self.cp = cp
+            try:
+                self._save()
+            except BaseException:
+                # the manifest could not list it (disk full...): a shard no manifest lists must not stay
+                if entry["sha256"] is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.out / entry["path"])
+                    fsync_dir(self.out)
+                raise
 
     def _reset_shard(self) -> None:
         self._records = self._bytes = 0
 
     def abort(self) -> None:
+        if self._closing is not None:
+            try:
+                self._settle()  # a shard being committed is listed, if it can be
+            except BaseException:  # noqa: BLE001 - the run is failing anyway; the file is cleaned up
+                pass
         if self._file is not None:
             self._file.abort()
             self._file = None
@@ -945,8 +1011,13 @@ def _valid_pieces(block: Block, runs: list, bad) -> Iterator[tuple[int, int, int
             yield piece[1:]
 
 
+_JSONL_NAMES = (".jsonl", ".ndjson", ".json", ".txt")
+
+
 def is_parquet(spec: InputSpec) -> bool:
-    if spec.is_stdin or spec.compression is not None:
+    """A Parquet input: its first bytes are Parquet's magic, and its name does not say
+    JSON Lines (a .jsonl file is split as lines whatever its first bytes)."""
+    if spec.is_stdin or spec.compression is not None or spec.path.lower().endswith(_JSONL_NAMES):
         return False
     if spec.remote:
         from .remote import read_head

@@ -159,3 +159,12 @@ def test_parquet_kill9_at_random_moments(parquet_run, trial, tmp_path):
     out = tmp_path / "out"
     run_and_kill([*args, "-o", out], seeded_delays(404, 6, 0.1, seconds * 1.1)[trial])
     check_resumed(out, args, reference)
+
+
+def test_a_jsonl_file_that_begins_like_parquet_is_split_as_lines(tmp_path):
+    # found by the property test: b"PAR1" in a .jsonl file was taken for Parquet
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"PAR1\n{}\n")
+    r = run_cli("split", src, "-o", tmp_path / "o", "-n", "10")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "in-00000.jsonl").read_bytes() == b"PAR1\n{}\n"
