@@ -1339,7 +1339,7 @@ class ParquetShardWriter:
     """
 
     def __init__(self, sink, schema: InferredSchema, options: ParquetOptions | None = None,
-                 *, builder: SchemaBuilder | None = None, lane: str = "write", after: Future | None = None) -> None:
+                 *, builder: SchemaBuilder | None = None, lane: str = "write") -> None:
         self.options = options = options or ParquetOptions()
         self.schema = schema
         self.records = 0
@@ -1349,7 +1349,6 @@ class ParquetShardWriter:
         self._json = _JsonFields(schema.json_paths, schema.sealed)
         self._builder = builder
         self._lane = lane  # where row groups are encoded and written, in order
-        self._after = after  # the first row group waits for this (the previous shard's close)
         self._buffers = _Buffers(options.parse_chunk_bytes)
         self._chunk = _Chunk()
         self._parsing = _Parsing(_prepare, _convert_parse, self._chunk_parsed, self._buffers)
@@ -1427,11 +1426,8 @@ class ParquetShardWriter:
         groups = []
         while self._pending:
             groups.append(self._next_group())
-        after, self._after = self._after, None
 
         def finish() -> None:
-            if after is not None:
-                after.result()
             for group in groups:
                 self._write_group(group)
             self._writer.close()
@@ -1526,9 +1522,6 @@ class ParquetShardWriter:
 
     def _submit(self, group: pa.Table) -> None:
         self._wait()  # one row group in flight: memory stays bounded
-        after, self._after = self._after, None
-        if after is not None:
-            after.result()  # the previous shard's last row groups are written first
         self._inflight_bytes = group.nbytes
         self._inflight = _lane(self._lane).submit(self._write_group, group)
 

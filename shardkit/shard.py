@@ -255,13 +255,13 @@ class _ShardFile:
 class _ParquetShardFile(_ShardFile):
     """A Parquet shard: JSONL lines in, row groups out to the temp file, hashed as written."""
 
-    def __init__(self, out: Path, name: str, schema, options, builder=None, index: int = 0, after=None) -> None:
+    def __init__(self, out: Path, name: str, schema, options, builder=None, index: int = 0) -> None:
         from .parquet import ParquetShardWriter
 
         super().__init__(out, name)
         # consecutive shards take turns on two lanes: one's last row groups are encoded
-        # while the next one's first are parsed (`after`: it waits for the previous one)
-        self.writer = ParquetShardWriter(self, schema, options, builder=builder, lane=f"write{index % 2}", after=after)
+        # while the next one's are parsed and encoded (the splitter keeps at most two open)
+        self.writer = ParquetShardWriter(self, schema, options, builder=builder, lane=f"write{index % 2}")
 
     def write(self, data) -> None:  # the sink of ParquetShardWriter
         super().write(data)
@@ -285,7 +285,7 @@ class _ParquetShardFile(_ShardFile):
         final name. Until then, abort() is all one may do with it."""
         from .parquet import _lane
 
-        self.written = written = self.writer.close_async()
+        written = self.writer.close_async()
 
         def commit() -> str:
             written.result()
@@ -858,9 +858,8 @@ class _Splitter:
             self._first_line = line
             if not self.dry_run:
                 if self.opts.format == "parquet":
-                    after = self._closing[0].written if self._closing and self._closing[0] else None
                     self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet,
-                                                   self.builder, self._index, after)
+                                                   self.builder, self._index)
                 else:
                     self._file = _ShardFile(self.out, self._name())
         if isinstance(self._file, _ParquetShardFile):
