@@ -594,7 +594,7 @@ class _Buffers:
     def release(self, chunk: _Chunk) -> None:
         with self._lock:
             for buf in chunk.owned:
-                if len(self._free) < 4 and len(buf) <= 2 * self.size:
+                if len(self._free) < 2 and len(buf) <= 2 * self.size:
                     self._free.append(buf)
             chunk.owned = []
 
