@@ -443,6 +443,10 @@ class _Checkpoint:
         return d
 
 
+class _Never(Exception):
+    """Raised by nothing (what a JSONL run catches in place of parquet.SchemaChanged)."""
+
+
 class _Splitter:
     def __init__(
         self,
@@ -588,8 +592,10 @@ class _Splitter:
     # ----- the run
 
     def run(self) -> None:
-        from .parquet import SchemaChanged
-
+        if self.opts.format == "parquet":
+            from .parquet import SchemaChanged
+        else:  # JSONL never imports pyarrow
+            SchemaChanged = _Never  # noqa: N806
         if self.opts.format == "parquet" and self.schema is None:
             self._start_schema()
             self._save()  # the schema is part of what --resume needs
