@@ -1,14 +1,17 @@
 """Parquet core: schema inference over the whole input, a Parquet shard writer, Parquet -> JSONL.
 
-Two passes over the input (the splitter reads it twice; stdin must be spooled, or the
-schema given with `schema_from`). Pass one feeds every run of lines to a `SchemaBuilder`;
-pass two feeds the same lines to one `ParquetShardWriter` per shard, all with the schema
-pass one produced::
+The splitter converts in one pass: a `SchemaBuilder` fed the first 8 MiB gives a schema
+snapshot, and each `ParquetShardWriter` writes with it, checking every record fits. A
+chunk that does not fit is fed to the builder; if its schema grows, the writer raises
+SchemaChanged and the splitter starts again with the grown snapshot (early on), or infers
+the rest of the input first and rewrites what it had written (later). The result is the
+same as inferring the whole input before writing, which `--dry-run` and the engine do::
 
     builder = SchemaBuilder(options, warn=print)
     for data, first_line, n in runs:           # whole JSONL lines, each ending in b"\n"
         builder.add_block(data, first_line, "big.jsonl", lines=n)   # lines= saves a count
     schema = builder.result()                  # or schema_from_parquet(options.schema_from)
+    snap = builder.snapshot()                  # the same, silent: more data may follow
     state = schema.to_json()                   # plain JSON, for the manifest / --resume;
     schema = InferredSchema.from_json(state)   # gives back an equal schema
     schema.json_fields, schema.warnings        # ["messages[].content"], [...]
@@ -19,6 +22,7 @@ pass one produced::
     writer.buffered_bytes                      # uncompressed bytes not in the sink yet
     writer.estimated_bytes                     # bytes_written + buffered at the ratio seen
     writer.close()                             # last row groups + footer; abort() on error
+    done = writer.close_async()                # the same, finished on the writer's lane
 
     for line in parquet_lines("shard.parquet"):          # Parquet -> JSONL, bounded memory
         ...
@@ -47,11 +51,13 @@ does. An object that is always empty (`{}`) cannot be a Parquet struct; it is st
 JSON text too, with a warning.
 
 How: pyarrow's C++ JSON reader parses 8 MiB chunks on a worker thread while the caller
-reads the next block. Pass one parses each chunk with the schema so far (new keys
+reads the next block. Inference parses each chunk with the schema so far (new keys
 inferred) and unifies; only a chunk with a new conflict (or a line pyarrow rejects) is
-walked in Python, to name the line. Pass two parses with the final schema; lines holding a
-JSON-text field (found with memmem) are re-serialised with orjson first. Row groups are
-encoded, compressed and written on a second worker thread.
+walked in Python, to name the line. Writing parses with the schema, no key inferred; lines
+holding a JSON-text field (found with memmem) are re-serialised with orjson first. Row
+groups (whole parsed chunks while they fit) are encoded, compressed and written on the
+writer's lane thread; the splitter gives consecutive shards two lanes, so one shard's
+last groups are compressed while the next one's are parsed.
 """
 
 from __future__ import annotations
@@ -1053,7 +1059,7 @@ class _Parsing:
             self._buffers.release(chunk)
 
 
-# ---------------------------------------------------------------- pass one: inference
+# ---------------------------------------------------------------- inference
 
 
 class SchemaBuilder:
@@ -1271,7 +1277,7 @@ def _json_leaves(t, path: Path_) -> list[Path_]:
     return []
 
 
-# ---------------------------------------------------------------- pass two: the writer
+# ---------------------------------------------------------------- the writer
 
 
 class _SinkAdapter:
