@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import os
 import re
@@ -93,6 +94,7 @@ def _init_local_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
+    gc.freeze()  # as the CLI does: what the worker holds now is never garbage
 
 
 def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
@@ -137,6 +139,13 @@ def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _in_ray_worker(fn: Callable, *task):
+    """A task in a Ray worker: leave the objects Ray's worker already holds out of garbage
+    collection first (as the CLI does for its own), then run it."""
+    gc.freeze()
+    return fn(*task)
+
+
 def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
     try:
         import ray
@@ -151,8 +160,8 @@ def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
                  logging_level="ERROR", log_to_driver=False)
         started = True
     try:
-        remote_fn = ray.remote(num_cpus=1, max_retries=0)(fn)
-        refs = [remote_fn.remote(*t) for t in tasks]
+        remote_fn = ray.remote(num_cpus=1, max_retries=0)(_in_ray_worker)
+        refs = [remote_fn.remote(fn, *t) for t in tasks]
         results = []
         try:
             for ref in refs:
