@@ -4,9 +4,9 @@
 Contenders, run alternately (the order rotates each round), each on a fresh output
 folder under bench/data/out/, after an untimed warm-up read of the input and a sync:
 
-  (s)  shardkit split IN -o D/shards --format parquet --max-records M: the schema of the
-       whole input (pass one), then shards of M records (pass two); no sha256 or fsync,
-       as the others do neither (the splitter's manifest adds them)
+  (s)  shardkit split IN -o D/shards --format parquet --max-records M: the real command,
+       schema of the whole input, shards of M records, sha256, fsync and manifest (the
+       others do neither hashing nor fsync)
   (p)  polars.scan_ndjson(IN).sink_parquet(D/out.parquet)         schema from 100 rows
   (d)  duckdb COPY (SELECT * FROM read_json_auto(IN)) TO D/out.parquet (FORMAT parquet)
   (s2) (s) on the doubled input, to show peak RSS does not grow with input size
@@ -30,7 +30,6 @@ from pathlib import Path
 from common import ROOT, dataset, doubled, fmt_table, fresh_dir, measure, median, warm, write_result
 
 RECORDS, QUICK_RECORDS, SEED = 100_000, 10_000, 1
-BLOCK = 8 << 20  # read size for shardkit's two passes
 TARGETS = {"time_ratio_max": 1.0, "rss_mb_max": 512.0, "doubled_rss_ratio": (0.85, 1.15)}
 
 POLARS = "import polars as pl, sys; pl.scan_ndjson(sys.argv[1]).sink_parquet(sys.argv[2])"
@@ -38,49 +37,6 @@ DUCKDB = (
     "import duckdb, sys; duckdb.sql(\"COPY (SELECT * FROM read_json_auto('\" + sys.argv[1] + \"')) "
     "TO '\" + sys.argv[2] + \"' (FORMAT parquet)\")"
 )
-
-
-# ---------------------------------------------------------------- the shardkit side (--convert)
-
-
-def convert(src: str, out: Path, max_records: int, block_size: int = BLOCK) -> None:
-    """What `shardkit split --format parquet --max-records M` does, through the library."""
-    sys.path.insert(0, str(ROOT))
-    from shardkit.io import InputStream, inspect_input
-    from shardkit.parquet import ParquetOptions, ParquetShardWriter, SchemaBuilder
-    from shardkit.records import BlockReader, nonblank_runs, nth_line_end
-
-    spec = inspect_input(src)
-    options = ParquetOptions()
-    builder = SchemaBuilder(options, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    with InputStream(spec) as stream:
-        for block in BlockReader(stream, block_size):
-            for run in nonblank_runs(block)[0]:
-                builder.add_block(memoryview(block.buf)[run.start : run.end], run.first_line, spec.display, run.lines)
-    schema = builder.result()
-
-    out.mkdir(parents=True, exist_ok=True)
-    index, count, writer, sink = 0, 0, None, None
-    with InputStream(spec) as stream:
-        for block in BlockReader(stream, block_size):
-            for run in nonblank_runs(block)[0]:
-                pos, line, left = run.start, run.first_line, run.lines
-                while left:
-                    if writer is None:
-                        sink = open(out / f"{Path(src).stem}-{index:05d}.parquet", "wb")  # noqa: SIM115
-                        writer, count = ParquetShardWriter(sink, schema, options), 0
-                    take = min(left, max_records - count)
-                    cut = run.end if take == left else nth_line_end(block.buf, pos, take)
-                    writer.add_lines(memoryview(block.buf)[pos:cut], take, line, spec.display)
-                    pos, line, left, count = cut, line + take, left - take, count + take
-                    if count == max_records:
-                        writer.close()
-                        sink.close()
-                        writer, index = None, index + 1
-    if writer is not None:
-        writer.close()
-        sink.close()
-    print(f"shardkit: json fields {schema.json_fields}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -103,7 +59,7 @@ def contenders(max_records: int) -> list[Contender]:
     shardkit = str(ROOT / ".venv" / "bin" / "shardkit")
 
     def sk(i: Path, o: Path) -> list[str]:
-        # the real command: schema pass, Parquet shards, sha256, fsync, manifest
+        # the real command: Parquet shards, sha256, fsync, manifest
         return [shardkit, "split", str(i), "-o", f"{o}/shards", "--format", "parquet",
                 "--max-records", str(max_records), "--quiet"]
 
@@ -138,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} records, smoke test")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    ap.add_argument("--convert", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
-    ap.add_argument("--max-records", type=int, default=RECORDS // 2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.convert:
-        convert(args.convert[0], Path(args.convert[1]), args.max_records)
-        return 0
 
     records = QUICK_RECORDS if args.quick else RECORDS
     max_records = records // 2  # 50,000 for the full run: two shards, four when doubled
@@ -207,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(
         "parquet-quick" if args.quick else "parquet",
         {
-            "params": {"records": records, "seed": SEED, "max_records": max_records, "runs": args.runs, "block": BLOCK},
+            "params": {"records": records, "seed": SEED, "max_records": max_records, "runs": args.runs},
             "files": {
                 k: {"path": str(p.relative_to(ROOT)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for k, p in (("single", single), ("doubled", inputs[True]))
