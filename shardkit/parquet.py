@@ -1518,7 +1518,7 @@ class ParquetShardWriter:
         rest = self._pending[take:]
         if rest and (size < limit // 2 or not tables):
             head = rest[0]
-            rows = _rows_within(head, limit - size) if size else _rows_within(head, limit)
+            rows = _rows_within(head, limit - size)
             if size == 0 or head.slice(0, rows).nbytes <= limit - size:
                 tables.append(head.slice(0, rows))
                 rest = [head.slice(rows), *rest[1:]] if rows < head.num_rows else rest[1:]

@@ -262,6 +262,7 @@ class _ParquetShardFile(_ShardFile):
         # consecutive shards take turns on two lanes: one's last row groups are encoded
         # while the next one's are parsed and encoded (the splitter keeps at most two open)
         self.writer = ParquetShardWriter(self, schema, options, builder=builder, lane=f"write{index % 2}")
+        self.closing = None  # commit_async's future
 
     def write(self, data) -> None:  # the sink of ParquetShardWriter
         super().write(data)
@@ -295,7 +296,7 @@ class _ParquetShardFile(_ShardFile):
         return self.closing
 
     def abort(self) -> None:
-        closing = getattr(self, "closing", None)
+        closing = self.closing
         if closing is not None:
             # never cut short, or unlink, a file the lanes are finishing and renaming
             try:
