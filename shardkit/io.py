@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import gzip
 import hashlib
 import io
@@ -321,9 +322,10 @@ def _renameat2():
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def _sync_file_range():
-    """libc's sync_file_range, set up once (a ctypes function must not be re-typed while
-    another thread calls it), or None."""
+    """libc's sync_file_range, set up on first use, once per function object (a ctypes
+    function must not be re-typed while another thread calls it), or None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -335,14 +337,12 @@ def _sync_file_range():
     return fn
 
 
-_writeback = _sync_file_range()
-
-
 def start_writeback(fd: int) -> None:
     """Ask the kernel to start writing fd's dirty pages now, without waiting (Linux
     sync_file_range): the fsync at commit then waits for less. Nothing elsewhere."""
-    if _writeback is not None:
-        _writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only means the fsync does it all
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only means the fsync does it all
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:

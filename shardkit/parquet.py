@@ -386,6 +386,10 @@ class InferredSchema:
         except (KeyError, TypeError, ValueError, AttributeError, UsageError) as e:
             raise DataError(f"not a saved shardkit Parquet schema: {e}") from None
 
+    def same_snapshot(self, other: InferredSchema) -> bool:
+        """Equal, and the same fields sealed for holding only empty objects so far."""
+        return self == other and self.sealed == other.sealed
+
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, InferredSchema)
@@ -1414,8 +1418,7 @@ class ParquetShardWriter:
         """
         if self._closed:
             return
-        self.close_async().result()
-        self._closed = True
+        self.close_async().result()  # sets _closed once the file is whole
 
     def close_async(self) -> Future:
         """close(), with the last row groups and the footer written on the writer's lane:
@@ -1492,7 +1495,7 @@ class ParquetShardWriter:
             if self._builder is not None:
                 self._builder.add_chunk(chunk)  # DataError if a line is bad
                 grown = self._builder.snapshot()
-                if grown != self.schema or grown.sealed != self.schema.sealed:
+                if not grown.same_snapshot(self.schema):
                     raise SchemaChanged(grown) from None
             if data is None:
                 raise AssertionError(f"a value does not fit its JSON-text field, but the schema did not grow: {e}") from None

@@ -471,8 +471,7 @@ class _Splitter:
         self.builder = None
         self._closing: tuple | None = None  # the shard being committed: (file, future, entry, checkpoint)
         self._attempts = 0
-        self._attempt_bytes = 0
-        self._wasted = 0
+        self._fed = 0  # bytes given to shards, over all attempts: all wasted if one more is needed
         self._progressed = 0
         self.stems = input_stems([s.path for s in specs])
         self.out = out
@@ -611,7 +610,7 @@ class _Splitter:
                 self._start_again(e.schema)
         if self.builder is not None:  # every record fitted the last snapshot: it is final
             final = self.builder.result()  # reports fields that only ever held empty objects
-            if final != self.schema or final.sealed != self.schema.sealed:
+            if not final.same_snapshot(self.schema):
                 raise AssertionError("the final schema differs from the one the shards were written with")
             self.schema, self.builder = final, None
         self.rejects.sync()
@@ -704,9 +703,7 @@ class _Splitter:
             self._file.abort()
             self._file = None
         self._attempts += 1
-        wasted, self._attempt_bytes = self._attempt_bytes, 0
-        self._wasted += wasted
-        if self.files or self._attempts > _SNAPSHOT_ATTEMPTS or self._wasted > _SNAPSHOT_BYTES:
+        if self.files or self._attempts > _SNAPSHOT_ATTEMPTS or self._fed > _SNAPSHOT_BYTES:
             self._feed_builder(self.builder, self.cp)  # the records before cp fitted; go on from there
             self.schema, self.builder = self.builder.result(), None
         else:
@@ -875,7 +872,7 @@ class _Splitter:
             self._file.write(data)
         self._records += n
         self._bytes += len(data)
-        self._attempt_bytes += len(data)
+        self._fed += len(data)
         self._read += n
         self._last_line = line + n - 1
 
