@@ -146,6 +146,27 @@ def _in_ray_worker(fn: Callable, *task):
     return fn(*task)
 
 
+# Ray settings for the driver shardkit connects, read by Ray's core worker when ray.init
+# starts it (a variable the user set wins). Task events: the driver's reports of the tasks
+# it submits, for the dashboard's task list; a driver that reports them waits for their
+# last flush in ray.shutdown(), 0.25 s of every run here (measured: shutdown 0.28 s with
+# them, 0.04 s without). The workers still report the tasks they run.
+_RAY_DRIVER_ENV = {"RAY_task_events_report_interval_ms": "0"}
+
+
+@contextlib.contextmanager
+def _driver_env(values: dict[str, str]):
+    """Set the variables not already set for the block, then restore the environment (the
+    runtime a local ray.init starts inherits them: it is this run's own)."""
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
     try:
         import ray
@@ -156,8 +177,9 @@ def _run_ray(fn: Callable, tasks: list[tuple], jobs: int, done) -> list:
         address = os.environ.get("RAY_ADDRESS")
         # RAY_ADDRESS names a running cluster; without it, a new local runtime of --jobs CPUs
         # ("local": never a cluster that happens to run on this machine, sized otherwise)
-        ray.init(address=address or "local", num_cpus=None if address else jobs, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
+        with _driver_env(_RAY_DRIVER_ENV):
+            ray.init(address=address or "local", num_cpus=None if address else jobs, include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
         started = True
     try:
         remote_fn = ray.remote(num_cpus=1, max_retries=0)(_in_ray_worker)

@@ -6,6 +6,7 @@ through the CLI as a user would start it."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from pathlib import Path
 
@@ -234,3 +235,15 @@ def test_reserved_rejects_name_is_refused_before_any_write(tmp_path: Path):
     for extra in ([], ["--engine", "local"]):
         r = run_cli("split", src, "-o", tmp_path / "o", "-n", "2", "--rejects", "manifest.json", *extra)
         assert r.returncode == 2 and not (tmp_path / "o").exists(), r.stderr
+
+
+def test_ray_driver_settings_last_only_for_init_and_never_override_the_user(monkeypatch):
+    from shardkit.engine import _driver_env
+
+    monkeypatch.delenv("SHARDKIT_TEST_A", raising=False)
+    monkeypatch.setenv("SHARDKIT_TEST_B", "user")
+    with _driver_env({"SHARDKIT_TEST_A": "0", "SHARDKIT_TEST_B": "0"}):
+        assert os.environ["SHARDKIT_TEST_A"] == "0"
+        assert os.environ["SHARDKIT_TEST_B"] == "user"
+    assert "SHARDKIT_TEST_A" not in os.environ
+    assert os.environ["SHARDKIT_TEST_B"] == "user"
