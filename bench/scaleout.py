@@ -14,6 +14,12 @@ under bench/data/out/, after an untimed warm-up read of the inputs and a sync:
         runtime itself (information: the runtime's start-up is not the engine's overhead)
   (s2)  without --engine: one process reads the files in turn, -j 2 check workers
         (information: the single-process path the engines must match byte for byte)
+  (r0)  Ray's floor: a process that imports shardkit.engine and runs 20 empty tasks
+        (`time.sleep(0)`) through the same `run_tasks(..., engine="ray")` on the same kind of
+        fresh head, then exits: what a Ray job costs here before any work (information)
+
+Both targets at once need (r2) - (l2) <= 0.3 x (l2) <= 0.3 x 0.65 x (l1) = 0.195 x (l1):
+the script prints Ray's measured fixed cost (r2) - (l2) and its floor (r0) beside that bound.
 
 Targets (issue 8): (r2) / (l2) time <= 1.3; (l2) / (l1) time <= 0.65.
 Memory is the peak summed PSS of the command's process tree (pool workers included); the
@@ -88,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         return lambda o: [str(shardkit), "split", *map(str, inputs), "-o", str(o), "-n", str(MAX_RECORDS),
                           "--validate", "chat", "--quiet", *extra]
 
+    floor_argv = [str(ROOT / ".venv/bin/python"), "-c",
+                  "import time\nfrom shardkit.engine import run_tasks\n"
+                  f"run_tasks(time.sleep, [(0,)] * {nfiles}, engine='ray', jobs=2)"]
     contenders = [
         ("local1", "(l1) --engine local -j 1", argv_for(["--engine", "local", "-j", "1"]), "none"),
         ("local2", "(l2) --engine local -j 2", argv_for(["--engine", "local", "-j", "2"]), "none"),
         ("ray2", "(r2) --engine ray, Ray head 2 CPUs", argv_for(["--engine", "ray", "-j", "2"]), "head"),
         ("ray_cold", "(rc) --engine ray, starts Ray", argv_for(["--engine", "ray", "-j", "2"]), "none"),
         ("single2", "(s2) no engine, -j 2", argv_for(["-j", "2"]), "none"),
+        ("ray_floor", f"(r0) Ray floor: {nfiles} empty tasks", lambda o: floor_argv, "head"),
     ]
     runs: dict[str, list] = {k: [] for k, *_ in contenders}
     manifests: dict[str, dict] = {}
@@ -113,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with fresh_dir() as out:
                         m = measure(argv(out), tree=True)
-                        manifests[key] = strip_time(check_output(label, out, records, nfiles))
+                        if key != "ray_floor":
+                            manifests[key] = strip_time(check_output(label, out, records, nfiles))
                 finally:
                     if ray_mode == "head":
                         stop_ray(ray_bin)
@@ -140,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     met = {k: ratios[k] <= TARGETS[k] for k in ratios}
     for k, ok in met.items():
         print(f"target {k}: {ratios[k]} (<= {TARGETS[k]}) -> {'met' if ok else 'MISSED'}")
+    bound = TARGETS["ray_over_local2"] - 1
+    joint = round(bound * TARGETS["local2_over_local1"] * med["local1"], 3)
+    fixed = round(med["ray2"] - med["local2"], 3)
+    print(f"Ray's fixed cost (r2) - (l2) = {fixed} s; its floor (r0) = {med['ray_floor']:.3f} s; "
+          f"both targets at once need it <= {bound * TARGETS['local2_over_local1']:.3f} x (l1) = {joint} s")
     path = write_result(
         "scaleout-quick" if args.quick else "scaleout",
         {
@@ -153,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_mb": {k: round(v, 2) for k, v in mem.items()},
             "manifests_identical": same,
             "ratios": ratios,
+            "ray_fixed_cost_s": fixed,
+            "ray_floor_s": round(med["ray_floor"], 4),
+            "joint_bound_s": joint,
             "targets": TARGETS,
             "targets_met": met,
         },
