@@ -64,10 +64,10 @@ def contenders(max_records: int) -> list[Contender]:
                 "--max-records", str(max_records), "--quiet"]
 
     return [
-        Contender("shardkit", "(s) shardkit.parquet", sk),
+        Contender("shardkit", "(s) shardkit.pipeline.parquet", sk),
         Contender("polars", "(p) polars sink_parquet", lambda i, o: [py, "-c", POLARS, str(i), f"{o}/out.parquet"]),
         Contender("duckdb", "(d) duckdb COPY", lambda i, o: [py, "-c", DUCKDB, str(i), f"{o}/out.parquet"]),
-        Contender("shardkit_doubled", "(s) shardkit.parquet, 2x input", sk, doubled=True),
+        Contender("shardkit_doubled", "(s) shardkit.pipeline.parquet, 2x input", sk, doubled=True),
     ]
 
 

@@ -14,7 +14,7 @@ under bench/data/out/, after an untimed warm-up read of the inputs and a sync:
         runtime itself (information: the runtime's start-up is not the engine's overhead)
   (s2)  without --engine: one process reads the files in turn, -j 2 check workers
         (information: the single-process path the engines must match byte for byte)
-  (r0)  Ray's floor: a process that imports shardkit.engine and runs 20 empty tasks
+  (r0)  Ray's floor: a process that imports shardkit.pipeline.engine and runs 20 empty tasks
         (`time.sleep(0)`) through the same `run_tasks(..., engine="ray")` on the same kind of
         fresh head, then exits: what a Ray job costs here before any work (information)
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                           "--validate", "chat", "--quiet", *extra]
 
     floor_argv = [str(ROOT / ".venv/bin/python"), "-c",
-                  "import time\nfrom shardkit.engine import run_tasks\n"
+                  "import time\nfrom shardkit.pipeline.engine import run_tasks\n"
                   f"run_tasks(time.sleep, [(0,)] * {nfiles}, engine='ray', jobs=2)"]
     contenders = [
         ("local1", "(l1) --engine local -j 1", argv_for(["--engine", "local", "-j", "1"]), "none"),

@@ -42,9 +42,9 @@ TARGETS = {"time_ratio_max": 3.0, "rss_over_memory_mb_max": 64.0, "doubled_rss_r
 # `shardkit split`'s pipeline flags, parsed the way the CLI will, calling the library.
 LIBRARY_SPLIT = """
 import argparse, sys
-from shardkit.io import parse_size
-from shardkit.pipeline import PipelineOptions, run_pipeline
-from shardkit.shard import SplitOptions
+from shardkit.core.io import parse_size
+from shardkit.pipeline.transform import PipelineOptions, run_pipeline
+from shardkit.pipeline.shard import SplitOptions
 ap = argparse.ArgumentParser()
 ap.add_argument("inputs", nargs="+")
 ap.add_argument("-o", "--out", required=True)

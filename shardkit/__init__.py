@@ -9,7 +9,7 @@ The library is the product; the `shardkit` command is one client of it::
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .core.errors import (  # noqa: E402
     ConflictError,
     DataError,
     InputError,
@@ -21,15 +21,15 @@ from .errors import (  # noqa: E402
 # The rest is imported on first use, so `shardkit --help` or `shardkit queue claim` does not
 # pay for the split pipeline and the validator (startup time matters to scripts and cron).
 _LAZY = {
-    "regenerate_manifest": ("manifest", "regenerate"),
-    "verify": ("manifest", "verify"),
-    "SplitOptions": ("shard", "SplitOptions"),
-    "SplitResult": ("shard", "SplitResult"),
-    "split": ("shard", "split"),
-    "Queue": ("queue", "Queue"),
-    "run_pipeline": ("pipeline", "run_pipeline"),
-    "PipelineOptions": ("pipeline", "PipelineOptions"),
-    "find_overlap": ("overlap", "find_overlap"),
+    "regenerate_manifest": ("store.manifest", "regenerate"),
+    "verify": ("store.manifest", "verify"),
+    "SplitOptions": ("pipeline.shard", "SplitOptions"),
+    "SplitResult": ("pipeline.shard", "SplitResult"),
+    "split": ("pipeline.shard", "split"),
+    "Queue": ("queue.state", "Queue"),
+    "run_pipeline": ("pipeline.transform", "run_pipeline"),
+    "PipelineOptions": ("pipeline.transform", "PipelineOptions"),
+    "find_overlap": ("pipeline.overlap", "find_overlap"),
 }
 
 

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_tokens import build_word_tokenizer, word_count
 
-from shardkit.check import CheckOptions, Checks, ranges
-from shardkit.errors import UsageError
-from shardkit.records import BlockReader
-from shardkit.scan import validate_files
-from shardkit.shard import SplitOptions, split
-from shardkit.validate import Report
+from shardkit.core.blocks import BlockReader
+from shardkit.core.errors import UsageError
+from shardkit.pipeline.scan import validate_files
+from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.records.check import CheckOptions, Checks, ranges
+from shardkit.records.validate import Report
 
 GOOD = b'{"messages":[{"role":"user","content":"hi there"},{"role":"assistant","content":"hello"}]}'
 WARN = b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"source":"x"}'

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from conftest import ROOT
 
-from shardkit.convert import MAPPING, SHAREGPT_ROLES, to_chat
-from shardkit.validate import Validator
+from shardkit.records.convert import MAPPING, SHAREGPT_ROLES, to_chat
+from shardkit.records.validate import Validator
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 

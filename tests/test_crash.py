@@ -9,7 +9,7 @@ import pytest
 from conftest import concat_shards, expected_records, make_chat_jsonl
 from crashkit import SHARDKIT, final_files, run_and_kill, run_with_fault, seeded_delays, timed
 
-from shardkit.manifest import verify
+from shardkit.store.manifest import verify
 
 SPLIT_ARGS = ["--max-records", "60", "--max-bytes", "200KB", "--oversize", "reject"]
 

@@ -14,9 +14,9 @@ import orjson
 import pytest
 from conftest import make_chat_jsonl, run_cli
 
-from shardkit.check import CheckOptions
-from shardkit.engine import PARTS_DIR, split_many
-from shardkit.shard import SplitOptions, split
+from shardkit.pipeline.engine import PARTS_DIR, split_many
+from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.records.check import CheckOptions
 
 
 def _inputs(tmp_path: Path) -> list[Path]:
@@ -238,7 +238,7 @@ def test_reserved_rejects_name_is_refused_before_any_write(tmp_path: Path):
 
 
 def test_ray_driver_settings_last_only_for_init_and_never_override_the_user(monkeypatch):
-    from shardkit.engine import _driver_env
+    from shardkit.pipeline.engine import _driver_env
 
     monkeypatch.delenv("SHARDKIT_TEST_A", raising=False)
     monkeypatch.setenv("SHARDKIT_TEST_B", "user")

@@ -3,8 +3,8 @@ import stat
 
 import pytest
 
-from shardkit.errors import ConflictError, UsageError
-from shardkit.io import (
+from shardkit.core.errors import ConflictError, UsageError
+from shardkit.core.io import (
     TMP_PREFIX,
     atomic_write,
     create_temp,

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shardkit.errors import InputError
-from shardkit.journal import BadLine, Journal, read_entries_from
+from shardkit.core.errors import InputError
+from shardkit.queue.journal import BadLine, Journal, read_entries_from
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ROTATED = re.compile(r"journal-\d{8}T\d{6}(-\d+)?\.jsonl\.gz")
@@ -80,8 +80,8 @@ def test_a_write_cut_short_leaves_no_half_line(tmp_path):
     size = path.stat().st_size
     code = (
         "import resource, signal, sys\n"
-        "from shardkit.journal import Journal\n"
-        "from shardkit.errors import InputError\n"
+        "from shardkit.queue.journal import Journal\n"
+        "from shardkit.core.errors import InputError\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 100}, {size + 100}))\n"
         "try:\n"
@@ -139,7 +139,7 @@ def test_a_killed_process_leaves_an_open_intent_with_its_steps(tmp_path):
         pass
     code = (
         "import os, signal, sys\n"
-        "from shardkit.journal import Journal\n"
+        "from shardkit.queue.journal import Journal\n"
         "j = Journal(sys.argv[1])\n"
         "with j.transaction('split', name='big.jsonl') as tx:\n"
         "    tx.step('publish', name='big-00000.jsonl')\n"
@@ -304,7 +304,7 @@ def test_threads_sharing_one_journal_do_not_interleave(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
-from shardkit.journal import Journal
+from shardkit.queue.journal import Journal
 path, worker, n, max_bytes, pad, go = sys.argv[1:]
 j = Journal(path, max_bytes=int(max_bytes), fsync=True)
 while not Path(go).exists():

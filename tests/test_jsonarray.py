@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shardkit.errors import DataError
-from shardkit.io import InputStream, inspect_input
-from shardkit.jsonarray import JsonArraySource, is_json_array
+from shardkit.core.errors import DataError
+from shardkit.core.io import InputStream, inspect_input
+from shardkit.core.jsonarray import JsonArraySource, is_json_array
 
 REALDATA = Path("/work/shared/realdata")
 

@@ -5,8 +5,8 @@ import pytest
 from conftest import run_cli
 
 from shardkit import SplitOptions, split
-from shardkit.errors import DataError, InputError
-from shardkit.manifest import regenerate, verify
+from shardkit.core.errors import DataError, InputError
+from shardkit.store.manifest import regenerate, verify
 
 
 @pytest.fixture

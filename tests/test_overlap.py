@@ -9,8 +9,8 @@ import orjson
 import pytest
 from conftest import ROOT
 
-from shardkit.errors import InputError, UsageError
-from shardkit.overlap import find_overlap, key_function, normalize_text, record_hash
+from shardkit.core.errors import InputError, UsageError
+from shardkit.pipeline.overlap import find_overlap, key_function, normalize_text, record_hash
 
 
 def _load_mixed():

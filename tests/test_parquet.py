@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shardkit.errors import DataError, InputError, UsageError
-from shardkit.io import InputStream, inspect_input
-from shardkit.parquet import (
+from shardkit.core.blocks import BlockReader, nonblank_runs
+from shardkit.core.errors import DataError, InputError, UsageError
+from shardkit.core.io import InputStream, inspect_input
+from shardkit.pipeline.parquet import (
     InferredSchema,
     ParquetOptions,
     ParquetShardWriter,
@@ -26,7 +27,6 @@ from shardkit.parquet import (
     parquet_lines,
     schema_from_parquet,
 )
-from shardkit.records import BlockReader, nonblank_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 64 * 1024  # parse chunk size for tests: many chunks from a few MB

@@ -10,10 +10,10 @@ import pytest
 from conftest import run_cli
 from crashkit import final_files, run_and_kill, run_with_fault, seeded_delays, timed
 
-from shardkit.engine import split_many
-from shardkit.manifest import verify
-from shardkit.parquet import ParquetOptions, SchemaBuilder
-from shardkit.shard import SplitOptions, split
+from shardkit.pipeline.engine import split_many
+from shardkit.pipeline.parquet import ParquetOptions, SchemaBuilder
+from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.store.manifest import verify
 
 PAD = "x" * 900  # ~1 KB records: 12,000 of them are larger than the first 8 MiB guess
 

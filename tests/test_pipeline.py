@@ -25,14 +25,14 @@ from crashkit import final_files, seeded_delays
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardkit import pipeline as pl
-from shardkit.check import CheckOptions
-from shardkit.errors import ConflictError, DataError, UsageError
-from shardkit.manifest import verify
-from shardkit.overlap import find_overlap, record_hash
-from shardkit.pipeline import TEMP_DIR, PipelineOptions, holdout_split, run_pipeline
-from shardkit.shard import SplitOptions
-from shardkit.validate import Validator
+from shardkit.core.errors import ConflictError, DataError, UsageError
+from shardkit.pipeline import transform as pl
+from shardkit.pipeline.overlap import find_overlap, record_hash
+from shardkit.pipeline.shard import SplitOptions
+from shardkit.pipeline.transform import TEMP_DIR, PipelineOptions, holdout_split, run_pipeline
+from shardkit.records.check import CheckOptions
+from shardkit.records.validate import Validator
+from shardkit.store.manifest import verify
 
 
 def _load_mixed():
@@ -479,9 +479,9 @@ def test_conservation_every_record_is_accounted_for(tmp_path, picks, final_newli
 
 SCRIPT = """
 import json, sys
-from shardkit.errors import Interrupted
-from shardkit.pipeline import PipelineOptions, run_pipeline
-from shardkit.shard import SplitOptions
+from shardkit.core.errors import Interrupted
+from shardkit.pipeline.transform import PipelineOptions, run_pipeline
+from shardkit.pipeline.shard import SplitOptions
 a = json.loads(sys.argv[1])
 options = PipelineOptions(split=SplitOptions(**a["split"]), **a["options"])
 try:

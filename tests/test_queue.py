@@ -15,11 +15,11 @@ import orjson
 import pytest
 from conftest import run_cli
 
-from shardkit.doctor import doctor
-from shardkit.errors import ConflictError
-from shardkit.ingest import ingest
-from shardkit.queue import STATE_DIRS, Queue
-from shardkit.settings import Settings
+from shardkit.core.errors import ConflictError
+from shardkit.queue.doctor import doctor
+from shardkit.queue.ingest import ingest
+from shardkit.queue.settings import Settings
+from shardkit.queue.state import STATE_DIRS, Queue
 
 GOOD = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}\n'
 OLD = time.time() - 3600
@@ -67,7 +67,7 @@ def states(q: Queue) -> dict[str, list[str]]:
 
 CLAIMER = r"""
 import sys, time
-from shardkit.queue import Queue
+from shardkit.queue.state import Queue
 q = Queue(sys.argv[1])
 got = []
 while True:
@@ -111,7 +111,7 @@ def test_priority_then_age_order(tmp_path: Path) -> None:
 
 SLEEPER = r"""
 import sys, time
-from shardkit.queue import Queue
+from shardkit.queue.state import Queue
 c = Queue(sys.argv[1]).claim("doomed")
 print(c.path, flush=True)
 time.sleep(60)
@@ -370,8 +370,8 @@ def test_init_layout(tmp_path: Path) -> None:
 
 
 def test_queue_manifest_rehashes_only_changed_files(tmp_path: Path) -> None:
-    from shardkit.manifest import verify
-    from shardkit.queue import queue_manifest
+    from shardkit.queue.state import queue_manifest
+    from shardkit.store.manifest import verify
 
     q = make_queue(tmp_path)
     for i in range(5):

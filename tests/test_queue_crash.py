@@ -13,8 +13,8 @@ import pytest
 from conftest import run_cli
 from crashkit import run_and_kill, run_with_fault, seeded_delays
 
-from shardkit.queue import PRIORITIES, Queue
-from shardkit.settings import Settings
+from shardkit.queue.settings import Settings
+from shardkit.queue.state import PRIORITIES, Queue
 
 OLD = time.time() - 3600
 TRIALS = 30

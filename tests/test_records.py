@@ -3,7 +3,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardkit.records import Block, BlockReader, nonblank_runs, nth_line_end
+from shardkit.core.blocks import Block, BlockReader, nonblank_runs, nth_line_end
 
 
 def blocks_of(data: bytes, block_size: int, **kw) -> tuple[list[Block], BlockReader]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shardkit.errors import ConflictError, InputError, UsageError
-from shardkit.journal import Journal
-from shardkit.rotate import gzip_file, rotate
+from shardkit.core.errors import ConflictError, InputError, UsageError
+from shardkit.queue.journal import Journal
+from shardkit.queue.rotate import gzip_file, rotate
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -253,7 +253,7 @@ def test_a_second_rotate_on_the_same_folder_is_refused(logs):
 
 ROTATOR = """
 import sys
-from shardkit.rotate import rotate
+from shardkit.queue.rotate import rotate
 rotate(sys.argv[1], older_than=0, compress=True, now=float(sys.argv[2]))
 """
 

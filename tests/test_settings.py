@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shardkit.errors import InputError, UsageError
-from shardkit.settings import Settings, load_settings, parse_duration, resolve_root
+from shardkit.core.errors import InputError, UsageError
+from shardkit.queue.settings import Settings, load_settings, parse_duration, resolve_root
 
 FULL_TOML = """
 max_records = 50_000

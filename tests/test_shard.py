@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from shardkit import ConflictError, DataError, SplitOptions, UsageError, split
-from shardkit.shard import input_stems
+from shardkit.pipeline.shard import input_stems
 
 
 def manifest_of(out):

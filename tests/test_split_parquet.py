@@ -8,7 +8,7 @@ import pytest
 from conftest import make_chat_jsonl, run_cli
 from crashkit import final_files, run_and_kill, run_with_fault, seeded_delays, timed
 
-from shardkit.manifest import verify
+from shardkit.store.manifest import verify
 
 
 def drifting(path, n=3000):

@@ -16,15 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tokens import build_word_tokenizer, word_count
 
-from shardkit.errors import InputError, UsageError
-from shardkit.stats import (
+from shardkit.core.errors import InputError, UsageError
+from shardkit.pipeline.stats import (
     _histogram,
     _measure,
     compute_stats,
     render_histogram,
     render_stats,
 )
-from shardkit.tokens import record_text, text_parts
+from shardkit.records.tokens import record_text, text_parts
 
 
 def chat(*turns: tuple[str, str], **extra) -> dict:
@@ -259,7 +259,7 @@ def test_fixtures(name: str, records: int, blank: int | None) -> None:
 
 def test_stdin(tmp_path: Path) -> None:
     data = b'{"text": "a"}\n{"text": "a"}\n'
-    code = "import orjson; from shardkit.stats import compute_stats; print(orjson.dumps(compute_stats(['-'])).decode())"
+    code = "import orjson; from shardkit.pipeline.stats import compute_stats; print(orjson.dumps(compute_stats(['-'])).decode())"
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, check=True)
     report = orjson.loads(out.stdout)
     assert report["inputs"][0]["path"] == "<stdin>"
@@ -287,7 +287,7 @@ def test_report_is_json_serialisable(tmp_path: Path) -> None:
 
 
 def test_importing_stats_does_not_import_polars_or_pyarrow() -> None:
-    code = "import sys, shardkit.stats; print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))"
+    code = "import sys, shardkit.pipeline.stats; print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

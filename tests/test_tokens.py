@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shardkit.errors import InputError, UsageError
-from shardkit.tokens import count_tokens, load_tokenizer, record_text, text_parts
+from shardkit.core.errors import InputError, UsageError
+from shardkit.records.tokens import count_tokens, load_tokenizer, record_text, text_parts
 
 SENTENCES = [
     "the cat sat on the mat",
@@ -118,7 +118,7 @@ def test_truncation_saved_in_the_file_is_switched_off(tmp_path: Path) -> None:
 
 
 def test_importing_tokens_does_not_import_tokenizers() -> None:
-    code = "import sys, shardkit.tokens, shardkit.stats; print('tokenizers' in sys.modules)"
+    code = "import sys, shardkit.records.tokens, shardkit.pipeline.stats; print('tokenizers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,4 +1,4 @@
-"""Tests for shardkit.validate: decoding, record kinds, the report, hostile input."""
+"""Tests for shardkit.records.validate: decoding, record kinds, the report, hostile input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardkit.errors import UsageError
-from shardkit.validate import (
+from shardkit.core.errors import UsageError
+from shardkit.records.validate import (
     _EXPLAINERS,
     _GATES,
     CODES,

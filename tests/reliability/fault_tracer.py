@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from shardkit import faults
+from shardkit.core import faults
 
 counts: collections.Counter = collections.Counter()
 _main_pid = os.getpid()

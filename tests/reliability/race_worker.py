@@ -17,8 +17,8 @@ import time
 
 import orjson
 
-from shardkit.errors import ShardkitError
-from shardkit.queue import Queue
+from shardkit.core.errors import ShardkitError
+from shardkit.queue.state import Queue
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import orjson
 import pytest
 import torture as T
 
-from shardkit.queue import PRIORITIES, Queue
+from shardkit.queue.state import PRIORITIES, Queue
 
 WORKERS = 4
 KEEP = 5

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import torture as T
 
-from shardkit.doctor import doctor
-from shardkit.manifest import verify
-from shardkit.queue import STATES, Queue
+from shardkit.queue.doctor import doctor
+from shardkit.queue.state import STATES, Queue
+from shardkit.store.manifest import verify
 
 VOLATILE = ("created_at", "rehashed", "root")
 
@@ -100,8 +100,8 @@ class QueueManifestWorkload(T.Workload):
     name = "manifest (queue root)"
 
     def build(self, base) -> None:
-        from shardkit.ingest import ingest
-        from shardkit.settings import load_settings
+        from shardkit.queue.ingest import ingest
+        from shardkit.queue.settings import load_settings
 
         root = base / "q"
         Queue(root, create=True)

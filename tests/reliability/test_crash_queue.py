@@ -18,9 +18,9 @@ import sys
 import pytest
 import torture as T
 
-from shardkit.doctor import doctor
-from shardkit.manifest import verify
-from shardkit.queue import PRIORITIES, Queue, queue_manifest
+from shardkit.queue.doctor import doctor
+from shardkit.queue.state import PRIORITIES, Queue, queue_manifest
+from shardkit.store.manifest import verify
 
 SETTINGS = 'settle = "0s"\nmax_records = 60\nkind = "chat"\nmax_attempts = 5\n'
 
@@ -136,8 +136,8 @@ class RetrySplitWorkload(T.Workload):
     name = "queue retry --split"
 
     def build(self, base) -> None:
-        from shardkit.ingest import ingest
-        from shardkit.settings import load_settings
+        from shardkit.queue.ingest import ingest
+        from shardkit.queue.settings import load_settings
 
         root = base / "q"
         Queue(root, create=True)
@@ -236,10 +236,10 @@ def test_sigkill_at_random_moment_then_recovered(report, trial):
 
 KILL_AT_REPORT = """
 import os, signal, sys
-import shardkit.ingest as ingest
-if not hasattr(ingest, "_write_report"):
-    sys.exit("shardkit.ingest._write_report is gone: point this test at the step that writes NAME.report.json")
-ingest._write_report = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+import shardkit.queue.ingest as ingest
+if not hasattr(ingest, "write_report"):
+    sys.exit("shardkit.ingest.write_report is gone: point this test at the step that writes NAME.report.json")
+ingest.write_report = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from shardkit.cli import main
 main()
 """

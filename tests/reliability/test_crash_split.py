@@ -17,7 +17,7 @@ import orjson
 import pytest
 import torture as T
 
-from shardkit.manifest import verify
+from shardkit.store.manifest import verify
 
 ARGS = ["--max-records", "20", "--max-bytes", "40KB", "--oversize", "reject", "--json"]
 
@@ -83,7 +83,7 @@ class ParquetRow(bytes):
 
 
 def parquet_records(path) -> list[bytes]:
-    from shardkit.parquet import parquet_lines
+    from shardkit.pipeline.parquet import parquet_lines
 
     return [ParquetRow(line) for line in parquet_lines(path, drop_nulls=True)]
 

@@ -21,9 +21,9 @@ import orjson
 import pytest
 import torture as T
 
-from shardkit.doctor import doctor
-from shardkit.manifest import verify
-from shardkit.queue import PRIORITIES, Queue
+from shardkit.queue.doctor import doctor
+from shardkit.queue.state import PRIORITIES, Queue
+from shardkit.store.manifest import verify
 
 
 def limited(nbytes: int):

@@ -22,12 +22,12 @@ import torture as T
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
-from shardkit.check import CheckOptions
-from shardkit.errors import ShardkitError, UsageError
-from shardkit.io import parse_size
-from shardkit.manifest import verify
-from shardkit.scan import validate_files
-from shardkit.shard import SplitOptions, shard_name, split
+from shardkit.core.errors import ShardkitError, UsageError
+from shardkit.core.io import parse_size
+from shardkit.pipeline.scan import validate_files
+from shardkit.pipeline.shard import SplitOptions, shard_name, split
+from shardkit.records.check import CheckOptions
+from shardkit.store.manifest import verify
 
 _SETTINGS = settings(max_examples=T.FUZZ_EXAMPLES, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -23,7 +23,7 @@ import orjson
 import pytest
 import torture as T
 
-from shardkit.io import create_temp
+from shardkit.core.io import create_temp
 
 REC = T.chat_record("ok", 0) + b"\n"
 PERMS_PREEXEC, PERMS_WHY = T.permissions_apply()

@@ -385,8 +385,8 @@ def nonblank_lines(data: bytes) -> list[tuple[int, bytes]]:
 
 def records_of(path: Path) -> list[bytes]:
     """The non-blank lines of a (possibly gzip/zstd) JSONL file, each ending in b"\\n"."""
-    from shardkit.io import InputStream, inspect_input
-    from shardkit.records import BlockReader, nonblank_runs
+    from shardkit.core.blocks import BlockReader, nonblank_runs
+    from shardkit.core.io import InputStream, inspect_input
 
     out = []
     with InputStream(inspect_input(str(path))) as stream:

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConflictError, InputError, UsageError
-from .io import TMP_PREFIX, commit_file, create_temp, env_error, fsync_dir, pid_alive
+from shardkit.core.errors import ConflictError, InputError, UsageError
+from shardkit.core.io import TMP_PREFIX, commit_file, create_temp, env_error, fsync_dir, pid_alive
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from shardkit.queue.journal import Journal
 
 BLOCK = 1 << 20
 # Recompressing these gains nothing; they are counted against max_bytes but never compressed.

@@ -39,7 +39,7 @@ Record level (path is a JSON path such as ``messages[2].role``):
                              (double-encoded?) | JSON but not an object (got ...)
   too_many_issues   warning  {n} more issues in this record not shown
   internal_error    error    validator bug: {exception}; please report it  (never expected; keeps a run alive)
-  too_many_tokens   error    {n:,} tokens, over --max-tokens {limit:,}   (added by shardkit.check with a tokenizer)
+  too_many_tokens   error    {n:,} tokens, over --max-tokens {limit:,}   (added by shardkit.records.check with a tokenizer)
 Report level:
   blank_line        warning  blank line skipped   (``Report.add_blank``)
 
@@ -66,7 +66,7 @@ from typing import NamedTuple
 
 import orjson
 
-from shardkit.errors import UsageError
+from shardkit.core.errors import UsageError
 
 __all__ = [
     "CODES",
@@ -173,7 +173,7 @@ def _show(value: str) -> str:
     return repr(_clip(value))
 
 
-def _type_name(value: object) -> str:
+def json_type_name(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -250,7 +250,7 @@ def _check_limits(max_line_bytes: int, max_depth: int) -> None:
 def _accept(value: object, max_depth: int) -> tuple[dict | None, Issue | None]:
     if type(value) is not dict:
         return None, _error(
-            "not_object", "", f"top-level value is {_type_name(value)}, expected an object"
+            "not_object", "", f"top-level value is {json_type_name(value)}, expected an object"
         )
     if max_depth < ORJSON_MAX_DEPTH and _deeper_than(value, max_depth):
         return None, _too_deep(max_depth)
@@ -783,7 +783,7 @@ def _check_string(
     if type(value) is str:
         _check_text(value, path, issues, allow_empty=allow_empty)
     else:
-        issues.append(_error("wrong_type", path, f"expected a string, got {_type_name(value)}"))
+        issues.append(_error("wrong_type", path, f"expected a string, got {json_type_name(value)}"))
 
 
 def _checked_role(
@@ -794,7 +794,7 @@ def _checked_role(
     if key not in turn:
         issues.append(_missing(f"{path}.{key}", key))
     elif type(role) is not str:
-        issues.append(_error("wrong_type", f"{path}.{key}", f"expected a string, got {_type_name(role)}"))
+        issues.append(_error("wrong_type", f"{path}.{key}", f"expected a string, got {json_type_name(role)}"))
     elif role not in allowed:
         issues.append(_role_issue(role, f"{path}.{key}", allowed, aliases))
     else:
@@ -851,7 +851,7 @@ def _explain_chat(obj: dict, issues: list[Issue]) -> None:
     for key in ("tools", "functions"):
         if key in obj and type(obj[key]) is not list:
             issues.append(
-                _error("wrong_type", key, f"expected an array, got {_type_name(obj[key])}")
+                _error("wrong_type", key, f"expected an array, got {json_type_name(obj[key])}")
             )
     _explain_messages(obj["messages"], "messages", issues, need_assistant=True)
 
@@ -860,7 +860,7 @@ def _explain_messages(
     messages: object, base: str, issues: list[Issue], *, need_assistant: bool
 ) -> None:
     if type(messages) is not list:
-        issues.append(_error("wrong_type", base, f"expected an array, got {_type_name(messages)}"))
+        issues.append(_error("wrong_type", base, f"expected an array, got {json_type_name(messages)}"))
         return
     if not messages:
         issues.append(_error("empty_list", base, f"{base} is empty"))
@@ -871,7 +871,7 @@ def _explain_messages(
         path = f"{base}[{i}]"
         if type(message) is not dict:
             issues.append(
-                _error("wrong_type", path, f"expected an object, got {_type_name(message)}")
+                _error("wrong_type", path, f"expected an object, got {json_type_name(message)}")
             )
             role_trouble = True
             continue
@@ -915,14 +915,14 @@ def _explain_message_fields(message: dict, role: object, path: str, issues: list
                 _error(
                     "wrong_type",
                     f"{path}.{key}",
-                    f"expected a string, got {_type_name(message[key])}",
+                    f"expected a string, got {json_type_name(message[key])}",
                 )
             )
     for key in ("weight", "loss_weight"):
         value = message.get(key)
         if key in message and (type(value) is not int and type(value) is not float):
             issues.append(
-                _error("wrong_type", f"{path}.{key}", f"expected a number, got {_type_name(value)}")
+                _error("wrong_type", f"{path}.{key}", f"expected a number, got {json_type_name(value)}")
             )
     if "tool_calls" in message:
         _explain_tool_calls(calls, f"{path}.tool_calls", issues)
@@ -954,14 +954,14 @@ def _explain_content(
             _error(
                 "wrong_type",
                 path,
-                f"expected a string, an array of content parts, or null, got {_type_name(content)}",
+                f"expected a string, an array of content parts, or null, got {json_type_name(content)}",
             )
         )
 
 
 def _explain_part(part: object, path: str, issues: list[Issue]) -> None:
     if type(part) is not dict:
-        issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(part)}"))
+        issues.append(_error("wrong_type", path, f"expected an object, got {json_type_name(part)}"))
         return
     if "type" not in part:
         issues.append(_missing(f"{path}.type", "type"))
@@ -969,7 +969,7 @@ def _explain_part(part: object, path: str, issues: list[Issue]) -> None:
     kind = part["type"]
     if type(kind) is not str:
         issues.append(
-            _error("wrong_type", f"{path}.type", f"expected a string, got {_type_name(kind)}")
+            _error("wrong_type", f"{path}.type", f"expected a string, got {json_type_name(kind)}")
         )
     elif kind != "text":
         return  # image_url, input_audio, ...: not ours to judge
@@ -990,12 +990,12 @@ def _explain_part(part: object, path: str, issues: list[Issue]) -> None:
 
 def _explain_tool_calls(calls: object, path: str, issues: list[Issue]) -> None:
     if type(calls) is not list:
-        issues.append(_error("wrong_type", path, f"expected an array, got {_type_name(calls)}"))
+        issues.append(_error("wrong_type", path, f"expected an array, got {json_type_name(calls)}"))
         return
     for k, call in enumerate(calls):
         at = f"{path}[{k}]"
         if type(call) is not dict:
-            issues.append(_error("wrong_type", at, f"expected an object, got {_type_name(call)}"))
+            issues.append(_error("wrong_type", at, f"expected an object, got {json_type_name(call)}"))
         elif "function" not in call:
             issues.append(_missing(f"{at}.function", "function"))
         else:
@@ -1004,7 +1004,7 @@ def _explain_tool_calls(calls: object, path: str, issues: list[Issue]) -> None:
 
 def _explain_function(function: object, path: str, issues: list[Issue]) -> None:
     if type(function) is not dict:
-        issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(function)}"))
+        issues.append(_error("wrong_type", path, f"expected an object, got {json_type_name(function)}"))
         return
     if "name" not in function:
         issues.append(_missing(f"{path}.name", "name"))
@@ -1013,7 +1013,7 @@ def _explain_function(function: object, path: str, issues: list[Issue]) -> None:
             _error(
                 "wrong_type",
                 f"{path}.name",
-                f"expected a string, got {_type_name(function['name'])}",
+                f"expected a string, got {json_type_name(function['name'])}",
             )
         )
     if "arguments" in function:
@@ -1028,7 +1028,7 @@ def _explain_arguments(arguments: object, path: str, issues: list[Issue]) -> Non
             _error(
                 "wrong_type",
                 path,
-                f"expected a JSON string or an object, got {_type_name(arguments)}",
+                f"expected a JSON string or an object, got {json_type_name(arguments)}",
             )
         )
         return
@@ -1056,7 +1056,7 @@ def _explain_arguments(arguments: object, path: str, issues: list[Issue]) -> Non
             _warning(
                 "tool_arguments",
                 path,
-                f"arguments is JSON but not an object (got {_type_name(decoded)})",
+                f"arguments is JSON but not an object (got {json_type_name(decoded)})",
             )
         )
 
@@ -1100,7 +1100,7 @@ def _explain_alpaca(obj: dict, issues: list[Issue]) -> None:
 def _explain_history(history: object, issues: list[Issue]) -> None:
     if type(history) is not list:
         issues.append(
-            _error("wrong_type", "history", f"expected an array, got {_type_name(history)}")
+            _error("wrong_type", "history", f"expected an array, got {json_type_name(history)}")
         )
         return
     for i, pair in enumerate(history):
@@ -1109,7 +1109,7 @@ def _explain_history(history: object, issues: list[Issue]) -> None:
                 _error(
                     "wrong_type",
                     f"history[{i}]",
-                    f"expected an [instruction, response] pair, got {_type_name(pair)}",
+                    f"expected an [instruction, response] pair, got {json_type_name(pair)}",
                 )
             )
             continue
@@ -1129,13 +1129,13 @@ def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
             _error(
                 "wrong_type",
                 "tools",
-                f"expected a JSON string or an array, got {_type_name(obj['tools'])}",
+                f"expected a JSON string or an array, got {json_type_name(obj['tools'])}",
             )
         )
     turns = obj["conversations"]
     if type(turns) is not list:
         issues.append(
-            _error("wrong_type", "conversations", f"expected an array, got {_type_name(turns)}")
+            _error("wrong_type", "conversations", f"expected an array, got {json_type_name(turns)}")
         )
         return
     if not turns:
@@ -1146,7 +1146,7 @@ def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
     for i, turn in enumerate(turns):
         path = f"conversations[{i}]"
         if type(turn) is not dict:
-            issues.append(_error("wrong_type", path, f"expected an object, got {_type_name(turn)}"))
+            issues.append(_error("wrong_type", path, f"expected an object, got {json_type_name(turn)}"))
             trouble = True
             continue
         _check_unknown_keys(turn, TURN_KEYS, path, issues, _TURN_KEY_ALIASES)

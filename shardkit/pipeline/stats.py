@@ -33,10 +33,16 @@ from typing import Any, Protocol
 
 import orjson
 
-from .errors import DataError, UsageError
-from .io import InputSpec, InputStream, format_size, inspect_input
-from .tokens import SEPARATOR, add_content_parts, count_tokens, load_tokenizer, text_parts
-from .validate import KINDS, decode_line, detect_kind
+from shardkit.core.errors import DataError, UsageError
+from shardkit.core.io import InputSpec, InputStream, format_size, inspect_input
+from shardkit.records.tokens import (
+    SEPARATOR,
+    add_content_parts,
+    count_tokens,
+    load_tokenizer,
+    text_parts,
+)
+from shardkit.records.validate import KINDS, decode_line, detect_kind
 
 __all__ = ["TOKEN_LIMITS", "compute_stats", "open_source", "render_histogram", "render_stats"]
 
@@ -62,7 +68,7 @@ class RecordSource(Protocol):
 
 def open_source(spec: InputSpec, stream: Any) -> RecordSource:
     """The record source for one input: JSON Lines, or a streamed `.json` array."""
-    from .scan import open_records
+    from shardkit.pipeline.scan import open_records
 
     return open_records(spec.path, stream)
 
@@ -86,7 +92,7 @@ class _CountingReader:
 
 
 @dataclass(slots=True)
-class _Columns:
+class StatsColumns:
     """One row per record, in typed arrays (no Python object per value)."""
 
     with_tokens: bool
@@ -176,17 +182,17 @@ def compute_stats(
         raise UsageError(f"examples must be a whole number >= 0, got {examples!r}")
     specs = [inspect_input(str(p)) for p in paths]
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    columns = _Columns(with_tokens=tokenizer is not None)
+    columns = StatsColumns(with_tokens=tokenizer is not None)
     tallies = [
-        _scan(index, spec, columns, tokenizer, examples, progress) for index, spec in enumerate(specs)
+        scan_input(index, spec, columns, tokenizer, examples, progress) for index, spec in enumerate(specs)
     ]
-    return _report(columns, tallies, examples, tokenizer_path)
+    return stats_report(columns, tallies, examples, tokenizer_path)
 
 
-def _scan(
+def scan_input(
     index: int,
     spec: InputSpec,
-    columns: _Columns,
+    columns: StatsColumns,
     tokenizer: Any,
     examples: int,
     progress: Callable[[int], None] | None,
@@ -213,7 +219,7 @@ def _scan(
 def _scan_records(
     source: Iterable[tuple[int, int, bytes]],
     index: int,
-    columns: _Columns,
+    columns: StatsColumns,
     tally: _InputTally,
     counter: _TokenCounter | None,
     examples: int,
@@ -333,7 +339,7 @@ def _exchanges(turns: object, key: str, users: tuple, assistants: tuple) -> tupl
 # ------------------------------------------------------------------ aggregation (polars)
 
 
-def _report(columns: _Columns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None) -> dict:
+def stats_report(columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None) -> dict:
     import polars as pl
 
     frame = columns.drain_to_frame(pl)

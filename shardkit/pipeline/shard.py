@@ -22,10 +22,10 @@ from typing import Any
 
 import orjson
 
-from . import faults
-from .check import Bad, CheckOptions, Checks, Verdict, auto_jobs
-from .errors import ConflictError, DataError, Interrupted, UsageError
-from .io import (
+from shardkit.core import faults
+from shardkit.core.blocks import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
+from shardkit.core.errors import ConflictError, DataError, Interrupted, UsageError
+from shardkit.core.io import (
     BackgroundHasher,
     InputSpec,
     InputStream,
@@ -40,8 +40,10 @@ from .io import (
     start_writeback,
     write_all,
 )
-from .jsonarray import is_json_array
-from .manifest import (
+from shardkit.core.jsonarray import is_json_array
+from shardkit.records.check import Bad, CheckOptions, Checks, Verdict, auto_jobs
+from shardkit.records.validate import Report
+from shardkit.store.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SUMS_NAME,
@@ -53,8 +55,16 @@ from .manifest import (
     totals,
     write_manifest,
 )
-from .records import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
-from .validate import Report
+from shardkit.store.outdir import (
+    PARTS_DIR,
+    check_same_run,
+    check_same_sizes,
+    refuse_deleting_inputs,
+    refuse_foreign_files,
+    remove_listed,
+    remove_part_files,
+    unlink_if_exists,
+)
 
 OVERSIZE_POLICIES = ("own-shard", "reject", "error")
 DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
@@ -63,7 +73,7 @@ FORMATS = ("jsonl", "parquet")
 PARQUET_PIECE = 1 << 20  # JSONL bytes fed to a Parquet shard between size checks
 # A Parquet run whose schema snapshot grows starts again with the new snapshot this many
 # times, while it has committed no shard and wasted at most this many bytes; after that
-# it infers the rest of the input first (see _Splitter._start_again).
+# it infers the rest of the input first (see Splitter._start_again).
 _SNAPSHOT_ATTEMPTS = 8
 _SNAPSHOT_BYTES = 64 << 20
 DEFAULT_REJECTS = "rejects.jsonl"
@@ -109,7 +119,7 @@ class SplitOptions:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.format!r})")
         if self.format == "parquet":
             if self.parquet is None:
-                from .parquet import ParquetOptions
+                from shardkit.pipeline.parquet import ParquetOptions
 
                 object.__setattr__(self, "parquet", ParquetOptions())
             if self.name == DEFAULT_NAME:
@@ -209,7 +219,7 @@ def input_stems(paths: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- shard files
 
 
-class _ShardFile:
+class ShardFile:
     """A shard being written under a temp name in OUT; `commit` makes it appear whole."""
 
     def __init__(self, out: Path, name: str) -> None:
@@ -252,11 +262,11 @@ class _ShardFile:
             pass
 
 
-class _ParquetShardFile(_ShardFile):
+class ParquetShardFile(ShardFile):
     """A Parquet shard: JSONL lines in, row groups out to the temp file, hashed as written."""
 
     def __init__(self, out: Path, name: str, schema, options, builder=None, index: int = 0) -> None:
-        from .parquet import ParquetShardWriter
+        from shardkit.pipeline.parquet import ParquetShardWriter
 
         super().__init__(out, name)
         # consecutive shards take turns on two lanes: one's last row groups are encoded
@@ -284,15 +294,15 @@ class _ParquetShardFile(_ShardFile):
         """commit() in the background: returns once every record is parsed (errors in the
         data are raised here); the future gives the sha256 once the shard is under its
         final name. Until then, abort() is all one may do with it."""
-        from .parquet import _lane
+        from shardkit.pipeline.parquet import thread_lane
 
         written = self.writer.close_async()
 
         def commit() -> str:
             written.result()
-            return _ShardFile.commit(self, adopt_identical=adopt_identical)
+            return ShardFile.commit(self, adopt_identical=adopt_identical)
 
-        self.closing = _lane("commit").submit(commit)
+        self.closing = thread_lane("commit").submit(commit)
         return self.closing
 
     def abort(self) -> None:
@@ -309,7 +319,7 @@ class _ParquetShardFile(_ShardFile):
         super().abort()
 
 
-class _Rejects:
+class RejectsFile:
     """Rejected records, appended to a partial file and published at the end of the run.
 
     Its committed length is part of every checkpoint; a resumed run truncates the file
@@ -328,7 +338,7 @@ class _Rejects:
     def restore(self, records: int, size: int) -> None:
         self.records, self.bytes, self._synced = records, size, size
         if size == 0:
-            _unlink_if_exists(self.partial)
+            unlink_if_exists(self.partial)
             return
         if not self.partial.exists() and self.final.is_file() and self.final.stat().st_size == size:
             return  # published just before the crash; publish() will find it in place
@@ -400,13 +410,6 @@ class _Rejects:
             self._fd = -1
 
 
-def _unlink_if_exists(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def reject_record(source: str, line: int, offset: int, code: str, reason: str, raw: bytes) -> dict:
     """A rejects-file line: where the record was, why, and its original bytes."""
     body = bytes(raw[:-1] if raw.endswith(NL) else raw)
@@ -448,7 +451,7 @@ class _Never(Exception):
     """Raised by nothing (what a JSONL run catches in place of parquet.SchemaChanged)."""
 
 
-class _Splitter:
+class Splitter:
     def __init__(
         self,
         specs: list[InputSpec],
@@ -484,7 +487,7 @@ class _Splitter:
         self.files: list[dict] = []
         self.sources: list[dict] = []
         self.cp = _Checkpoint()
-        self.rejects = _Rejects(out / options.rejects, dry_run)
+        self.rejects = RejectsFile(out / options.rejects, dry_run)
         self.created_at = now_iso()
         self.oversize_rejected = 0
         self.absolute_sources = False
@@ -492,7 +495,7 @@ class _Splitter:
         self._i = 0
         self._spec: InputSpec = specs[0] if specs else InputSpec("-", "<stdin>", None, None)
         self._quota: Callable[[int], int | None] = lambda i: None
-        self._file: _ShardFile | None = None
+        self._file: ShardFile | None = None
         self._index = 0
         self._records = 0
         self._bytes = 0
@@ -542,11 +545,11 @@ class _Splitter:
 
     def _pending_sources(self) -> list[dict]:
         return [
-            {"path": self._source_path(s), "bytes": s.size, "sha256": None}
+            {"path": self.source_path(s), "bytes": s.size, "sha256": None}
             for s in self.specs[len(self.sources):]
         ]
 
-    def _source_path(self, spec: InputSpec) -> str:
+    def source_path(self, spec: InputSpec) -> str:
         # absolute_sources: the manifest will live elsewhere (an object store)
         return source_path(spec, None if self.absolute_sources else self.out)
 
@@ -572,7 +575,7 @@ class _Splitter:
                 )
         self.rejects.restore(cp.rejects_records, cp.rejects_bytes)
         if self.opts.format == "parquet" and old.get("parquet"):
-            from .parquet import InferredSchema, SchemaBuilder
+            from shardkit.pipeline.parquet import InferredSchema, SchemaBuilder
 
             self.schema = InferredSchema.from_json(old["parquet"]["schema"])
             inference = old["parquet"].get("inference")
@@ -585,7 +588,7 @@ class _Splitter:
         if not cp.discard or self.dry_run:
             return
         for name in cp.discard:
-            _unlink_if_exists(self.out / check_rel_name(name))
+            unlink_if_exists(self.out / check_rel_name(name))
         fsync_dir(self.out)
         cp.discard = []
 
@@ -593,7 +596,7 @@ class _Splitter:
 
     def run(self) -> None:
         if self.opts.format == "parquet":
-            from .parquet import SchemaChanged
+            from shardkit.pipeline.parquet import SchemaChanged
         else:  # JSONL never imports pyarrow
             SchemaChanged = _Never  # noqa: N806
         if self.opts.format == "parquet" and self.schema is None:
@@ -657,7 +660,7 @@ class _Splitter:
             self._settle()
             self.sources.append(
                 {
-                    "path": self._source_path(spec),
+                    "path": self.source_path(spec),
                     "bytes": stream.raw_bytes,
                     "sha256": src_hash.hexdigest() if src_hash else None,
                     "records": self._read,
@@ -676,7 +679,7 @@ class _Splitter:
         """The Parquet schema to start with: --schema-from's; or, with no file to check
         records against it (--dry-run), the whole input's (a pass of its own); or a
         snapshot that grows as records need (the run starts again when it does)."""
-        from .parquet import SchemaBuilder, schema_from_parquet
+        from shardkit.pipeline.parquet import SchemaBuilder, schema_from_parquet
 
         popts = self.opts.parquet
         if popts.schema_from:
@@ -728,7 +731,7 @@ class _Splitter:
 
     def _infer_schema(self):
         """The schema of every record that will be written, in a pass of its own."""
-        from .parquet import SchemaBuilder
+        from shardkit.pipeline.parquet import SchemaBuilder
 
         builder = SchemaBuilder(self.opts.parquet, warn=self.warn)
         self._feed_builder(builder, _Checkpoint())
@@ -853,7 +856,7 @@ class _Splitter:
             return True
         if self.opts.max_bytes is None:
             return False
-        if isinstance(self._file, _ParquetShardFile):
+        if isinstance(self._file, ParquetShardFile):
             return self._file.estimated_bytes >= self.opts.max_bytes
         return self._bytes >= self.opts.max_bytes
 
@@ -862,11 +865,11 @@ class _Splitter:
             self._first_line = line
             if not self.dry_run:
                 if self.opts.format == "parquet":
-                    self._file = _ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet,
+                    self._file = ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet,
                                                    self.builder, self._index)
                 else:
-                    self._file = _ShardFile(self.out, self._name())
-        if isinstance(self._file, _ParquetShardFile):
+                    self._file = ShardFile(self.out, self._name())
+        if isinstance(self._file, ParquetShardFile):
             self._file.add(data, n, line, self._spec.display)
         elif self._file is not None:
             self._file.write(data)
@@ -919,7 +922,7 @@ class _Splitter:
             "records": self._records,
             "bytes": self._bytes,
             "sha256": None,
-            "source": self._source_path(self._spec),
+            "source": self.source_path(self._spec),
             "first_line": self._first_line,
             "last_line": self._last_line,
         }
@@ -935,7 +938,7 @@ class _Splitter:
             rejects_bytes=self.rejects.bytes,
         )
         file = self._file
-        if isinstance(file, _ParquetShardFile):
+        if isinstance(file, ParquetShardFile):
             self._closing = (file, file.commit_async(adopt_identical=self.adopt_identical), entry, cp)
         else:
             if file is not None:
@@ -1023,7 +1026,7 @@ def is_parquet(spec: InputSpec) -> bool:
     if spec.is_stdin or spec.compression is not None or spec.path.lower().endswith(_JSONL_NAMES):
         return False
     if spec.remote:
-        from .remote import read_head
+        from shardkit.core.objects import read_head
 
         return bool(spec.size) and read_head(spec.path, 4) == b"PAR1"
     with open(spec.path, "rb") as f:
@@ -1035,7 +1038,7 @@ class _ParquetLines:
     Parquet file's own bytes, so the manifest's source sha256 is the file's."""
 
     def __init__(self, spec: InputSpec, on_raw: Callable[[bytes], None] | None = None) -> None:
-        from .parquet import parquet_lines
+        from shardkit.pipeline.parquet import parquet_lines
 
         self.spec = spec
         self._lines = parquet_lines(spec.path)
@@ -1067,7 +1070,7 @@ class _ParquetLines:
 
     def __exit__(self, exc_type, *exc: object) -> None:
         if exc_type is None and self._on_raw is not None:
-            from .remote import open_read
+            from shardkit.core.objects import open_read
 
             with (open_read(self.spec.path) if self.spec.remote else open(self.spec.path, "rb")) as f:
                 while chunk := f.read(1 << 20):
@@ -1156,7 +1159,7 @@ def split(
     Raises UsageError, InputError, DataError, ConflictError or Interrupted (each with
     its exit code); whatever happens, no partial file appears under a final name.
     """
-    from . import remote
+    from shardkit.core import objects
 
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
     check_names(options, specs)
@@ -1166,9 +1169,9 @@ def split(
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, jobs)
         kw = dict(resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
-        if remote.is_url(os.fspath(out)):
+        if objects.is_url(os.fspath(out)):
             return _split_to_url(specs, os.fspath(out), options, checks, staging=staging, **kw)
-        return _split(specs, Path(remote.local_path(os.fspath(out))), options, checks, **kw)
+        return split_specs(specs, Path(objects.local_path(os.fspath(out))), options, checks, **kw)
 
 
 def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrite, dry_run, warnings, **kw) -> SplitResult:
@@ -1176,14 +1179,14 @@ def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrit
 
     Killed at any point, a rerun with --resume continues: the staged split resumes from its
     last shard, and the publish keeps each object already uploaded (checked by sha256)."""
-    from . import remote
+    from shardkit.store import remote
 
     stage = remote.staging_dir(url, staging)
     old = remote.check_destination(url, stage, resume=resume, overwrite=overwrite)
     if old is not None and not overwrite:  # --resume, and the run there is complete
-        check_same_run(url, old, options, [source_path(s, None) for s in specs])
+        check_same_run(url, old, options.params(), [source_path(s, None) for s in specs])
         return SplitResult(out=url, manifest=old, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
-    result = _split(specs, stage, options, checks, resume=resume, overwrite=overwrite,
+    result = split_specs(specs, stage, options, checks, resume=resume, overwrite=overwrite,
                     dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
     result.out = url  # type: ignore[assignment]
     if dry_run:
@@ -1207,20 +1210,6 @@ def source_path(spec: InputSpec, out: Path | None) -> str:
     return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out))
 
 
-def check_same_run(where, old: dict, options: SplitOptions, sources: list[str]) -> None:
-    """--resume: the run in `where` must have been made from these inputs and options."""
-    new_params = options.params()
-    if old.get("params") != new_params:
-        changed = sorted(k for k in new_params if old.get("params", {}).get(k) != new_params[k])
-        raise ConflictError(
-            f"{where}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
-            "rerun with the same options, or use --overwrite"
-        )
-    old_paths = [s.get("path") for s in old.get("sources", [])]
-    if old_paths != sources:
-        raise ConflictError(f"{where}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {sources})")
-
-
 def check_names(options: SplitOptions, specs: Sequence[InputSpec]) -> None:
     """Every name the run will write is valid, checked before anything is written."""
     check_rel_name(options.rejects)
@@ -1241,9 +1230,9 @@ def _refuse_json_array(spec: InputSpec) -> None:
         )
 
 
-def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings,
+def split_specs(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings,
            absolute_sources=False, stems=None, schema=None) -> SplitResult:
-    splitter = _Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
+    splitter = Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
                          warn=warn, checks=checks)
     splitter.absolute_sources = absolute_sources
     if stems is not None:  # engine.py: one input of many, named as in the whole run
@@ -1275,10 +1264,8 @@ def _split(specs, out, options, checks, *, resume, overwrite, dry_run, progress,
     return result
 
 
-def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
+def _prepare_out(out: Path, splitter: Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
     """Check OUT against the rules; return the old manifest to resume from, if any."""
-    from .engine import PARTS_DIR, remove_part_files
-
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
     if (out / PARTS_DIR).exists():
@@ -1299,15 +1286,15 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
         refuse_foreign_files(out)
         if not dry_run:
             result.removed_temps = [p.name for p in remove_stale_temps(out)]
-            _unlink_if_exists(splitter.rejects.partial)
+            unlink_if_exists(splitter.rejects.partial)
         return None
     old = read_manifest(manifest_path)
     if overwrite:
         refuse_deleting_inputs(out, old, splitter.specs)
         if not dry_run:
-            _remove_listed(out, old)
+            remove_listed(out, old)
             result.removed_temps = [p.name for p in remove_stale_temps(out)]
-            _unlink_if_exists(splitter.rejects.partial)
+            unlink_if_exists(splitter.rejects.partial)
         return None
     if not resume:
         state = "a complete" if old.get("complete") else "an interrupted"
@@ -1321,63 +1308,8 @@ def _prepare_out(out: Path, splitter: _Splitter, *, resume: bool, overwrite: boo
     return old
 
 
-def _check_same_run(out: Path, old: dict, splitter: _Splitter) -> None:
-    check_same_run(out, old, splitter.opts, [splitter._source_path(s) for s in splitter.specs])
-    for s, spec in zip(old["sources"], splitter.specs, strict=True):
-        if spec.size is not None and s.get("bytes") not in (None, spec.size):
-            raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
+def _check_same_run(out: Path, old: dict, splitter: Splitter) -> None:
+    check_same_run(out, old, splitter.opts.params(), [splitter.source_path(s) for s in splitter.specs])
+    check_same_sizes(out, old, splitter.specs)
     if not old.get("complete") and not isinstance(old.get("resume"), dict):
         raise DataError(f"{out / MANIFEST_NAME}: incomplete but has no resume checkpoint; use --overwrite")
-
-
-def refuse_foreign_files(out: Path) -> None:
-    """An OUT with no manifest must hold nothing but shardkit's hidden files. An empty
-    SHA256SUMS is what a run killed between its first two writes leaves (the sums go
-    first, listing no shard yet): ours, and replaced on the next write."""
-    others = [
-        p.name for p in out.iterdir()
-        if not p.name.startswith(".") and not (p.name == SUMS_NAME and p.is_file() and p.stat().st_size == 0)
-    ]
-    if others:
-        raise ConflictError(
-            f"{out}: not empty and holds no shardkit manifest ({len(others)} other file(s), "
-            f"e.g. {others[0]}); choose an empty or new output folder"
-        )
-
-
-def refuse_deleting_inputs(out: Path, old: dict, specs: Sequence[InputSpec]) -> None:
-    """--overwrite deletes the files the old manifest lists: never one this run reads."""
-    from .manifest import side_entries
-
-    doomed = set()
-    for entry in [*old.get("files", []), *side_entries(old)]:
-        name = entry.get("path") if isinstance(entry, dict) else None
-        if isinstance(name, str):
-            with contextlib.suppress(OSError, ValueError):
-                st = (out / check_rel_name(name)).stat()
-                doomed.add((st.st_dev, st.st_ino))
-    for spec in specs:
-        if spec.is_stdin or spec.remote:
-            continue
-        with contextlib.suppress(OSError):
-            st = os.stat(spec.path)
-            if (st.st_dev, st.st_ino) in doomed:
-                raise ConflictError(
-                    f"{spec.display}: is a file of the run in {out} that --overwrite would delete; "
-                    "copy it out of that folder first, or write to another folder"
-                )
-
-
-def _remove_listed(out: Path, old: dict) -> None:
-    """--overwrite: delete exactly the files the old manifest lists, then the manifest."""
-    names = [f.get("path") for f in old.get("files", [])]
-    if old.get("rejects"):
-        names.append(old["rejects"].get("path"))
-    for name in names:
-        if isinstance(name, str):
-            check_rel_name(name)
-            _unlink_if_exists(out / name)
-    _unlink_if_exists(out / SUMS_NAME)
-    _unlink_if_exists(out / MANIFEST_NAME)
-    fsync_dir(out)
-

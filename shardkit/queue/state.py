@@ -34,11 +34,11 @@ from pathlib import Path
 
 import orjson
 
-from .errors import ConflictError, InputError, ShardkitError, UsageError
-from .io import atomic_write, env_error, fsync_dir, rename_noreplace
-from .journal import Journal
-from .manifest import now_iso
-from .settings import Settings, load_settings
+from shardkit.core.errors import ConflictError, InputError, ShardkitError, UsageError
+from shardkit.core.io import atomic_write, env_error, fsync_dir, rename_noreplace
+from shardkit.queue.journal import Journal
+from shardkit.queue.settings import Settings, load_settings
+from shardkit.store.manifest import now_iso
 
 PRIORITIES = ("high", "normal", "low")
 STATE_DIRS = {
@@ -361,7 +361,7 @@ class Queue:
 
     def new_item(self, entry: Entry) -> Item:
         """A record for a file that has none, not yet saved (the next move saves it)."""
-        item = Item(id=_new_id(), name=entry.name, state=entry.state, bytes=entry.size,
+        item = Item(id=new_id(), name=entry.name, state=entry.state, bytes=entry.size,
                     priority=entry.state if entry.state in PENDING else "normal")
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         entry.item = item
@@ -388,7 +388,7 @@ class Queue:
         or moved by hand). `journal=False` when the caller's own journal line names the id."""
         if entry.item is not None:
             return entry.item
-        item = Item(id=_new_id(), name=entry.name, state=entry.state, bytes=entry.size,
+        item = Item(id=new_id(), name=entry.name, state=entry.state, bytes=entry.size,
                     priority=entry.state if entry.state in PENDING else "normal")
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         self.save_item(item)
@@ -766,7 +766,7 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
     sha256 and records come from a cache in .shardkit/cache/ keyed by (size, mtime_ns,
     inode, ctime_ns): a rerun rehashes only files that changed (a rename keeps the inode
     and mtime, so files that moved between states are not read again)."""
-    from .manifest import (
+    from shardkit.store.manifest import (
         FORMAT_VERSION,
         MANIFEST_NAME,
         scan_file,
@@ -861,7 +861,7 @@ def _is_regular(st: os.stat_result) -> bool:
     return _stat.S_ISREG(st.st_mode)
 
 
-def _new_id() -> str:
+def new_id() -> str:
     return uuid.uuid4().hex
 
 

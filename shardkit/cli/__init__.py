@@ -17,9 +17,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from . import __version__
-from .errors import ShardkitError, UsageError
-from .io import format_size, parse_size
+from shardkit import __version__
+from shardkit.core.errors import ShardkitError, UsageError
+from shardkit.core.io import format_size, parse_size
 
 app = typer.Typer(
     help="Keep LLM fine-tuning data healthy: split big JSONL files into shards, with a manifest "
@@ -227,9 +227,9 @@ def split(
 
     Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
     """
-    from .check import CheckOptions
-    from .shard import DEFAULT_NAME, SplitOptions
-    from .shard import split as run_split
+    from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
+    from shardkit.pipeline.shard import split as run_split
+    from shardkit.records.check import CheckOptions
 
     with exit_on_error():
         check = None
@@ -242,7 +242,7 @@ def split(
             raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
         parquet = None
         if fmt == "parquet":
-            from .parquet import ParquetOptions
+            from shardkit.pipeline.parquet import ParquetOptions
 
             _freeze_heap()  # pyarrow's objects too
             parquet = ParquetOptions(
@@ -272,7 +272,7 @@ def split(
         run = run_split
         kwargs: dict = {}
         if pipeline:
-            from .pipeline import PipelineOptions, run_pipeline
+            from shardkit.pipeline.transform import PipelineOptions, run_pipeline
 
             options = PipelineOptions(
                 split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
@@ -281,7 +281,7 @@ def split(
                 exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
             )
             run = run_pipeline
-            from .remote import is_url
+            from shardkit.core.objects import is_url
 
             if is_url(out) or any(is_url(p) for p in inputs):
                 raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to work on local files; "
@@ -293,7 +293,7 @@ def split(
             if staging is not None:
                 kwargs["staging"] = staging
             if engine is not None:
-                from .engine import split_many
+                from shardkit.pipeline.engine import split_many
 
                 run = split_many
                 kwargs["engine"] = engine
@@ -369,8 +369,8 @@ def manifest_cmd(
 
     Example: shardkit manifest shards/
     """
-    from .manifest import regenerate
-    from .queue import Queue, is_queue_root, queue_manifest
+    from shardkit.queue.state import Queue, is_queue_root, queue_manifest
+    from shardkit.store.manifest import regenerate
 
     with exit_on_error():
         if is_queue_root(directory):
@@ -395,7 +395,7 @@ def verify(
 
     Example: shardkit verify shards/manifest.json
     """
-    from .manifest import verify as run_verify
+    from shardkit.store.manifest import verify as run_verify
 
     with exit_on_error():
         result = run_verify(manifest)
@@ -433,13 +433,13 @@ def validate(
 
     Example: shardkit validate data.jsonl --kind chat --rejects bad.jsonl
     """
-    from .scan import validate_files
+    from shardkit.pipeline.scan import validate_files
 
     with exit_on_error():
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with _progress(total, not (quiet or json_output), "validate") as progress:
             if engine is not None:
-                from .engine import validate_many
+                from shardkit.pipeline.engine import validate_many
 
                 result = validate_many(
                     inputs, engine=engine, jobs=_jobs_option(jobs), rejects=rejects, max_errors=max_errors,
@@ -475,13 +475,13 @@ def stats(
 
     Example: shardkit stats train.jsonl --tokenizer models/Qwen3-0.6B
     """
-    from .stats import compute_stats, render_stats
+    from shardkit.pipeline.stats import compute_stats, render_stats
 
     with exit_on_error():
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with _progress(total, not json_output, "stats") as progress:
             if engine is not None:
-                from .engine import stats_many
+                from shardkit.pipeline.engine import stats_many
 
                 report = stats_many(inputs, engine=engine, jobs=_jobs_option(jobs),
                                     tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
@@ -510,7 +510,7 @@ def overlap(
 
     Example: shardkit overlap train.jsonl --against data/validation/eval.jsonl --key first-user
     """
-    from .overlap import find_overlap
+    from shardkit.pipeline.overlap import find_overlap
 
     with exit_on_error():
         result = find_overlap(train, [str(p) for p in against], key=key, examples=examples)
@@ -538,9 +538,9 @@ def rotate(
 
     Example: shardkit rotate logs/status --older-than 7d --compress
     """
-    from .journal import Journal
-    from .queue import is_queue_root
-    from .rotate import rotate as run_rotate
+    from shardkit.queue.journal import Journal
+    from shardkit.queue.rotate import rotate as run_rotate
+    from shardkit.queue.state import is_queue_root
 
     with exit_on_error():
         root = next((p for p in [directory.absolute(), *directory.absolute().parents] if is_queue_root(p)), None)
@@ -578,8 +578,8 @@ RootOpt = Annotated[
 
 
 def _open_queue(root: Path | None, **overrides: Any):
-    from .queue import Queue
-    from .settings import load_settings, resolve_root
+    from shardkit.queue.settings import load_settings, resolve_root
+    from shardkit.queue.state import Queue
 
     path = resolve_root(root)
     return Queue(path, load_settings(path, overrides={k: v for k, v in overrides.items() if v is not None}))
@@ -598,7 +598,7 @@ def _root_of(path: str, root: Path | None) -> Path | None:
 def _duration_option(value: str | None, flag: str) -> float | None:
     if value is None:
         return None
-    from .settings import parse_duration
+    from shardkit.queue.settings import parse_duration
 
     try:
         return parse_duration(value)
@@ -626,8 +626,8 @@ def queue_init(root: RootArg = None) -> None:
 
     Example: shardkit queue init /data/train-queue
     """
-    from .queue import Queue
-    from .settings import resolve_root
+    from shardkit.queue.settings import resolve_root
+    from shardkit.queue.state import Queue
 
     with exit_on_error():
         q = Queue(resolve_root(root), create=True)
@@ -695,7 +695,7 @@ def queue_list(
 
     Example: shardkit queue list failed
     """
-    from .queue import STATES
+    from shardkit.queue.state import STATES
 
     with exit_on_error():
         q = _open_queue(root)
@@ -733,7 +733,7 @@ def queue_ingest(
 
     Example: shardkit queue ingest /data/train-queue --priority high
     """
-    from .ingest import ingest
+    from shardkit.queue.ingest import ingest
 
     with exit_on_error():
         q = _open_queue(root, priority=priority)
@@ -827,7 +827,7 @@ def queue_retry(
     with exit_on_error():
         q = _open_queue(root)
         if split_records is not None:
-            from .ingest import resplit
+            from shardkit.queue.ingest import resplit
 
             routed = resplit(q, names or [], split_records, all_failed=all_failed, dry_run=dry_run)
         else:
@@ -918,7 +918,7 @@ def queue_doctor(
 
     Exit 1 when problems remain. Example: shardkit queue doctor --repair
     """
-    from .doctor import doctor
+    from shardkit.queue.doctor import doctor
 
     with exit_on_error():
         report = doctor(_open_queue(root), repair=repair)

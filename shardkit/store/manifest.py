@@ -14,10 +14,11 @@ from pathlib import Path
 
 import orjson
 
-from . import __version__, faults
-from .errors import DataError, InputError, UsageError
-from .io import InputSpec, InputStream, atomic_write, inspect_input
-from .records import BlockReader, nonblank_runs
+from shardkit import __version__
+from shardkit.core import faults
+from shardkit.core.blocks import BlockReader, nonblank_runs
+from shardkit.core.errors import DataError, InputError, UsageError
+from shardkit.core.io import InputSpec, InputStream, atomic_write, inspect_input
 
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
@@ -163,11 +164,11 @@ def verify(path: Path | str) -> VerifyResult:
     """Recompute size, sha256 and record count of every file the manifest lists.
 
     `path` may be an object-store URL (of the manifest or of its prefix)."""
-    from . import remote
+    from shardkit.core import objects
 
-    if remote.is_url(path):
+    if objects.is_url(path):
         return _verify_url(str(path))
-    path = Path(remote.local_path(str(path)))
+    path = Path(objects.local_path(str(path)))
     if path.is_dir():
         path = path / MANIFEST_NAME
     base = path.parent
@@ -217,23 +218,23 @@ def _check_entry(base: Path, entry: dict) -> str | None:
 
 
 def _verify_url(url: str) -> VerifyResult:
-    from . import remote
+    from shardkit.core import objects
 
     if not url.endswith(".json"):
-        url = remote.join(url, MANIFEST_NAME)
+        url = objects.join(url, MANIFEST_NAME)
     base = url.rsplit("/", 1)[0]
-    return _verify(url, parse_manifest(remote.read_bytes(url), url), lambda entry: _check_remote_entry(base, entry),
-                   lambda: [n for n in remote.list_names(base) if not n.startswith(".") and n.endswith(DATA_SUFFIXES)])
+    return _verify(url, parse_manifest(objects.read_bytes(url), url), lambda entry: _check_remote_entry(base, entry),
+                   lambda: [n for n in objects.list_names(base) if not n.startswith(".") and n.endswith(DATA_SUFFIXES)])
 
 
 def _check_remote_entry(base: str, entry: dict) -> str | None:
-    from . import remote
+    from shardkit.core import objects
 
     rel = entry.get("path")
     if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
         return f"{rel!r}: unsafe path in manifest"
-    url = remote.join(base, rel)
-    meta = remote.info(url)
+    url = objects.join(base, rel)
+    meta = objects.info(url)
     if meta is None:
         return f"{rel}: missing"
     if meta.get("size") != entry.get("bytes"):
@@ -242,8 +243,8 @@ def _check_remote_entry(base: str, entry: dict) -> str | None:
         if rel.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            size, sha = remote.hash_object(url)
-            with remote.open_read(url) as f:
+            size, sha = objects.hash_object(url)
+            with objects.open_read(url) as f:
                 records = pq.ParquetFile(f).metadata.num_rows
         else:
             stats = _scan_spec(InputSpec(url, url, meta.get("size"), entry.get("compression"), remote=True))

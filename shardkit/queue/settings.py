@@ -36,9 +36,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .io import env_error, parse_size
-from .validate import KINDS
+from shardkit.core.errors import UsageError
+from shardkit.core.io import env_error, parse_size
+from shardkit.records.validate import KINDS
 
 SETTINGS_FILE = "shardkit.toml"
 ENV_PREFIX = "SHARDKIT_"

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .errors import UsageError
-from .io import BackgroundHasher, InputSpec, InputStream, inspect_input
-from .tokens import add_content_parts
-from .validate import detect_kind
+from shardkit.core.errors import UsageError
+from shardkit.core.io import BackgroundHasher, InputSpec, InputStream, inspect_input
+from shardkit.records.tokens import add_content_parts
+from shardkit.records.validate import detect_kind
 
 __all__ = [
     "BUILTIN_KEYS",
@@ -194,7 +194,7 @@ def iter_keys(
     spec: InputSpec, key_of: KeyFunction, tally: SourceTally, transform: Callable[[dict], dict | None] | None = None
 ) -> Iterator[tuple[int, bytes]]:
     """(line, 128-bit key hash) of every keyed record of one input; counts into `tally`."""
-    from .scan import open_records
+    from shardkit.pipeline.scan import open_records
 
     sha = BackgroundHasher(lane=0)
     loads, decode_error, sha256 = orjson.loads, orjson.JSONDecodeError, hashlib.sha256

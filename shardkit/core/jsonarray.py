@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from .errors import DataError
-from .records import BLOCK_SIZE, NL, Readable
+from shardkit.core.blocks import BLOCK_SIZE, NL, Readable
+from shardkit.core.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
 ARRAY_SUFFIXES = (".json", ".json.gz", ".json.zst")

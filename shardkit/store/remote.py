@@ -1,4 +1,5 @@
-"""Object-store paths (`s3://bucket/key`, and any other fsspec URL) for inputs, outputs and verify.
+"""Publishing to an object store (`s3://bucket/key`, and any other fsspec URL); reading is
+`shardkit.core.objects`.
 
 Needs the optional extra `shardkit[s3]` (fsspec, s3fs); imported only when a URL is met.
 
@@ -21,116 +22,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import faults
-from .errors import ConflictError, DataError, InputError, UsageError
+from shardkit.core import faults
+from shardkit.core.errors import ConflictError, DataError
+from shardkit.core.objects import (
+    filesystem,
+    hash_object,
+    info,
+    join,
+    list_names,
+    read_bytes,
+    store_error,
+)
 
-READ_BLOCK = 8 << 20  # bytes fetched per range request while streaming an input
 PART_SIZE = 8 << 20  # multipart upload part size (S3's minimum is 5 MiB)
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(path: object) -> bool:
-    """True for `s3://...`, `gs://...`, `memory://...`; False for local paths and `file://`."""
-    return isinstance(path, str) and bool(_URL.match(path)) and not path.startswith("file://")
-
-
-def local_path(path: str) -> str:
-    """`file:///x/y` -> `/x/y`; anything else unchanged."""
-    return path[len("file://"):] if isinstance(path, str) and path.startswith("file://") else path
-
-
-def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a URL; a clear error if the extra is missing."""
-    try:
-        import fsspec
-    except ImportError:
-        raise UsageError(f"{url}: object-store paths need the s3 extra: pip install 'shardkit[s3]'") from None
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as e:
-        raise UsageError(f"{url}: cannot open this kind of URL: {e}") from None
-    return fs, path.rstrip("/")
-
-
-def join(url: str, name: str) -> str:
-    return url.rstrip("/") + "/" + name
-
-
-def _store_error(e: BaseException, url: str) -> InputError:
-    return InputError(f"{url}: {e.__class__.__name__}: {e}")
-
-
-def info(url: str) -> dict | None:
-    """The object's metadata (fresh, not cached), or None if there is none."""
-    fs, path = filesystem(url)
-    fs.invalidate_cache(path)
-    try:
-        return fs.info(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
-
-
-def read_head(url: str, n: int) -> bytes:
-    fs, path = filesystem(url)
-    try:
-        return fs.cat_file(path, start=0, end=n)
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such object") from None
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
-
-
-def open_read(url: str):
-    """A sequential binary reader over the object, fetching `READ_BLOCK` at a time."""
-    fs, path = filesystem(url)
-    try:
-        return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such object") from None
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
-
-
-def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such object") from None
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
-
-
-def hash_object(url: str, on_data: Callable[[bytes], None] | None = None) -> tuple[int, str]:
-    """(size, sha256) of an object, streamed."""
-    h = hashlib.sha256()
-    size = 0
-    with open_read(url) as f:
-        while chunk := f.read(READ_BLOCK):
-            h.update(chunk)
-            size += len(chunk)
-            if on_data is not None:
-                on_data(chunk)
-    return size, h.hexdigest()
-
-
-def list_names(url: str) -> list[str]:
-    """Names of the objects directly under a prefix ([] if there are none)."""
-    fs, path = filesystem(url)
-    fs.invalidate_cache(path)
-    try:
-        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
 
 
 def upload(local: Path, url: str) -> None:
@@ -178,7 +86,7 @@ def _never_replacing(url: str) -> Iterator[None]:
     except (OSError, ValueError) as e:
         if _precondition_failed(e):
             raise ConflictError(f"{url}: already exists (another writer?); not replaced") from None
-        raise _store_error(e, url) from None
+        raise store_error(e, url) from None
 
 
 def _precondition_failed(e: BaseException) -> bool:
@@ -202,7 +110,7 @@ def delete(url: str) -> None:
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as e:
-        raise _store_error(e, url) from None
+        raise store_error(e, url) from None
     fs.invalidate_cache(path)
 
 
@@ -228,7 +136,7 @@ def check_destination(url: str, stage: Path, *, resume: bool, overwrite: bool) -
     A prefix holding objects but no manifest is refused, except with --resume (an
     interrupted publish of ours: each object is kept only if its sha256 is the one staged)
     or an --overwrite that was interrupted while deleting the run it replaces."""
-    from .manifest import MANIFEST_NAME, parse_manifest
+    from shardkit.store.manifest import MANIFEST_NAME, parse_manifest
 
     mpath = join(url, MANIFEST_NAME)
     if info(mpath) is not None:
@@ -253,8 +161,8 @@ def check_destination(url: str, stage: Path, *, resume: bool, overwrite: bool) -
 
 def replace_run(url: str, stage: Path, old: dict) -> None:
     """--overwrite: note what is being deleted (so a rerun can finish), then delete it."""
-    from .io import atomic_write
-    from .manifest import dumps
+    from shardkit.core.io import atomic_write
+    from shardkit.store.manifest import dumps
 
     stage.mkdir(parents=True, exist_ok=True)
     atomic_write(stage / REPLACING, dumps(old))
@@ -263,7 +171,7 @@ def replace_run(url: str, stage: Path, old: dict) -> None:
 
 def remove_listed(url: str, old: dict) -> list[str]:
     """--overwrite: delete the manifest first (readers stop trusting the set), then its files."""
-    from .manifest import MANIFEST_NAME, SUMS_NAME, check_rel_name, side_entries
+    from shardkit.store.manifest import MANIFEST_NAME, SUMS_NAME, check_rel_name, side_entries
 
     delete(join(url, MANIFEST_NAME))
     removed = []
@@ -283,7 +191,7 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
     interrupted publish being finished); any other object there is a conflict: never
     replaced (--overwrite deleted the old run's own objects before this). Returns the
     names uploaded."""
-    from .manifest import MANIFEST_NAME, SUMS_NAME, read_manifest, side_entries
+    from shardkit.store.manifest import MANIFEST_NAME, SUMS_NAME, read_manifest, side_entries
 
     manifest = read_manifest(local_dir / MANIFEST_NAME)
     if not manifest.get("complete"):
@@ -292,7 +200,7 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
     entries = [*manifest["files"], *side_entries(manifest)]
     sums = local_dir / SUMS_NAME
     if sums.exists():
-        from .io import sha256_file
+        from shardkit.core.io import sha256_file
 
         entries.append({"path": SUMS_NAME, "bytes": sums.stat().st_size, "sha256": sha256_file(sums)})
     for entry in entries:
@@ -316,7 +224,7 @@ def publish(local_dir: Path, url: str, *, progress: Callable[[int], None] | None
 
 def remove_staging(local_dir: Path, manifest: dict) -> None:
     """After a publish: delete exactly the staged files the manifest lists, then the folder."""
-    from .manifest import MANIFEST_NAME, SUMS_NAME, side_entries
+    from shardkit.store.manifest import MANIFEST_NAME, SUMS_NAME, side_entries
 
     for entry in [*manifest.get("files", []), *side_entries(manifest)]:
         (local_dir / entry["path"]).unlink(missing_ok=True)
@@ -327,8 +235,3 @@ def remove_staging(local_dir: Path, manifest: dict) -> None:
         local_dir.rmdir()
     except OSError:
         pass  # something else is in there: leave it
-
-
-def iter_objects(url: str) -> Iterator[str]:
-    for name in list_names(url):
-        yield join(url, name)

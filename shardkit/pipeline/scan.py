@@ -11,13 +11,20 @@ from pathlib import Path
 
 import orjson
 
-from .check import POOL_MIN_BYTES, CheckOptions, Checks, SchemaValidator, auto_jobs
-from .errors import ConflictError, DataError
-from .io import InputStream, commit_file, create_temp, env_error, inspect_input, write_all
-from .jsonarray import JsonArraySource, is_json_array
-from .records import BlockReader, LineSource
-from .shard import reject_record
-from .validate import DEFAULT_MAX_LINE_BYTES, Report
+from shardkit.core.blocks import BlockReader, LineSource
+from shardkit.core.errors import ConflictError, DataError
+from shardkit.core.io import (
+    InputStream,
+    commit_file,
+    create_temp,
+    env_error,
+    inspect_input,
+    write_all,
+)
+from shardkit.core.jsonarray import JsonArraySource, is_json_array
+from shardkit.pipeline.shard import reject_record
+from shardkit.records.check import POOL_MIN_BYTES, CheckOptions, Checks, SchemaValidator, auto_jobs
+from shardkit.records.validate import DEFAULT_MAX_LINE_BYTES, Report
 
 __all__ = ["SchemaValidator", "ValidationResult", "open_records", "validate_files"]
 
@@ -104,7 +111,7 @@ def validate_files(
     try:
         with Checks(options, jobs) as checks:
             for spec in specs:
-                _validate_one(spec, checks, report, sink, progress)
+                validate_one(spec, checks, report, sink, progress)
         if sink is not None:
             sink.publish()
     finally:
@@ -113,7 +120,7 @@ def validate_files(
     return result
 
 
-def _validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:
+def validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:
     display = spec.display
     with InputStream(spec) as stream:
         head = stream.read(_HEAD)

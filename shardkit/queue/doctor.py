@@ -15,9 +15,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .ingest import finish_open_ingests
-from .io import TMP_PREFIX
-from .queue import PRIORITIES, STATES, Queue, is_data_name, open_by_any_process
+from shardkit.core.io import TMP_PREFIX
+from shardkit.queue.ingest import finish_open_ingests
+from shardkit.queue.state import PRIORITIES, STATES, Queue, is_data_name, open_by_any_process
 
 TEMP_GRACE_S = 3600.0  # a temp file younger than this may belong to a running writer
 
@@ -176,10 +176,10 @@ def _reports(queue: Queue, repair: bool, add) -> None:
             continue
         f = Finding("report_missing", f"quarantine/{e.name}: no {report.name} (lost in a crash?)", True)
         if repair:
-            from .ingest import _write_report
-            from .manifest import now_iso
+            from shardkit.queue.ingest import write_report
+            from shardkit.store.manifest import now_iso
 
-            _write_report(queue, e.name, {"name": e.name, "id": e.item.id if e.item else None, "quarantined_at": now_iso(),
+            write_report(queue, e.name, {"name": e.name, "id": e.item.id if e.item else None, "quarantined_at": now_iso(),
                                           "reason": "report lost (interrupted ingest); run `shardkit validate` on the file",
                                           "report": None})
             f.repaired = True

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import orjson
 
-from . import faults
-from .errors import ConflictError, InputError, ShardkitError
-from .io import (
+from shardkit.core import faults
+from shardkit.core.errors import ConflictError, InputError, ShardkitError
+from shardkit.core.io import (
     atomic_write,
     commit_file,
     create_temp,
@@ -39,10 +39,10 @@ from .io import (
     rename_noreplace,
     write_all,
 )
-from .manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
-from .queue import PENDING, Entry, Item, Queue, _new_id
-from .scan import validate_files
-from .shard import SplitOptions, input_stems, split
+from shardkit.pipeline.scan import validate_files
+from shardkit.pipeline.shard import SplitOptions, input_stems, split
+from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id
+from shardkit.store.manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
 
 REPORT_SUFFIX = ".report.json"
 
@@ -151,7 +151,7 @@ def _check_disk(queue: Queue, entry: Entry) -> None:
 
 def _ingest_one(queue: Queue, entry: Entry, prio: str, dry_run: bool) -> Routed:
     s = queue.settings
-    item = entry.item or Item(id=_new_id(), name=entry.name, state="inbox")
+    item = entry.item or Item(id=new_id(), name=entry.name, state="inbox")
     tmp = queue.meta / "tmp"
     rejects = tmp / f"{item.id}.rejects.jsonl"
     with contextlib.suppress(FileNotFoundError):
@@ -233,14 +233,14 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
     # the report first: a kill between the two leaves a report for a file still in the inbox
     # (rewritten when it is ingested again), never a quarantined file without its report
     doc = {"name": entry.name, "id": item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
-    _write_report(queue, entry.name, doc)
+    write_report(queue, entry.name, doc)
     moved = queue.move(entry, "ingest", "quarantine", reason=reason)
     if rejects is not None and rejects.exists():
         rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / f"{Path(moved.name).stem}.rejects.jsonl")
     return Routed(entry.name, "quarantine", records, reason)
 
 
-def _write_report(queue: Queue, name: str, doc: dict) -> None:
+def write_report(queue: Queue, name: str, doc: dict) -> None:
     path = queue.dir("quarantine") / f"{name}{REPORT_SUFFIX}"
     atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n", replace=True)
 
@@ -273,11 +273,11 @@ def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: 
     item = queue.adopt(entry, journal=False)
     stem = input_stems([entry.name])[0]
     template = f"{stem}-{item.id[:8]}-{{index:05d}}.jsonl"
-    tx_id = _new_id()
+    tx_id = new_id()
     work = queue.meta / "tmp" / f"ingest-{tx_id}"
     check = None
     if strip:
-        from .check import CheckOptions
+        from shardkit.records.check import CheckOptions
 
         check = CheckOptions(kind=s.kind, max_tokens=s.max_tokens, tokenizer=s.tokenizer)
     options = SplitOptions(

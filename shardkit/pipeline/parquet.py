@@ -79,8 +79,8 @@ import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from . import __version__
-from .errors import DataError, InputError, UsageError
+from shardkit import __version__
+from shardkit.core.errors import DataError, InputError, UsageError
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 ON_CONFLICT = ("json-string", "error")
@@ -491,7 +491,7 @@ def _mark_json(schema: pa.Schema, json_paths: set) -> pa.Schema:
 
 def _open_parquet(path: str | Path) -> pq.ParquetFile:
     """Open a Parquet file; a missing, unreadable or non-Parquet file is an InputError."""
-    from .remote import is_url, open_read
+    from shardkit.core.objects import is_url, open_read
 
     try:
         return pq.ParquetFile(open_read(path) if is_url(path) else path)
@@ -1003,7 +1003,7 @@ def _forget_lanes() -> None:
 os.register_at_fork(after_in_child=_forget_lanes)
 
 
-def _lane(name: str) -> ThreadPoolExecutor:
+def thread_lane(name: str) -> ThreadPoolExecutor:
     """One worker thread per job ("parse", "write"); jobs on a lane run in submission order."""
     with _lanes_lock:
         if name not in _lanes:
@@ -1027,8 +1027,8 @@ class _Parsing:
         self._queue: deque[tuple[_Chunk, Future]] = deque()
 
     def submit(self, chunk: _Chunk, *args) -> None:
-        prepared = _lane("prepare").submit(self._prepare, chunk, self._buffers, *args)
-        self._queue.append((chunk, _lane("parse").submit(self._run_parse, prepared, args)))
+        prepared = thread_lane("prepare").submit(self._prepare, chunk, self._buffers, *args)
+        self._queue.append((chunk, thread_lane("parse").submit(self._run_parse, prepared, args)))
         while len(self._queue) > self._DEPTH:
             self._finish_one()
 
@@ -1358,7 +1358,7 @@ class ParquetShardWriter:
         self._parse_schema = schema.arrow
         self._json = _JsonFields(schema.json_paths, schema.sealed)
         self._builder = builder
-        self._lane = lane  # where row groups are encoded and written, in order
+        self.thread_lane = lane  # where row groups are encoded and written, in order
         self._buffers = _Buffers(options.parse_chunk_bytes)
         self._chunk = _Chunk()
         self._parsing = _Parsing(_prepare, _convert_parse, self._chunk_parsed, self._buffers)
@@ -1443,7 +1443,7 @@ class ParquetShardWriter:
             self._out.flush()
             self._closed = True
 
-        self._inflight = _lane(self._lane).submit(finish)
+        self._inflight = thread_lane(self.thread_lane).submit(finish)
         return self._inflight
 
     def abort(self) -> None:
@@ -1532,7 +1532,7 @@ class ParquetShardWriter:
     def _submit(self, group: pa.Table) -> None:
         self._wait()  # one row group in flight: memory stays bounded
         self._inflight_bytes = group.nbytes
-        self._inflight = _lane(self._lane).submit(self._write_group, group)
+        self._inflight = thread_lane(self.thread_lane).submit(self._write_group, group)
 
     def _wait(self) -> None:
         if self._inflight is not None:

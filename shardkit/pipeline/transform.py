@@ -51,7 +51,7 @@ records: peak RSS 38 -> 153 MiB), i.e. 16 bytes of hash plus ~105 of int objects
 slots; a bare set of the hashes would still take ~82. Budget ~8M distinct records per GB.
 
 **Crash safety.** Shards are written under temp names and committed without replacing
-(`shard._ShardFile`); the manifest is rewritten with ``"complete": false`` after each.
+(`shard.ShardFile`); the manifest is rewritten with ``"complete": false`` after each.
 Side files are appended under ``.shardkit-partial-NAME`` and published at the end. A
 ``--resume`` of an interrupted run restarts it from scratch: it deletes exactly the files
 its manifest lists, the temp buckets and the partial files, and runs again; as the output is
@@ -77,11 +77,10 @@ from pathlib import Path
 
 import orjson
 
-from . import faults
-from .check import Checks
-from .convert import MAPPING, to_chat
-from .errors import ConflictError, DataError, Interrupted, ShardkitError, UsageError
-from .io import (
+from shardkit.core import faults
+from shardkit.core.blocks import NL, BlockReader, nonblank_runs
+from shardkit.core.errors import ConflictError, DataError, Interrupted, ShardkitError, UsageError
+from shardkit.core.io import (
     BackgroundHasher,
     InputSpec,
     InputStream,
@@ -93,7 +92,25 @@ from .io import (
     remove_stale_temps,
     write_all,
 )
-from .manifest import (
+from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
+from shardkit.pipeline.shard import (
+    DEFAULT_NAME,
+    Progress,
+    RejectsFile,
+    ShardFile,
+    SplitOptions,
+    SplitResult,
+    Warn,
+    check_run_inputs,
+    collecting_warn,
+    input_stems,
+    reject_record,
+    start_checks,
+)
+from shardkit.records.check import Checks
+from shardkit.records.convert import MAPPING, to_chat
+from shardkit.records.validate import Report
+from shardkit.store.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SUMS_NAME,
@@ -105,25 +122,14 @@ from .manifest import (
     tool_name,
     totals,
 )
-from .overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
-from .records import NL, BlockReader, nonblank_runs
-from .shard import (
-    DEFAULT_NAME,
-    Progress,
-    SplitOptions,
-    SplitResult,
-    Warn,
-    _Rejects,
-    _ShardFile,
-    check_run_inputs,
-    collecting_warn,
-    input_stems,
+from shardkit.store.outdir import (
+    check_same_run,
+    check_same_sizes,
     refuse_deleting_inputs,
     refuse_foreign_files,
-    reject_record,
-    start_checks,
+    remove_listed,
+    unlink_if_exists,
 )
-from .validate import Report
 
 __all__ = [
     "DEFAULT_SHUFFLE_MEMORY",
@@ -474,7 +480,7 @@ class _ShardWriter:
         self.records = self.bytes = 0
         self.first_line: int | None = None
         self.last_line: int | None = None
-        self.file: _ShardFile | None = None
+        self.file: ShardFile | None = None
         self.pending: list = []
         self.pending_bytes = 0
 
@@ -488,7 +494,7 @@ class _ShardWriter:
         if not self.records:
             self.first_line = line
             if not self.p.dry_run:
-                self.file = _ShardFile(self.p.out, self.name())
+                self.file = ShardFile(self.p.out, self.name())
         self.records += 1
         self.bytes += size
         self.last_line = line
@@ -836,9 +842,9 @@ class _Pipeline:
         self.stems = input_stems([s.path for s in specs])
         self.tallies = [_Tally(self._rel(s), s.display, s.size) for s in specs]
         self.report = Report(max_examples=checks.options.examples) if checks else None
-        self.rejects = _Rejects(out / options.split.rejects, dry_run)
-        self.duplicates = _Rejects(out / options.duplicates, dry_run)
-        self.excluded = _Rejects(out / options.excluded, dry_run)
+        self.rejects = RejectsFile(out / options.split.rejects, dry_run)
+        self.duplicates = RejectsFile(out / options.duplicates, dry_run)
+        self.excluded = RejectsFile(out / options.excluded, dry_run)
         self.files: list[dict] = []
         self.created_at = now_iso()
         self.eval_index: EvalIndex | None = None
@@ -1032,7 +1038,7 @@ class _Pipeline:
             with suppress(OSError):
                 side.close()
                 if not self.dry_run:  # useless to a rerun, which starts from scratch
-                    _unlink(side.partial)
+                    unlink_if_exists(side.partial)
         if not self.dry_run and self.out.is_dir():
             # a temp shard whose name was not recorded yet (interrupted inside create_temp);
             # OUT is locked by this run, so every temp file in it is this run's or stale
@@ -1158,7 +1164,7 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
         refuse_deleting_inputs(out, old, p.specs)
     if overwrite:
         if not dry_run:
-            _remove_listed(out, old)
+            remove_listed(out, old)
             result.removed_temps = _clean(out, p)
         return None
     if not resume:
@@ -1181,7 +1187,7 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
         for key in ("rejects", "duplicates", "excluded"):
             entry = old.get(key)
             if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                _unlink(out / check_rel_name(entry["path"]))
+                unlink_if_exists(out / check_rel_name(entry["path"]))
         fsync_dir(out)
         result.removed_temps = _clean(out, p)
         faults.hit("after:resume_cleaned")
@@ -1189,36 +1195,8 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
 
 
 def _check_same_run(out: Path, old: dict, p: _Pipeline) -> None:
-    new_params = p.opts.params(p.exclude_paths)
-    old_params = old.get("params", {})
-    if old_params != new_params:
-        changed = sorted(k for k in new_params.keys() | old_params.keys() if old_params.get(k) != new_params.get(k))
-        raise ConflictError(
-            f"{out}: cannot resume: options differ from the interrupted run ({', '.join(changed) or 'params'}); "
-            "rerun with the same options, or use --overwrite"
-        )
-    old_paths = [s.get("path") for s in old.get("sources", [])]
-    new_paths = [t.path for t in p.tallies]
-    if old_paths != new_paths:
-        raise ConflictError(f"{out}: cannot resume: inputs differ from the interrupted run ({old_paths} vs {new_paths})")
-    for s, spec in zip(old["sources"], p.specs, strict=True):
-        if spec.size is not None and s.get("bytes") not in (None, spec.size):
-            raise ConflictError(f"{out}: cannot resume: {spec.display} changed size since the interrupted run")
-
-
-def _remove_listed(out: Path, old: dict) -> None:
-    """Delete exactly the files the old manifest lists (shards and side files), then it."""
-    names = [f.get("path") for f in old.get("files", [])]
-    for key in ("rejects", "duplicates", "excluded"):
-        if isinstance(old.get(key), dict):
-            names.append(old[key].get("path"))
-    for name in names:
-        if isinstance(name, str):
-            check_rel_name(name)
-            _unlink(out / name)
-    _unlink(out / SUMS_NAME)
-    _unlink(out / MANIFEST_NAME)
-    fsync_dir(out)
+    check_same_run(out, old, p.opts.params(p.exclude_paths), [t.path for t in p.tallies])
+    check_same_sizes(out, old, p.specs)
 
 
 def _clean(out: Path, p: _Pipeline) -> list[str]:
@@ -1226,20 +1204,13 @@ def _clean(out: Path, p: _Pipeline) -> list[str]:
     removed = [q.name for q in remove_stale_temps(out)]
     for side in (p.rejects, p.duplicates, p.excluded):
         if side.partial.exists():
-            _unlink(side.partial)
+            unlink_if_exists(side.partial)
             removed.append(side.partial.name)
     folder = out / TEMP_DIR
     if folder.is_dir() and not folder.is_symlink():
         shutil.rmtree(folder)
         removed.append(TEMP_DIR)
     return removed
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 __all__ += ["TEMP_DIR", "check_conservation", "holdout_split", "shard_file_name"]

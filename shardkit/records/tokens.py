@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InputError, UsageError
+from shardkit.core.errors import InputError, UsageError
 
 __all__ = ["TokenizerLike", "count_tokens", "load_tokenizer", "record_text", "text_parts"]
 

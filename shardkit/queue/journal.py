@@ -35,9 +35,9 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import ShardkitError
-from .io import TMP_PREFIX, env_error, fsync_dir, rename_noreplace, write_all
-from .rotate import gzip_file
+from shardkit.core.errors import ShardkitError
+from shardkit.core.io import TMP_PREFIX, env_error, fsync_dir, rename_noreplace, write_all
+from shardkit.queue.rotate import gzip_file
 
 JOURNAL_DIR = ".shardkit"
 JOURNAL_NAME = "journal.jsonl"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import orjson
 
-from .validate import _type_name, detect_kind
+from shardkit.records.validate import detect_kind, json_type_name
 
 __all__ = ["MAPPING", "SHAREGPT_ROLES", "to_chat"]
 
@@ -71,7 +71,7 @@ def to_chat(obj: object, kind: str | None = None) -> tuple[dict | None, str]:
     the keys (`validate.detect_kind`). A chat record is returned unchanged.
     """
     if type(obj) is not dict:
-        return None, f"expected a JSON object, got {_type_name(obj)}"
+        return None, f"expected a JSON object, got {json_type_name(obj)}"
     if kind is None:
         kind = detect_kind(obj)
     convert = _CONVERTERS.get(kind)  # type: ignore[arg-type]
@@ -108,7 +108,7 @@ def _finish(obj: dict, messages: list[dict], extra: dict, *, mapped: tuple[str, 
     metadata = obj["metadata"]
     if leftover:
         if type(metadata) is not dict:
-            return None, f"metadata is {_type_name(metadata)}, so the unmapped keys {sorted(leftover)} have nowhere to go"
+            return None, f"metadata is {json_type_name(metadata)}, so the unmapped keys {sorted(leftover)} have nowhere to go"
         clash = sorted(metadata.keys() & leftover.keys())
         if clash:
             return None, f"unmapped keys {clash} are also in metadata; keeping both would lose one"
@@ -130,7 +130,7 @@ def _text(obj: dict, key: str, *, required: bool = True) -> str | None:
     if value is None and not required:
         return None
     if type(value) is not str:
-        raise _Unmappable(f"{key}: expected a string, got {_type_name(value)}")
+        raise _Unmappable(f"{key}: expected a string, got {json_type_name(value)}")
     return value
 
 
@@ -142,7 +142,7 @@ def _alpaca(obj: dict) -> tuple[list[dict], dict]:
     history = obj.get("history")
     if history is not None:
         if type(history) is not list:
-            raise _Unmappable(f"history: expected an array of [query, response] pairs, got {_type_name(history)}")
+            raise _Unmappable(f"history: expected an array of [query, response] pairs, got {json_type_name(history)}")
         for i, pair in enumerate(history):
             if type(pair) is not list or len(pair) != 2 or not all(type(s) is str for s in pair):
                 raise _Unmappable(f"history[{i}]: expected a [query, response] pair of strings")
@@ -168,7 +168,7 @@ def _sharegpt(obj: dict) -> tuple[list[dict], dict]:
         messages.append({"role": "system", "content": system})
     for i, turn in enumerate(turns):
         if type(turn) is not dict:
-            raise _Unmappable(f"conversations[{i}]: expected an object, got {_type_name(turn)}")
+            raise _Unmappable(f"conversations[{i}]: expected an object, got {json_type_name(turn)}")
         source = turn.get("from")
         role = SHAREGPT_ROLES.get(source) if type(source) is str else None
         if role is None:
@@ -176,7 +176,7 @@ def _sharegpt(obj: dict) -> tuple[list[dict], dict]:
             raise _Unmappable(f"conversations[{i}].from: unknown role {source!r} (known: {known})")
         value = turn.get("value")
         if type(value) is not str:
-            raise _Unmappable(f"conversations[{i}].value: expected a string, got {_type_name(value)}")
+            raise _Unmappable(f"conversations[{i}].value: expected a string, got {json_type_name(value)}")
         if source == "function_call":
             messages.append({"role": "assistant", "content": None, "tool_calls": _tool_calls(value, i)})
         else:
@@ -211,7 +211,7 @@ def _tools(tools: object) -> list:
         except orjson.JSONDecodeError:
             raise _Unmappable("tools: a string that is not JSON") from None
     if type(tools) is not list:
-        raise _Unmappable(f"tools: expected an array (or a JSON string of one), got {_type_name(tools)}")
+        raise _Unmappable(f"tools: expected an array (or a JSON string of one), got {json_type_name(tools)}")
     return tools
 
 

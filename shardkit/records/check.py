@@ -28,11 +28,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import InputError, UsageError
-from .io import pid_alive
-from .records import Block, BlockReader
-from .tokens import count_tokens, load_tokenizer, record_text
-from .validate import (
+from shardkit.core.blocks import Block, BlockReader
+from shardkit.core.errors import InputError, UsageError
+from shardkit.core.io import pid_alive
+from shardkit.records.tokens import count_tokens, load_tokenizer, record_text
+from shardkit.records.validate import (
     DEFAULT_MAX_LINE_BYTES,
     ERROR,
     KINDS,
@@ -312,11 +312,11 @@ def _init_worker(options: CheckOptions, parent: int) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by fork
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _worker = Checker(options)
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """A worker must not outlive a parent killed by SIGKILL (it would hold the caller's
     stdout open forever): Linux's PR_SET_PDEATHSIG, then a check for a parent already gone.
     `parent` is the pid of the process that made the pool (with forkserver, the server in
@@ -346,7 +346,7 @@ def auto_jobs(total_bytes: int | None) -> int:
     return min(cores, 8)
 
 
-def _context():
+def mp_context():
     """fork when this process runs no other thread (workers start in milliseconds, with
     everything imported); forkserver otherwise, since forking a threaded process can leave
     a lock held forever in the child. A fork-context pool starts all its workers at the
@@ -355,7 +355,7 @@ def _context():
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["shardkit.check"])
+        ctx.set_forkserver_preload(["shardkit.records.check"])
     return ctx
 
 
@@ -391,7 +391,7 @@ class Checks:
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.jobs, mp_context=_context(), initializer=_init_worker, initargs=(self.options, os.getpid())
+                self.jobs, mp_context=mp_context(), initializer=_init_worker, initargs=(self.options, os.getpid())
             )
         return self._pool
 

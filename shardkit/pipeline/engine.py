@@ -22,7 +22,6 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -33,10 +32,18 @@ from pathlib import Path
 
 import orjson
 
-from . import faults
-from .errors import ConflictError, DataError, InputError, ShardkitError, UsageError
-from .io import commit_file, create_temp, fsync_dir, rename_noreplace, sha256_file, write_all
-from .manifest import (
+from shardkit.core import faults
+from shardkit.core.errors import ConflictError, DataError, InputError, ShardkitError, UsageError
+from shardkit.core.io import (
+    commit_file,
+    create_temp,
+    fsync_dir,
+    rename_noreplace,
+    sha256_file,
+    write_all,
+)
+from shardkit.records.validate import Report
+from shardkit.store.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SUMS_NAME,
@@ -46,10 +53,17 @@ from .manifest import (
     totals,
     write_manifest,
 )
-from .validate import Report
+from shardkit.store.outdir import (
+    PARTS_DIR,
+    check_same_run,
+    refuse_deleting_inputs,
+    refuse_foreign_files,
+    remove_listed,
+    remove_part_files,
+    remove_parts,
+)
 
 ENGINES = ("local", "ray")
-PARTS_DIR = ".shardkit-parts"
 
 
 @dataclass
@@ -67,15 +81,15 @@ def split_part(index: int, path: str, display: str, stem: str, part_dir: str, op
     The task body for both engines: a plain function of its arguments. `path` and
     `part_dir` are absolute (a Ray worker runs in a folder of its own); `display` is the
     input as the user named it, for messages and rejects, as in a single-process run."""
-    from .io import inspect_input
-    from .shard import _split, start_checks
+    from shardkit.core.io import inspect_input
+    from shardkit.pipeline.shard import split_specs, start_checks
 
     t0 = time.perf_counter()
     specs = [dataclasses.replace(inspect_input(path), display=display)]
     warnings: list[str] = []
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, 1)
-        r = _split(specs, Path(part_dir), options, checks, resume=True, overwrite=False, dry_run=False,
+        r = split_specs(specs, Path(part_dir), options, checks, resume=True, overwrite=False, dry_run=False,
                    progress=None, warn=warnings.append, warnings=warnings, absolute_sources=True,
                    stems=[stem], schema=schema)
     return PartResult(index, r.manifest, r.validation, warnings, time.perf_counter() - t0)
@@ -89,11 +103,11 @@ def _init_local_worker(parent: int) -> None:
     (what they leave is temp files, cleared by --resume), without a traceback each."""
     import signal
 
-    from .check import _die_with_parent
+    from shardkit.records.check import die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent)
+    die_with_parent(parent)
     gc.freeze()  # as the CLI does: what the worker holds now is never garbage
 
 
@@ -111,9 +125,9 @@ def run_tasks(fn: Callable, tasks: list[tuple], *, engine: str, jobs: int,
             if done:
                 done(results[-1])
         return results
-    from .check import _context
+    from shardkit.records.check import mp_context
 
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_context(),
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp_context(),
                                initializer=_init_local_worker, initargs=(os.getpid(),))
     futures = [pool.submit(fn, *t) for t in tasks]
     finished = False
@@ -226,16 +240,16 @@ def split_many(
     staging: str | os.PathLike | None = None,
 ):
     """`split` with one task per input (see the module doc); returns a SplitResult."""
-    from . import remote
-    from .shard import (
+    from shardkit.core import objects
+    from shardkit.pipeline.shard import (
         SplitResult,
         check_names,
         check_run_inputs,
-        check_same_run,
         collecting_warn,
         source_path,
     )
-    from .shard import split as split_one_process
+    from shardkit.pipeline.shard import split as split_one_process
+    from shardkit.store import remote
 
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
@@ -249,18 +263,18 @@ def split_many(
     check_names(options, specs)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
-    url = os.fspath(out) if remote.is_url(os.fspath(out)) else None
+    url = os.fspath(out) if objects.is_url(os.fspath(out)) else None
     old_remote = None
     if url is not None:
         local = remote.staging_dir(url, staging)
         old_remote = remote.check_destination(url, local, resume=resume, overwrite=overwrite)
         if old_remote is not None and not overwrite:  # --resume, and the run there is complete
-            check_same_run(url, old_remote, options, [source_path(s, None) for s in specs])
+            check_same_run(url, old_remote, options.params(), [source_path(s, None) for s in specs])
             return SplitResult(out=url, manifest=old_remote, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
     else:
         if staging is not None:
             raise UsageError("--staging is for an s3:// (object store) OUT; this OUT is a local folder")
-        local = Path(remote.local_path(os.fspath(out)))
+        local = Path(objects.local_path(os.fspath(out)))
     sources = [source_path(s, None if url else local) for s in specs]
     result = SplitResult(out=local, manifest={}, warnings=warnings)
     old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
@@ -292,8 +306,8 @@ def _abs_check(options):
 
 
 def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, progress, warn, result) -> None:
-    from .check import auto_jobs
-    from .shard import _Splitter, input_stems, start_checks
+    from shardkit.pipeline.shard import Splitter, input_stems, start_checks
+    from shardkit.records.check import auto_jobs
 
     created_at = now_iso()
     stems = input_stems([s.path for s in specs])
@@ -302,7 +316,7 @@ def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, p
         # one schema for all the inputs, as a single-process run infers it
         with ExitStack() as stack:
             checks = start_checks(stack, options.check, specs, jobs)
-            schema = _Splitter(specs, out, options, dry_run=True, adopt_identical=False, progress=None,
+            schema = Splitter(specs, out, options, dry_run=True, adopt_identical=False, progress=None,
                                warn=warn, checks=checks)._infer_schema()
     if jobs is None:
         sizes = [s.size for s in specs]
@@ -341,8 +355,7 @@ RUN_FILE = "run.json"
 
 def _start_parts(parts: Path, options, sources: list[str]) -> None:
     """Create the parts folder with what the run is (checked by --resume), or check it."""
-    from .io import atomic_write
-    from .shard import check_same_run
+    from shardkit.core.io import atomic_write
 
     run = {"params": options.params(), "sources": [{"path": p} for p in sources]}
     marker = parts / RUN_FILE
@@ -351,7 +364,7 @@ def _start_parts(parts: Path, options, sources: list[str]) -> None:
             old = orjson.loads(marker.read_bytes())
         except (OSError, orjson.JSONDecodeError) as e:
             raise DataError(f"{marker}: unreadable ({e}); start again with --overwrite") from None
-        check_same_run(parts.parent, old, options, sources)
+        check_same_run(parts.parent, old, options.params(), sources)
         return
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write(marker, orjson.dumps(run, option=orjson.OPT_INDENT_2), replace=False)
@@ -400,7 +413,7 @@ def _merge(out: Path, parts: Path, results: list[PartResult], options, created_a
     faults.hit("before:merge_manifest")
     write_manifest(out / MANIFEST_NAME, m)
     faults.hit("after:merge_manifest")
-    _remove_parts(parts)
+    remove_parts(parts)
     return m
 
 
@@ -450,17 +463,9 @@ def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict |
     return {"path": final.name, "records": records, "bytes": size, "sha256": sha}
 
 
-def _remove_parts(parts: Path) -> None:
-    """The parts folder is shardkit's own scratch space (hidden, inside OUT)."""
-    shutil.rmtree(parts, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        fsync_dir(parts.parent)
-
-
 def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, overwrite: bool) -> dict | None:
     """OUT's rules for an engine run; returns the manifest of a run already complete."""
-    from .io import remove_stale_temps
-    from .shard import _remove_listed, check_same_run, refuse_deleting_inputs, refuse_foreign_files
+    from shardkit.core.io import remove_stale_temps
 
     if out.exists() and not out.is_dir():
         raise ConflictError(f"{out}: exists and is not a directory")
@@ -470,7 +475,7 @@ def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, ove
         old = read_manifest(manifest)
         if overwrite:
             refuse_deleting_inputs(out, old, specs)
-            _remove_listed(out, old)
+            remove_listed(out, old)
             remove_part_files(out, parts, options.rejects)
             remove_stale_temps(out)
             return None
@@ -481,8 +486,8 @@ def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, ove
             )
         if not old.get("complete"):
             raise ConflictError(f"{out}: holds an interrupted run made without --engine; resume it the same way")
-        check_same_run(out, old, options, sources)
-        _remove_parts(parts)  # a merge killed after its manifest: only the scratch is left
+        check_same_run(out, old, options.params(), sources)
+        remove_parts(parts)  # a merge killed after its manifest: only the scratch is left
         remove_stale_temps(out)
         return old
     if parts.exists():
@@ -499,31 +504,12 @@ def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, ove
     return None
 
 
-def remove_part_files(out: Path, parts: Path, rejects: str) -> None:
-    """--overwrite of an interrupted engine run: the shards its parts list (some may have
-    been moved into OUT already), the rejects, then the parts themselves."""
-    if not parts.exists():
-        return
-    for pm in sorted(parts.glob(f"*/{MANIFEST_NAME}")):
-        try:
-            m = read_manifest(pm)
-        except ShardkitError:
-            continue
-        for entry in m.get("files", []):
-            name = entry.get("path")
-            if isinstance(name, str) and "/" not in name and not name.startswith("."):
-                (out / name).unlink(missing_ok=True)
-    (out / rejects).unlink(missing_ok=True)
-    (out / SUMS_NAME).unlink(missing_ok=True)
-    _remove_parts(parts)
-
-
 # ---------------------------------------------------------------- validate and stats
 
 
 def _task_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     """(path a worker can open, name the user gave) for each input; stdin refused."""
-    from .io import inspect_input
+    from shardkit.core.io import inspect_input
 
     paths = [os.fspath(p) for p in inputs]
     if not paths:
@@ -536,9 +522,9 @@ def _task_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
 
 def validate_part(index: int, path: str, display: str, options, rejects_dir: str | None, token: str) -> tuple:
     """One input validated alone: (its Report, the file holding its rejects or None)."""
-    from .check import Checks
-    from .io import inspect_input
-    from .scan import RejectsSink, _validate_one
+    from shardkit.core.io import inspect_input
+    from shardkit.pipeline.scan import RejectsSink, validate_one
+    from shardkit.records.check import Checks
 
     spec = dataclasses.replace(inspect_input(path), display=display)
     report = Report(max_examples=options.examples)
@@ -547,7 +533,7 @@ def validate_part(index: int, path: str, display: str, options, rejects_dir: str
         sink = RejectsSink(Path(rejects_dir) / f".shardkit-part-{token}-{index:05d}.jsonl")
     try:
         with Checks(options, 1) as checks:
-            _validate_one(spec, checks, report, sink, None)
+            validate_one(spec, checks, report, sink, None)
         if sink is not None and sink.records:
             sink.publish()
             return report, str(sink.final)
@@ -560,8 +546,8 @@ def validate_part(index: int, path: str, display: str, options, rejects_dir: str
 def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str | os.PathLike | None = None,
                   max_errors: int = 0, progress: Callable[[int], None] | None = None, **check_options):
     """`validate` with one task per input: the same report and rejects file, in input order."""
-    from .check import CheckOptions, auto_jobs
-    from .scan import RejectsSink, ValidationResult
+    from shardkit.pipeline.scan import RejectsSink, ValidationResult
+    from shardkit.records.check import CheckOptions, auto_jobs
 
     tasks_in = _task_inputs(inputs)
     options = CheckOptions(**check_options)
@@ -606,41 +592,41 @@ def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str 
 
 
 def _is_url(path: str) -> bool:
-    from .remote import is_url
+    from shardkit.core.objects import is_url
 
     return is_url(path)
 
 
 def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, examples: int) -> tuple:
     """One input's rows and tally, as compute_stats gathers them (file index = `index`)."""
-    from .io import inspect_input
-    from .stats import _Columns, _scan
-    from .tokens import load_tokenizer
+    from shardkit.core.io import inspect_input
+    from shardkit.pipeline.stats import StatsColumns, scan_input
+    from shardkit.records.tokens import load_tokenizer
 
     spec = dataclasses.replace(inspect_input(path), display=display)
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    columns = _Columns(with_tokens=tokenizer is not None)
-    tally = _scan(index, spec, columns, tokenizer, examples, None)
+    columns = StatsColumns(with_tokens=tokenizer is not None)
+    tally = scan_input(index, spec, columns, tokenizer, examples, None)
     return columns, tally
 
 
 def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: str | None = None,
                examples: int = 3, progress: Callable[[int], None] | None = None) -> dict:
     """`stats` with one task per input: the same report as compute_stats."""
-    from .check import auto_jobs
-    from .stats import _Columns, _report
+    from shardkit.pipeline.stats import StatsColumns, stats_report
+    from shardkit.records.check import auto_jobs
 
     tasks_in = _task_inputs(inputs)
     if jobs is None:
         jobs = auto_jobs(sum(os.path.getsize(p) for p, _ in tasks_in if not _is_url(p)))
     if tokenizer_path is not None:
-        from .tokens import load_tokenizer
+        from shardkit.records.tokens import load_tokenizer
 
         load_tokenizer(tokenizer_path)  # a bad tokenizer fails before any task
     task_tokenizer = os.path.abspath(tokenizer_path) if tokenizer_path and os.path.exists(tokenizer_path) else tokenizer_path
     tasks = [(i, p, d, task_tokenizer, examples) for i, (p, d) in enumerate(tasks_in)]
     results = run_tasks(stats_part, tasks, engine=engine, jobs=jobs)
-    merged = _Columns(with_tokens=tokenizer_path is not None)
+    merged = StatsColumns(with_tokens=tokenizer_path is not None)
     tallies = []
     for (columns, tally), (p, _) in zip(results, tasks_in, strict=True):
         tally.first_row = len(merged.kind)
@@ -650,4 +636,4 @@ def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: 
         tallies.append(tally)
         if progress and not _is_url(p):
             progress(os.path.getsize(p))
-    return _report(merged, tallies, examples, tokenizer_path)
+    return stats_report(merged, tallies, examples, tokenizer_path)

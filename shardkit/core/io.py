@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ConflictError, InputError, UsageError
+from shardkit.core.errors import ConflictError, InputError, UsageError
 
 TMP_PREFIX = ".shardkit-tmp-"
 STDIN = "-"
@@ -103,18 +103,18 @@ def inspect_input(path: str) -> InputSpec:
     """Check that an input exists and is a readable regular file; sniff its compression."""
     if path == STDIN:
         return InputSpec(STDIN, "<stdin>", None, None)
-    from . import remote
+    from shardkit.core import objects
 
-    if remote.is_url(path):
-        meta = remote.info(path)
+    if objects.is_url(path):
+        meta = objects.info(path)
         if meta is None:
             raise InputError(f"{path}: no such object")
         if meta.get("type") == "directory":
             raise InputError(f"{path}: is a prefix (folder), expected a JSONL object")
         size = meta.get("size")
-        head = remote.read_head(path, 4) if size else b""  # a ranged GET of an empty object is a 416
+        head = objects.read_head(path, 4) if size else b""  # a ranged GET of an empty object is a 416
         return InputSpec(path, path, size, sniff_compression(head), remote=True)
-    path = remote.local_path(path)
+    path = objects.local_path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -174,7 +174,7 @@ class InputStream:
         self._on_raw_user = on_raw
         try:
             if spec.remote:
-                from .remote import open_read
+                from shardkit.core.objects import open_read
 
                 raw: BinaryIO = open_read(spec.path)
             else:
@@ -458,15 +458,15 @@ class BackgroundHasher:
         self._h = hashlib.sha256()
         self._pending: deque[Future] = deque()
         self._depth = depth
-        self._lane = lane
+        self.thread_lane = lane
 
     def _executor(self) -> ThreadPoolExecutor:
         lanes = BackgroundHasher._lanes
-        while len(lanes) <= self._lane:
+        while len(lanes) <= self.thread_lane:
             lanes.append(
                 ThreadPoolExecutor(1, f"shardkit-hash{len(lanes)}", initializer=_main_thread_gets_signals)
             )
-        return lanes[self._lane]
+        return lanes[self.thread_lane]
 
     def update(self, data) -> None:
         if len(data) < 65536:
