@@ -368,7 +368,6 @@ def test_validation_rejects_invalid_records_before_the_other_steps(tmp_path):
         ({"name": "x-{split}.jsonl"}, "must contain {index}"),
         ({"name": "x-{index}-{nope}.jsonl"}, "KeyError: 'nope' (fields: {stem}, {split}, {index})"),
         ({"duplicates": "rejects.jsonl"}, "need different names"),
-        ({"dedup": "exact", "split": {"max_records": 5, "format": "parquet"}}, "--format parquet is not supported"),
     ],
 )
 def test_bad_options_are_usage_errors(kw, message):

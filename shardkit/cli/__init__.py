@@ -203,7 +203,7 @@ def split(
     to: Annotated[str | None, typer.Option("--to", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     engine: Annotated[
-        str | None, typer.Option("--engine", help="local or ray: one task per input file (a process pool, or Ray tasks; RAY_ADDRESS names a cluster), merged into the same shards and manifest as without it. --jobs sets the workers.", show_default=False)
+        str | None, typer.Option("--engine", help="Run on an executor: local (a process pool) or ray (Ray tasks; RAY_ADDRESS names a cluster). Same shards and manifest as without it. Without --shuffle/--holdout/--dedup/--exclude/--to: one task per input file, --jobs workers; with them: the whole plan as one task.", show_default=False)
     ] = None,
     staging: Annotated[
         Path | None, typer.Option("--staging", help="With an s3:// OUT: local folder where shards are prepared before upload (default: one per OUT under the temp dir, or $SHARDKIT_STAGING).", show_default=False)
@@ -227,8 +227,8 @@ def split(
 
     Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
     """
+    from shardkit.pipeline.driver import split as run_split
     from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
-    from shardkit.pipeline.shard import split as run_split
     from shardkit.records.check import CheckOptions
 
     with exit_on_error():
@@ -269,10 +269,8 @@ def split(
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
-        run = run_split
-        kwargs: dict = {}
         if pipeline:
-            from shardkit.pipeline.transform import PipelineOptions, run_pipeline
+            from shardkit.pipeline.transform import PipelineOptions
 
             options = PipelineOptions(
                 split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
@@ -280,35 +278,19 @@ def split(
                 holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
                 exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
             )
-            run = run_pipeline
-            from shardkit.core.objects import is_url
-
-            if is_url(out) or any(is_url(p) for p in inputs):
-                raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to work on local files; "
-                                 "split to a local folder (or stage the objects locally) first")
-            if engine is not None:
-                raise UsageError("--engine splits each input on its own; --shuffle, --holdout, --dedup, "
-                                 "--exclude and --to work across all inputs: drop one or the other")
-        else:
-            if staging is not None:
-                kwargs["staging"] = staging
-            if engine is not None:
-                from shardkit.pipeline.engine import split_many
-
-                run = split_many
-                kwargs["engine"] = engine
         with _progress(total, not (quiet or json_output), "split") as progress:
-            result = run(
+            result = run_split(
                 inputs,
                 out,
                 options,
+                engine=engine,
                 resume=resume,
                 overwrite=overwrite,
                 dry_run=dry_run,
                 progress=progress,
                 warn=_warn_printer(quiet or json_output),
                 jobs=_jobs_option(jobs),
-                **kwargs,
+                staging=staging,
             )
     if json_output:
         _print_json(result.summary())

@@ -246,10 +246,10 @@ def split_many(
         check_names,
         check_run_inputs,
         collecting_warn,
+        run_staged,
         source_path,
     )
     from shardkit.pipeline.shard import split as split_one_process
-    from shardkit.store import remote
 
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
@@ -263,35 +263,33 @@ def split_many(
     check_names(options, specs)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
-    url = os.fspath(out) if objects.is_url(os.fspath(out)) else None
-    old_remote = None
-    if url is not None:
-        local = remote.staging_dir(url, staging)
-        old_remote = remote.check_destination(url, local, resume=resume, overwrite=overwrite)
-        if old_remote is not None and not overwrite:  # --resume, and the run there is complete
-            check_same_run(url, old_remote, options.params(), [source_path(s, None) for s in specs])
-            return SplitResult(out=url, manifest=old_remote, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
-    else:
-        if staging is not None:
-            raise UsageError("--staging is for an s3:// (object store) OUT; this OUT is a local folder")
-        local = Path(objects.local_path(os.fspath(out)))
-    sources = [source_path(s, None if url else local) for s in specs]
-    result = SplitResult(out=local, manifest={}, warnings=warnings)
-    old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
-    if old is not None:
-        result.manifest, result.already_complete = old, True
-    else:
+    def sources_of(local: Path | None) -> list[str]:
+        return [source_path(s, local) for s in specs]
+
+    def run(local: Path, absolute: bool) -> SplitResult:
+        sources = sources_of(None if absolute else local)
+        result = SplitResult(out=local, manifest={}, warnings=warnings)
+        old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
+        if old is not None:
+            result.manifest, result.already_complete = old, True
+            return result
         result.resumed = resume and (local / PARTS_DIR).exists()
         _run_split(specs, local, options, sources, engine=engine, jobs=jobs, progress=progress, warn=_warn,
                    result=result)
-    if url is not None:
-        result.out = url  # type: ignore[assignment]
-        result.already_complete = False  # complete in staging: published now
-        if overwrite and old_remote is not None:
-            remote.replace_run(url, local, old_remote)
-        remote.publish(local, url)
-        remote.remove_staging(local, result.manifest)
-    return result
+        return result
+
+    if objects.is_url(os.fspath(out)):
+        url = os.fspath(out)
+        result = run_staged(
+            url, staging, resume=resume, overwrite=overwrite, dry_run=False,
+            same_run=lambda old: check_same_run(url, old, options.params(), sources_of(None)),
+            run=lambda stage: run(stage, absolute=True),
+        )
+        result.warnings = warnings
+        return result
+    if staging is not None:
+        raise UsageError("--staging is for an s3:// (object store) OUT; this OUT is a local folder")
+    return run(Path(objects.local_path(os.fspath(out))), absolute=False)
 
 
 def _abs_check(options):

@@ -1174,27 +1174,42 @@ def split(
         return split_specs(specs, Path(objects.local_path(os.fspath(out))), options, checks, **kw)
 
 
-def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrite, dry_run, warnings, **kw) -> SplitResult:
-    """Split into a local staging folder, then publish it to `url` (manifest last).
+def run_staged(url: str, staging, *, resume: bool, overwrite: bool, dry_run: bool,
+               same_run: Callable[[dict], None], run: Callable[[Path], SplitResult]) -> SplitResult:
+    """The object-store publisher, for every driver: `run(stage)` writes the run into a local
+    staging folder, which is then published to `url` object by object, manifest last.
 
-    Killed at any point, a rerun with --resume continues: the staged split resumes from its
-    last shard, and the publish keeps each object already uploaded (checked by sha256)."""
+    Killed at any point, a rerun with --resume continues: the staged run resumes as any local
+    run does, and the publish keeps each object already uploaded (checked by sha256)."""
     from shardkit.store import remote
 
     stage = remote.staging_dir(url, staging)
     old = remote.check_destination(url, stage, resume=resume, overwrite=overwrite)
     if old is not None and not overwrite:  # --resume, and the run there is complete
-        check_same_run(url, old, options.params(), [source_path(s, None) for s in specs])
-        return SplitResult(out=url, manifest=old, already_complete=True, warnings=warnings)  # type: ignore[arg-type]
-    result = split_specs(specs, stage, options, checks, resume=resume, overwrite=overwrite,
-                    dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
+        same_run(old)
+        return SplitResult(out=url, manifest=old, already_complete=True)  # type: ignore[arg-type]
+    result = run(stage)
     result.out = url  # type: ignore[assignment]
     if dry_run:
         return result
+    result.already_complete = False  # complete in staging: published now
     if overwrite and old is not None:
         remote.replace_run(url, stage, old)
     remote.publish(stage, url)
     remote.remove_staging(stage, result.manifest)
+    return result
+
+
+def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrite, dry_run, warnings, **kw) -> SplitResult:
+    def same_run(old: dict) -> None:
+        check_same_run(url, old, options.params(), [source_path(s, None) for s in specs])
+
+    def run(stage: Path) -> SplitResult:
+        return split_specs(specs, stage, options, checks, resume=resume, overwrite=overwrite,
+                           dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
+
+    result = run_staged(url, staging, resume=resume, overwrite=overwrite, dry_run=dry_run, same_run=same_run, run=run)
+    result.warnings = warnings
     return result
 
 

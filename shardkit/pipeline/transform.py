@@ -95,6 +95,8 @@ from shardkit.core.io import (
 from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
+    DEFAULT_PARQUET_NAME,
+    ParquetShardFile,
     Progress,
     RejectsFile,
     ShardFile,
@@ -105,6 +107,7 @@ from shardkit.pipeline.shard import (
     collecting_warn,
     input_stems,
     reject_record,
+    source_path,
     start_checks,
 )
 from shardkit.records.check import Checks
@@ -153,6 +156,7 @@ MAX_DEPTH = 8  # re-scatter levels before a bucket is loaded whatever its size
 COMPRESSED_RATIO = 4  # planning guess: decompressed bytes per compressed byte
 STDIN_GUESS = 1 << 30  # planning guess for stdin, whose size is unknown
 CHUNK = 1 << 20  # bytes gathered before one write
+SCHEMA_BATCH = 8 << 20  # bytes of records per SchemaBuilder call (its fastest chunk size)
 PENDING_BUDGET = 8 << 20  # bytes waiting for all bucket files together in pass 1 (64 KiB each at least)
 CONVERSIONS = ("chat",)
 DEDUP_METHODS = ("exact",)
@@ -196,9 +200,6 @@ class PipelineOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
-        if getattr(self.split, "format", "jsonl") != "jsonl":
-            raise UsageError("--shuffle, --holdout, --dedup, --exclude and --to write JSONL shards; "
-                             "--format parquet is not supported with them yet")
         if self.shuffle_memory < MIN_SHUFFLE_MEMORY:
             raise UsageError(f"--shuffle-memory must be at least {MIN_SHUFFLE_MEMORY} bytes (got {self.shuffle_memory})")
         if self.holdout is not None and not 0 < self.holdout < 1:
@@ -231,8 +232,8 @@ class PipelineOptions:
         """--name, or the default for this mode: `{stem}-{index:05d}.jsonl`, `{stem}-{split}-{index:05d}.jsonl` under --holdout."""
         if self.name is not None:
             return self.name
-        if self.split.name == DEFAULT_NAME and self.holdout is not None:
-            return HOLDOUT_NAME
+        if self.split.name in (DEFAULT_NAME, DEFAULT_PARQUET_NAME) and self.holdout is not None:
+            return HOLDOUT_NAME if self.split.format == "jsonl" else HOLDOUT_NAME.replace(".jsonl", ".parquet")
         return self.split.name
 
     @property
@@ -483,6 +484,7 @@ class _ShardWriter:
         self.file: ShardFile | None = None
         self.pending: list = []
         self.pending_bytes = 0
+        self.pending_line = 0  # line of the first pending record (Parquet's error messages)
 
     def name(self) -> str:
         return shard_file_name(self.p.template, self.stem, self.split, self.index)
@@ -494,11 +496,13 @@ class _ShardWriter:
         if not self.records:
             self.first_line = line
             if not self.p.dry_run:
-                self.file = ShardFile(self.p.out, self.name())
+                self.file = self.p.shard_file(self.name(), self.index)
         self.records += 1
         self.bytes += size
         self.last_line = line
         if data is not None:
+            if not self.pending:
+                self.pending_line = line or 0
             self.pending.append(data)
             self.pending_bytes += size
             if self.pending_bytes >= CHUNK:
@@ -508,12 +512,20 @@ class _ShardWriter:
         room = self.quota(self.index)
         if room is not None and self.records >= room:
             return True
-        return self.max_bytes is not None and self.bytes + size > self.max_bytes
+        if self.max_bytes is None:
+            return False
+        if isinstance(self.file, ParquetShardFile):  # its size on disk, as `split` cuts Parquet
+            return self.file.estimated_bytes >= self.max_bytes
+        return self.bytes + size > self.max_bytes
 
     def flush(self) -> None:
         """Write what is gathered (it may hold views into a shuffle bucket being released)."""
         if self.pending:
-            self.file.write(b"".join(self.pending))
+            data = b"".join(self.pending)
+            if isinstance(self.file, ParquetShardFile):
+                self.file.add(data, len(self.pending), self.pending_line, self.name())
+            else:
+                self.file.write(data)
             self.pending.clear()
             self.pending_bytes = 0
 
@@ -522,11 +534,16 @@ class _ShardWriter:
             return
         self.flush()
         with deferred_signals():
+            parquet = self.p.schema is not None
             sha = self.file.commit(adopt_identical=self.p.adopt_identical) if self.file else None
+            size = self.bytes
+            if parquet and self.file is not None:
+                size = os.stat(self.p.out / self.name()).st_size
             self.file = None
             self.p.committed({
-                "path": self.name(), "format": "jsonl", "compression": None,
-                "records": self.records, "bytes": self.bytes, "sha256": sha,
+                "path": self.name(), "format": "parquet" if parquet else "jsonl",
+                "compression": self.p.opts.split.parquet.compression if parquet else None,
+                "records": self.records, "bytes": size, "sha256": sha,
                 "source": self.source, "first_line": self.first_line, "last_line": self.last_line,
                 "split": self.split,
             })
@@ -819,6 +836,43 @@ class _ShuffleSink:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class _SchemaSink:
+    """--format parquet: feeds the records the run writes, in input order, to a SchemaBuilder
+    (the scout pass: the Parquet schema is that of exactly the records written)."""
+
+    def __init__(self, p: _Pipeline, builder) -> None:
+        self.p, self.builder = p, builder
+        self.batch: list[bytes] = []
+        self.size = self.first = 0
+        self.display = ""
+
+    def start_input(self, i: int) -> None:
+        self.display = self.p.specs[i].display
+
+    def add(self, rec: _Record) -> None:
+        if not self.batch:
+            self.first = rec.line
+        self.batch.append(rec.raw)
+        self.size += len(rec.raw)
+        if self.size >= SCHEMA_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self.builder.add_block(b"".join(self.batch), self.first, self.display, lines=len(self.batch))
+            self.batch.clear()
+            self.size = 0
+
+    def end_input(self) -> None:
+        self.flush()
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.batch.clear()
+
+
 # ---------------------------------------------------------------- the pipeline
 
 
@@ -834,8 +888,10 @@ class _Pipeline:
         adopt_identical: bool,
         progress: Progress | None,
         warn: Warn,
+        absolute_sources: bool = False,
     ) -> None:
         self.specs, self.out, self.opts, self.checks = specs, out, options, checks
+        self.absolute_sources = absolute_sources  # the manifest goes to an object store
         self.dry_run, self.adopt_identical = dry_run, adopt_identical
         self.progress, self.warn = progress, warn
         self.template = options.name_template()
@@ -849,12 +905,35 @@ class _Pipeline:
         self.created_at = now_iso()
         self.eval_index: EvalIndex | None = None
         self.exclude_paths = [self._rel(inspect_input(p)) for p in options.exclude]
-        self.sink: _PerInputSink | _ShuffleSink | None = None
+        self.sink: _PerInputSink | _ShuffleSink | _SchemaSink | None = None
+        self.schema = None  # parquet.InferredSchema with --format parquet
+        self.scout_builder = None  # set on the scout pass that infers it
 
     def _rel(self, spec: InputSpec) -> str:
-        if spec.is_stdin:
-            return "-"
-        return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(self.out))
+        return source_path(spec, None if self.absolute_sources else self.out)
+
+    def shard_file(self, name: str, index: int) -> ShardFile:
+        if self.schema is not None:
+            return ParquetShardFile(self.out, name, self.schema, self.opts.split.parquet, index=index)
+        return ShardFile(self.out, name)
+
+    def _infer_schema(self):
+        """The Parquet schema of exactly the records this run writes: --schema-from's, or
+        a scout pass of the same plan (dry, in input order) feeding a SchemaBuilder."""
+        from shardkit.pipeline.parquet import SchemaBuilder, schema_from_parquet
+
+        popts = self.opts.split.parquet
+        if popts.schema_from:
+            return schema_from_parquet(popts.schema_from)
+        for spec in self.specs:
+            if not spec.rereadable:
+                raise UsageError("--format parquet with --shuffle/--holdout/--dedup/--exclude/--to reads its input "
+                                 "twice (once for the schema): give a file, not stdin, or give --schema-from FILE.parquet")
+        scout = _Pipeline(self.specs, self.out, self.opts, self.checks, dry_run=True, adopt_identical=False,
+                          progress=None, warn=lambda _msg: None, absolute_sources=self.absolute_sources)
+        scout.scout_builder = SchemaBuilder(popts, warn=self.warn)
+        scout.run()
+        return scout.scout_builder.result()
 
     # ----- steps
 
@@ -886,8 +965,15 @@ class _Pipeline:
     # ----- the run
 
     def run(self) -> dict:
+        if self.opts.split.format == "parquet" and self.scout_builder is None:
+            self.schema = self._infer_schema()
         steps = self._steps()
-        self.sink = _ShuffleSink(self, self._estimate()) if self.opts.shuffle else _PerInputSink(self)
+        if self.scout_builder is not None:
+            self.sink = _SchemaSink(self, self.scout_builder)
+        elif self.opts.shuffle:
+            self.sink = _ShuffleSink(self, self._estimate())
+        else:
+            self.sink = _PerInputSink(self)
         self.save()
         for i, spec in enumerate(self.specs):
             self.sink.start_input(i)
@@ -903,6 +989,8 @@ class _Pipeline:
             if tally.blank:
                 self.warn(f"{spec.display}: {tally.blank} blank line(s) skipped")
         self.sink.finish()
+        if self.scout_builder is not None:  # the scout pass writes nothing
+            return {}
         with deferred_signals():
             return self._finish()
 
@@ -1000,6 +1088,8 @@ class _Pipeline:
         if self.eval_index is not None:
             sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if self.schema is not None:
+            m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
         if isinstance(self.sink, _ShuffleSink):
             m["shuffle"] = {"seed": self.opts.seed, "memory": self.opts.shuffle_memory,
                             "buckets": self.sink.buckets_made, "rescattered": self.sink.rescattered}
@@ -1079,8 +1169,12 @@ def run_pipeline(
     progress: Progress | None = None,
     warn: Warn | None = None,
     jobs: int | None = None,
+    absolute_sources: bool = False,
 ) -> SplitResult:
     """Split JSONL inputs into training-ready shards in `out` (see the module doc).
+    `absolute_sources`: the manifest names inputs by absolute path (it is published to an
+    object store, from a staging folder). `shardkit.split` is the entry point that adds
+    object-store outputs and executors to this.
 
     Same contract as `shard.split`: manifest.json + SHA256SUMS, atomic shards, no partial
     file under a final name whatever happens, --resume/--overwrite rules. Raises UsageError,
@@ -1096,7 +1190,7 @@ def run_pipeline(
         # A shard committed just before a kill is not listed yet; a rerun writes the same
         # bytes under that name and adopts the file when it is identical.
         pipeline = _Pipeline(specs, out, options, checks, dry_run=dry_run, adopt_identical=resume or overwrite,
-                             progress=progress, warn=_warn)
+                             progress=progress, warn=_warn, absolute_sources=absolute_sources)
         result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=pipeline.report)
         old = _prepare_out(out, pipeline, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result,
                            stack=stack)
