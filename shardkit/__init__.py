@@ -25,7 +25,7 @@ _LAZY = {
     "verify": ("store.manifest", "verify"),
     "SplitOptions": ("pipeline.shard", "SplitOptions"),
     "SplitResult": ("pipeline.shard", "SplitResult"),
-    "split": ("pipeline.shard", "split"),
+    "split": ("pipeline.driver", "split"),
     "Queue": ("queue.state", "Queue"),
     "run_pipeline": ("pipeline.transform", "run_pipeline"),
     "PipelineOptions": ("pipeline.transform", "PipelineOptions"),

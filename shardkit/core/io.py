@@ -438,6 +438,19 @@ def free_bytes(path: Path) -> int:
 # ---------------------------------------------------------------- hashing off the main thread
 
 
+def started_pool(name: str, initializer: Callable[[], None] | None = None) -> ThreadPoolExecutor:
+    """A one-thread pool whose thread already runs, started with Ctrl-C and SIGTERM held.
+
+    ThreadPoolExecutor starts its thread inside the first submit(); an interrupt landing
+    between the thread's start and its registration for shutdown leaves a thread that
+    interpreter exit then waits for forever (a Ctrl-C'd split printed its message and
+    hung). Starting it here, with the signals held, closes that window."""
+    pool = ThreadPoolExecutor(1, name, initializer=initializer)
+    with deferred_signals():
+        pool.submit(int).result()
+    return pool
+
+
 def _main_thread_gets_signals() -> None:
     """Worker threads never take SIGINT/SIGTERM, so deferred_signals() in the main thread holds them."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -463,9 +476,7 @@ class BackgroundHasher:
     def _executor(self) -> ThreadPoolExecutor:
         lanes = BackgroundHasher._lanes
         while len(lanes) <= self.thread_lane:
-            lanes.append(
-                ThreadPoolExecutor(1, f"shardkit-hash{len(lanes)}", initializer=_main_thread_gets_signals)
-            )
+            lanes.append(started_pool(f"shardkit-hash{len(lanes)}", _main_thread_gets_signals))
         return lanes[self.thread_lane]
 
     def update(self, data) -> None:

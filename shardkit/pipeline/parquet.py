@@ -81,6 +81,7 @@ import pyarrow.parquet as pq
 
 from shardkit import __version__
 from shardkit.core.errors import DataError, InputError, UsageError
+from shardkit.core.io import started_pool
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 ON_CONFLICT = ("json-string", "error")
@@ -1007,7 +1008,7 @@ def thread_lane(name: str) -> ThreadPoolExecutor:
     """One worker thread per job ("parse", "write"); jobs on a lane run in submission order."""
     with _lanes_lock:
         if name not in _lanes:
-            _lanes[name] = ThreadPoolExecutor(1, f"shardkit-parquet-{name}", initializer=_block_signals)
+            _lanes[name] = started_pool(f"shardkit-parquet-{name}", _block_signals)
         return _lanes[name]
 
 

@@ -1,0 +1,437 @@
+"""Data commands: split, manifest, verify, validate, stats, overlap, rotate."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shardkit.cli.common import (
+    DryRunOpt,
+    GroupedHelpCommand,
+    JsonOpt,
+    app,
+    duration_option,
+    exit_on_error,
+    freeze_heap,
+    jobs_option,
+    print_json,
+    progress_bar,
+    raise_on_sigterm,
+    size_option,
+    summary,
+    warn_printer,
+)
+from shardkit.core.errors import UsageError
+from shardkit.core.io import format_size
+
+# ---------------------------------------------------------------- split
+
+
+@app.command(cls=GroupedHelpCommand)
+def split(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="JSONL files to split: plain, .gz or .zst (detected by content); - reads stdin.", show_default=False),
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty), or an s3:// prefix (needs shardkit[s3]).", show_default=False)
+    ],
+    max_records: Annotated[
+        int | None, typer.Option("--max-records", "-n", rich_help_panel="Cut", help="At most N records per shard.", min=1, show_default=False)
+    ] = None,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option(
+            "--max-bytes",
+            "-b",
+            rich_help_panel="Cut",
+            help="At most SIZE bytes per shard on disk: 64MB (10^6), 64MiB or 64M (2^20), 1G...",
+            show_default=False,
+        ),
+    ] = None,
+    num_shards: Annotated[
+        int | None,
+        typer.Option("--num-shards", rich_help_panel="Cut", help="Exactly N shards per input, balanced by record count (reads the input twice; not for stdin).", min=1, show_default=False),
+    ] = None,
+    oversize: Annotated[
+        str,
+        typer.Option(
+            "--oversize",
+            rich_help_panel="Cut",
+            help="A single record larger than --max-bytes: own-shard (write it alone, warn), reject (to the rejects file), error (stop, exit 1).",
+        ),
+    ] = "own-shard",
+    name: Annotated[
+        str, typer.Option("--name", rich_help_panel="Cut", help="Shard file name template; fields {stem} (input name without extensions), {index}, and {split} with --holdout.")
+    ] = "{stem}-{index:05d}.jsonl",
+    rejects: Annotated[
+        str, typer.Option("--rejects", rich_help_panel="Check", help="Name of the rejects file inside OUT (original bytes + file, line, reason).")
+    ] = "rejects.jsonl",
+    validate: Annotated[
+        str | None,
+        typer.Option(
+            "--validate",
+            rich_help_panel="Check",
+            help="Check every record in the same pass: a kind (chat, prompt-completion, alpaca, sharegpt, text), auto, or a JSON Schema file; invalid records go to the rejects file.",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", rich_help_panel="Check", help="With --validate: records longer than N tokens are rejected (needs --tokenizer).", min=1, show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", rich_help_panel="Check", help="tokenizer.json or a model folder holding one, for --max-tokens.", show_default=False)] = None,
+    max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", rich_help_panel="Check", help="With --validate: longer lines are invalid and not decoded.")] = "16MiB",
+    jobs: Annotated[str, typer.Option("--jobs", "-j", rich_help_panel="Run", help="Worker processes (for --validate, or per file with --engine): a number or auto (all cores for inputs over 32 MiB).")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Format", help="Shard format: jsonl (byte-exact copies) or parquet (schema from the whole input).")] = "jsonl",
+    compression: Annotated[str | None, typer.Option("--compression", rich_help_panel="Format", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
+    row_group_bytes: Annotated[str | None, typer.Option("--row-group-bytes", rich_help_panel="Format", help="Parquet row groups of about SIZE uncompressed (default 64MiB).", show_default=False)] = None,
+    schema_from: Annotated[Path | None, typer.Option("--schema-from", rich_help_panel="Format", help="Use the schema of this Parquet file (e.g. last week's shards); skip inference.", show_default=False)] = None,
+    shuffle: Annotated[bool, typer.Option("--shuffle", rich_help_panel="Transform", help="Shuffle all inputs together (two passes, bounded memory); shards are named part-NNNNN.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel="Transform", help="Seed for --shuffle: same seed and inputs, byte-identical shards.", show_default=False)] = None,
+    shuffle_memory: Annotated[str, typer.Option("--shuffle-memory", rich_help_panel="Transform", help="Memory for one shuffle bucket.")] = "256MB",
+    holdout: Annotated[float | None, typer.Option("--holdout", rich_help_panel="Transform", help="Fraction of records for a validation split, chosen by a stable hash (same record, same split, whatever else arrives).", min=0.0, max=1.0, show_default=False)] = None,
+    holdout_key: Annotated[str | None, typer.Option("--holdout-key", rich_help_panel="Transform", help="Hash this field instead of the whole record (keeps a group together).", show_default=False)] = None,
+    holdout_seed: Annotated[int, typer.Option("--holdout-seed", rich_help_panel="Transform", help="Seed of the holdout hash.")] = 0,
+    dedup: Annotated[str | None, typer.Option("--dedup", rich_help_panel="Transform", help="exact: drop exact duplicates (normalised JSON) across all inputs, keeping the first; dropped ones go to duplicates.jsonl.", show_default=False)] = None,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", rich_help_panel="Transform", help="Drop records that appear in this eval file (repeatable); they go to excluded.jsonl.", show_default=False)] = None,
+    exclude_key: Annotated[str, typer.Option("--exclude-key", rich_help_panel="Transform", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
+    to: Annotated[str | None, typer.Option("--to", rich_help_panel="Transform", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
+    on_conflict: Annotated[str, typer.Option("--on-conflict", rich_help_panel="Format", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
+    engine: Annotated[
+        str | None, typer.Option("--engine", rich_help_panel="Run", help="Run on an executor: local (a process pool) or ray (Ray tasks; RAY_ADDRESS names a cluster). Same shards and manifest as without it. Without --shuffle/--holdout/--dedup/--exclude/--to: one task per input file, --jobs workers; with them: the whole plan as one task.", show_default=False)
+    ] = None,
+    staging: Annotated[
+        Path | None, typer.Option("--staging", rich_help_panel="Run", help="With an s3:// OUT: local folder where shards are prepared before upload (default: one per OUT under the temp dir, or $SHARDKIT_STAGING).", show_default=False)
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", rich_help_panel="Run", help="Continue an interrupted run in OUT from its last committed shard (same inputs and options).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", rich_help_panel="Run", help="Replace a previous run in OUT: deletes exactly the files its manifest lists, nothing else.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Run", help="Read the inputs and print the shards that would be written; write nothing.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", rich_help_panel="Run", help="Print one JSON summary on stdout and nothing else.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress bar, summary or warnings; errors only.")] = False,
+) -> None:
+    """Split JSONL (or Parquet) files into JSONL or Parquet shards of at most N records or SIZE bytes.
+
+    Records are copied byte for byte: the shards, concatenated in manifest order,
+    equal the inputs' non-blank lines. Each shard appears atomically, and
+    manifest.json + SHA256SUMS are rewritten after every shard, so an interrupted
+    run continues with --resume.
+
+    Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
+    """
+    from shardkit.pipeline.driver import split as run_split
+    from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
+    from shardkit.records.check import CheckOptions
+
+    with exit_on_error():
+        check = None
+        if validate is not None:
+            check = CheckOptions.from_spec(
+                validate, max_tokens=max_tokens, tokenizer=str(tokenizer) if tokenizer else None,
+                max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"),
+            )
+        elif max_tokens is not None or tokenizer is not None:
+            raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
+        parquet = None
+        if fmt == "parquet":
+            from shardkit.pipeline.parquet import ParquetOptions
+
+            freeze_heap()  # pyarrow's objects too
+            parquet = ParquetOptions(
+                compression=compression or "zstd",
+                row_group_bytes=size_option(row_group_bytes, "--row-group-bytes") or 64 * 2**20,
+                on_conflict=on_conflict, schema_from=str(schema_from) if schema_from else None,
+            )
+        elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
+            raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
+                             "(JSONL shards are plain, byte-exact copies)")
+        pipeline = bool(shuffle or holdout is not None or dedup or exclude or to)
+        if seed is not None and not shuffle:
+            raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
+        options = SplitOptions(
+            max_records=max_records,
+            max_bytes=size_option(max_bytes, "--max-bytes"),
+            num_shards=num_shards,
+            oversize=oversize,
+            name=DEFAULT_NAME if pipeline else name,
+            rejects=rejects,
+            check=check,
+            format=fmt,
+            parquet=parquet,
+        )
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        if pipeline:
+            from shardkit.pipeline.transform import PipelineOptions
+
+            options = PipelineOptions(
+                split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
+                shuffle_memory=size_option(shuffle_memory, "--shuffle-memory"), holdout=holdout,
+                holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
+                exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
+            )
+        with progress_bar(total, not (quiet or json_output), "split") as progress:
+            result = run_split(
+                inputs,
+                out,
+                options,
+                engine=engine,
+                resume=resume,
+                overwrite=overwrite,
+                dry_run=dry_run,
+                progress=progress,
+                warn=warn_printer(quiet or json_output),
+                jobs=jobs_option(jobs),
+                staging=staging,
+            )
+    if json_output:
+        print_json(result.summary())
+    elif not quiet:
+        _render_split(result)
+
+
+def _render_split(result) -> None:
+    m = result.manifest
+    c, t = m["counts"], m["totals"]
+    if result.already_complete:
+        typer.echo(f"{result.out}: already complete ({t['files']} shards, {t['records']:,} records); nothing to do")
+        return
+    verb = "would write" if result.dry_run else ("resumed and wrote" if result.resumed else "wrote")
+    files = m["files"]
+    for f in files[:10]:
+        where = f"  lines {f['first_line']}-{f['last_line']}" if f.get("first_line") is not None else ""
+        typer.echo(f"  {f['path']}  {f['records']:>10,} records  {format_size(f['bytes']):>10}{where}")
+    if len(files) > 10:
+        typer.echo(f"  ... and {len(files) - 10} more")
+    typer.echo(
+        f"{verb} {t['files']} shard(s), {t['records']:,} records, {format_size(t['bytes'])} in {result.out}"
+    )
+    extra = "".join(f" + {c[k]:,} {k}" for k in ("duplicates", "excluded") if k in c)
+    typer.echo(
+        f"records: {c['read']:,} lines read = {c['written']:,} written + {c['rejected']:,} rejected{extra} + {c['blank']:,} blank"
+    )
+    if result.validation is not None:
+        note = " (this resumed part only)" if result.resumed else ""
+        typer.echo(f"validation{note}:")
+        for line in result.validation.lines():
+            typer.echo(f"  {line}")
+    if result.dry_run:
+        return
+    if isinstance(result.out, str):  # an object-store URL
+        typer.echo(f"manifest: {result.out.rstrip('/')}/manifest.json  (check: shardkit verify {result.out})")
+    else:
+        typer.echo(f"manifest: {result.out / 'manifest.json'}  (check: cd {result.out} && sha256sum -c SHA256SUMS)")
+
+
+# ---------------------------------------------------------------- manifest / verify
+
+
+@app.command("manifest")
+def manifest_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder of shards to describe.", show_default=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the manifest (default DIR/manifest.json); SHA256SUMS goes beside it.", show_default=False)
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the manifest on stdout.")] = False,
+) -> None:
+    """Regenerate manifest.json and SHA256SUMS from the shard files on disk (or of a queue ROOT).
+
+    On a queue root: every queue file with state, priority, records, bytes, sha256 and
+    attempts; a rerun rehashes only files whose (inode, size, mtime) changed.
+    Entries of an existing manifest whose file is unchanged keep their lineage
+    (source, first/last line); new files are added by name; missing ones dropped.
+
+    Example: shardkit manifest shards/
+    """
+    from shardkit.queue.state import Queue, is_queue_root, queue_manifest
+    from shardkit.store.manifest import regenerate
+
+    with exit_on_error():
+        if is_queue_root(directory):
+            if output is not None:
+                raise UsageError("a queue manifest is always ROOT/manifest.json; drop --output")
+            m = queue_manifest(Queue(directory))
+        else:
+            m = regenerate(directory, output)
+    if json_output:
+        print_json(m)
+    else:
+        t = m["totals"]
+        typer.echo(f"manifest: {t['files']} file(s), {t['records']:,} records, {format_size(t['bytes'])} -> {output or directory / 'manifest.json'}")
+
+
+@app.command()
+def verify(
+    manifest: Annotated[str, typer.Argument(help="manifest.json (or the folder holding it); an s3:// URL works too (needs shardkit[s3]).", show_default=False)],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recompute every listed file's size, sha256 and record count; exit 1 on any mismatch.
+
+    Example: shardkit verify shards/manifest.json
+    """
+    from shardkit.store.manifest import verify as run_verify
+
+    with exit_on_error():
+        result = run_verify(manifest)
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        for problem in result.problems:
+            sys.stderr.write(f"shardkit: mismatch: {problem}\n")
+        for name in result.extra:
+            sys.stderr.write(f"shardkit: note: {name} is not listed in the manifest\n")
+        status = "OK" if result.ok else f"FAILED ({len(result.problems)} problem(s))"
+        typer.echo(f"{result.manifest}: {result.checked} file(s) checked: {status}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst, - for stdin) or .json array files.", show_default=False)],
+    kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, or auto (detect per record).")] = "auto",
+    schema: Annotated[Path | None, typer.Option("--schema", help="Validate against this JSON Schema (Draft 2020-12) instead of a built-in kind.", show_default=False)] = None,
+    max_errors: Annotated[int, typer.Option("--max-errors", help="Exit 0 while invalid records are at most N.", min=0)] = 0,
+    max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Records longer than N tokens are invalid (needs --tokenizer).", min=1, show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="Worker processes: a number, or auto (all cores for inputs over 32 MiB).")] = "auto",
+    engine: Annotated[str | None, typer.Option("--engine", help="local or ray: one task per input file (same report and rejects as without it).", show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the exit code and errors.")] = False,
+) -> None:
+    """Check every record: JSON, UTF-8, kind; report file:line, JSON path and what is wrong.
+
+    Exit 0 when invalid records <= --max-errors, 1 otherwise, 3 for unreadable input.
+
+    Example: shardkit validate data.jsonl --kind chat --rejects bad.jsonl
+    """
+    from shardkit.pipeline.scan import validate_files
+
+    with exit_on_error():
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        with progress_bar(total, not (quiet or json_output), "validate") as progress:
+            if engine is not None:
+                from shardkit.pipeline.engine import validate_many
+
+                result = validate_many(
+                    inputs, engine=engine, jobs=jobs_option(jobs), rejects=rejects, max_errors=max_errors,
+                    progress=progress, kind=kind, schema=str(schema) if schema else None,
+                    max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"), max_tokens=max_tokens,
+                    tokenizer=str(tokenizer) if tokenizer else None,
+                )
+            else:
+                result = validate_files(
+                    inputs, kind=kind, schema=schema, max_errors=max_errors,
+                    max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"),
+                    max_tokens=max_tokens, tokenizer=tokenizer,
+                    rejects=rejects, jobs=jobs_option(jobs), progress=progress,
+                )
+    if json_output:
+        print_json(result.to_dict())
+    elif not quiet:
+        for line in result.report.lines():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="local or ray: read each input in its own task (same report as without it).", show_default=False)] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --engine: worker processes, a number or auto.")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
+) -> None:
+    """Records, kinds, messages and turns, length percentiles, histogram, exact duplicates, tokens.
+
+    Example: shardkit stats train.jsonl --tokenizer models/Qwen3-0.6B
+    """
+    from shardkit.pipeline.stats import compute_stats, render_stats
+
+    with exit_on_error():
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        with progress_bar(total, not json_output, "stats") as progress:
+            if engine is not None:
+                from shardkit.pipeline.engine import stats_many
+
+                report = stats_many(inputs, engine=engine, jobs=jobs_option(jobs),
+                                    tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+            else:
+                report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+    if json_output:
+        print_json(report)
+    else:
+        for line in render_stats(report):
+            typer.echo(line)
+
+
+
+
+@app.command()
+def overlap(
+    train: Annotated[list[str], typer.Argument(help="Training inputs (JSONL, .gz, .zst, .json arrays).", show_default=False)],
+    against: Annotated[list[Path], typer.Option("--against", help="Eval inputs to look for in the training inputs (repeatable).", show_default=False)],
+    key: Annotated[str, typer.Option("--key", help="Match by: record (normalised JSON), first-user, prompt, or a FIELD.")] = "record",
+    examples: Annotated[int, typer.Option("--examples", help="Pairs of file:line to show.", min=0)] = 10,
+    json_output: JsonOpt = False,
+) -> None:
+    """Report eval records that also appear in the training data (leakage). Exit 1 when any do.
+
+    Example: shardkit overlap train.jsonl --against data/validation/eval.jsonl --key first-user
+    """
+    from shardkit.pipeline.overlap import find_overlap
+
+    with exit_on_error():
+        result = find_overlap(train, [str(p) for p in against], key=key, examples=examples)
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        for line in result.lines():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rotate(
+    directory: Annotated[Path, typer.Argument(help="A status or log folder (not recursive).", show_default=False)],
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Files not modified for DUR (e.g. 7d).", show_default=False)] = None,
+    max_bytes: Annotated[str | None, typer.Option("--max-bytes", help="Keep the newest files that fit in SIZE; act on the older ones.", show_default=False)] = None,
+    compress: Annotated[bool, typer.Option("--compress", help="gzip the selected files (NAME.gz, mtime kept; original removed after).")] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the selected files (needs --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete.")] = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compress or delete old files in a folder that grows without bound (status logs).
+
+    Example: shardkit rotate logs/status --older-than 7d --compress
+    """
+    from shardkit.queue.journal import Journal
+    from shardkit.queue.rotate import rotate as run_rotate
+    from shardkit.queue.state import is_queue_root
+
+    with exit_on_error():
+        root = next((p for p in [directory.absolute(), *directory.absolute().parents] if is_queue_root(p)), None)
+        result = run_rotate(directory, older_than=duration_option(older_than, "--older-than"),
+                            max_bytes=size_option(max_bytes, "--max-bytes"), compress=compress,
+                            delete=delete, yes=yes, dry_run=dry_run,
+                            journal=Journal.for_root(root) if root else None)
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        for a in result.actions:
+            verb = a.action if result.applied else f"would {a.action}"
+            typer.echo(f"{verb}: {a.name} ({format_size(a.bytes_before)}){' ' + a.status if a.status == 'skipped' else ''}")
+        if result.why_not_applied:
+            typer.echo(f"nothing changed: {result.why_not_applied}")
+    summary({"files": len(result.actions), "freed": format_size(result.bytes_freed)})
+
+
