@@ -49,20 +49,15 @@ from shardkit.store.manifest import (
     SUMS_NAME,
     check_rel_name,
     now_iso,
-    read_manifest,
     scan_file,
     tool_name,
     totals,
     write_manifest,
 )
 from shardkit.store.outdir import (
-    PARTS_DIR,
     check_same_run,
     check_same_sizes,
-    refuse_deleting_inputs,
-    refuse_foreign_files,
-    remove_listed,
-    remove_part_files,
+    prepare,
     unlink_if_exists,
 )
 
@@ -1281,44 +1276,16 @@ def split_specs(specs, out, options, checks, *, resume, overwrite, dry_run, prog
 
 def _prepare_out(out: Path, splitter: Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
     """Check OUT against the rules; return the old manifest to resume from, if any."""
-    if out.exists() and not out.is_dir():
-        raise ConflictError(f"{out}: exists and is not a directory")
-    if (out / PARTS_DIR).exists():
-        if not overwrite:
-            raise ConflictError(f"{out}: holds an interrupted --engine run ({PARTS_DIR}); continue it with "
-                                "the same --engine and --resume, or start again with --overwrite")
-        if not dry_run:
-            remove_part_files(out, out / PARTS_DIR, splitter.opts.rejects)
-    if not out.exists():
-        if not dry_run:
-            try:
-                out.mkdir(parents=True)
-            except OSError as e:
-                raise env_error(e, out) from None
-        return None
-    manifest_path = out / MANIFEST_NAME
-    if not manifest_path.exists():
-        refuse_foreign_files(out)
-        if not dry_run:
-            result.removed_temps = [p.name for p in remove_stale_temps(out)]
-            unlink_if_exists(splitter.rejects.partial)
-        return None
-    old = read_manifest(manifest_path)
-    if overwrite:
-        refuse_deleting_inputs(out, old, splitter.specs)
-        if not dry_run:
-            remove_listed(out, old)
-            result.removed_temps = [p.name for p in remove_stale_temps(out)]
-            unlink_if_exists(splitter.rejects.partial)
-        return None
-    if not resume:
-        state = "a complete" if old.get("complete") else "an interrupted"
-        raise ConflictError(
-            f"{out}: already holds {state} shardkit run ({MANIFEST_NAME}); "
-            "use --resume to continue it, or --overwrite to replace the files it lists"
-        )
-    _check_same_run(out, old, splitter)
-    if not dry_run:
+
+    def clean() -> list[str]:
+        unlink_if_exists(splitter.rejects.partial)
+        return [p.name for p in remove_stale_temps(out)]
+
+    old, result.removed_temps = prepare(
+        out, splitter.specs, resume=resume, overwrite=overwrite, dry_run=dry_run, rejects=splitter.opts.rejects,
+        same_run=lambda old: _check_same_run(out, old, splitter), clean=clean,
+    )
+    if old is not None and not dry_run:
         result.removed_temps = [p.name for p in remove_stale_temps(out)]
     return old
 

@@ -120,7 +120,6 @@ from shardkit.store.manifest import (
     check_rel_name,
     dumps,
     now_iso,
-    read_manifest,
     sums_text,
     tool_name,
     totals,
@@ -128,9 +127,7 @@ from shardkit.store.manifest import (
 from shardkit.store.outdir import (
     check_same_run,
     check_same_sizes,
-    refuse_deleting_inputs,
-    refuse_foreign_files,
-    remove_listed,
+    prepare,
     unlink_if_exists,
 )
 
@@ -1232,43 +1229,15 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_run: bool,
                  result: SplitResult, stack: ExitStack) -> dict | None:
-    """Check OUT against the rules (DESIGN.md §3), lock it for this run (not in a dry run),
-    clean what a crashed run left; return the old manifest when resuming (complete: nothing
-    to do; incomplete: the run starts again, adopting the identical shards it finds)."""
-    if out.exists() and not out.is_dir():
-        raise ConflictError(f"{out}: exists and is not a directory")
-    if not out.exists():
-        if not dry_run:
-            try:
-                out.mkdir(parents=True)
-            except OSError as e:
-                raise env_error(e, out) from None
-            stack.enter_context(_locked(out))
-        return None
-    if not dry_run:
-        stack.enter_context(_locked(out))  # before anything is looked at or cleaned
-    manifest_path = out / MANIFEST_NAME
-    if not manifest_path.exists():
-        refuse_foreign_files(out)
-        if not dry_run:
-            result.removed_temps = _clean(out, p)
-        return None
-    old = read_manifest(manifest_path)
-    if overwrite:
-        refuse_deleting_inputs(out, old, p.specs)
-    if overwrite:
-        if not dry_run:
-            remove_listed(out, old)
-            result.removed_temps = _clean(out, p)
-        return None
-    if not resume:
-        state = "a complete" if old.get("complete") else "an interrupted"
-        raise ConflictError(
-            f"{out}: already holds {state} shardkit run ({MANIFEST_NAME}); "
-            "use --resume to continue it, or --overwrite to replace the files it lists"
-        )
-    _check_same_run(out, old, p)
-    if old.get("complete"):
+    """Check OUT against the rules (`outdir.prepare`), lock it for this run (not in a dry
+    run), clean what a crashed run left; return the old manifest when resuming (complete:
+    nothing to do; incomplete: the run starts again, adopting the identical shards it finds)."""
+    old, result.removed_temps = prepare(
+        out, p.specs, resume=resume, overwrite=overwrite, dry_run=dry_run, rejects=p.opts.split.rejects,
+        same_run=lambda old: _check_same_run(out, old, p), clean=lambda: _clean(out, p),
+        lock=lambda: stack.enter_context(_locked(out)),  # before anything is looked at or cleaned
+    )
+    if old is None or old.get("complete"):
         return old
     if any(s.is_stdin for s in p.specs):
         raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")

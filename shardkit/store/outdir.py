@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shardkit.core.errors import ConflictError, ShardkitError
-from shardkit.core.io import InputSpec, fsync_dir
+from shardkit.core.io import InputSpec, env_error, fsync_dir
 from shardkit.store.manifest import (
     MANIFEST_NAME,
     SIDE_FILES,
@@ -129,3 +129,53 @@ def remove_part_files(out: Path, parts: Path, rejects: str) -> None:
     (out / rejects).unlink(missing_ok=True)
     (out / SUMS_NAME).unlink(missing_ok=True)
     remove_parts(parts)
+
+
+def prepare(out: Path, specs: Sequence[InputSpec], *, resume: bool, overwrite: bool, dry_run: bool, rejects: str,
+            same_run: Callable[[dict], None], clean: Callable[[], list[str]],
+            lock: Callable[[], None] = lambda: None) -> tuple[dict | None, list[str]]:
+    """Apply OUT's rules before a run writes anything; every split driver calls this.
+
+    OUT must be a folder, new or empty but for shardkit's hidden files, unless it holds a
+    run: then `resume` continues it (`same_run(old)` checks inputs and options) and
+    `overwrite` deletes exactly the files its manifest lists. `lock()` is called once OUT
+    exists, before anything in it is looked at; `clean()` removes what a killed run left
+    under hidden names and returns their names. Returns (the old manifest to resume from,
+    or None; the names cleaned)."""
+    if out.exists() and not out.is_dir():
+        raise ConflictError(f"{out}: exists and is not a directory")
+    if not out.exists():
+        if not dry_run:
+            try:
+                out.mkdir(parents=True)
+            except OSError as e:
+                raise env_error(e, out) from None
+            lock()
+        return None, []
+    if not dry_run:
+        lock()
+    if (out / PARTS_DIR).exists():
+        if not overwrite:
+            raise ConflictError(f"{out}: holds an interrupted --engine run ({PARTS_DIR}); continue it with "
+                                "the same --engine and --resume, or start again with --overwrite")
+        if not dry_run:
+            remove_part_files(out, out / PARTS_DIR, rejects)
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.exists():
+        refuse_foreign_files(out)
+        return None, [] if dry_run else clean()
+    old = read_manifest(manifest_path)
+    if overwrite:
+        refuse_deleting_inputs(out, old, specs)
+        if dry_run:
+            return None, []
+        remove_listed(out, old)
+        return None, clean()
+    if not resume:
+        state = "a complete" if old.get("complete") else "an interrupted"
+        raise ConflictError(
+            f"{out}: already holds {state} shardkit run ({MANIFEST_NAME}); "
+            "use --resume to continue it, or --overwrite to replace the files it lists"
+        )
+    same_run(old)
+    return old, []
