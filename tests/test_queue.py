@@ -72,7 +72,7 @@ q = Queue(sys.argv[1])
 got = []
 while True:
     c = q.claim(sys.argv[2])
-    if c is None:
+    if not c:
         break
     got.append(c.name)
     c.complete()
@@ -106,7 +106,7 @@ def test_priority_then_age_order(tmp_path: Path) -> None:
     pend(q, "high-old.jsonl", prio="high")
     order = [q.claim("w").name for _ in range(4)]
     assert order == ["high-old.jsonl", "high-new.jsonl", "normal.jsonl", "low.jsonl"]
-    assert q.claim("w") is None
+    assert not q.claim("w")
 
 
 SLEEPER = r"""
@@ -168,6 +168,35 @@ def test_context_manager_completes_or_fails(tmp_path: Path) -> None:
         raise RuntimeError("CUDA out of memory")
     assert states(q) == {"completed": ["ok.jsonl"], "failed": ["bad.jsonl"]}
     assert q.find("bad.jsonl").item.last_error == "RuntimeError: CUDA out of memory"
+
+
+def test_with_claim_on_an_empty_queue_binds_none_and_the_worker_loop_runs(tmp_path: Path) -> None:
+    """Issue 17.3: `with Queue(root).claim() as item:` raised TypeError on an empty queue."""
+    q = make_queue(tmp_path)
+    with Queue(q.root).claim() as item:  # no worker name needed: HOST:PID
+        assert item is None
+    assert not q.claim("w")
+    t0 = time.monotonic()
+    with q.claim("w", wait=0.3, poll=0.05) as item:
+        assert item is None
+    assert time.monotonic() - t0 >= 0.3  # it polled for the whole wait
+
+    # claim(wait=...) takes a file that arrives while it waits
+    src = tmp_path / "late.jsonl"
+    src.write_bytes(GOOD)
+    os.utime(src, (OLD, OLD))
+    late = subprocess.Popen([sys.executable, "-c", "import sys, time, shutil; time.sleep(0.3); shutil.move(sys.argv[1], sys.argv[2])",
+                             str(src), str(q.dir("normal") / "late.jsonl")])
+    done = []
+    for _ in range(3):  # the README's worker loop, bounded
+        with q.claim("w", wait=5, poll=0.05) as item:
+            if item is None:
+                continue
+            done.append(item.name)
+            break
+    late.wait()
+    assert done == ["late.jsonl"]
+    assert states(q) == {"completed": ["late.jsonl"]}
 
 
 # ---------------------------------------------------------------- the state machine

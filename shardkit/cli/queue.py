@@ -219,7 +219,7 @@ def queue_claim(
     with exit_on_error():
         q = _open_queue(root)
         claimed = q.claim(worker, owner_pid=owner_pid or os.getppid(), wait=duration_option(wait, "--wait") or 0.0)
-    if claimed is None:
+    if not claimed:
         if json_output:
             print_json(None)
         sys.stderr.write("shardkit: nothing pending\n")

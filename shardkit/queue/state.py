@@ -489,12 +489,19 @@ class Queue:
 
     # ----- trainer operations
 
-    def claim(self, worker: str, *, owner_pid: int | None = None, wait: float = 0.0, poll: float = 0.5) -> Claimed | None:
-        """Take the oldest pending file, highest priority first; None if there is none.
+    def claim(self, worker: str | None = None, *, owner_pid: int | None = None, wait: float = 0.0,
+              poll: float = 0.5) -> Claimed | NoClaim:
+        """Take the oldest pending file, highest priority first, waiting up to `wait` seconds
+        for one; `NO_CLAIM` (false; `with` binds None) if there is none::
+
+            with queue.claim("gpu0", wait=60) as item:
+                if item is not None:
+                    train(item.path)      # completes on success, fails on an exception
 
         A claim is the rename from pending to processing: of several racing workers exactly
         one wins each file; the others move on to the next. attempts += 1 here, so a run the
-        OOM killer ends still counts."""
+        OOM killer ends still counts. `worker` defaults to HOST:PID."""
+        worker = worker or f"{self.host}:{os.getpid()}"
         owner_pid = os.getpid() if owner_pid is None else owner_pid
         deadline = time.monotonic() + wait
         while True:
@@ -512,7 +519,7 @@ class Queue:
                 self.save_item(item)
                 return Claimed(self, moved, lease)
             if time.monotonic() >= deadline:
-                return None
+                return NO_CLAIM
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
     def _candidates(self) -> list[Entry]:
@@ -863,6 +870,27 @@ def _is_regular(st: os.stat_result) -> bool:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class NoClaim:
+    """What `claim()` gives when nothing is pending: false, and `with` binds None."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NO_CLAIM"
+
+
+NO_CLAIM = NoClaim()
 
 
 class Claimed:

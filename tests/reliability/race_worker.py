@@ -39,7 +39,7 @@ def main() -> None:
                 note(event="error", op="claim", error=str(e))
                 time.sleep(0.01)
                 continue
-            if claimed is None:
+            if not claimed:
                 if os.path.exists(stop):
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > 0.5:
