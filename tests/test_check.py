@@ -200,7 +200,8 @@ def test_split_validate_conserves_every_record(tmp_path: Path, seed, n, max_reco
     if max_records is None and max_bytes is None:
         max_records = 7
     lines = mixed_lines(n, seed)
-    options = SplitOptions(max_records=max_records, max_bytes=max_bytes, block_size=block, check=CheckOptions(kind="chat"))
+    options = SplitOptions(max_records=max_records, max_bytes=max_bytes, block_size=block, check=CheckOptions(kind="chat"),
+                           allow_empty=True)  # every record rejected is a case here
     check_split(tmp_path, lines, options, 1, str(next(_runs)))
 
 

@@ -448,7 +448,8 @@ def test_conservation_every_record_is_accounted_for(tmp_path, picks, final_newli
     ev.write_bytes(RECORD_LINES[3] + b"\n" + RECORD_LINES[6] + b"\n")
     holdout_key = flags["holdout_key"] if flags["holdout"] else None
     split = {"max_records": 3, "max_bytes": flags["max_bytes"], "oversize": flags["oversize"],
-             "check": CheckOptions(kind="auto") if flags["validate"] else None}
+             "check": CheckOptions(kind="auto") if flags["validate"] else None,
+             "allow_empty": True}  # every record set aside is a case here
     out = work / "out"
     r = run([src], out, split, shuffle=flags["shuffle"], dedup=flags["dedup"], holdout=flags["holdout"],
             holdout_key=holdout_key, to=flags["to"], exclude=[ev] if flags["exclude"] else [])

@@ -294,7 +294,9 @@ def test_resume_of_a_complete_upload_checks_inputs_and_options(bucket, tmp_path:
 def test_empty_object_input(bucket, tmp_path: Path):
     _fs().pipe_file(f"{bucket}/in/empty.jsonl", b"")
     url = f"s3://{bucket}/in/empty.jsonl"
-    r = run_cli("split", url, "-o", tmp_path / "o", "--max-records", "2", "--json")
+    r = run_cli("split", url, "-o", tmp_path / "o", "--max-records", "2")
+    assert r.returncode == 1 and b"no records written" in r.stderr  # tests/test_gates.py
+    r = run_cli("split", url, "-o", tmp_path / "o2", "--max-records", "2", "--json", "--allow-empty")
     assert r.returncode == 0, r.stderr
     assert orjson.loads(r.stdout)["counts"] == {"read": 0, "written": 0, "rejected": 0, "blank": 0}
     assert run_cli("validate", url).returncode == 0

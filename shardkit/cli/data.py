@@ -110,6 +110,7 @@ def split(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", rich_help_panel="Run", help="Replace a previous run in OUT: deletes exactly the files its manifest lists, nothing else.")
     ] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", rich_help_panel="Check", help="Accept a run that writes no record (an empty input, or every record set aside); without it that run exits 1 and its manifest stays incomplete.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Run", help="Read the inputs and print the shards that would be written; write nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", rich_help_panel="Run", help="Print one JSON summary on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress bar, summary or warnings; errors only.")] = False,
@@ -162,6 +163,7 @@ def split(
             check=check,
             format=fmt,
             parquet=parquet,
+            allow_empty=allow_empty,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, raise_on_sigterm)

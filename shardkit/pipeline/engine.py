@@ -321,7 +321,7 @@ def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, p
         jobs = auto_jobs(None if None in sizes else sum(sizes))
     parts = out / PARTS_DIR
     _start_parts(parts, options, sources)
-    task_options = _abs_check(options)
+    task_options = dataclasses.replace(_abs_check(options), allow_empty=True)  # the gates judge the whole run
     tasks = [(i, spec.path if spec.remote else os.path.abspath(spec.path), spec.display, stems[i],
               os.path.abspath(parts / f"{i:05d}"), task_options, schema) for i, spec in enumerate(specs)]
     sizes = {i: spec.size or 0 for i, spec in enumerate(specs)}
@@ -408,6 +408,13 @@ def _merge(out: Path, parts: Path, results: list[PartResult], options, created_a
     }
     if results and "parquet" in results[0].manifest:
         m["parquet"] = results[0].manifest["parquet"]
+    from shardkit.pipeline.shard import GateError, refuse_unless_gates_pass
+
+    try:
+        refuse_unless_gates_pass(out, m, options, dry_run=False, write=lambda m: write_manifest(out / MANIFEST_NAME, m))
+    except GateError:
+        remove_parts(parts)  # the run is over (refused): its files are listed, the scratch goes
+        raise
     faults.hit("before:merge_manifest")
     write_manifest(out / MANIFEST_NAME, m)
     faults.hit("after:merge_manifest")

@@ -95,6 +95,7 @@ class SplitOptions:
     check: CheckOptions | None = None  # --validate: invalid records go to the rejects file
     format: str = "jsonl"  # or "parquet"
     parquet: Any = None  # parquet.ParquetOptions when format is parquet
+    allow_empty: bool = False  # a run that writes no record is refused unless this (not in params)
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -180,6 +181,36 @@ class SplitResult:
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "warnings": self.warnings,
         }
+
+
+class GateError(DataError):
+    """A finished run that must not be published as complete (e.g. it wrote no record)."""
+
+
+def gate_failure(counts: dict, options: SplitOptions) -> str | None:
+    """Why a finished run must not be published as complete, or None. Checked by every
+    driver just before it writes the complete manifest; the manifest then stays
+    `"complete": false` with this reason as `"failed"`, so a trainer that reads only
+    complete manifests never sees the output."""
+    if counts["written"] == 0 and not options.allow_empty:
+        set_aside = {k: v for k, v in counts.items() if k not in ("read", "written", "train", "validation") and v}
+        detail = ", ".join(f"{v} {k}" for k, v in set_aside.items()) or "the input is empty"
+        return f"no records written ({counts['read']} line(s) read: {detail}); give --allow-empty to accept an empty output"
+    return None
+
+
+def refuse_unless_gates_pass(out: Path, manifest: dict, options: SplitOptions, *, dry_run: bool,
+                             write: Callable[[dict], None]) -> None:
+    """Raise GateError after writing `manifest` as incomplete, with the reason, if a gate fails."""
+    reason = gate_failure(manifest["counts"], options)
+    if reason is None:
+        return
+    manifest["complete"] = False
+    manifest["failed"] = reason
+    manifest.pop("resume", None)  # nothing to continue: rerun with --overwrite
+    if not dry_run:
+        write(manifest)
+    raise GateError(f"{out}: {reason}")
 
 
 def shard_name(template: str, stem: str, index: int) -> str:
@@ -625,6 +656,8 @@ class Splitter:
             )
         self.final = self.manifest(complete=True)
         self.final["rejects"] = entry
+        refuse_unless_gates_pass(self.out, self.final, self.opts, dry_run=self.dry_run,
+                                 write=lambda m: write_manifest(self.out / MANIFEST_NAME, m))
         if not self.dry_run:
             write_manifest(self.out / MANIFEST_NAME, self.final)
 

@@ -106,6 +106,7 @@ from shardkit.pipeline.shard import (
     check_run_inputs,
     collecting_warn,
     input_stems,
+    refuse_unless_gates_pass,
     reject_record,
     source_path,
     start_checks,
@@ -1113,6 +1114,7 @@ class _Pipeline:
             if routed != final["counts"][split]:
                 raise ConservationError(f"internal error: {routed} record(s) routed to {split}, "
                                         f"{final['counts'][split]} written; please report it")
+        refuse_unless_gates_pass(self.out, final, self.opts.split, dry_run=self.dry_run, write=self.save)
         self.save(final)
         return final
 

@@ -1,0 +1,52 @@
+"""Runs that must not be published as complete: an empty input, or one whose records are all
+set aside, exits 1 with "no records" unless --allow-empty (issue 17.10), on every path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import run_cli
+
+BAD = b'{"messages":[{"role":"bot","content":"x"}]}\n'
+DRIVERS = {
+    "streaming": [],
+    "engine": ["--engine", "local", "-j", "2"],
+    "records": ["--shuffle"],
+    "parquet": ["--format", "parquet", "--holdout", "0.5"],
+}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("data", [b"", b"\n\n", BAD * 3], ids=["empty", "blank", "all-rejected"])
+def test_a_run_that_writes_no_record_exits_1_and_stays_incomplete(tmp_path: Path, driver: str, data: bytes):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    r = run_cli("split", src, "-o", out, "-n", "10", "--validate", "chat", *DRIVERS[driver])
+    assert r.returncode == 1, r.stderr
+    assert b"no records written" in r.stderr and b"--allow-empty" in r.stderr
+    m = orjson.loads((out / "manifest.json").read_bytes())
+    assert m["complete"] is False and "no records written" in m["failed"]
+    assert m["files"] == []
+    if data == BAD * 3:  # what was set aside is kept and listed, never lost
+        assert m["counts"]["rejected"] == 3
+        assert (out / m["rejects"]["path"]).read_bytes().count(b"\n") == 3
+    # a rerun must choose: --overwrite replaces it, --allow-empty accepts it
+    ok = run_cli("split", src, "-o", out, "-n", "10", "--validate", "chat", *DRIVERS[driver], "--overwrite",
+                 "--allow-empty")
+    assert ok.returncode == 0, ok.stderr
+    m = orjson.loads((out / "manifest.json").read_bytes())
+    assert m["complete"] is True and "failed" not in m
+    assert run_cli("verify", out).returncode == 0
+
+
+def test_one_empty_input_among_others_is_fine(tmp_path: Path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "good.jsonl").write_bytes(b'{"text":"a"}\n')
+    for extra in ([], ["--engine", "local", "-j", "2"]):
+        out = tmp_path / f"out{len(extra)}"
+        r = run_cli("split", tmp_path / "empty.jsonl", tmp_path / "good.jsonl", "-o", out, "-n", "10", *extra)
+        assert r.returncode == 0, r.stderr
+        assert orjson.loads((out / "manifest.json").read_bytes())["counts"]["written"] == 1
