@@ -50,3 +50,24 @@ def test_one_empty_input_among_others_is_fine(tmp_path: Path):
         r = run_cli("split", tmp_path / "empty.jsonl", tmp_path / "good.jsonl", "-o", out, "-n", "10", *extra)
         assert r.returncode == 0, r.stderr
         assert orjson.loads((out / "manifest.json").read_bytes())["counts"]["written"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["--rejects", "in-00001.jsonl"], "in-00001.jsonl"),  # the 2nd shard's name
+        (["--rejects", "SHA256SUMS"], "SHA256SUMS"),
+        (["--rejects", "in-00001.jsonl", "--engine", "local"], "in-00001.jsonl"),
+        (["--rejects", "part-validation-00000.jsonl", "--shuffle", "--holdout", "0.3"], "part-validation-00000.jsonl"),
+        (["--rejects", "x-7.parquet", "--name", "x-{index}.parquet", "--format", "parquet", "--dedup", "exact"], "x-7.parquet"),
+    ],
+)
+def test_a_rejects_name_a_shard_could_take_is_refused_before_anything_is_written(tmp_path: Path, args, name):
+    """Issue 17.4: it failed only at the end, leaving partial output --resume could not continue."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(b'{"text":"%d"}\n' % i for i in range(40)) + BAD)
+    out = tmp_path / "out"
+    r = run_cli("split", src, "-o", out, "-n", "5", "--validate", "text", *args)
+    assert r.returncode == 2, r.stderr
+    assert name.encode() in r.stderr and b"choose another name" in r.stderr
+    assert not out.exists()

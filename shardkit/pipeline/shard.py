@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import stat
+import string
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class SplitOptions:
             raise UsageError("Parquet options (--row-group-bytes, --schema-from, --on-conflict) need --format parquet")
         shard_name(self.name, "x", 0)  # fails early on a bad template
         if self.rejects in (MANIFEST_NAME, SUMS_NAME):
-            raise UsageError(f"--rejects {self.rejects!r}: that name is the run's own {self.rejects}")
+            raise UsageError(f"--rejects {self.rejects!r}: that name is the run's own {self.rejects}; choose another name")
         if "{index" not in self.name:
             raise UsageError(f"--name {self.name!r} must contain {{index}} so shard names differ")
 
@@ -1256,8 +1257,40 @@ def source_path(spec: InputSpec, out: Path | None) -> str:
 def check_names(options: SplitOptions, specs: Sequence[InputSpec]) -> None:
     """Every name the run will write is valid, checked before anything is written."""
     check_rel_name(options.rejects)
-    for stem in input_stems([s.path for s in specs]):
+    stems = input_stems([s.path for s in specs])
+    for stem in stems:
         shard_name(options.name, stem, 0)
+    refuse_side_name_clashes(options.name, stems, (), {"--rejects": options.rejects})
+
+
+def shard_name_pattern(template: str, stem: str, splits: Sequence[str] = ()) -> re.Pattern:
+    """A regex matching every name `template` gives for `stem`, whatever the index."""
+    parts = []
+    for literal, key, _spec, _conv in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if key is None:
+            continue
+        if key == "stem":
+            parts.append(re.escape(stem))
+        elif key == "split":
+            parts.append("(?:" + "|".join(map(re.escape, splits or ("train",))) + ")")
+        elif key in ("index", "total"):
+            parts.append(r"\s*[0-9]+")
+        else:
+            parts.append(".*")
+    return re.compile("".join(parts))
+
+
+def refuse_side_name_clashes(template: str, stems: Sequence[str], splits: Sequence[str], sides: dict[str, str]) -> None:
+    """A side file (rejects, duplicates, excluded) must never take a name a shard of the run
+    could take, nor the manifest's or the sums': refused before anything is written."""
+    for flag, name in sides.items():
+        if name in (MANIFEST_NAME, SUMS_NAME):
+            raise UsageError(f"{flag} {name!r}: that name is the run's own {name}; choose another name")
+        for stem in stems:
+            if shard_name_pattern(template, stem, splits).fullmatch(name):
+                raise UsageError(f"{flag} {name!r}: a shard of this run could take that name (--name {template!r}); "
+                                 "choose another name")
 
 
 def _refuse_json_array(spec: InputSpec) -> None:

@@ -106,6 +106,7 @@ from shardkit.pipeline.shard import (
     check_run_inputs,
     collecting_warn,
     input_stems,
+    refuse_side_name_clashes,
     refuse_unless_gates_pass,
     reject_record,
     source_path,
@@ -1180,6 +1181,10 @@ def run_pipeline(
     InputError, DataError, ConflictError or Interrupted.
     """
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude)
+    stems = [SHUFFLED_STEM] if options.shuffle else input_stems([s.path for s in specs])
+    refuse_side_name_clashes(options.name_template(), stems, options.splits,
+                             {"--rejects": options.split.rejects, "duplicates": options.duplicates,
+                              "excluded": options.excluded})
     out = Path(out)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
