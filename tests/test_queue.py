@@ -468,3 +468,26 @@ def test_retry_split_reshards_a_file_that_failed_for_size(tmp_path: Path) -> Non
     parent = q.find("huge.jsonl").item
     assert all(q.find(n).item.parent == parent.id for n in st["high"])
     assert [h["op"] for h in parent.history][-1] == "retry"
+
+
+def test_a_json_array_drop_counts_its_records_not_its_lines(tmp_path: Path) -> None:
+    """Issue 17.1: a .json drop of 999 records was shown as 4,997 records (its lines)."""
+    import json
+
+    q = make_queue(tmp_path)
+    records = [{"instruction": f"q{i}", "input": "", "output": f"é {i}"} for i in range(999)]
+    data = json.dumps(records, indent=1, ensure_ascii=False).encode()
+    assert data.count(b"\n") > 4000  # many lines per record
+    drop(q, "alpaca.json", data)
+    ingest(q)
+    [entry] = [e for e in q.entries() if e.name == "alpaca.json"]
+    assert entry.state == "normal"
+    assert entry.item.records == 999
+    show = orjson.loads(run_cli("queue", "show", "alpaca.json", "--root", q.root).stdout)
+    assert show["item"]["records"] == 999
+    status = orjson.loads(run_cli("queue", "status", q.root, "--json").stdout)
+    assert status["states"]["normal"]["records"] == 999
+    r = run_cli("manifest", q.root, "--json")
+    assert r.returncode == 0, r.stderr
+    [f] = [f for f in orjson.loads((q.root / "manifest.json").read_bytes())["files"] if f["path"].endswith("alpaca.json")]
+    assert f["records"] == 999
