@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import orjson
@@ -84,13 +85,15 @@ def test_sharegpt_roles_are_mapped_with_tools_and_function_calls():
     }
     chat, reason = to_chat(record)
     assert reason == ""
+    call_id = chat["messages"][2]["tool_calls"][0]["id"]
+    assert re.fullmatch(r"[0-9A-Za-z]{9}", call_id)
     assert chat == {
         "messages": [
             {"role": "system", "content": "You call tools."},
             {"role": "user", "content": "Find rice."},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"type": "function", "function": {"name": "search", "arguments": '{"q":"rice"}'}}]},
-            {"role": "tool", "content": '{"hits": 3}'},
+                {"id": call_id, "type": "function", "function": {"name": "search", "arguments": '{"q":"rice"}'}}]},
+            {"role": "tool", "tool_call_id": call_id, "name": "search", "content": '{"hits": 3}'},
             {"role": "assistant", "content": "Three hits."},
         ],
         "tools": [{"name": "search", "parameters": {}}],
@@ -107,6 +110,8 @@ def test_sharegpt_roles_are_mapped_with_tools_and_function_calls():
         ({"conversations": []}, "conversations: expected a non-empty array"),
         ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "oops"}]},
          "conversations[1].value: function_call is not JSON"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "a"}]},
+         "conversations[1]: a tool result (observation) that answers no function_call"),
         ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt record maps to no assistant message"),
         ({"conversations": [{"from": "human", "value": 3}]}, "conversations[0].value: expected a string, got a number"),
         ({"instruction": "", "input": "", "output": "A"}, "instruction and input are both missing or empty"),
@@ -165,3 +170,30 @@ def test_real_data_converts_to_valid_chat(name, count):
         elif errors := chat_errors(chat):
             failures.append((i, errors))
     assert failures == []
+
+
+def test_tool_call_ids_are_stable_and_pair_calls_with_results():
+    """Issue 17.9: --to chat wrote tool calls without `id` and tool messages without `tool_call_id`."""
+    record = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris and Rome?"},
+            {"from": "function_call", "value": '[{"name": "weather", "arguments": {"city": "Paris"}},'
+                                               ' {"name": "weather", "arguments": {"city": "Rome"}}]'},
+            {"from": "observation", "value": "12C"},
+            {"from": "observation", "value": "19C"},
+            {"from": "function_call", "value": '{"name": "convert", "arguments": {"c": 12}}'},
+            {"from": "observation", "value": "53F"},
+            {"from": "gpt", "value": "Paris 12C (53F), Rome 19C."},
+        ],
+    }
+    first, _ = to_chat(record)
+    again, _ = to_chat(orjson.loads(orjson.dumps(record)))
+    assert first == again  # same input, same ids
+    calls = [c for m in first["messages"] if m.get("tool_calls") for c in m["tool_calls"]]
+    results = [m for m in first["messages"] if m["role"] == "tool"]
+    assert len({c["id"] for c in calls}) == 3
+    assert [r["tool_call_id"] for r in results] == [c["id"] for c in calls]
+    assert [r["name"] for r in results] == ["weather", "weather", "convert"]
+    other, _ = to_chat({**record, "conversations": [{"from": "human", "value": "Other?"}, *record["conversations"][1:]]})
+    assert [c["id"] for m in other["messages"] if m.get("tool_calls") for c in m["tool_calls"]] != [c["id"] for c in calls]
+    assert chat_errors(first) == []

@@ -14,8 +14,10 @@ Mappings (`MAPPING` goes into the manifest as it is):
 - sharegpt: ``system`` (if non-empty) -> system first; each turn's ``from`` through
   `SHAREGPT_ROLES` (human -> user, gpt -> assistant, ...) and ``value`` -> content. A
   ``function_call`` turn holds a JSON call ``{"name", "arguments"}`` (or a list of them) and
-  becomes an assistant message with ``tool_calls``; ``observation``/``tool`` become tool
-  messages; ``tools`` (a JSON string or an array) becomes the chat record's ``tools`` array.
+  becomes an assistant message with ``tool_calls`` (each with a stable ``id``: 9 letters and
+  digits hashed from the record and the call's place); ``observation``/``tool`` become tool
+  messages answering the calls in order (``tool_call_id``, ``name``; a result that answers no
+  call is unmappable); ``tools`` (a JSON string or an array) becomes the chat record's ``tools`` array.
 - prompt-completion: ``prompt`` -> user, ``completion`` -> assistant; TRL's conversational
   form (both lists of messages) is concatenated.
 - ``id`` is kept; any other key the format does not map is kept under ``metadata`` (merged
@@ -27,6 +29,8 @@ turns map to no assistant message.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import orjson
 
@@ -166,6 +170,8 @@ def _sharegpt(obj: dict) -> tuple[list[dict], dict]:
     system = _text(obj, "system", required=False)
     if system:
         messages.append({"role": "system", "content": system})
+    pending: list[dict] = []  # calls of the last function_call turn not answered yet, in order
+    ids = _CallIds(obj)
     for i, turn in enumerate(turns):
         if type(turn) is not dict:
             raise _Unmappable(f"conversations[{i}]: expected an object, got {json_type_name(turn)}")
@@ -178,7 +184,15 @@ def _sharegpt(obj: dict) -> tuple[list[dict], dict]:
         if type(value) is not str:
             raise _Unmappable(f"conversations[{i}].value: expected a string, got {json_type_name(value)}")
         if source == "function_call":
-            messages.append({"role": "assistant", "content": None, "tool_calls": _tool_calls(value, i)})
+            calls = _tool_calls(value, i, ids)
+            pending = list(calls)
+            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        elif role == "tool":
+            if not pending:
+                raise _Unmappable(f"conversations[{i}]: a tool result ({source}) that answers no function_call")
+            call = pending.pop(0)
+            messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
+                             "content": value})
         else:
             messages.append({"role": role, "content": value})
     extra: dict = {}
@@ -187,7 +201,30 @@ def _sharegpt(obj: dict) -> tuple[list[dict], dict]:
     return messages, extra
 
 
-def _tool_calls(value: str, i: int) -> list[dict]:
+class _CallIds:
+    """Tool call ids for one record: 9 letters and digits (the shape the strictest chat
+    templates accept), from a hash of the record and the call's place in it, so the same
+    input always gets the same ids."""
+
+    def __init__(self, obj: dict) -> None:
+        self.obj = obj
+        self.seed: bytes | None = None
+
+    def __call__(self, turn: int, k: int) -> str:
+        if self.seed is None:
+            self.seed = hashlib.sha256(orjson.dumps(self.obj, option=orjson.OPT_SORT_KEYS)).digest()
+        n = int.from_bytes(hashlib.sha256(self.seed + b"%d:%d" % (turn, k)).digest()[:8], "big")
+        chars = []
+        for _ in range(9):
+            n, r = divmod(n, 62)
+            chars.append(_ID_ALPHABET[r])
+        return "".join(chars)
+
+
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _tool_calls(value: str, i: int, ids: _CallIds) -> list[dict]:
     try:
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -200,7 +237,8 @@ def _tool_calls(value: str, i: int) -> list[dict]:
         arguments = call.get("arguments", {})
         if type(arguments) is not str:
             arguments = orjson.dumps(arguments).decode()
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+        out.append({"id": ids(i, len(out)), "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments}})
     return out
 
 
