@@ -71,3 +71,30 @@ def test_a_rejects_name_a_shard_could_take_is_refused_before_anything_is_written
     assert r.returncode == 2, r.stderr
     assert name.encode() in r.stderr and b"choose another name" in r.stderr
     assert not out.exists()
+
+
+def test_split_streams_a_json_array_one_compact_record_a_line(tmp_path: Path):
+    """Issue 17.6: split of an alpaca .json array was refused (validate and stats read it)."""
+    import json
+
+    records = [{"instruction": f"q {i} é", "input": "", "output": f"a\\n{i}", "n": 1.50, "big": 12345678901234567890}
+               for i in range(30)]
+    text = json.dumps(records, indent=2, ensure_ascii=False)
+    text = text.replace('"n": 1.5', '"n": 1.50')  # a number written its own way stays as written
+    src = tmp_path / "alpaca.json"
+    src.write_text(text)
+    for extra in ([], ["--engine", "local"], ["--shuffle"]):
+        out = tmp_path / f"out{len(extra)}"
+        r = run_cli("split", src, "-o", out, "-n", "7", "--validate", "alpaca", *extra)
+        assert r.returncode == 0, r.stderr
+        m = orjson.loads((out / "manifest.json").read_bytes())
+        assert m["sources"][0]["container"] == "json-array"
+        lines = [line for f in m["files"] for line in (out / f["path"]).read_bytes().splitlines()]
+        assert len(lines) == 30 and all(b"\n" not in x and b"  " not in x for x in lines)
+        assert b'"n":1.50' in lines[0] and b'"big":12345678901234567890' in lines[0]  # numbers unchanged
+        assert "é" in lines[0].decode()  # strings unchanged
+        if not extra:
+            assert [json.loads(x) for x in lines] == json.loads(text)
+            starts = [i + 1 for i, line in enumerate(text.split("\n")) if line == "  {"]
+            assert [f["first_line"] for f in m["files"]] == starts[::7]  # where each item starts
+    assert run_cli("verify", tmp_path / "out0").returncode == 0

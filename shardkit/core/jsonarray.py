@@ -36,6 +36,15 @@ _OPEN_OBJECT, _CLOSE_OBJECT = 0x7B, 0x7D
 _CANNOT_START_ELEMENT = frozenset(b",:}]")
 
 
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[^ \t\r\n"]+', re.DOTALL)
+
+
+def compact(raw: bytes) -> bytes:
+    """An array element as one JSON line: the whitespace between tokens removed, strings
+    and numbers byte for byte (a JSON array cannot be copied byte for byte into JSONL)."""
+    return b"".join(_TOKEN.findall(raw))
+
+
 def is_json_array(path_or_name: str, head: bytes) -> bool:
     """True for a `.json`, `.json.gz` or `.json.zst` input whose content starts with '['.
 

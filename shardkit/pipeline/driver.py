@@ -15,7 +15,8 @@ Which stages run decides how the records flow:
   copies whole runs of lines without touching records one by one and resumes from the
   record after the last committed shard. With an engine, one task per input, merged in
   input order (`engine.split_many`).
-- a record stage (shuffle, holdout, dedup, exclude, --to): the record pipeline
+- a record stage (shuffle, holdout, dedup, exclude, --to), or an input that is one JSON
+  array (its elements are parsed out, each written as one compact line): the record pipeline
   (`transform`), whose dedup, holdout and shuffle see all inputs at once. With an
   engine, the whole plan runs as one task on the executor (its --validate stage uses
   --jobs worker processes there); see docs/ARCHITECTURE.md for why it is not split
@@ -39,6 +40,7 @@ from shardkit.pipeline.shard import (
     SplitOptions,
     SplitResult,
     check_run_inputs,
+    holds_json_array,
     run_staged,
     source_path,
 )
@@ -71,6 +73,8 @@ def split(
     """
     if engine is not None and engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if isinstance(options, SplitOptions) and _any_json_array(inputs):
+        options = PipelineOptions(split=options)  # records are parsed out of the array: the record pipeline
     if isinstance(options, SplitOptions):
         if engine is not None:
             return split_many(inputs, out, options, engine=engine, jobs=jobs, resume=resume, overwrite=overwrite,
@@ -79,6 +83,11 @@ def split(
                                progress=progress, warn=warn, jobs=jobs, staging=staging)
     return _split_records(inputs, out, options, engine=engine, jobs=jobs, resume=resume, overwrite=overwrite,
                           dry_run=dry_run, progress=progress, warn=warn, staging=staging)
+
+
+def _any_json_array(inputs) -> bool:
+    paths = [os.fspath(p) for p in inputs]
+    return any(p != "-" and holds_json_array(inspect_input(p)) for p in paths)
 
 
 def _split_records(inputs, out, options: PipelineOptions, *, engine, jobs, resume, overwrite, dry_run, progress,

@@ -1128,9 +1128,11 @@ def count_records(spec: InputSpec, block_size: int = BLOCK_SIZE) -> int:
 # ---------------------------------------------------------------- entry point
 
 
-def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[str] = ()) -> list[InputSpec]:
+def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[str] = (),
+                     arrays: bool = False) -> list[InputSpec]:
     """The checks every split-like run makes first: flags that exclude each other, inputs
-    that exist and are JSONL (or Parquet), stdin at most once (counting `also`)."""
+    that exist and are JSONL (or Parquet; or, with `arrays`, a JSON array), stdin at most
+    once (counting `also`)."""
     if resume and overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
     paths = [os.fspath(p) for p in inputs]
@@ -1139,8 +1141,9 @@ def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[st
     if (paths + list(also)).count("-") > 1:
         raise UsageError("stdin (-) can be given only once")
     specs = [inspect_input(p) for p in paths]
-    for spec in specs:
-        _refuse_json_array(spec)
+    if not arrays:
+        for spec in specs:
+            _refuse_json_array(spec)
     return specs
 
 
@@ -1293,16 +1296,22 @@ def refuse_side_name_clashes(template: str, stems: Sequence[str], splits: Sequen
                                  "choose another name")
 
 
-def _refuse_json_array(spec: InputSpec) -> None:
-    """split copies JSON Lines byte for byte; a file holding one JSON array is not that."""
+def holds_json_array(spec: InputSpec) -> bool:
+    """A `.json` (`.json.gz`, `.json.zst`) input whose content is one JSON array."""
     if spec.is_stdin or not spec.path.lower().endswith((".json", ".json.gz", ".json.zst")):
-        return
+        return False
     with InputStream(spec) as stream:
         head = stream.read(4096)
-    if is_json_array(spec.path, head):
+    return is_json_array(spec.path, head)
+
+
+def _refuse_json_array(spec: InputSpec) -> None:
+    """The byte-streaming splitter copies JSON Lines; a file holding one JSON array goes
+    through the record pipeline instead (`shardkit.split` routes it there)."""
+    if holds_json_array(spec):
         raise UsageError(
-            f"{spec.display}: holds one JSON array, not JSON Lines; split reads JSONL "
-            "(validate and stats read arrays; convert with: jq -c '.[]' FILE > FILE.jsonl)"
+            f"{spec.display}: holds one JSON array, not JSON Lines; this splitter copies JSONL "
+            "byte for byte (shardkit.split reads arrays through the record pipeline)"
         )
 
 

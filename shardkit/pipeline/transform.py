@@ -92,6 +92,7 @@ from shardkit.core.io import (
     remove_stale_temps,
     write_all,
 )
+from shardkit.core.jsonarray import JsonArraySource, compact
 from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
@@ -105,6 +106,7 @@ from shardkit.pipeline.shard import (
     Warn,
     check_run_inputs,
     collecting_warn,
+    holds_json_array,
     input_stems,
     refuse_side_name_clashes,
     refuse_unless_gates_pass,
@@ -112,7 +114,7 @@ from shardkit.pipeline.shard import (
     source_path,
     start_checks,
 )
-from shardkit.records.check import Checks
+from shardkit.records.check import Bad, Checks
 from shardkit.records.convert import MAPPING, to_chat
 from shardkit.records.validate import Report
 from shardkit.store.manifest import (
@@ -155,6 +157,7 @@ MAX_DEPTH = 8  # re-scatter levels before a bucket is loaded whatever its size
 COMPRESSED_RATIO = 4  # planning guess: decompressed bytes per compressed byte
 STDIN_GUESS = 1 << 30  # planning guess for stdin, whose size is unknown
 CHUNK = 1 << 20  # bytes gathered before one write
+ARRAY_BATCH = 1024  # elements of a JSON-array input checked together
 SCHEMA_BATCH = 8 << 20  # bytes of records per SchemaBuilder call (its fastest chunk size)
 PENDING_BUDGET = 8 << 20  # bytes waiting for all bucket files together in pass 1 (64 KiB each at least)
 CONVERSIONS = ("chat",)
@@ -327,13 +330,17 @@ class _Tally:
     duplicates: int = 0
     excluded: int = 0
     routed: dict[str, int] = field(default_factory=lambda: {TRAIN: 0, VALIDATION: 0})
+    container: str | None = None  # "json-array": one array, written one compact record a line
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
             "blank": self.blank, "rejected": self.rejected, "duplicates": self.duplicates,
             "excluded": self.excluded, TRAIN: self.routed[TRAIN], VALIDATION: self.routed[VALIDATION],
         }
+        if self.container:
+            d["container"] = self.container
+        return d
 
 
 # ---------------------------------------------------------------- steps (each: record -> keep?)
@@ -896,6 +903,9 @@ class _Pipeline:
         self.template = options.name_template()
         self.stems = input_stems([s.path for s in specs])
         self.tallies = [_Tally(self._rel(s), s.display, s.size) for s in specs]
+        self.arrays = [holds_json_array(s) for s in specs]  # inputs that are one JSON array
+        for tally, is_array in zip(self.tallies, self.arrays, strict=True):
+            tally.container = "json-array" if is_array else None
         self.report = Report(max_examples=checks.options.examples) if checks else None
         self.rejects = RejectsFile(out / options.split.rejects, dry_run)
         self.duplicates = RejectsFile(out / options.duplicates, dry_run)
@@ -1007,6 +1017,11 @@ class _Pipeline:
         tally = self.tallies[i]
         src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
         with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
+            if self.arrays[i]:
+                yield from self._array_records(i, stream, tally)
+                tally.bytes = stream.raw_bytes
+                tally.sha256 = src_hash.hexdigest() if src_hash else None
+                return
             reader = BlockReader(stream, self.opts.split.block_size)
             blocks = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
             seen = 0
@@ -1023,6 +1038,46 @@ class _Pipeline:
                 self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
             tally.bytes = stream.raw_bytes
         tally.sha256 = src_hash.hexdigest() if src_hash else None
+
+    def _array_records(self, i: int, stream, tally: _Tally) -> Iterator[_Record]:
+        """The elements of a JSON-array input as records: each one compact JSON on a line of
+        its own, its line the one where it starts; side files keep its original bytes."""
+        display = self.specs[i].display
+        batch: list[tuple[int, int, bytes]] = []
+        seen = 0
+        try:
+            for element in JsonArraySource(stream):
+                batch.append(element)
+                if len(batch) >= ARRAY_BATCH:
+                    yield from self._array_batch(i, batch, tally)
+                    batch = []
+                    if self.progress:
+                        self.progress(stream.raw_bytes - seen)
+                        seen = stream.raw_bytes
+            yield from self._array_batch(i, batch, tally)
+        except DataError as e:
+            raise DataError(f"{display}: {e}") from None
+        while stream.read(1 << 20):  # the source's hash and size cover its last byte
+            pass
+        if self.progress:
+            self.progress(stream.raw_bytes - seen)
+
+    def _array_batch(self, i: int, batch: list[tuple[int, int, bytes]], tally: _Tally) -> Iterator[_Record]:
+        bad: dict[int, Bad] = {}
+        if self.checks is not None and batch:
+            verdict = self.checks.local.check_records(batch, self.specs[i].display)
+            self.report.merge(verdict.report)
+            bad = {b.start: b for b in verdict.bad}
+        for line, offset, raw in batch:
+            tally.records += 1
+            b = bad.get(offset)
+            if b is not None:
+                self.rejects.add(reject_record(self.specs[i].display, line, offset, b.code, b.reason, raw))
+                tally.rejected += 1
+                continue
+            rec = _Record(i, line, offset, compact(raw) + NL)
+            rec.original = raw
+            yield rec
 
     def _block_records(self, i: int, block, bad: list, tally: _Tally) -> Iterator[_Record]:
         runs, trailing = nonblank_runs(block)
@@ -1180,7 +1235,7 @@ def run_pipeline(
     file under a final name whatever happens, --resume/--overwrite rules. Raises UsageError,
     InputError, DataError, ConflictError or Interrupted.
     """
-    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude)
+    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude, arrays=True)
     stems = [SHUFFLED_STEM] if options.shuffle else input_stems([s.path for s in specs])
     refuse_side_name_clashes(options.name_template(), stems, options.splits,
                              {"--rejects": options.split.rejects, "duplicates": options.duplicates,

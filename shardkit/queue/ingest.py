@@ -39,8 +39,9 @@ from shardkit.core.io import (
     rename_noreplace,
     write_all,
 )
+from shardkit.pipeline.driver import split
 from shardkit.pipeline.scan import validate_files
-from shardkit.pipeline.shard import SplitOptions, input_stems, split
+from shardkit.pipeline.shard import SplitOptions, input_stems
 from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id
 from shardkit.store.manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
 
