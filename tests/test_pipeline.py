@@ -224,8 +224,8 @@ def mixed_pair(tmp_path_factory):
 def test_holdout_membership_is_unchanged_when_a_file_is_added_or_inputs_reordered(mixed_pair, tmp_path, shuffle):
     base, _ = mixed_pair
     one, two = base / "one.jsonl", base / "two.jsonl"
-    run([one], tmp_path / "alone", holdout=0.2, shuffle=shuffle)
-    run([two, one], tmp_path / "more", holdout=0.2, shuffle=shuffle)
+    run([one], tmp_path / "alone", holdout=0.2, shuffle=shuffle, holdout_key="record")
+    run([two, one], tmp_path / "more", holdout=0.2, shuffle=shuffle, holdout_key="record")
     train_a, val_a = split_sets(tmp_path / "alone")
     train_b, val_b = split_sets(tmp_path / "more")
     from_one = set(nonblank(one.read_bytes()))
@@ -233,8 +233,40 @@ def test_holdout_membership_is_unchanged_when_a_file_is_added_or_inputs_reordere
     assert 0.13 < len(val_a) / len(from_one) < 0.27
     for line in val_a:  # the documented rule, recomputed
         assert holdout_split(record_hash(orjson.loads(line)), 0.2) == "validation"
-    run([one], tmp_path / "seed9", holdout=0.2, holdout_seed=9)
+    run([one], tmp_path / "seed9", holdout=0.2, holdout_seed=9, holdout_key="record")
     assert split_sets(tmp_path / "seed9")[1] != val_a
+
+
+def test_holdout_keeps_each_prompt_in_one_split_by_default(tmp_path):
+    """Issue 17.8: hashing whole records put prompts with several answers in both splits."""
+    from shardkit.pipeline.overlap import key_function
+
+    src = tmp_path / "chat.jsonl"
+    lines = []
+    for i in range(600):  # 150 prompts, 4 answers each; some as alpaca, converted by --to chat
+        q, a = f"question {i % 150}?", f"answer {i}"
+        rec = ({"instruction": q, "input": "", "output": a} if i % 3 == 0 else
+               {"messages": [{"role": "system", "content": f"sys {i % 7}"}, {"role": "user", "content": q},
+                             {"role": "assistant", "content": a}]})
+        lines.append(orjson.dumps(rec))
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    prompt = key_function("first-user")
+
+    def overlap(out: Path) -> int:
+        sets = {"train": set(), "validation": set()}
+        for f in manifest_of(out)["files"]:
+            for line in nonblank((out / f["path"]).read_bytes()):
+                sets[f["split"]].add(prompt(orjson.loads(line)))
+        return len(sets["train"] & sets["validation"])
+
+    old = run([src], tmp_path / "record", holdout=0.2, holdout_key="record", to="chat")
+    assert old.manifest["holdout"]["prompt_overlap"] == overlap(tmp_path / "record") > 0
+    assert any("also occur in train" in w for w in old.warnings)
+    new = run([src], tmp_path / "default", holdout=0.2, to="chat")
+    assert new.manifest["holdout"] == {"key": "first-user", "fraction": 0.2, "seed": 0, "prompt_overlap": 0}
+    assert new.manifest["params"]["holdout_key"] == "first-user"
+    assert overlap(tmp_path / "default") == 0 and new.counts["validation"] > 0
+    assert not any("also occur in train" in w for w in new.warnings)
 
 
 def test_holdout_names_and_split_field(mixed_pair, tmp_path):

@@ -35,12 +35,20 @@ of pass-1 write buffers plus the interpreter; measured on the 290 MB / 100k-reco
 with the default 256 MiB: 94 MiB peak RSS, 99 MiB on the doubled file (bench/shuffle.py).
 
 **Holdout.** A record goes to ``validation`` iff the first 8 bytes of
-``sha256("shardkit-holdout:{seed}:" + k)`` read as a fraction are below --holdout, where k
-is the record's 128-bit normalised hash, or with --holdout-key FIELD the field's value
-(``s`` + a string's UTF-8 bytes, or ``j`` + any other value as normalised JSON; records
-sharing a value stay together). It depends on nothing else, so adding, removing or
-reordering files never moves a record between splits. A record without the key field is
-rejected (code ``holdout_key``). Without --holdout every shard's `split` is ``train``.
+``sha256("shardkit-holdout:{seed}:" + k)`` read as a fraction are below --holdout. By
+default (--holdout-key first-user) k is ``p`` + the record's prompt, taken from the source
+record before any --to chat: the first user message (chat, sharegpt), instruction + input
+(alpaca), the prompt (prompt/completion), normalised as `overlap` does; so one prompt with
+several answers never lands in both splits. A record with no prompt (text, not JSON) uses
+its 128-bit normalised hash, which is what --holdout-key record uses for every record.
+--holdout-key prompt takes everything before the first answer (system included);
+--holdout-key FIELD the field's value (``s`` + a string's UTF-8 bytes, or ``j`` + any other
+value as normalised JSON; records sharing a value stay together; a record without it is
+rejected, code ``holdout_key``). It depends on nothing else, so adding, removing or
+reordering files never moves a record between splits. The manifest's ``holdout`` says how
+many held-out prompts also occur in train (0 by construction with first-user; counted with
+the other keys, which keeps an 8-byte hash per distinct prompt in memory), and split warns
+when that is above 0. Without --holdout every shard's `split` is ``train``.
 
 **Dedup** keeps the first copy of every normalised record (the `stats` hash: sha256 of the
 JSON re-encoded with sorted keys, first 16 bytes; a line that is not JSON hashes its bytes).
@@ -230,6 +238,13 @@ class PipelineOptions:
             raise UsageError(f"--name {template!r} must contain {{split}} with --holdout so train and validation shards differ")
         shard_file_name(template, "x", TRAIN, 0)
 
+    @property
+    def holdout_key_used(self) -> str | None:
+        """--holdout-key, or its default: first-user (the prompt)."""
+        if self.holdout is None:
+            return None
+        return self.holdout_key or "first-user"
+
     def name_template(self) -> str:
         """--name, or the default for this mode: `{stem}-{index:05d}.jsonl`, `{stem}-{split}-{index:05d}.jsonl` under --holdout."""
         if self.name is not None:
@@ -251,7 +266,7 @@ class PipelineOptions:
             "seed": self.seed if self.shuffle else None,
             "shuffle_memory": self.shuffle_memory if self.shuffle else None,
             "holdout": self.holdout,
-            "holdout_key": self.holdout_key,
+            "holdout_key": self.holdout_key_used,
             "holdout_seed": self.holdout_seed if self.holdout is not None else None,
             "dedup": self.dedup,
             "exclude": exclude_paths,
@@ -415,14 +430,37 @@ class _Dedup:
 class _Holdout:
     """--holdout F: validation iff a stable hash of (seed, key) falls under F."""
 
-    def __init__(self, p: _Pipeline, fraction: float, key: str | None, seed: int) -> None:
+    def __init__(self, p: _Pipeline, fraction: float, key: str, seed: int) -> None:
         self.p, self.key = p, key
         self.limit = fraction * _HOLDOUT_SCALE
         self.prefix = f"shardkit-holdout:{seed}:".encode()
+        self.prompt_of = key_function("first-user")
+        self.by_prompt = key in ("first-user", "prompt")
+        self.key_of = key_function(key) if self.by_prompt else None
+        self.tracked: dict[str, set[int]] | None = None if key == "first-user" else {TRAIN: set(), VALIDATION: set()}
+
+    def source_obj(self, rec: _Record) -> object:
+        """The record as read, before --to chat changed it."""
+        if rec.original is rec.raw:
+            return rec.obj()
+        try:
+            return orjson.loads(rec.original)
+        except orjson.JSONDecodeError:
+            return INVALID
+
+    def prompt_overlap(self) -> int:
+        """Held-out prompts that also occur in train (0 by construction with first-user)."""
+        if self.tracked is None:
+            return 0
+        return len(self.tracked[TRAIN] & self.tracked[VALIDATION])
 
     def __call__(self, rec: _Record) -> bool:
-        if self.key is None:
+        src = self.source_obj(rec) if self.by_prompt or self.tracked is not None else None
+        if self.key == "record":
             material = rec.hash()
+        elif self.by_prompt:
+            key = self.key_of(src) if type(src) is dict else None
+            material = b"p" + key if key is not None else rec.hash()
         else:
             obj = rec.obj()
             if type(obj) is not dict or obj.get(self.key) is None:
@@ -436,6 +474,10 @@ class _Holdout:
                 material = b"j" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.sha256(self.prefix + material).digest()
         rec.split = VALIDATION if int.from_bytes(digest[:8], "big") < self.limit else TRAIN
+        if self.tracked is not None:
+            prompt = self.prompt_of(src) if type(src) is dict else None
+            if prompt is not None:
+                self.tracked[rec.split].add(int.from_bytes(hashlib.sha256(prompt).digest()[:8], "little"))
         return True
 
 
@@ -913,6 +955,7 @@ class _Pipeline:
         self.files: list[dict] = []
         self.created_at = now_iso()
         self.eval_index: EvalIndex | None = None
+        self.holdout: _Holdout | None = None
         self.exclude_paths = [self._rel(inspect_input(p)) for p in options.exclude]
         self.sink: _PerInputSink | _ShuffleSink | _SchemaSink | None = None
         self.schema = None  # parquet.InferredSchema with --format parquet
@@ -966,7 +1009,8 @@ class _Pipeline:
         if o.dedup:
             steps.append(_Dedup(self))
         if o.holdout is not None:
-            steps.append(_Holdout(self, o.holdout, o.holdout_key, o.holdout_seed))
+            self.holdout = _Holdout(self, o.holdout, o.holdout_key_used, o.holdout_seed)
+            steps.append(self.holdout)
         if o.split.max_bytes is not None:
             steps.append(_SizeGate(self, o.split.max_bytes, o.split.oversize))
         return steps
@@ -1142,6 +1186,9 @@ class _Pipeline:
         if self.eval_index is not None:
             sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if self.holdout is not None:
+            m["holdout"] = {"key": self.holdout.key, "fraction": self.opts.holdout,
+                            "seed": self.opts.holdout_seed, "prompt_overlap": self.holdout.prompt_overlap()}
         if self.schema is not None:
             m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
         if isinstance(self.sink, _ShuffleSink):
@@ -1164,6 +1211,10 @@ class _Pipeline:
             if sides[key]:
                 self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
         final = self.manifest(complete=True, sides=sides)
+        overlap = final.get("holdout", {}).get("prompt_overlap")
+        if overlap:
+            self.warn(f"{overlap} held-out prompt(s) also occur in train (--holdout-key {self.holdout.key}); "
+                      "the default, --holdout-key first-user, keeps each prompt in one split")
         check_conservation(final["counts"])
         for split in (TRAIN, VALIDATION):
             routed = sum(t.routed[split] for t in self.tallies)
