@@ -6,7 +6,7 @@ from conftest import run_cli
 
 from shardkit import SplitOptions, split
 from shardkit.core.errors import DataError, InputError
-from shardkit.store.manifest import regenerate, verify
+from shardkit.store.manifest import FolderChanged, regenerate, verify
 
 
 @pytest.fixture
@@ -93,7 +93,9 @@ def test_regenerate_keeps_lineage_and_picks_up_changes(shards):
     (shards / "manifest.json").write_bytes(orjson.dumps(old))
     (shards / "chat-00003.jsonl").unlink()
     (shards / "extra.jsonl").write_bytes(b'{"x":1}\n\n{"y":2}\n')
-    again = regenerate(shards)
+    with pytest.raises(FolderChanged, match="chat-00003.jsonl is missing"):
+        regenerate(shards)
+    again = regenerate(shards, accept_changes=True)
     assert [f["path"] for f in again["files"]] == ["chat-00000.jsonl", "chat-00001.jsonl", "chat-00002.jsonl", "extra.jsonl"]
     assert again["files"][0]["first_line"] == 1  # lineage kept for unchanged files
     assert again["files"][-1]["records"] == 2
@@ -109,3 +111,30 @@ def test_manifest_cli_to_other_path(shards, tmp_path):
     assert verify(tmp_path / "elsewhere.json").ok
     r = run_cli("manifest", tmp_path / "missing")
     assert r.returncode == 3 and r.stderr.decode().strip().endswith("missing: not a directory")
+
+
+def test_manifest_of_a_changed_folder_reports_every_difference_and_rewrites_nothing(shards):
+    """Issue 17.7: it silently counted a cut line as a record and dropped a missing shard."""
+    before = (shards / "manifest.json").read_bytes()
+    sums = (shards / "SHA256SUMS").read_bytes()
+    with open(shards / "chat-00000.jsonl", "ab") as f:
+        f.write(b'{"cut": ')  # a byte appended: a last line that is not a record
+    (shards / "chat-00001.jsonl").unlink()
+    (shards / "new.jsonl").write_bytes(b'{"x":1}\n')
+    r = run_cli("manifest", shards)
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    for what in ("chat-00000.jsonl changed", "chat-00000.jsonl: the last line is not a complete record",
+                 "chat-00001.jsonl is missing", "new.jsonl is not in the manifest", "--accept-changes"):
+        assert what in err, err
+    assert (shards / "manifest.json").read_bytes() == before and (shards / "SHA256SUMS").read_bytes() == sums
+    v = run_cli("verify", shards)
+    assert v.returncode == 1
+    assert b"chat-00000.jsonl" in v.stdout + v.stderr and b"chat-00001.jsonl: missing" in v.stdout + v.stderr
+    ok = run_cli("manifest", shards, "--accept-changes")
+    assert ok.returncode == 0, ok.stderr
+    m = orjson.loads((shards / "manifest.json").read_bytes())
+    assert "chat-00001.jsonl" not in {f["path"] for f in m["files"]}
+    assert run_cli("manifest", shards).returncode == 0  # now they agree: nothing to report
+    v = run_cli("verify", shards)  # the cut line is still named
+    assert v.returncode == 1 and b"last line is not a complete record" in v.stdout + v.stderr

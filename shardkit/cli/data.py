@@ -239,13 +239,15 @@ def manifest_cmd(
         Path | None, typer.Option("--output", "-o", help="Where to write the manifest (default DIR/manifest.json); SHA256SUMS goes beside it.", show_default=False)
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifest on stdout.")] = False,
+    accept_changes: Annotated[bool, typer.Option("--accept-changes", help="A shards folder that differs from its manifest (a file changed, missing or added; a cut last line) is refused (exit 1) and nothing rewritten; with this, the manifest describes the files as they are now.")] = False,
 ) -> None:
     """Regenerate manifest.json and SHA256SUMS from the shard files on disk (or of a queue ROOT).
 
     On a queue root: every queue file with state, priority, records, bytes, sha256 and
     attempts; a rerun rehashes only files whose (inode, size, mtime) changed.
-    Entries of an existing manifest whose file is unchanged keep their lineage
-    (source, first/last line); new files are added by name; missing ones dropped.
+    On a shards folder, entries whose file is unchanged keep their lineage (source,
+    first/last line); any difference from the existing manifest is reported and nothing
+    rewritten (exit 1) unless --accept-changes.
 
     Example: shardkit manifest shards/
     """
@@ -258,7 +260,7 @@ def manifest_cmd(
                 raise UsageError("a queue manifest is always ROOT/manifest.json; drop --output")
             m = queue_manifest(Queue(directory))
         else:
-            m = regenerate(directory, output)
+            m = regenerate(directory, output, accept_changes=accept_changes)
     if json_output:
         print_json(m)
     else:

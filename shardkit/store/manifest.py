@@ -237,6 +237,8 @@ def _check_entry(base: Path, entry: dict) -> str | None:
         return f"{rel}: sha256 mismatch (manifest {str(entry.get('sha256'))[:12]}…, file {stats.sha256[:12]}…)"
     if "records" in entry and stats.records != entry["records"]:
         return f"{rel}: {stats.records} records, manifest says {entry['records']}"
+    if entry.get("compression") is None and _cut_short(target):
+        return f"{rel}: the last line is not a complete record (no newline at the end)"
     return None
 
 
@@ -294,12 +296,18 @@ def _data_files(directory: Path) -> list[Path]:
 # ---------------------------------------------------------------- regenerate
 
 
-def regenerate(directory: Path, out: Path | None = None) -> dict:
+class FolderChanged(DataError):
+    """A shards folder no longer matches its manifest; nothing was rewritten."""
+
+
+def regenerate(directory: Path, out: Path | None = None, *, accept_changes: bool = False) -> dict:
     """Rebuild a shards manifest from the files on disk and write it (with SHA256SUMS).
 
     Entries of an existing manifest whose file is unchanged keep their lineage
-    (source, first_line, last_line); new files are appended in name order; files that
-    are gone are dropped.
+    (source, first_line, last_line). A folder that differs from its manifest (a file
+    changed, missing or not listed; a JSONL file whose last line is not a complete record)
+    raises FolderChanged naming every difference, and nothing is rewritten, unless
+    `accept_changes`: then new files are appended in name order and gone ones dropped.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -317,6 +325,7 @@ def regenerate(directory: Path, out: Path | None = None) -> dict:
     ordered = [directory / e for e in old_entries if (directory / e) in set(files)]
     ordered += [p for p in files if p not in set(ordered)]
     entries = []
+    differences: list[str] = []
     for p in ordered:
         stats = scan_file(p, _compression_of(p))
         rel = os.path.relpath(p, out.parent)
@@ -331,7 +340,20 @@ def regenerate(directory: Path, out: Path | None = None) -> dict:
         prior = old_entries.get(p.name)
         if prior and prior.get("sha256") == stats.sha256:
             entry = {**prior, **entry}
+        else:
+            if prior:
+                differences.append(f"{p.name} changed ({_change(prior, stats)})")
+            elif old is not None:
+                differences.append(f"{p.name} is not in the manifest")
+            if _cut_short(p):  # never described as it is without a word (verify names it too)
+                differences.append(f"{p.name}: the last line is not a complete record (no newline at the end)")
         entries.append(entry)
+    differences += [f"{name} is missing" for name in old_entries if isinstance(name, str) and not (directory / name).exists()]
+    if differences and not accept_changes:
+        raise FolderChanged(
+            f"{directory}: differs from its manifest: {'; '.join(differences)}. Nothing was rewritten; "
+            "check the files (shardkit verify), or give --accept-changes to describe them as they are now"
+        )
     manifest = {
         "shardkit_manifest": FORMAT_VERSION,
         "type": "shards",
@@ -348,6 +370,24 @@ def regenerate(directory: Path, out: Path | None = None) -> dict:
         manifest["counts"] = old["counts"]
     write_manifest(out, manifest)
     return manifest
+
+
+def _change(prior: dict, stats: FileStats) -> str:
+    if prior.get("bytes") != stats.bytes:
+        return f"{prior.get('bytes')} -> {stats.bytes} bytes"
+    return "same size, other sha256"
+
+
+def _cut_short(p: Path) -> bool:
+    """A plain JSONL file whose last byte is not a newline: its last record was cut."""
+    if p.suffix != ".jsonl" and not p.name.endswith(".ndjson"):
+        return False
+    with open(p, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _read_if_exists(path: Path) -> dict | None:

@@ -44,14 +44,14 @@ class ShardsManifestWorkload(T.Workload):
 
     def prepare(self, d) -> list:
         shutil.copytree(self.template, d / "shards")
-        return ["manifest", d / "shards"]
+        return ["manifest", d / "shards", "--accept-changes"]  # the workload changed the folder on purpose
 
     def set_reference(self, d) -> None:
         self.new_manifest = T.without(orjson.loads((d / "shards" / "manifest.json").read_bytes()), *VOLATILE)
         self.new_sums = (d / "shards" / "SHA256SUMS").read_bytes()
 
     def recover(self, d, kill_after=None) -> list[T.Run]:
-        r = T.run(["manifest", d / "shards"], cwd=d, kill_after=kill_after)
+        r = T.run(["manifest", d / "shards", "--accept-changes"], cwd=d, kill_after=kill_after)
         if kill_after is None:
             T.ok(r)
         return [r]

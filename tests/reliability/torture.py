@@ -134,6 +134,11 @@ def run(
     """Run shardkit ARGS to the end, or SIGKILL it `kill_after` s after start."""
     args = [str(a) for a in args]
     full_env = clean_env(env)
+    if preexec is not None:
+        # Under RLIMIT_FSIZE, CPython writes a .pyc with one raw write() that the limit cuts
+        # short, then renames it into place: the next interpreter fails on the truncated
+        # bytecode ("marshal data too short"). A limited child must not write bytecode.
+        full_env["PYTHONDONTWRITEBYTECODE"] = "1"
     if fault:
         full_env["SHARDKIT_FAULT"] = fault
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
