@@ -491,3 +491,30 @@ def test_a_json_array_drop_counts_its_records_not_its_lines(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     [f] = [f for f in orjson.loads((q.root / "manifest.json").read_bytes())["files"] if f["path"].endswith("alpaca.json")]
     assert f["records"] == 999
+
+
+def test_a_redriven_file_still_bad_is_one_item_back_in_quarantine(tmp_path: Path) -> None:
+    """Issue 17.2: its second rejects file (NAME.rejects-2.jsonl) was adopted by doctor --repair
+    as a new item, and status --check then counted two quarantined files for ever."""
+    q = make_queue(tmp_path)
+    bad = b'{"messages":[{"role":"bot","content":"x"}]}\n' * 2
+    drop(q, "bad.jsonl", bad)
+    ingest(q)
+    assert q.find("bad.jsonl").state == "quarantine"
+    assert run_cli("queue", "redrive", "bad.jsonl", "--root", q.root).returncode == 0
+    os.utime(q.dir("inbox") / "bad.jsonl", (OLD, OLD))
+    ingest(q)
+    names = sorted(p.name for p in q.dir("quarantine").iterdir())
+    assert names == ["bad.jsonl", "bad.jsonl.report.json", "bad.rejects-2.jsonl", "bad.rejects.jsonl"]
+    assert states(q) == {"quarantine": ["bad.jsonl"]}
+    item = q.find("bad.jsonl").item
+    assert [(h["op"], h["to"]) for h in item.history][-3:] == [("ingest", "quarantine"), ("redrive", "inbox"),
+                                                               ("ingest", "quarantine")]
+    assert item.attempts == 0  # attempts count claims; nobody claimed it
+    assert "invalid record" in item.history[-1]["reason"]
+    rep = doctor(q, repair=True)
+    assert rep.ok, [f.message for f in rep.problems]
+    assert len(list(q.meta.glob("items/*.json"))) == 1
+    assert doctor(q).ok
+    status = orjson.loads(run_cli("queue", "status", q.root, "--json").stdout)
+    assert status["states"]["quarantine"]["files"] == 1

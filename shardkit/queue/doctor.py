@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 from shardkit.core.io import TMP_PREFIX
 from shardkit.queue.ingest import finish_open_ingests
-from shardkit.queue.state import PRIORITIES, STATES, Queue, is_data_name, open_by_any_process
+from shardkit.queue.state import (
+    PRIORITIES,
+    STATES,
+    Queue,
+    is_data_name,
+    is_quarantine_side_name,
+    open_by_any_process,
+)
 
 TEMP_GRACE_S = 3600.0  # a temp file younger than this may belong to a running writer
 
@@ -210,5 +217,5 @@ def _unknown(queue: Queue, add) -> None:
                 add(Finding("unknown_file", f"{s}/{p.name}: a symlink; the queue holds only regular files"))
             elif not stat.S_ISREG(st.st_mode):
                 add(Finding("unknown_file", f"{s}/{p.name}: not a regular file"))
-            elif not is_data_name(p.name) and not (s == "quarantine" and p.name.endswith((".report.json", ".rejects.jsonl"))) and s != "inbox":
+            elif not is_data_name(p.name) and not (s == "quarantine" and is_quarantine_side_name(p.name)) and s != "inbox":
                 add(Finding("unknown_file", f"{s}/{p.name}: not a queue file (temp/partial name)"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -79,6 +80,16 @@ _SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".report.json")
 def is_data_name(name: str) -> bool:
     """A queue file: not hidden, not a temp/partial upload, not a report beside a file."""
     return not name.startswith(".") and not name.endswith(_SKIP_SUFFIXES)
+
+
+_REJECTS_NAME = re.compile(r"\.rejects(-[0-9]+)?\.jsonl\Z")  # NAME.rejects.jsonl, NAME.rejects-2.jsonl, ...
+
+
+def is_quarantine_side_name(name: str) -> bool:
+    """What ingest puts beside a quarantined file: its report, and the rejects of each
+    ingest that quarantined it (a redriven file quarantined again gets NAME.rejects-2.jsonl).
+    Never an item of its own."""
+    return name.endswith(".report.json") or _REJECTS_NAME.search(name) is not None
 
 
 # ---------------------------------------------------------------- records
@@ -302,7 +313,7 @@ class Queue:
             if not folder.is_dir():
                 continue
             for p in sorted(folder.iterdir()):
-                if not is_data_name(p.name) or (state == "quarantine" and p.name.endswith(".rejects.jsonl")):
+                if not is_data_name(p.name) or (state == "quarantine" and is_quarantine_side_name(p.name)):
                     continue
                 try:
                     st = p.lstat()
