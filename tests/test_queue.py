@@ -409,10 +409,11 @@ def test_queue_manifest_rehashes_only_changed_files(tmp_path: Path) -> None:
     assert m["type"] == "queue" and m["rehashed"] == 5 and m["totals"]["records"] == 15
     assert verify(q.root / "manifest.json").ok
     assert queue_manifest(q)["rehashed"] == 0
-    c = q.claim("w")  # a move is a rename: same inode and mtime, not read again
+    c = q.claim("w")  # a move is a rename: it changes the ctime, so the file is read once more
     (q.dir("normal") / "f4.jsonl").write_bytes(GOOD)  # changed
     m = queue_manifest(q)
-    assert m["rehashed"] == 1
+    assert m["rehashed"] == 2
+    assert queue_manifest(q)["rehashed"] == 0
     entry = next(f for f in m["files"] if f["path"].endswith(c.name))
     assert entry["state"] == "processing" and entry["attempts"] == 1
     assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=q.root, capture_output=True).returncode == 0
@@ -518,3 +519,22 @@ def test_a_redriven_file_still_bad_is_one_item_back_in_quarantine(tmp_path: Path
     assert doctor(q).ok
     status = orjson.loads(run_cli("queue", "status", q.root, "--json").stdout)
     assert status["states"]["quarantine"]["files"] == 1
+
+
+def test_queue_manifest_sees_an_edit_whose_mtime_was_put_back(tmp_path: Path) -> None:
+    """Issue 24.6: the cache key was dev:ino:size:mtime_ns, so an in-place edit followed by
+    `touch -r` kept a stale sha256 that verify and sha256sum -c then rejected."""
+    from shardkit.queue.state import queue_manifest
+    from shardkit.store.manifest import verify
+
+    q = make_queue(tmp_path)
+    f = pend(q, "f.jsonl", GOOD)
+    queue_manifest(q)
+    st = f.stat()
+    f.write_bytes(GOOD.replace(b"hi", b"ho"))  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # as touch -r does
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    m = queue_manifest(q)
+    assert m["rehashed"] == 1
+    assert verify(q.root / "manifest.json").ok
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=q.root, capture_output=True).returncode == 0

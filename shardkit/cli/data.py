@@ -244,7 +244,8 @@ def manifest_cmd(
     """Regenerate manifest.json and SHA256SUMS from the shard files on disk (or of a queue ROOT).
 
     On a queue root: every queue file with state, priority, records, bytes, sha256 and
-    attempts; a rerun rehashes only files whose (inode, size, mtime) changed.
+    attempts; a rerun rehashes only files whose (inode, size, mtime, ctime) changed
+    (ctime catches an in-place edit whose mtime was put back; a move changes it too).
     On a shards folder, entries whose file is unchanged keep their lineage (source,
     first/last line); any difference from the existing manifest is reported and nothing
     rewritten (exit 1) unless --accept-changes.

@@ -781,9 +781,10 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
     """Write ROOT/manifest.json (`"type": "queue"`) + SHA256SUMS: every queue file with its
     state, priority, records, bytes, sha256 and attempts.
 
-    sha256 and records come from a cache in .shardkit/cache/ keyed by (size, mtime_ns,
-    inode, ctime_ns): a rerun rehashes only files that changed (a rename keeps the inode
-    and mtime, so files that moved between states are not read again)."""
+    sha256 and records come from a cache in .shardkit/cache/ keyed by (device, inode, size,
+    mtime_ns, ctime_ns): a rerun rehashes only files that changed. ctime catches an in-place
+    edit whose mtime was put back (`touch -r`); a rename changes it too, so a file that
+    moved between states is read once more (correct first, cheap second)."""
     from shardkit.store.manifest import (
         FORMAT_VERSION,
         MANIFEST_NAME,
@@ -803,7 +804,7 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
     rehashed = 0
     for e in queue.entries([s for s in STATES if s != "inbox"]):
         st = e.path.stat()
-        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         hit = cache.get(key)
         if hit is None:
             stats = scan_file(e.path, None)
