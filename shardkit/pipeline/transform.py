@@ -92,7 +92,6 @@ from shardkit.core.io import (
     BackgroundHasher,
     InputSpec,
     InputStream,
-    atomic_write,
     deferred_signals,
     env_error,
     fsync_dir,
@@ -128,13 +127,11 @@ from shardkit.records.validate import Report
 from shardkit.store.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
-    SUMS_NAME,
     check_rel_name,
-    dumps,
     now_iso,
-    sums_text,
     tool_name,
     totals,
+    write_manifest,
 )
 from shardkit.store.outdir import (
     check_same_run,
@@ -1256,9 +1253,7 @@ def check_conservation(counts: dict) -> None:
 
 def write_manifest_with_sides(out: Path, manifest: dict) -> None:
     """SHA256SUMS (shards, rejects, duplicates, excluded) first, then manifest.json, atomically."""
-    atomic_write(out / SUMS_NAME, sums_text(manifest))
-    atomic_write(out / MANIFEST_NAME, dumps(manifest))
-    faults.hit("after:manifest_write")
+    write_manifest(out / MANIFEST_NAME, manifest)
 
 
 # ---------------------------------------------------------------- entry point

@@ -157,7 +157,9 @@ def _leases(queue: Queue, repair: bool, add) -> None:
             if not p.name.endswith(".json") or p.name.startswith("."):
                 continue
             name = p.name[: -len(".json")]
-            if name not in processing:
+            # a claim renames its file into processing/ before it writes the lease: a lease
+            # seen now whose file is there now belongs to a claim made after the listing
+            if name not in processing and not (queue.dir("processing") / name).exists():
                 f = Finding("lease_without_file", f"lease for {name}, which is not in processing", True)
                 if repair:
                     with contextlib.suppress(FileNotFoundError):
@@ -167,7 +169,13 @@ def _leases(queue: Queue, repair: bool, add) -> None:
     for name, e in processing.items():
         lease = queue.lease(name)
         if lease is None:
-            if open_by_any_process(e.path):
+            arrived = e.arrived()
+            if arrived is None or queue.lease(name) is not None:
+                continue  # gone meanwhile, or its claimer's lease landed after the listing
+            if time.time() - arrived < queue.settings.stale_after:
+                add(Finding("external_processing", f"processing/{name}: no lease, arrived less than stale_after ago "
+                            "(a claim writing its lease, or a trainer that moved it by hand); left alone"))
+            elif open_by_any_process(e.path):
                 add(Finding("external_processing", f"processing/{name}: no lease, open by a process (a trainer moved it by hand); left alone"))
             else:
                 add(Finding("processing_without_lease", f"processing/{name}: no lease and not open; `queue requeue-stale` returns it once older than stale_after"))

@@ -159,6 +159,16 @@ class Entry:
     def priority(self) -> str:
         return self.state if self.state in PENDING else (self.item.priority if self.item else "normal")
 
+    def arrived(self) -> float | None:
+        """When the file came into its folder: the later of its mtime and its ctime (a rename
+        sets the ctime, not the mtime, so a file claimed a moment ago after waiting an hour
+        in pending is new in processing). None if it has left meanwhile."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return max(st.st_mtime, st.st_ctime)
+
 
 def process_start(pid: int) -> int | None:
     """Start time of a process (field 22 of /proc/PID/stat), or None if it is gone."""
@@ -389,6 +399,9 @@ class Queue:
                 where = self.find(name)
             except InputError:
                 raise InputError(f"{Path(name).name}: not in the queue") from None
+            if where.state in sources:  # it moved in while we looked (another process's move)
+                raise ConflictError(f"{where.name}: moved while {op} looked for it (now in {where.state}); "
+                                    "try again") from None
             raise ConflictError(
                 f"{where.name}: cannot {op} a file in {where.state} "
                 f"({op} moves files from {', '.join(sorted(sources))})"
@@ -610,16 +623,26 @@ class Queue:
                     continue
                 why = f"lease of {lease.worker} (pid {lease.owner_pid} on {lease.host}) expired"
             else:
-                if now - entry.mtime < limit or open_by_any_process(entry.path):
+                # a claim renames the file in, then writes its lease: a file that arrived
+                # recently is a claim in progress, not an abandoned one, whatever its age
+                arrived = entry.arrived()
+                if arrived is None or now - arrived < limit or open_by_any_process(entry.path):
                     continue
-                why = "no lease, not open, older than the limit"
+                if self.lease(entry.name) is not None:  # the claimer's lease landed meanwhile
+                    continue
+                why = "no lease, not open, in processing longer than the limit"
             item = entry.item
             attempts = item.attempts if item else 1
             if item is None and not dry_run:
                 item = self.adopt(entry)
                 item.attempts = attempts
             to = "dead" if attempts >= self.settings.max_attempts else (item.priority if item else "normal")
-            moved = self.move(entry, "requeue", to, reason=why, dry_run=dry_run)
+            try:
+                moved = self.move(entry, "requeue", to, reason=why, dry_run=dry_run)
+            except ConflictError:
+                if entry.path.exists():
+                    raise
+                continue  # completed, failed or requeued by someone else meanwhile: not ours now
             if not dry_run:
                 self._drop_lease(entry.name)
             out.append((moved, why))

@@ -56,9 +56,19 @@ def sums_text(manifest: dict) -> bytes:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
-    """SHA256SUMS first, then the manifest: a complete manifest always has its sums beside it."""
-    atomic_write(path.parent / SUMS_NAME, sums_text(manifest))
-    atomic_write(path, dumps(manifest))
+    """SHA256SUMS first, then the manifest: a complete manifest always has its sums beside it.
+
+    If the manifest cannot be written (disk full) and none was there, an empty SHA256SUMS
+    just written is removed again: `sha256sum -c` fails on an empty file."""
+    sums = sums_text(manifest)
+    atomic_write(path.parent / SUMS_NAME, sums)
+    try:
+        atomic_write(path, dumps(manifest))
+    except BaseException:
+        if not sums and not path.exists():
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / SUMS_NAME)
+        raise
     faults.hit("after:manifest_write")
 
 

@@ -210,3 +210,15 @@ def test_manifest_disk_full_on_queue_root(tmp_path):
     assert not T.hidden_leftovers(root) and not T.hidden_leftovers(root / ".shardkit" / "cache")
     T.ok(T.run(["manifest", root]))
     assert verify(root / "manifest.json").ok
+
+
+def test_a_disk_full_split_that_wrote_no_shard_leaves_no_empty_sums(inputs, tmp_path):
+    """Issue 24.7: the sums go first and were left empty when the first manifest could not be
+    written; `sha256sum -c` fails on an empty file."""
+    for extra in ([], ["--shuffle"]):
+        out = tmp_path / f"out{len(extra)}"
+        r = T.run(["split", inputs, "-o", out, "--max-records", "200", *extra], preexec=limited(300))
+        assert_clean_failure(r, str(out))
+        assert not (out / "SHA256SUMS").exists(), "an empty SHA256SUMS was left"
+        assert not (out / "manifest.json").exists()
+        T.ok(T.run(["split", inputs, "-o", out, "--max-records", "200", *extra]))  # a rerun takes the folder

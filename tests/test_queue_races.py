@@ -1,0 +1,123 @@
+"""Queue transitions against each other (issue 24): each test holds one process at the exact
+instant of a race window (real files, real Queue objects on one root) and checks that the
+other operation leaves it alone. tests/reliability/test_concurrency.py runs them all at once
+with real processes in loops."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from test_queue import GOOD, make_queue, pend, states
+
+from shardkit.queue.doctor import doctor
+from shardkit.queue.state import STATES, Queue
+
+
+def test_requeue_stale_leaves_a_claim_between_its_rename_and_its_lease(tmp_path: Path) -> None:
+    """24.2: a file that waited an hour in pending kept its mtime when claimed, so in the gap
+    before the lease was written it looked stale at once and was handed out twice."""
+    q = make_queue(tmp_path)
+    src = pend(q, "old.jsonl")  # mtime an hour ago
+    os.rename(src, q.dir("processing") / "old.jsonl")  # the claim's rename; its lease is not written yet
+    other = Queue(q.root)
+    assert other.requeue_stale(older_than=60) == []
+    assert states(q) == {"processing": ["old.jsonl"]}
+    rep = doctor(other, repair=True)
+    assert rep.ok, [f.message for f in rep.problems]  # reported as held, left alone
+    assert any(f.code == "external_processing" for f in rep.findings)
+    assert (q.dir("processing") / "old.jsonl").exists()
+
+
+def test_doctor_keeps_the_lease_of_a_claim_made_after_it_listed_processing(tmp_path: Path) -> None:
+    """24.3: doctor listed processing/ before a claim's rename, then saw the new lease and
+    deleted it as lease_without_file: the claimer's complete was refused."""
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    doc_q = Queue(q.root)
+    real_entries = doc_q.entries
+    claimed = {}
+
+    def entries(states=STATES):
+        listed = real_entries(states)
+        if states == ["processing"] and not claimed:
+            claimed["c"] = q.claim("w")  # lands right after doctor's listing
+        return listed
+
+    doc_q.entries = entries  # type: ignore[method-assign]
+    rep = doctor(doc_q, repair=True)
+    assert "c" in claimed and claimed["c"]
+    assert not [f for f in rep.findings if f.code == "lease_without_file"], [f.message for f in rep.findings]
+    assert q.lease("a.jsonl") is not None
+    assert claimed["c"].complete().state == "completed"  # not refused
+    assert doctor(q).ok
+
+
+def test_requeue_stale_goes_on_past_a_file_completed_meanwhile(tmp_path: Path) -> None:
+    """24.7: requeue-stale stopped (exit 4) at the first file a worker completed meanwhile."""
+    q = make_queue(tmp_path, stale_after=0.0)
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        pend(q, name)
+    held = [q.claim("w", owner_pid=_dead_pid()) for _ in range(3)]
+    assert all(held)
+    time.sleep(0.01)
+    worker = Queue(q.root)
+    sweeper = Queue(q.root)
+    real = sweeper.lease_is_stale
+    done = []
+
+    def lease_is_stale(lease, *a, **kw):
+        stale = real(lease, *a, **kw)
+        if stale and not done:  # the worker completes its file between the check and the move
+            done.append(worker.complete(lease.name, lease.token).name)
+        return stale
+
+    sweeper.lease_is_stale = lease_is_stale  # type: ignore[method-assign]
+    requeued = sorted(e.name for e, _ in sweeper.requeue_stale())
+    assert len(done) == 1 and done[0] not in requeued
+    assert len(requeued) == 2
+    assert states(q) == {"completed": done, "normal": requeued}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_move_that_races_another_says_so_not_something_contradictory(tmp_path: Path) -> None:
+    """24.7: "cannot complete a file in processing (complete moves files from processing)"
+    when the file moved into processing while complete looked for it."""
+    import pytest
+
+    from shardkit.core.errors import ConflictError
+
+    q = make_queue(tmp_path)
+    pend(q, "p.jsonl", GOOD)
+    mover = Queue(q.root)
+    looker = Queue(q.root)
+    real_find = looker.find
+    calls = []
+
+    def find(name, states=None):
+        calls.append(states)
+        if len(calls) == 1:  # the first look misses: the file is being claimed right now
+            mover.claim("w")
+            raise InputError(f"{name}: not in the queue")
+        return real_find(name, states) if states is not None else real_find(name)
+
+    from shardkit.core.errors import InputError
+
+    looker.find = find  # type: ignore[method-assign]
+    with pytest.raises(ConflictError) as e:
+        looker.find_for("complete", "p.jsonl")
+    assert "moved while complete looked for it (now in processing)" in str(e.value)
+    assert "cannot complete a file in processing" not in str(e.value)
+    q2 = make_queue(tmp_path / "two")
+    pend(q2, "n.jsonl", GOOD)
+    with pytest.raises(ConflictError, match=r"cannot complete a file in normal \(complete moves files from processing\)"):
+        q2.find_for("complete", "n.jsonl")
