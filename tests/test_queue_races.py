@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from test_queue import GOOD, make_queue, pend, states
+from test_queue import GOOD, OLD, make_queue, pend, states
 
 from shardkit.queue.doctor import doctor
 from shardkit.queue.state import STATES, Queue
@@ -121,3 +121,37 @@ def test_a_move_that_races_another_says_so_not_something_contradictory(tmp_path:
     pend(q2, "n.jsonl", GOOD)
     with pytest.raises(ConflictError, match=r"cannot complete a file in normal \(complete moves files from processing\)"):
         q2.find_for("complete", "n.jsonl")
+
+
+def test_two_concurrent_ingests_split_each_drop_once(tmp_path: Path) -> None:
+    """24.1: both runs adopted the same over-limit drop, split it into their own temp folders
+    and published both: 140,000-160,000 records pending for 80,000 dropped."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    q = make_queue(tmp_path, max_records=1000, settle=0.0, kind="chat")
+    n, drops = 10_000, 4
+    for d in range(drops):
+        lines = b"".join(orjson.dumps({"messages": [{"role": "user", "content": f"d{d} r{i}"},
+                                                    {"role": "assistant", "content": "ok"}]}) + b"\n"
+                         for i in range(n))
+        p = q.dir("inbox") / f"drop{d}.jsonl"
+        p.write_bytes(lines)
+        os.utime(p, (OLD, OLD))
+    procs = [subprocess.Popen([sys.executable, "-m", "shardkit", "queue", "ingest", str(q.root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    seen: dict[bytes, int] = {}
+    for prio in ("high", "normal", "low"):
+        for f in q.dir(prio).iterdir():
+            for line in f.read_bytes().splitlines():
+                seen[line] = seen.get(line, 0) + 1
+    assert len(seen) == n * drops, f"{n * drops - len(seen)} records missing"
+    twice = [k for k, v in seen.items() if v > 1]
+    assert not twice, f"{len(twice)} records pending more than once"
+    assert sorted(p.name for p in q.dir("split").iterdir()) == [f"drop{d}.jsonl" for d in range(drops)]
+    rep = doctor(Queue(q.root))
+    assert rep.ok, [f.message for f in rep.problems]

@@ -18,6 +18,7 @@ record ends up exactly once in the queue.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -106,12 +107,41 @@ def ingest(queue: Queue, *, priority: str | None = None, dry_run: bool = False, 
         entry = inbox_entries.get(p.name)
         if entry is None or not os.path.lexists(entry.path):
             continue  # taken by a concurrent ingest
-        _check_disk(queue, entry)
-        try:
-            result.routed.append(_ingest_one(queue, entry, prio, dry_run))
-        except ConflictError as e:
-            result.skipped.append((p.name, str(e)))
+        with _taken(entry) as mine:
+            if not mine:
+                continue  # another ingest holds it (or routed it meanwhile)
+            _check_disk(queue, entry)
+            try:
+                result.routed.append(_ingest_one(queue, entry, prio, dry_run))
+            except ConflictError as e:
+                result.skipped.append((p.name, str(e)))
     return result
+
+
+@contextlib.contextmanager
+def _taken(entry: Entry):
+    """Exclusive ownership of one inbox drop for the time it is routed: an flock on the file,
+    then a check that inbox/NAME is still that file. A concurrent ingest that listed the
+    same drop gets False and moves on, so a drop is validated, split and published once;
+    the lock dies with its holder, so a killed ingest blocks nothing."""
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        yield False  # gone (routed by another ingest) or not ours to open
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            still_here = os.stat(entry.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            still_here = False
+        yield still_here
+    finally:
+        os.close(fd)
 
 
 def _not_ready(p: Path, now: float, settle: float) -> str | None:
