@@ -155,3 +155,31 @@ def test_two_concurrent_ingests_split_each_drop_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in q.dir("split").iterdir()) == [f"drop{d}.jsonl" for d in range(drops)]
     rep = doctor(Queue(q.root))
     assert rep.ok, [f.message for f in rep.problems]
+
+
+def test_a_drop_with_a_name_of_255_bytes_is_claimed_with_a_lease_and_tools_keep_working(tmp_path: Path) -> None:
+    """24.5: a 251-255 byte drop name was ingested, then claim could not write its lease
+    ("File name too long"): the file sat in processing without one and status, doctor and
+    requeue-stale all exited 3 from then on."""
+    from test_queue import drop, ingest, run_cli
+
+    q = make_queue(tmp_path)
+    good = "g" * 249 + ".jsonl"  # 255 bytes
+    bad = "b" * 249 + ".jsonl"
+    assert len(good.encode()) == len(bad.encode()) == 255
+    drop(q, good, GOOD)
+    drop(q, bad, b'{"messages":[{"role":"bot","content":"x"}]}\n')
+    ingest(q)
+    assert states(q) == {"normal": [good], "quarantine": [bad]}
+    c = q.claim("w")
+    assert c and c.name == good
+    assert q.lease(good) is not None and q.lease(good).token == c.token
+    for args in (["queue", "status", q.root], ["queue", "doctor", q.root], ["queue", "requeue-stale", q.root],
+                 ["queue", "list", "--root", q.root], ["manifest", q.root]):
+        r = run_cli(*args)
+        assert r.returncode in (0, 1), (args, r.stderr)  # 1: status --check-like findings, never 3
+        assert b"File name too long" not in r.stderr and b"Traceback" not in r.stderr
+    rep = doctor(Queue(q.root))
+    assert rep.ok, [f.message for f in rep.problems]  # the report of the quarantined one is found
+    assert c.complete().state == "completed"
+    assert doctor(Queue(q.root)).ok

@@ -15,6 +15,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import orjson
+
 from shardkit.core.io import TMP_PREFIX
 from shardkit.queue.ingest import finish_open_ingests
 from shardkit.queue.state import (
@@ -24,6 +26,7 @@ from shardkit.queue.state import (
     is_data_name,
     is_quarantine_side_name,
     open_by_any_process,
+    side_file_name,
 )
 
 TEMP_GRACE_S = 3600.0  # a temp file younger than this may belong to a running writer
@@ -157,6 +160,9 @@ def _leases(queue: Queue, repair: bool, add) -> None:
             if not p.name.endswith(".json") or p.name.startswith("."):
                 continue
             name = p.name[: -len(".json")]
+            if name.startswith("~"):  # a hashed name (side_file_name): the lease says whose it is
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    name = orjson.loads(p.read_bytes())["name"]
             # a claim renames its file into processing/ before it writes the lease: a lease
             # seen now whose file is there now belongs to a claim made after the listing
             if name not in processing and not (queue.dir("processing") / name).exists():
@@ -186,7 +192,7 @@ def _leases(queue: Queue, repair: bool, add) -> None:
 def _reports(queue: Queue, repair: bool, add) -> None:
     """Every quarantined file has NAME.report.json beside it."""
     for e in queue.entries(["quarantine"]):
-        report = e.path.with_name(e.name + ".report.json")
+        report = e.path.with_name(side_file_name(e.name, ".report.json"))
         if report.exists():
             continue
         f = Finding("report_missing", f"quarantine/{e.name}: no {report.name} (lost in a crash?)", True)

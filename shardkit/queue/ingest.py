@@ -43,7 +43,7 @@ from shardkit.core.io import (
 from shardkit.pipeline.driver import split
 from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions, input_stems
-from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id
+from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id, side_file_name
 from shardkit.store.manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
 
 REPORT_SUFFIX = ".report.json"
@@ -267,12 +267,12 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
     write_report(queue, entry.name, doc)
     moved = queue.move(entry, "ingest", "quarantine", reason=reason)
     if rejects is not None and rejects.exists():
-        rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / f"{Path(moved.name).stem}.rejects.jsonl")
+        rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / side_file_name(Path(moved.name).stem, ".rejects.jsonl"))
     return Routed(entry.name, "quarantine", records, reason)
 
 
 def write_report(queue: Queue, name: str, doc: dict) -> None:
-    path = queue.dir("quarantine") / f"{name}{REPORT_SUFFIX}"
+    path = queue.dir("quarantine") / side_file_name(name, REPORT_SUFFIX)
     atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n", replace=True)
 
 
@@ -303,6 +303,7 @@ def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: 
         return Routed(entry.name, "split", records, reason)
     item = queue.adopt(entry, journal=False)
     stem = input_stems([entry.name])[0]
+    stem = stem.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")  # shard names fit NAME_MAX
     template = f"{stem}-{item.id[:8]}-{{index:05d}}.jsonl"
     tx_id = new_id()
     work = queue.meta / "tmp" / f"ingest-{tx_id}"
@@ -358,7 +359,7 @@ def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx, 
         children.append(name)
     rejects = manifest.get("rejects")
     if rejects:
-        rename_noreplace_or_suffix(work / rejects["path"], queue.dir("quarantine") / f"{Path(entry.name).stem}.rejects.jsonl")
+        rename_noreplace_or_suffix(work / rejects["path"], queue.dir("quarantine") / side_file_name(Path(entry.name).stem, ".rejects.jsonl"))
     item.records = manifest["counts"]["read"] - manifest["counts"]["blank"]
     queue.save_item(item)
     if entry.path.exists():

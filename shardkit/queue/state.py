@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import re
 import secrets
@@ -75,6 +76,20 @@ TRANSITIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 
 META = ".shardkit"
 _SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".report.json")
+
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def side_file_name(name: str, suffix: str) -> str:
+    """NAME + suffix for a file kept beside or about a queue file (lease, report), or, when
+    that would not fit in a file name, `~` + a hash of NAME + suffix: a drop whose name
+    takes 251-255 bytes must not leave its claim without a lease (or its quarantine
+    without a report), nor stop status, doctor and requeue-stale."""
+    full = name + suffix
+    if len(full.encode("utf-8", "surrogateescape")) <= NAME_MAX - 8:  # room for a -2, -3... suffix
+        return full
+    return "~" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:40] + suffix
 
 
 def is_data_name(name: str) -> bool:
@@ -486,7 +501,7 @@ class Queue:
     # ----- leases
 
     def _lease_path(self, name: str) -> Path:
-        return self.meta / "leases" / f"{name}.json"
+        return self.meta / "leases" / side_file_name(name, ".json")
 
     def lease(self, name: str) -> Lease | None:
         try:
