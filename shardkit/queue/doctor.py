@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from shardkit.core.io import TMP_PREFIX
-from shardkit.queue.ingest import finish_open_ingests
+from shardkit.queue.ingest import finish_open_ingests, ingest_running
 from shardkit.queue.state import (
     PRIORITIES,
     STATES,
@@ -73,6 +73,8 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
             add(Finding("open_intent", f"interrupted ingest of {name} finished (shards published, parent to split/)", True, True))
     else:
         for intent in queue.journal.open_intents():
+            if ingest_running(queue, intent):
+                continue  # in progress now, not interrupted
             add(Finding("open_intent", f"journal: {intent.op} {intent.intent.get('name', '')} (tx {intent.tx[:8]}) "
                         "started but never committed; --repair finishes it", True))
     _temps(queue, repair, now, add)
@@ -118,6 +120,10 @@ def _old_temp(p, now: float, repair: bool, add) -> None:
 
 
 def _records(queue: Queue, repair: bool, add) -> None:
+    """Records against folders. Other processes move files while this runs, so a mismatch
+    seen in the snapshot is looked at again, as it is now, before it is reported or
+    repaired: only what is still inconsistent counts (a move renames, then saves the
+    record; a record written after the listing, or a file that moved in after it, is fine)."""
     entries = queue.entries()
     on_disk = {(e.state, e.name) for e in entries}
     by_name = defaultdict(list)
@@ -127,8 +133,10 @@ def _records(queue: Queue, repair: bool, add) -> None:
     for item in queue.items():
         if item.state == "deleted" or (item.state, item.name) in on_disk:
             continue
+        if _consistent_now(queue, item.id):
+            continue
         # the record is a step behind the folder (a crash between rename and record write)
-        homeless = [e for e in by_name.get(item.name, []) if e.item is None]
+        homeless = [e for e in by_name.get(item.name, []) if e.item is None and os.path.lexists(e.path)]
         if len(homeless) == 1:
             e = homeless[0]
             explained.add((e.state, e.name))
@@ -144,12 +152,29 @@ def _records(queue: Queue, repair: bool, add) -> None:
         else:
             add(Finding("record_without_file", f"{item.name}: record {item.id[:8]} says {item.state}, but no such file"))
     for e in entries:
-        if e.item is None and (e.state, e.name) not in explained:
-            f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
-            if repair:
-                queue.adopt(e)
-                f.repaired = True
-            add(f)
+        if e.item is not None or (e.state, e.name) in explained:
+            continue
+        if e.state == "inbox":
+            continue  # a drop: ingest gives it its record when it routes it
+        if not os.path.lexists(e.path) or queue.record_of(e) is not None:
+            continue  # moved on, or its mover saved its record after the listing
+        f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
+        if repair:
+            queue.adopt(e)
+            f.repaired = True
+        add(f)
+
+
+def _consistent_now(queue: Queue, item_id: str) -> bool:
+    """The record as it is now (re-read) names a file that is there now, or is deleted."""
+    for _ in range(3):
+        fresh = queue.load_item(item_id)
+        if fresh is None or fresh.state == "deleted":
+            return True
+        if fresh.state in STATES and os.path.lexists(queue.path(fresh.state, fresh.name)):
+            return True
+        time.sleep(0.02)  # a mover between its rename and its record write
+    return False
 
 
 def _leases(queue: Queue, repair: bool, add) -> None:
@@ -226,7 +251,10 @@ def _unknown(queue: Queue, add) -> None:
         for p in folder.iterdir():
             if p.name.startswith(TMP_PREFIX) or p.name.startswith("."):
                 continue
-            st = p.lstat()
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue  # moved or pruned by another process while we looked
             if stat.S_ISLNK(st.st_mode):
                 add(Finding("unknown_file", f"{s}/{p.name}: a symlink; the queue holds only regular files"))
             elif not stat.S_ISREG(st.st_mode):

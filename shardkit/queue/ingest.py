@@ -323,11 +323,14 @@ def _split_in(queue: Queue, entry: Entry, prio: str, dry_run: bool, *, records: 
         raise
     faults.hit("after:ingest_split_written")
     # From here the transaction stays open until the parent has moved: a crash or an error
-    # while publishing is rolled forward by finish_open_ingests, never undone.
-    tx = queue.journal.begin("ingest-split", id=item.id, name=entry.name, work=str(work.relative_to(queue.root)),
-                             priority=prio, strip=strip, parent_state=entry.state, parent_op=op)
-    routed = _publish(queue, entry, item, work, prio, tx, op)
-    tx.commit(children=len(routed))
+    # while publishing is rolled forward by finish_open_ingests, never undone. The work
+    # folder's flock says its owner still runs: nobody rolls forward a live transaction.
+    with _work_lock(work) as mine:
+        assert mine  # a new folder of our own
+        tx = queue.journal.begin("ingest-split", id=item.id, name=entry.name, work=str(work.relative_to(queue.root)),
+                                 priority=prio, strip=strip, parent_state=entry.state, parent_op=op)
+        routed = _publish(queue, entry, item, work, prio, tx, op)
+        tx.commit(children=len(routed))
     return Routed(entry.name, "split", records, reason, routed)
 
 
@@ -394,19 +397,60 @@ def finish_open_ingests(queue: Queue) -> list[str]:
         if intent.op != "ingest-split":
             continue
         work = queue.root / intent.intent["work"]
-        parent_state = intent.intent.get("parent_state", "inbox")
-        entry = next((e for e in queue.entries([parent_state]) if e.item and e.item.id == intent.intent["id"]), None)
-        complete = (work / MANIFEST_NAME).exists() and read_manifest(work / MANIFEST_NAME).get("complete")
-        if entry is None:
-            # the parent left the inbox only after every shard was published: all done
-            shutil.rmtree(work, ignore_errors=True)
-            queue.journal.resolve(intent, "commit", recovered=True)
-        elif complete:
-            _publish(queue, entry, entry.item, work, intent.intent["priority"], None,
-                     intent.intent.get("parent_op", "ingest"))
-            queue.journal.resolve(intent, "commit", recovered=True)
-            done.append(intent.intent["name"])
-        else:  # the split had not completed: nothing was published; the parent is ingested anew
-            shutil.rmtree(work, ignore_errors=True)
-            queue.journal.resolve(intent, "abort", recovered=True)
+        with _work_lock(work) as mine:
+            if not mine:
+                continue  # its owner still runs, or another process is rolling it forward
+            if intent.tx not in {i.tx for i in queue.journal.open_intents()}:
+                continue  # rolled forward by another process meanwhile
+            if _roll_forward(queue, intent, work):
+                done.append(intent.intent["name"])
     return done
+
+
+def ingest_running(queue: Queue, intent) -> bool:
+    """An open split-on-ingest whose owner still runs (it holds its work folder's lock)."""
+    if intent.op != "ingest-split":
+        return False
+    with _work_lock(queue.root / intent.intent["work"]) as free:
+        return not free
+
+
+@contextlib.contextmanager
+def _work_lock(work: Path):
+    """An exclusive flock on an ingest's work folder, without waiting: True while held. A
+    folder that is gone (its transaction finished) is True: there is nothing to race for."""
+    try:
+        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _roll_forward(queue: Queue, intent, work: Path) -> bool:
+    """Finish one interrupted split-on-ingest (its owner is gone); True if shards were published."""
+    parent_state = intent.intent.get("parent_state", "inbox")
+    entry = next((e for e in queue.entries([parent_state]) if e.item and e.item.id == intent.intent["id"]), None)
+    complete = (work / MANIFEST_NAME).exists() and read_manifest(work / MANIFEST_NAME).get("complete")
+    if entry is None:
+        # the parent left the inbox only after every shard was published: all done
+        shutil.rmtree(work, ignore_errors=True)
+        queue.journal.resolve(intent, "commit", recovered=True)
+        return False
+    if complete:
+        _publish(queue, entry, entry.item, work, intent.intent["priority"], None,
+                 intent.intent.get("parent_op", "ingest"))
+        queue.journal.resolve(intent, "commit", recovered=True)
+        return True
+    # the split had not completed: nothing was published; the parent is ingested anew
+    shutil.rmtree(work, ignore_errors=True)
+    queue.journal.resolve(intent, "abort", recovered=True)
+    return False

@@ -375,7 +375,7 @@ class Queue:
             raise UsageError(f"{name}: in several states ({where}); say which, e.g. {matches[0].state}/{name}")
         return matches[0]
 
-    def _record_of(self, entry: Entry) -> Item | None:
+    def record_of(self, entry: Entry) -> Item | None:
         """The entry's record, looked for again if the listing found none: it may have been
         saved by its mover after our listing, or missed by a readdir that raced with a
         record being replaced. Only then is a file without a record adopted."""
@@ -451,7 +451,7 @@ class Queue:
         target = self.path(to, new_name)
         if dry_run:
             return Entry(to, new_name, target, entry.size, entry.mtime, entry.item)
-        self._record_of(entry)
+        self.record_of(entry)
         fresh = entry.item is None or not self._item_path(entry.item.id).exists()
         if fresh:
             # a record no one else knows yet: save it, already in its target state, before the
@@ -619,7 +619,13 @@ class Queue:
             to = "dead" if attempts >= self.settings.max_attempts else entry.priority
             if not dry_run and item is not None and reset_attempts:
                 item.attempts = 0
-            out.append(self.move(entry, "retry", to, reason="max attempts reached" if to == "dead" else None, dry_run=dry_run))
+            try:
+                out.append(self.move(entry, "retry", to, reason="max attempts reached" if to == "dead" else None,
+                                     dry_run=dry_run))
+            except ConflictError:
+                if not all_failed or entry.path.exists():
+                    raise
+                # --all: retried (or held) by another process since the listing: not ours now
         return out
 
     def requeue_stale(self, *, older_than: float | None = None, dry_run: bool = False, now: float | None = None) -> list[tuple[Entry, str]]:
@@ -721,7 +727,7 @@ class Queue:
         if yes:
             with self.journal.transaction("prune", files=len(plan.delete)) as tx:
                 for e in plan.delete:
-                    item = self._record_of(e)
+                    item = self.record_of(e)
                     if not os.path.lexists(e.path):
                         continue
                     # journaled first: a kill between the two leaves a recorded delete, never a silent one

@@ -4,7 +4,8 @@
 
 Loops until STOPFILE exists and nothing is left to claim: claims the oldest pending file
 through the library (the same code as `shardkit queue claim`), reads it whole, logs what it
-read, then completes it (or, one time in eight, fails it and puts it back with `retry`).
+read, then completes it (or, one time in eight, fails it and puts it back with `retry`, unless the operator's retry
+loop did so first).
 One JSON line per event in LOG, flushed before the next queue operation, so the log says
 what this worker held even if it is killed.
 """
@@ -55,8 +56,13 @@ def main() -> None:
                 if rng.random() < 0.125:
                     claimed.fail("race: simulated failure")
                     note(event="fail", id=claimed.lease.id, name=claimed.name)
-                    q.retry([f"failed/{claimed.name}"])
-                    note(event="retry", id=claimed.lease.id, name=claimed.name)
+                    try:
+                        q.retry([f"failed/{claimed.name}"])
+                        note(event="retry", id=claimed.lease.id, name=claimed.name)
+                    except ShardkitError as e:  # the operator's `retry --all` was first: fine
+                        if os.path.exists(os.path.join(root, "queue", "failed", claimed.name)):
+                            raise
+                        note(event="retry-by-operator", id=claimed.lease.id, name=claimed.name, why=str(e))
                 else:
                     claimed.complete()
                     note(event="complete", id=claimed.lease.id, name=claimed.name)

@@ -1,7 +1,9 @@
-"""Concurrency: 4 trainers claiming + 1 `queue ingest --watch` + 1 `queue prune --yes` loop
-on one queue, while the test drops files into the inbox, for SHARDKIT_RACE_SECONDS (8 s in
-CI, 30 s in torture). Some drops are over max_records, so ingest splits them while the
-trainers claim their shards; one claim in eight fails and is retried.
+"""Concurrency (issue 24): 8 trainers claiming, 2 `queue ingest --watch` runs, and operator
+loops of `queue prune --yes`, `queue requeue-stale --older-than 1s`, `queue doctor --repair`
+and `queue retry --all`, all on one queue while the test drops files into the inbox, for
+SHARDKIT_RACE_SECONDS (8 s in CI, 30 s in torture). Some drops are over max_records, so
+ingest splits them while the trainers claim their shards; one claim in eight fails and is
+retried (by its worker, or first by the operator's retry loop).
 
 Then: no file was held by two workers at once (journal claim lines and worker logs agree),
 every dropped record was completed exactly once (and is either still in
@@ -26,7 +28,7 @@ import torture as T
 
 from shardkit.queue.state import PRIORITIES, Queue
 
-WORKERS = 4
+WORKERS = 8
 KEEP = 5
 HERE = Path(__file__).resolve().parent
 
@@ -58,14 +60,28 @@ def race(tmp_path_factory):
                          env=env, stdout=subprocess.DEVNULL, stderr=open(logs / f"w{k}.err", "wb"), start_new_session=True)
         for k in range(WORKERS)
     ]
-    ingester = subprocess.Popen([*T.SHARDKIT, "queue", "ingest", str(root), "--watch", "0.1"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(logs / "ingest.err", "wb"), start_new_session=True)
+    ingesters = [
+        subprocess.Popen([*T.SHARDKIT, "queue", "ingest", str(root), "--watch", "0.1"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=open(logs / f"ingest{k}.err", "wb"), start_new_session=True)
+        for k in range(2)
+    ]
 
-    def prune_once() -> str | None:
-        r = T.run(["queue", "prune", root, "--keep", str(KEEP), "--yes"])
-        return None if r.returncode == 0 else r.describe()
+    def loop(args: list, ok: tuple[int, ...] = (0,)):
+        def once() -> str | None:
+            r = T.run(args)
+            return None if r.returncode in ok else r.describe()
+        return once
 
-    pruner = T.Stopwatch(prune_once, pause=0.05).start()
+    pruner = T.Stopwatch(loop(["queue", "prune", root, "--keep", str(KEEP), "--yes"]), pause=0.05).start()
+    operators = {
+        # a live claim is never stale (its owner runs): requeue-stale must leave every one alone
+        "requeue-stale": T.Stopwatch(loop(["queue", "requeue-stale", root, "--older-than", "1s"]), pause=0.05),
+        # findings may be transient mid-race (exit 1); a crash or a refusal (2, 3, 4) never is
+        "doctor": T.Stopwatch(loop(["queue", "doctor", root, "--repair"], ok=(0, 1)), pause=0.05),
+        "retry": T.Stopwatch(loop(["queue", "retry", "--all", "--root", root]), pause=0.05),
+    }
+    for op in operators.values():
+        op.start()
     rng = random.Random(T.SEED)
     dropped: collections.Counter = collections.Counter()
     n = 0
@@ -81,12 +97,17 @@ def race(tmp_path_factory):
         time.sleep(rng.uniform(0, 0.12))
     problems = []
     try:
-        wait_until(lambda: not data_names(root / "inbox") or ingester.poll() is not None, 120, "ingest to drain the inbox")
-        if ingester.poll() is not None:
-            problems.append(f"queue ingest --watch exited early ({ingester.returncode}): {(logs / 'ingest.err').read_text()[-1500:]}")
-        time.sleep(0.5)  # its current pass ends; then Ctrl-C (SIGINT) between passes
-        ingester.send_signal(signal.SIGINT)
-        ingester.wait(60)
+        wait_until(lambda: not data_names(root / "inbox") or all(i.poll() is not None for i in ingesters), 120,
+                   "ingest to drain the inbox")
+        for k, ingester in enumerate(ingesters):
+            if ingester.poll() is not None:
+                problems.append(f"queue ingest --watch exited early ({ingester.returncode}): "
+                                f"{(logs / f'ingest{k}.err').read_text()[-1500:]}")
+        time.sleep(0.5)  # the current passes end; then Ctrl-C (SIGINT) between passes
+        for ingester in ingesters:
+            ingester.send_signal(signal.SIGINT)
+        for ingester in ingesters:
+            ingester.wait(60)
         settle = T.run(["queue", "ingest", root])  # rolls forward a split Ctrl-C may have cut short
         if settle.returncode != 0:
             problems.append(f"final ingest: {settle.describe()}")
@@ -94,12 +115,15 @@ def race(tmp_path_factory):
         wait_until(lambda: all(w.poll() is not None for w in workers), 120, "the workers to drain the queue")
     finally:
         pruner.stop()
-        for p in [*workers, ingester]:
+        for op in operators.values():
+            op.stop()
+        for p in [*workers, *ingesters]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     return {"root": root, "logs": logs, "dropped": dropped, "drops": n, "workers": workers, "pruner": pruner,
-            "problems": problems, "ingest_err": (logs / "ingest.err").read_text()}
+            "operators": operators, "problems": problems,
+            "ingest_err": "".join((logs / f"ingest{k}.err").read_text() for k in range(len(ingesters)))}
 
 
 def log_events(logs: Path) -> list[dict]:
@@ -117,6 +141,9 @@ def test_race_ran_cleanly(race):
         assert w.returncode == 0, f"worker w{k} exited {w.returncode}: {err[-1500:]}"
     assert not race["pruner"].problems, race["pruner"].problems[:3]
     assert race["pruner"].rounds >= 3
+    for name, op in race["operators"].items():
+        assert not op.problems, f"{name}: {op.problems[:3]}"
+        assert op.rounds >= 3, f"{name} ran only {op.rounds} time(s)"
     assert "Traceback" not in race["ingest_err"] and "internal error" not in race["ingest_err"], race["ingest_err"][-2000:]
     errors = [e for e in log_events(race["logs"]) if e["event"] == "error"]
     assert not errors, errors[:5]
@@ -191,6 +218,13 @@ def test_prune_journals_the_item_it_deletes(race):
         if not ((item.state == "deleted" and item_id in pruned_ids) or (item.state == "completed" and item.name in on_disk)):
             wrong.append(f"{item.name}: state {item.state}, pruned {item_id in pruned_ids}, on disk {item.name in on_disk}")
     assert not wrong, f"{len(wrong)} completed item(s) whose record disagrees with the folder, e.g. {wrong[:5]}"
+
+
+def test_requeue_stale_never_took_a_live_claim(race):
+    """Every worker lived through the race, so no lease was ever stale: a `requeue` journal
+    line means requeue-stale took a file from a live claim (issue 24.2)."""
+    requeued = [e for e in T.journal_lines(race["root"]) if e.get("op") == "requeue"]
+    assert not requeued, f"{len(requeued)} live claim(s) requeued, e.g. {requeued[:3]}"
 
 
 def test_doctor_is_clean_after_the_race(race):
