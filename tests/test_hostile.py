@@ -244,7 +244,7 @@ CASES = [
     Case("nan_infinity", "nan.jsonl", build_nan, 1, 0, 0, bad=(2, 3, 4, 5)),
     # validate and stats read a .json array as an array and must refuse a broken one (line 5);
     # split reads JSON Lines only and refuses any array input up front (exit 2), unread.
-    Case("truncated_json_array", "arr.json", build_truncated_array, 1, 1, 2, error_line=5),
+    Case("truncated_json_array", "arr.json", build_truncated_array, 1, 1, 1, error_line=5),  # split reads arrays: bad data, exit 1
 ]
 CASE_IDS = [c.id for c in CASES]
 RECORD_LEVEL = [c.id for c in CASES if not c.file_level_error]
@@ -690,7 +690,7 @@ def test_split_validate(hostile, cli, case_id):
         pytest.skip("`shardkit split --help` has no --validate: split --validate not tested")
     b = hostile[case_id]
     r, out = cli.split(b, *SPLIT_VALIDATE, tag="-validate")
-    if b.case.validate == 3 or b.case.split == 2:
+    if b.case.validate == 3 or b.case.split == 2 or b.case.error_line is not None:
         assert_file_level_error(r, b, b.case.split, check_line=b.case.split != 2)
         assert_out_after_failure(out)
         return

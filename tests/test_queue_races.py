@@ -183,3 +183,22 @@ def test_a_drop_with_a_name_of_255_bytes_is_claimed_with_a_lease_and_tools_keep_
     assert rep.ok, [f.message for f in rep.problems]  # the report of the quarantined one is found
     assert c.complete().state == "completed"
     assert doctor(Queue(q.root)).ok
+
+
+def test_prune_leaves_a_file_whose_complete_is_still_saving_its_record(tmp_path: Path) -> None:
+    """The race test's flake: prune deleted a file a worker had just renamed into
+    recently_completed/, then the worker's record save put it back to "completed" (file gone,
+    record completed; the delete line journaled before the complete line)."""
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    c = q.claim("w")
+    os.rename(c.path, q.dir("completed") / "a.jsonl")  # complete's rename; its record save comes next
+    plan = Queue(q.root).prune(keep=0, yes=True)
+    assert plan.deleted == 0 and (q.dir("completed") / "a.jsonl").exists()
+    os.rename(q.dir("completed") / "a.jsonl", c.path)  # (back, so that the real complete runs)
+    assert c.complete().state == "completed"
+    plan = Queue(q.root).prune(keep=0, yes=True)
+    assert plan.deleted == 1
+    item = Queue(q.root).load_item(c.lease.id)
+    assert item.state == "deleted"
+    assert doctor(Queue(q.root)).ok

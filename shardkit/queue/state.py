@@ -439,8 +439,13 @@ class Queue:
     # ----- the one move
 
     def move(self, entry: Entry, op: str, to: str, *, name: str | None = None, worker: str | None = None,
-             reason: str | None = None, dry_run: bool = False, **extra) -> Entry:
-        """Move one file to state `to` by `op`, checked against the transition table."""
+             reason: str | None = None, dry_run: bool = False, update: dict | None = None, **extra) -> Entry:
+        """Move one file to state `to` by `op`, checked against the transition table.
+
+        `update`: fields of the item record to set in the same save as its new state. The
+        record's save after the rename is the mover's last write to it: a second save would
+        undo what another process did to the record meanwhile (a prune's `deleted`, a
+        retry's new state)."""
         sources, targets = TRANSITIONS[op]
         if entry.state not in sources or to not in targets:
             raise ConflictError(
@@ -495,6 +500,8 @@ class Queue:
         item.state, item.name = to, new_name
         if to in PENDING:
             item.priority = to
+        for key, value in (update or {}).items():
+            setattr(item, key, value)
         self.save_item(item)
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
@@ -587,20 +594,17 @@ class Queue:
 
     def complete(self, path_or_name: str, token: str | None = None, *, dry_run: bool = False) -> Entry:
         entry, lease = self._held_entry(path_or_name, token)
-        moved = self.move(entry, "complete", "completed", worker=lease.worker if lease else None, dry_run=dry_run)
+        moved = self.move(entry, "complete", "completed", worker=lease.worker if lease else None, dry_run=dry_run,
+                          update={"completed_at": _now_precise(), "last_error": None})
         if not dry_run:
-            moved.item.completed_at = _now_precise()
-            moved.item.last_error = None
-            self.save_item(moved.item)
             self._drop_lease(entry.name)
         return moved
 
     def fail(self, path_or_name: str, token: str | None = None, *, reason: str | None = None, dry_run: bool = False) -> Entry:
         entry, lease = self._held_entry(path_or_name, token)
-        moved = self.move(entry, "fail", "failed", worker=lease.worker if lease else None, reason=reason, dry_run=dry_run)
+        moved = self.move(entry, "fail", "failed", worker=lease.worker if lease else None, reason=reason,
+                          dry_run=dry_run, update={"last_error": reason})
         if not dry_run:
-            moved.item.last_error = reason
-            self.save_item(moved.item)
             self._drop_lease(entry.name)
         return moved
 
@@ -727,7 +731,15 @@ class Queue:
         if yes:
             with self.journal.transaction("prune", files=len(plan.delete)) as tx:
                 for e in plan.delete:
-                    item = self.record_of(e)
+                    item = e.item
+                    if item is None or item.completed_at is None:
+                        # its complete is still saving the record (a rename, then the save), or
+                        # it came by hand: only a record-less file that arrived long ago goes
+                        if self.record_of(e) is not None or item is not None:
+                            continue
+                        arrived = e.arrived()
+                        if arrived is None or now - arrived < self.settings.stale_after:
+                            continue
                     if not os.path.lexists(e.path):
                         continue
                     # journaled first: a kill between the two leaves a recorded delete, never a silent one
