@@ -98,3 +98,37 @@ def test_split_streams_a_json_array_one_compact_record_a_line(tmp_path: Path):
             starts = [i + 1 for i, line in enumerate(text.split("\n")) if line == "  {"]
             assert [f["first_line"] for f in m["files"]] == starts[::7]  # where each item starts
     assert run_cli("verify", tmp_path / "out0").returncode == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_rejects_path_outside_out(tmp_path: Path, driver: str):
+    """Issue 17.5: `split --rejects PATH` anywhere (a bare name still means inside OUT); the
+    manifest records where they went; not in SHA256SUMS; must not exist yet (exit 4);
+    --overwrite never deletes it."""
+    import subprocess
+
+    src = tmp_path / "in.jsonl"
+    good = b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a %d"}]}\n'
+    src.write_bytes(b"".join(good.replace(b"%d", str(i).encode()) for i in range(30)) + BAD * 4)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    rej = aside / "bad.jsonl"
+    out = tmp_path / "out"
+    args = ["split", src, "-o", out, "-n", "10", "--validate", "chat", *DRIVERS[driver]]
+    r = run_cli(*args, "--rejects", rej)
+    assert r.returncode == 0, r.stderr
+    m = orjson.loads((out / "manifest.json").read_bytes())
+    assert m["rejects"]["path"] == str(rej) and m["rejects"]["records"] == 4
+    assert rej.read_bytes().count(b"\n") == 4 and not (out / "bad.jsonl").exists()
+    assert b"bad.jsonl" not in (out / "SHA256SUMS").read_bytes()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out).returncode == 0
+    assert run_cli("verify", out).returncode == 0
+    again = run_cli(*args, "--rejects", rej, "--overwrite")
+    assert again.returncode == 4 and b"already exists" in again.stderr  # never replaced
+    assert rej.read_bytes().count(b"\n") == 4
+    moved = aside / "bad2.jsonl"
+    again = run_cli(*args, "--rejects", moved, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert rej.exists() and moved.exists()  # the old run's rejects outside OUT were not deleted
+    r = run_cli(*args[:3], tmp_path / "out2", *args[4:], "--rejects", tmp_path / "nope" / "x.jsonl")
+    assert r.returncode == 3 and b"no such folder" in r.stderr

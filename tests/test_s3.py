@@ -301,3 +301,19 @@ def test_empty_object_input(bucket, tmp_path: Path):
     assert orjson.loads(r.stdout)["counts"] == {"read": 0, "written": 0, "rejected": 0, "blank": 0}
     assert run_cli("validate", url).returncode == 0
     assert run_cli("stats", url).returncode == 0
+
+
+def test_rejects_path_stays_local_with_an_s3_out(bucket, tmp_path: Path):
+    """Issue 17.5: with an s3:// OUT, --rejects PATH may be a local path; it is not uploaded."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}\n' * 5
+                    + b'{"messages":[{"role":"bot","content":"x"}]}\n' * 2)
+    rej = tmp_path / "local-rejects.jsonl"
+    r = run_cli("split", src, "-o", f"s3://{bucket}/out", "-n", "2", "--validate", "chat", "--rejects", rej)
+    assert r.returncode == 0, r.stderr
+    assert rej.read_bytes().count(b"\n") == 2
+    names = _fs().ls(f"{bucket}/out", detail=False)
+    assert not [n for n in names if "rejects" in n]
+    m = orjson.loads(_fs().cat_file(f"{bucket}/out/manifest.json"))
+    assert m["rejects"]["path"] == str(rej)
+    assert run_cli("verify", f"s3://{bucket}/out").returncode == 0

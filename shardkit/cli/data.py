@@ -68,7 +68,7 @@ def split(
         str, typer.Option("--name", rich_help_panel="Cut", help="Shard file name template; fields {stem} (input name without extensions), {index}, and {split} with --holdout.")
     ] = "{stem}-{index:05d}.jsonl",
     rejects: Annotated[
-        str, typer.Option("--rejects", rich_help_panel="Check", help="Name of the rejects file inside OUT (original bytes + file, line, reason).")
+        str, typer.Option("--rejects", rich_help_panel="Check", help="Where rejected records go (original bytes + file, line, reason): a bare NAME inside OUT, or a PATH anywhere (must not exist yet; not in SHA256SUMS; never deleted by --overwrite).")
     ] = "rejects.jsonl",
     validate: Annotated[
         str | None,

@@ -244,6 +244,7 @@ def split_many(
     from shardkit.pipeline.shard import (
         SplitResult,
         check_names,
+        check_rejects_path,
         check_run_inputs,
         collecting_warn,
         run_staged,
@@ -261,6 +262,7 @@ def split_many(
                                  progress=progress, warn=warn, jobs=jobs, staging=staging)
     specs = check_run_inputs(paths, resume=resume, overwrite=overwrite)
     check_names(options, specs)
+    check_rejects_path(options.rejects, resume=resume)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
     def sources_of(local: Path | None) -> list[str]:
@@ -321,7 +323,11 @@ def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, p
         jobs = auto_jobs(None if None in sizes else sum(sizes))
     parts = out / PARTS_DIR
     _start_parts(parts, options, sources)
-    task_options = dataclasses.replace(_abs_check(options), allow_empty=True)  # the gates judge the whole run
+    # the gates judge the whole run; parts keep their rejects inside (merged to --rejects PATH)
+    from shardkit.pipeline.shard import DEFAULT_REJECTS, rejects_outside
+
+    task_options = dataclasses.replace(_abs_check(options), allow_empty=True,
+                                       rejects=DEFAULT_REJECTS if rejects_outside(options.rejects) else options.rejects)
     tasks = [(i, spec.path if spec.remote else os.path.abspath(spec.path), spec.display, stems[i],
               os.path.abspath(parts / f"{i:05d}"), task_options, schema) for i, spec in enumerate(specs)]
     sizes = {i: spec.size or 0 for i, spec in enumerate(specs)}
@@ -392,7 +398,11 @@ def _merge(out: Path, parts: Path, results: list[PartResult], options, created_a
         for k in counts:
             counts[k] += part.manifest["counts"][k]
     fsync_dir(out)
-    rejects = _merge_rejects(out / options.rejects, [(parts / f"{p.index:05d}", p.manifest.get("rejects")) for p in results])
+    from shardkit.pipeline.shard import rejects_entry_path, rejects_target
+
+    target = rejects_target(out, options.rejects)
+    rejects = _merge_rejects(target, [(parts / f"{p.index:05d}", p.manifest.get("rejects")) for p in results],
+                             rejects_entry_path(out, target))
     m = {
         "shardkit_manifest": FORMAT_VERSION,
         "type": "shards",
@@ -437,7 +447,7 @@ def _move_in(src: Path, dst: Path, entry: dict) -> None:
         raise DataError(f"{src}: listed by its part's manifest but missing; rerun with --overwrite")
 
 
-def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict | None:
+def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]], entry_path: str) -> dict | None:
     listed = [(d / e["path"], e) for d, e in parts if e]
     if not listed:
         return None
@@ -465,7 +475,7 @@ def _merge_rejects(final: Path, parts: list[tuple[Path, dict | None]]) -> dict |
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    return {"path": final.name, "records": records, "bytes": size, "sha256": sha}
+    return {"path": entry_path, "records": records, "bytes": size, "sha256": sha}
 
 
 def _prepare(out: Path, specs, options, sources: list[str], *, resume: bool, overwrite: bool) -> dict | None:

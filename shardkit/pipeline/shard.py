@@ -25,7 +25,7 @@ import orjson
 
 from shardkit.core import faults
 from shardkit.core.blocks import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
-from shardkit.core.errors import ConflictError, DataError, Interrupted, UsageError
+from shardkit.core.errors import ConflictError, DataError, InputError, Interrupted, UsageError
 from shardkit.core.io import (
     BackgroundHasher,
     InputSpec,
@@ -126,7 +126,7 @@ class SplitOptions:
         elif self.parquet is not None:
             raise UsageError("Parquet options (--row-group-bytes, --schema-from, --on-conflict) need --format parquet")
         shard_name(self.name, "x", 0)  # fails early on a bad template
-        if self.rejects in (MANIFEST_NAME, SUMS_NAME):
+        if not rejects_outside(self.rejects) and self.rejects in (MANIFEST_NAME, SUMS_NAME):
             raise UsageError(f"--rejects {self.rejects!r}: that name is the run's own {self.rejects}; choose another name")
         if "{index" not in self.name:
             raise UsageError(f"--name {self.name!r} must contain {{index}} so shard names differ")
@@ -346,6 +346,40 @@ class ParquetShardFile(ShardFile):
         super().abort()
 
 
+def rejects_outside(rejects: str) -> bool:
+    """--rejects PATH (anything with a folder in it) goes where it says; a bare NAME goes in OUT."""
+    return "/" in rejects or os.sep in rejects
+
+
+def rejects_target(out: Path, rejects: str) -> Path:
+    """Where a run's rejects file goes: OUT/NAME, or PATH (absolute, from the current folder)."""
+    if rejects_outside(rejects):
+        from shardkit.core import objects
+
+        if objects.is_url(rejects):
+            raise UsageError(f"--rejects {rejects!r}: give a local path or a bare name (rejects are written locally)")
+        return Path(os.path.abspath(rejects))
+    return out / rejects
+
+
+def rejects_entry_path(out: Path, final: Path) -> str:
+    """How the manifest names the rejects file: its name inside OUT, or its absolute path
+    outside (then it is not in SHA256SUMS, and --overwrite never deletes it)."""
+    return final.name if final.parent == out else str(final)
+
+
+def check_rejects_path(rejects: str, *, resume: bool) -> None:
+    """A rejects file outside OUT must not exist yet (exit 4) and its folder must (exit 3)."""
+    if not rejects_outside(rejects):
+        return
+    target = rejects_target(Path("."), rejects)
+    if not target.parent.is_dir():
+        raise InputError(f"--rejects {rejects}: no such folder {target.parent}")
+    if target.exists() and not resume:
+        raise ConflictError(f"--rejects {rejects}: already exists; shardkit never replaces a file outside OUT "
+                            "(choose a new path, or remove it)")
+
+
 class RejectsFile:
     """Rejected records, appended to a partial file and published at the end of the run.
 
@@ -353,8 +387,9 @@ class RejectsFile:
     back to it, so no reject is written twice.
     """
 
-    def __init__(self, final: Path, dry_run: bool) -> None:
+    def __init__(self, final: Path, dry_run: bool, entry_path: str | None = None) -> None:
         self.final = final
+        self.entry_path = entry_path or final.name  # how the manifest names it
         self.partial = final.parent / f"{PARTIAL_PREFIX}{final.name}"
         self.dry_run = dry_run
         self.records = 0
@@ -414,7 +449,7 @@ class RejectsFile:
         """Move the partial file to its final name; return its manifest entry."""
         if self.records == 0:
             return None
-        entry = {"path": self.final.name, "records": self.records, "bytes": self.bytes}
+        entry = {"path": self.entry_path, "records": self.records, "bytes": self.bytes}
         if self.dry_run:
             return entry
         self.close()
@@ -514,7 +549,8 @@ class Splitter:
         self.files: list[dict] = []
         self.sources: list[dict] = []
         self.cp = _Checkpoint()
-        self.rejects = RejectsFile(out / options.rejects, dry_run)
+        target = rejects_target(out, options.rejects)
+        self.rejects = RejectsFile(target, dry_run, rejects_entry_path(out, target))
         self.created_at = now_iso()
         self.oversize_rejected = 0
         self.absolute_sources = False
@@ -566,7 +602,7 @@ class Splitter:
             if self.builder is not None and not complete:
                 m["parquet"]["inference"] = self.builder.state()  # the schema is still a snapshot
         if not complete:
-            m["rejects"] = {"path": self.rejects.final.name, "records": self.rejects.records}
+            m["rejects"] = {"path": self.rejects.entry_path, "records": self.rejects.records}
             m["resume"] = self.cp.to_dict()
         return m
 
@@ -1195,6 +1231,7 @@ def split(
 
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
     check_names(options, specs)
+    check_rejects_path(options.rejects, resume=resume)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
 
@@ -1259,11 +1296,12 @@ def source_path(spec: InputSpec, out: Path | None) -> str:
 
 def check_names(options: SplitOptions, specs: Sequence[InputSpec]) -> None:
     """Every name the run will write is valid, checked before anything is written."""
-    check_rel_name(options.rejects)
     stems = input_stems([s.path for s in specs])
     for stem in stems:
         shard_name(options.name, stem, 0)
-    refuse_side_name_clashes(options.name, stems, (), {"--rejects": options.rejects})
+    if not rejects_outside(options.rejects):
+        check_rel_name(options.rejects)
+        refuse_side_name_clashes(options.name, stems, (), {"--rejects": options.rejects})
 
 
 def shard_name_pattern(template: str, stem: str, splits: Sequence[str] = ()) -> re.Pattern:

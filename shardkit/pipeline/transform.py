@@ -111,6 +111,7 @@ from shardkit.pipeline.shard import (
     SplitOptions,
     SplitResult,
     Warn,
+    check_rejects_path,
     check_run_inputs,
     collecting_warn,
     holds_json_array,
@@ -118,6 +119,9 @@ from shardkit.pipeline.shard import (
     refuse_side_name_clashes,
     refuse_unless_gates_pass,
     reject_record,
+    rejects_entry_path,
+    rejects_outside,
+    rejects_target,
     source_path,
     start_checks,
 )
@@ -225,7 +229,8 @@ class PipelineOptions:
                              "(record counts are known only after the first pass); use --max-records or --max-bytes")
         names = [self.split.rejects, self.duplicates, self.excluded]
         for name in names:
-            check_rel_name(name)
+            if name is not self.split.rejects or not rejects_outside(name):  # --rejects PATH may be anywhere
+                check_rel_name(name)
         if len(set(names)) != len(names):
             raise UsageError(f"the rejects, duplicates and excluded files need different names (got {names})")
         template = self.name_template()
@@ -946,7 +951,8 @@ class _Pipeline:
         for tally, is_array in zip(self.tallies, self.arrays, strict=True):
             tally.container = "json-array" if is_array else None
         self.report = Report(max_examples=checks.options.examples) if checks else None
-        self.rejects = RejectsFile(out / options.split.rejects, dry_run)
+        target = rejects_target(out, options.split.rejects)
+        self.rejects = RejectsFile(target, dry_run, rejects_entry_path(out, target))
         self.duplicates = RejectsFile(out / options.duplicates, dry_run)
         self.excluded = RejectsFile(out / options.excluded, dry_run)
         self.files: list[dict] = []
@@ -1175,7 +1181,7 @@ class _Pipeline:
             "files": self.files,
         }
         for key, side in (("rejects", self.rejects), ("duplicates", self.duplicates), ("excluded", self.excluded)):
-            m[key] = (sides or {}).get(key) if complete else {"path": side.final.name, "records": side.records}
+            m[key] = (sides or {}).get(key) if complete else {"path": side.entry_path, "records": side.records}
         m["counts"] = self.counts()
         m["totals"] = totals(self.files)
         if self.opts.to == "chat":
@@ -1283,9 +1289,11 @@ def run_pipeline(
     """
     specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude, arrays=True)
     stems = [SHUFFLED_STEM] if options.shuffle else input_stems([s.path for s in specs])
-    refuse_side_name_clashes(options.name_template(), stems, options.splits,
-                             {"--rejects": options.split.rejects, "duplicates": options.duplicates,
-                              "excluded": options.excluded})
+    sides = {"duplicates": options.duplicates, "excluded": options.excluded}
+    if not rejects_outside(options.split.rejects):
+        sides["--rejects"] = options.split.rejects
+    refuse_side_name_clashes(options.name_template(), stems, options.splits, sides)
+    check_rejects_path(options.split.rejects, resume=resume)
     out = Path(out)
     warnings: list[str] = []
     _warn = collecting_warn(warnings, warn)
@@ -1357,8 +1365,8 @@ def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_
         # lists (published at the very end, rewritten by the new run) go now.
         for key in ("rejects", "duplicates", "excluded"):
             entry = old.get(key)
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                unlink_if_exists(out / check_rel_name(entry["path"]))
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not os.path.isabs(entry["path"]):
+                unlink_if_exists(out / check_rel_name(entry["path"]))  # never a file outside OUT
         fsync_dir(out)
         result.removed_temps = _clean(out, p)
         faults.hit("after:resume_cleaned")

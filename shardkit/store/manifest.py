@@ -46,7 +46,8 @@ SIDE_FILES = ("rejects", "duplicates", "excluded")  # records set aside, with th
 
 def side_entries(manifest: dict) -> list[dict]:
     """The side files a manifest lists (rejects, duplicates, excluded) that have a sha256."""
-    return [e for k in SIDE_FILES if isinstance(e := manifest.get(k), dict) and e.get("sha256")]
+    return [e for k in SIDE_FILES
+            if isinstance(e := manifest.get(k), dict) and e.get("sha256") and not os.path.isabs(str(e.get("path")))]
 
 
 def sums_text(manifest: dict) -> bytes:

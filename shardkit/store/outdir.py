@@ -53,7 +53,7 @@ def listed_names(old: dict) -> list[str]:
     """Every file an old manifest lists: shards, then side files (rejects, duplicates, ...)."""
     names = [f.get("path") for f in old.get("files", []) if isinstance(f, dict)]
     names += [e.get("path") for k in SIDE_FILES if isinstance(e := old.get(k), dict)]
-    return [n for n in names if isinstance(n, str)]
+    return [n for n in names if isinstance(n, str) and not os.path.isabs(n)]  # never a file outside OUT
 
 
 def refuse_deleting_inputs(out: Path, old: dict, specs: Sequence[InputSpec]) -> None:
@@ -126,7 +126,8 @@ def remove_part_files(out: Path, parts: Path, rejects: str) -> None:
             name = entry.get("path")
             if isinstance(name, str) and "/" not in name and not name.startswith("."):
                 (out / name).unlink(missing_ok=True)
-    (out / rejects).unlink(missing_ok=True)
+    if "/" not in rejects and os.sep not in rejects:  # never a --rejects PATH outside OUT
+        (out / rejects).unlink(missing_ok=True)
     (out / SUMS_NAME).unlink(missing_ok=True)
     remove_parts(parts)
 
