@@ -124,22 +124,32 @@ def _taken(entry: Entry):
     then a check that inbox/NAME is still that file. A concurrent ingest that listed the
     same drop gets False and moves on, so a drop is validated, split and published once;
     the lock dies with its holder, so a killed ingest blocks nothing."""
+    with _flocked(entry.path, os.O_NOFOLLOW | os.O_NONBLOCK, gone=False) as fd:
+        if fd is None:
+            yield False  # held by another ingest, or gone (routed) already
+            return
+        try:
+            yield os.stat(entry.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            yield False
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, flags: int, *, gone):
+    """An exclusive flock on `path`, without waiting: yields its fd while held, None if
+    another process holds it, or `gone` if there is no such file."""
     try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     except OSError:
-        yield False  # gone (routed by another ingest) or not ours to open
+        yield gone
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            yield False
+            yield None
             return
-        try:
-            still_here = os.stat(entry.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            still_here = False
-        yield still_here
+        yield fd
     finally:
         os.close(fd)
 
@@ -419,20 +429,8 @@ def ingest_running(queue: Queue, intent) -> bool:
 def _work_lock(work: Path):
     """An exclusive flock on an ingest's work folder, without waiting: True while held. A
     folder that is gone (its transaction finished) is True: there is nothing to race for."""
-    try:
-        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with _flocked(work, os.O_DIRECTORY, gone=True) as fd:
+        yield fd is not None
 
 
 def _roll_forward(queue: Queue, intent, work: Path) -> bool:

@@ -79,6 +79,10 @@ _SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".report.json")
 
 
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+# A file in processing/ without a lease is a claim between its rename and its lease write, or
+# a file a trainer moved there by hand: never requeued before it has been there this long,
+# whatever --older-than says (a live claim writes its lease microseconds after the rename).
+LEASELESS_FLOOR_S = 60.0
 
 
 def side_file_name(name: str, suffix: str) -> str:
@@ -501,8 +505,12 @@ class Queue:
         if to in PENDING:
             item.priority = to
         for key, value in (update or {}).items():
-            setattr(item, key, value)
-        self.save_item(item)
+            setattr(item, key, value(item) if callable(value) else value)
+        if os.path.lexists(target):
+            self.save_item(item)
+        # else: the file has already moved on (claimed, completed, pruned...) while this
+        # process was between its rename and this save; the later mover saved the record,
+        # and saving ours now would put it back a step (the journal has our move)
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
     # ----- leases
@@ -553,16 +561,17 @@ class Queue:
         while True:
             for entry in self._candidates():
                 try:
-                    moved = self.move(entry, "claim", "processing", worker=worker)
+                    # attempts counted in the move's own record save: no second save that could
+                    # undo what another process does to the record meanwhile
+                    moved = self.move(entry, "claim", "processing", worker=worker,
+                                      update={"attempts": lambda it: it.attempts + 1})
                 except ConflictError:
                     continue  # another worker won this one, or processing/NAME exists
                 item = moved.item
-                item.attempts += 1
                 now = time.time()
                 lease = Lease(item.id, moved.name, worker, secrets.token_hex(16), self.host, os.getpid(),
                               owner_pid, process_start(owner_pid), now, now)
                 self._write_lease(lease)
-                self.save_item(item)
                 return Claimed(self, moved, lease)
             if time.monotonic() >= deadline:
                 return NO_CLAIM
@@ -651,7 +660,7 @@ class Queue:
                 # a claim renames the file in, then writes its lease: a file that arrived
                 # recently is a claim in progress, not an abandoned one, whatever its age
                 arrived = entry.arrived()
-                if arrived is None or now - arrived < limit or open_by_any_process(entry.path):
+                if arrived is None or now - arrived < max(limit, LEASELESS_FLOOR_S) or open_by_any_process(entry.path):
                     continue
                 if self.lease(entry.name) is not None:  # the claimer's lease landed meanwhile
                     continue
@@ -677,10 +686,8 @@ class Queue:
         out = []
         for n in names:
             entry = self.find_for("hold", n)
-            moved = self.move(entry, "hold", "held", reason=reason, dry_run=dry_run)
-            if not dry_run:
-                moved.item.held_from = entry.state
-                self.save_item(moved.item)
+            moved = self.move(entry, "hold", "held", reason=reason, dry_run=dry_run,
+                              update={"held_from": entry.state})
             out.append(moved)
         return out
 
@@ -696,10 +703,7 @@ class Queue:
         out = []
         for n in names:
             entry = self.find_for("redrive", n)
-            moved = self.move(entry, "redrive", "inbox", dry_run=dry_run)
-            if not dry_run:
-                moved.item.attempts = 0
-                self.save_item(moved.item)
+            moved = self.move(entry, "redrive", "inbox", dry_run=dry_run, update={"attempts": 0})
             out.append(moved)
         return out
 

@@ -194,8 +194,6 @@ def test_unreadable_files_are_refused(tmp_path):
     ["--name", "/tmp/shardkit-escape-{index}.jsonl"],
     ["--name", "..{index}"],
     ["--name", "{index:/>3}.jsonl"],
-    ["--rejects", "../escape-rejects.jsonl"],
-    ["--rejects", "/tmp/shardkit-escape-rejects.jsonl"],
 ])
 def test_a_name_template_cannot_escape_out(tmp_path, flags):
     """Refused before anything is written. Exit 2 (a usage error, DESIGN.md section 3) is
@@ -208,6 +206,26 @@ def test_a_name_template_cannot_escape_out(tmp_path, flags):
     assert not a.out.exists() or not [p for p in a.out.iterdir() if p.name.endswith(".jsonl")]
     assert not list(Path("/tmp").glob("shardkit-escape-*"))
     assert not a.damage()
+
+
+def test_a_rejects_path_outside_out_goes_exactly_there_and_nowhere_else(tmp_path):
+    """--rejects PATH may name a file outside OUT on purpose (issue 17.5, as validate
+    --rejects): the records go to exactly that file, created new, and nothing else escapes;
+    an existing file there is never replaced (exit 4)."""
+    a = Arena(tmp_path)
+    a.freeze()
+    target = tmp_path / "aside-rejects.jsonl"
+    args = ["split", a.inputs / "in.jsonl", "-o", a.out, "--max-records", "5", "--oversize", "reject",
+            "--max-bytes", "200", "--allow-empty", "--rejects", target]
+    r = T.run(args)
+    assert r.returncode == 0, r.describe()
+    assert target.is_file() and target.read_bytes().count(b"\n") > 0
+    assert not [p for p in a.out.iterdir() if p.name.endswith(".jsonl")]  # every record went aside
+    assert a.damage() == [f"created outside ROOT/OUT: {target.name}"]  # that file, and nothing else
+    before = target.read_bytes()
+    r = T.run([*args[:3], tmp_path / "out2", *args[4:]])
+    assert r.returncode == 4 and "already exists" in r.err, r.describe()
+    assert target.read_bytes() == before
 
 
 def test_operator_commands_refuse_a_path_outside_root(tmp_path):
