@@ -647,3 +647,22 @@ def test_ctrl_c_during_the_shuffle_cleans_up_and_exits_130(crash_workload):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     check_after_crash(out, reference)
     rerun_and_compare(inputs, out, reference, resume=True)
+
+
+def test_to_chat_with_validate_chat_checks_the_records_written(tmp_path):
+    """--to chat --validate chat rejected every alpaca record (found by tests/test_matrix.py):
+    the input was checked as chat before it was converted. Now each record is checked as its
+    own kind as read, and as chat once converted."""
+    src = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]
+    rows += [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}] * 5
+    rows += [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}] * 5
+    rows += [{"messages": [{"role": "bot", "content": "x"}]}]  # invalid as read
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    r = run([src], tmp_path / "o", {"max_records": 100, "check": CheckOptions(kind="chat")}, to="chat", dedup=None)
+    assert r.counts["written"] == 30 and r.counts["rejected"] == 1
+    assert r.manifest["params"]["validate"]["kind"] == "chat"  # as the user said
+    from shardkit.records.validate import Validator
+
+    v = Validator("chat")
+    assert all(v.check(line).ok for line in shard_lines(tmp_path / "o"))

@@ -70,6 +70,7 @@ run into the same folder while one is writing.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -125,7 +126,7 @@ from shardkit.pipeline.shard import (
     source_path,
     start_checks,
 )
-from shardkit.records.check import Bad, Checks
+from shardkit.records.check import Bad, Checks, reason_of
 from shardkit.records.convert import MAPPING, to_chat
 from shardkit.records.validate import Report
 from shardkit.store.manifest import (
@@ -363,11 +364,29 @@ class _Tally:
 # ---------------------------------------------------------------- steps (each: record -> keep?)
 
 
+def _input_check(options: PipelineOptions):
+    """The check of the records as read. With --to chat, --validate chat means "the records
+    written are valid chat": each input record is checked as its own kind (auto) before it
+    is converted, and the converted record as chat after (`_Convert`); checking alpaca or
+    sharegpt input as chat would reject every record --to chat is there to convert."""
+    check = options.split.check
+    if check is not None and options.to == "chat" and check.kind == "chat" and check.schema is None:
+        return dataclasses.replace(check, kind="auto")
+    return check
+
+
 class _Convert:
-    """--to chat. A chat record keeps its bytes; an unmappable record is rejected."""
+    """--to chat. A chat record keeps its bytes; an unmappable record is rejected; with
+    --validate chat, a converted record is checked as chat (rejected with the reason)."""
 
     def __init__(self, p: _Pipeline) -> None:
         self.p = p
+        check = p.opts.split.check
+        self.validator = None
+        if check is not None and check.kind == "chat" and check.schema is None:
+            from shardkit.records.validate import Validator
+
+            self.validator = Validator("chat", max_line_bytes=check.max_line_bytes)
 
     def __call__(self, rec: _Record) -> bool:
         obj = rec.obj()
@@ -380,6 +399,12 @@ class _Convert:
             return False
         if chat is not obj:
             rec.replace(chat)
+            if self.validator is not None:
+                result = self.validator.check(rec.raw.rstrip(b"\n"))
+                if not result.ok:
+                    code, why = reason_of(result.issues)
+                    self.p.reject(rec, code, f"--to chat gave an invalid chat record: {why}")
+                    return False
         return True
 
 
@@ -1299,7 +1324,7 @@ def run_pipeline(
     _warn = collecting_warn(warnings, warn)
 
     with ExitStack() as stack:
-        checks = start_checks(stack, options.split.check, specs, jobs)
+        checks = start_checks(stack, _input_check(options), specs, jobs)
         # A shard committed just before a kill is not listed yet; a rerun writes the same
         # bytes under that name and adopts the file when it is identical.
         pipeline = _Pipeline(specs, out, options, checks, dry_run=dry_run, adopt_identical=resume or overwrite,
