@@ -36,6 +36,7 @@ _OPEN_OBJECT, _CLOSE_OBJECT = 0x7B, 0x7D
 _CANNOT_START_ELEMENT = frozenset(b",:}]")
 
 
+ARRAY_BATCH = 1024  # elements of an array checked together (one Checker call)
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[^ \t\r\n"]+', re.DOTALL)
 
 

@@ -114,7 +114,7 @@ def _split_records(inputs, out, options: PipelineOptions, *, engine, jobs, resum
         return run(Path(objects.local_path(os.fspath(out))), absolute=False)
 
     def same_run(old: dict) -> None:
-        specs = check_run_inputs(paths, resume=resume, overwrite=overwrite, also=options.exclude)
+        specs = check_run_inputs(paths, resume=resume, overwrite=overwrite, also=options.exclude, arrays=True)
         evals = [source_path(inspect_input(p), None) for p in options.exclude]
         check_same_run(url, old, options.params(evals), [source_path(s, None) for s in specs])
 

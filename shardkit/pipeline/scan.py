@@ -21,7 +21,7 @@ from shardkit.core.io import (
     inspect_input,
     write_all,
 )
-from shardkit.core.jsonarray import JsonArraySource, is_json_array
+from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, is_json_array
 from shardkit.pipeline.shard import reject_record
 from shardkit.records.check import POOL_MIN_BYTES, CheckOptions, Checks, SchemaValidator, auto_jobs
 from shardkit.records.validate import DEFAULT_MAX_LINE_BYTES, Report
@@ -143,7 +143,7 @@ def validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None,
                 batch: list[tuple[int, int, bytes]] = []
                 for record in source:
                     batch.append(record)
-                    if len(batch) >= _ARRAY_BATCH:
+                    if len(batch) >= ARRAY_BATCH:
                         _take(checks.local.check_records(batch, display), report, sink, display, batch_raw(batch))
                         batch = []
                 _take(checks.local.check_records(batch, display), report, sink, display, batch_raw(batch))
@@ -156,9 +156,6 @@ def validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None,
                     seen = stream.raw_bytes
         except DataError as e:
             raise DataError(f"{display}: {e}") from None
-
-
-_ARRAY_BATCH = 1024
 
 
 def _validate_ranges(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:

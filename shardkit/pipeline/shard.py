@@ -59,6 +59,7 @@ from shardkit.store.outdir import (
     check_same_run,
     check_same_sizes,
     prepare,
+    rejects_outside,
     unlink_if_exists,
 )
 
@@ -344,11 +345,6 @@ class ParquetShardFile(ShardFile):
                 return  # committed: under its final name, listed or not (resume adopts it)
         self.writer.abort()
         super().abort()
-
-
-def rejects_outside(rejects: str) -> bool:
-    """--rejects PATH (anything with a folder in it) goes where it says; a bare NAME goes in OUT."""
-    return "/" in rejects or os.sep in rejects
 
 
 def rejects_target(out: Path, rejects: str) -> Path:

@@ -100,7 +100,7 @@ from shardkit.core.io import (
     remove_stale_temps,
     write_all,
 )
-from shardkit.core.jsonarray import JsonArraySource, compact
+from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, compact
 from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
@@ -167,7 +167,6 @@ MAX_DEPTH = 8  # re-scatter levels before a bucket is loaded whatever its size
 COMPRESSED_RATIO = 4  # planning guess: decompressed bytes per compressed byte
 STDIN_GUESS = 1 << 30  # planning guess for stdin, whose size is unknown
 CHUNK = 1 << 20  # bytes gathered before one write
-ARRAY_BATCH = 1024  # elements of a JSON-array input checked together
 SCHEMA_BATCH = 8 << 20  # bytes of records per SchemaBuilder call (its fastest chunk size)
 PENDING_BUDGET = 8 << 20  # bytes waiting for all bucket files together in pass 1 (64 KiB each at least)
 CONVERSIONS = ("chat",)

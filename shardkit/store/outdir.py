@@ -29,6 +29,11 @@ from shardkit.store.manifest import (
 PARTS_DIR = ".shardkit-parts"  # an engine run's per-task scratch folders, inside OUT
 
 
+def rejects_outside(rejects: str) -> bool:
+    """--rejects PATH (anything with a folder in it) goes where it says; a bare NAME goes in OUT."""
+    return "/" in rejects or os.sep in rejects
+
+
 def unlink_if_exists(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -126,7 +131,7 @@ def remove_part_files(out: Path, parts: Path, rejects: str) -> None:
             name = entry.get("path")
             if isinstance(name, str) and "/" not in name and not name.startswith("."):
                 (out / name).unlink(missing_ok=True)
-    if "/" not in rejects and os.sep not in rejects:  # never a --rejects PATH outside OUT
+    if not rejects_outside(rejects):  # never a --rejects PATH outside OUT
         (out / rejects).unlink(missing_ok=True)
     (out / SUMS_NAME).unlink(missing_ok=True)
     remove_parts(parts)
