@@ -62,7 +62,6 @@ class DoctorReport:
 
 
 INFO_CODES = {"external_processing"}  # reported, not a problem
-RECORD_GRACE_S = 5.0  # a record behind a file that arrived this recently belongs to a move in progress
 
 
 def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> DoctorReport:
@@ -79,7 +78,7 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
             add(Finding("open_intent", f"journal: {intent.op} {intent.intent.get('name', '')} (tx {intent.tx[:8]}) "
                         "started but never committed; --repair finishes it", True))
     _temps(queue, repair, now, add)
-    _records(queue, repair, add, now)
+    _records(queue, repair, add)
     _leases(queue, repair, add)
     _duplicates(queue, add)
     _reports(queue, repair, add)
@@ -120,7 +119,7 @@ def _old_temp(p, now: float, repair: bool, add) -> None:
         add(f)
 
 
-def _records(queue: Queue, repair: bool, add, now: float) -> None:
+def _records(queue: Queue, repair: bool, add) -> None:
     """Records against folders. Other processes move files while this runs, so a mismatch
     seen in the snapshot is looked at again, as it is now, before it is reported or
     repaired: only what is still inconsistent counts (a move renames, then saves the
@@ -141,12 +140,13 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
         if len(homeless) == 1:
             e = homeless[0]
             explained.add((e.state, e.name))
-            arrived = e.arrived()
-            if arrived is None or now - arrived < RECORD_GRACE_S:
-                continue  # a mover renames, then saves the record: give a live one time to
-            item = queue.load_item(item.id) or item  # as it is now, not as listed
             f = Finding("record_behind", f"{item.name}: record says {item.state}, file is in {e.state}", True)
             if repair:
+                # as it is now: a live mover that saved since the listing owns the record
+                fresh = queue.load_item(item.id)
+                if fresh is None or (fresh.state, fresh.name) != (item.state, item.name) or not os.path.lexists(e.path):
+                    continue
+                item = fresh
                 item.history.append({"op": "adopt", "from": item.state, "to": e.state, "by": "doctor"})
                 item.state = e.state
                 queue.save_item(item)
@@ -161,9 +161,8 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
             continue
         if e.state == "inbox":
             continue  # a drop: ingest gives it its record when it routes it
-        arrived = e.arrived()
-        if arrived is None or now - arrived < RECORD_GRACE_S or queue.record_of(e) is not None:
-            continue  # moved on, a move in progress, or its mover saved its record after the listing
+        if not os.path.lexists(e.path) or queue.record_of(e) is not None:
+            continue  # moved on, or its mover saved its record after the listing
         f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
         if repair:
             queue.adopt(e)
