@@ -62,6 +62,9 @@ class DoctorReport:
 
 
 INFO_CODES = {"external_processing"}  # reported, not a problem
+# How long doctor waits, in steps, for a live mover to save a record that is behind its file
+# before it treats the record as left behind by a crash (about 0.7 s in all).
+MOVER_PATIENCE_S = (0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> DoctorReport:
@@ -172,13 +175,13 @@ def _records(queue: Queue, repair: bool, add) -> None:
 
 def _consistent_now(queue: Queue, item_id: str) -> bool:
     """The record as it is now (re-read) names a file that is there now, or is deleted."""
-    for _ in range(3):
+    for pause in MOVER_PATIENCE_S:
         fresh = queue.load_item(item_id)
         if fresh is None or fresh.state == "deleted":
             return True
         if fresh.state in STATES and os.path.lexists(queue.path(fresh.state, fresh.name)):
             return True
-        time.sleep(0.02)  # a mover between its rename and its record write
+        time.sleep(pause)  # a mover between its rename and its record write (slow on a loaded machine)
     return False
 
 
