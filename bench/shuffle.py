@@ -43,7 +43,8 @@ TARGETS = {"time_ratio_max": 3.0, "rss_over_memory_mb_max": 64.0, "doubled_rss_r
 LIBRARY_SPLIT = """
 import argparse, sys
 from shardkit.core.io import parse_size
-from shardkit.pipeline.transform import PipelineOptions, run_pipeline
+from shardkit.pipeline.run import run_pipeline
+from shardkit.pipeline.transform import PipelineOptions
 from shardkit.pipeline.shard import SplitOptions
 ap = argparse.ArgumentParser()
 ap.add_argument("inputs", nargs="+")

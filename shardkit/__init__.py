@@ -27,7 +27,7 @@ _LAZY = {
     "SplitResult": ("pipeline.shard", "SplitResult"),
     "split": ("pipeline.driver", "split"),
     "Queue": ("queue.state", "Queue"),
-    "run_pipeline": ("pipeline.transform", "run_pipeline"),
+    "run_pipeline": ("pipeline.run", "run_pipeline"),
     "PipelineOptions": ("pipeline.transform", "PipelineOptions"),
     "find_overlap": ("pipeline.overlap", "find_overlap"),
 }

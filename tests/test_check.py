@@ -18,7 +18,8 @@ from test_tokens import build_word_tokenizer, word_count
 from shardkit.core.blocks import BlockReader
 from shardkit.core.errors import UsageError
 from shardkit.pipeline.scan import validate_files
-from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.pipeline.driver import split
+from shardkit.pipeline.shard import SplitOptions
 from shardkit.records.check import CheckOptions, Checks, ranges
 from shardkit.records.validate import Report
 
@@ -141,7 +142,7 @@ def test_max_tokens_flags_long_records(tmp_path: Path) -> None:
     r = run_cli("split", path, "-o", out, "-n", "10", "--validate", "chat", "--max-tokens", str(limit), "--tokenizer", tok, "--json")
     assert r.returncode == 0, r.stderr
     s = orjson.loads(r.stdout)
-    assert s["counts"] == {"read": 3, "written": 2, "rejected": 1, "blank": 0}
+    assert s["counts"] == {"read": 3, "written": 2, "train": 2, "validation": 0, "rejected": 1, "duplicates": 0, "excluded": 0, "blank": 0}
 
 
 def test_token_options_need_each_other(tmp_path: Path) -> None:
@@ -247,7 +248,7 @@ def test_split_validate_schema(tmp_path: Path) -> None:
     r = run_cli("split", src, "-o", tmp_path / "o", "-n", "10", "--validate", schema, "--json")
     assert r.returncode == 0, r.stderr
     s = orjson.loads(r.stdout)
-    assert s["counts"] == {"read": 4, "written": 2, "rejected": 2, "blank": 0}
+    assert s["counts"] == {"read": 4, "written": 2, "train": 2, "validation": 0, "rejected": 2, "duplicates": 0, "excluded": 0, "blank": 0}
     rejects = [orjson.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_bytes().splitlines()]
     assert [(x["line"], x["code"]) for x in rejects] == [(2, "schema"), (3, "schema")]
     assert rejects[0]["reason"] == "text: 5 is not of type 'string'"

@@ -15,7 +15,8 @@ import pytest
 from conftest import make_chat_jsonl, run_cli
 
 from shardkit.pipeline.engine import PARTS_DIR, split_many
-from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.pipeline.driver import split
+from shardkit.pipeline.shard import SplitOptions
 from shardkit.records.check import CheckOptions
 
 

@@ -12,7 +12,8 @@ from crashkit import final_files, run_and_kill, run_with_fault, seeded_delays, t
 
 from shardkit.pipeline.engine import split_many
 from shardkit.pipeline.parquet import ParquetOptions, SchemaBuilder
-from shardkit.pipeline.shard import SplitOptions, split
+from shardkit.pipeline.driver import split
+from shardkit.pipeline.shard import SplitOptions
 from shardkit.store.manifest import verify
 
 PAD = "x" * 900  # ~1 KB records: 12,000 of them are larger than the first 8 MiB guess
@@ -82,7 +83,7 @@ def test_a_schema_that_grows_late_gives_the_whole_input_result(drift_file, per_s
     m = manifest(one)
     assert "inference" not in m["parquet"] and "discard" not in str(m)
     assert m["parquet"]["json_fields"] == ["content"]
-    assert m["counts"] == {"read": 12_000, "written": 12_000, "rejected": 0, "blank": 0}
+    assert m["counts"] == {"read": 12_000, "written": 12_000, "train": 12_000, "validation": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "blank": 0}
     schema = pq.read_schema(one / m["files"][0]["path"])
     assert schema.remove_metadata().equals(whole_input_schema(src).parquet_schema().remove_metadata())
     assert str(schema.field("score").type) == "double" and str(schema.field("meta").type) == "struct<k: int64>"

@@ -29,7 +29,8 @@ from shardkit.core.errors import ConflictError, DataError, UsageError
 from shardkit.pipeline import transform as pl
 from shardkit.pipeline.overlap import find_overlap, record_hash
 from shardkit.pipeline.shard import SplitOptions
-from shardkit.pipeline.transform import TEMP_DIR, PipelineOptions, holdout_split, run_pipeline
+from shardkit.pipeline.run import run_pipeline
+from shardkit.pipeline.transform import TEMP_DIR, PipelineOptions, holdout_split
 from shardkit.records.check import CheckOptions
 from shardkit.records.validate import Validator
 from shardkit.store.manifest import verify
@@ -512,7 +513,8 @@ def test_conservation_every_record_is_accounted_for(tmp_path, picks, final_newli
 SCRIPT = """
 import json, sys
 from shardkit.core.errors import Interrupted
-from shardkit.pipeline.transform import PipelineOptions, run_pipeline
+from shardkit.pipeline.run import run_pipeline
+from shardkit.pipeline.transform import PipelineOptions
 from shardkit.pipeline.shard import SplitOptions
 a = json.loads(sys.argv[1])
 options = PipelineOptions(split=SplitOptions(**a["split"]), **a["options"])

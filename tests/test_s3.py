@@ -298,7 +298,7 @@ def test_empty_object_input(bucket, tmp_path: Path):
     assert r.returncode == 1 and b"no records written" in r.stderr  # tests/test_gates.py
     r = run_cli("split", url, "-o", tmp_path / "o2", "--max-records", "2", "--json", "--allow-empty")
     assert r.returncode == 0, r.stderr
-    assert orjson.loads(r.stdout)["counts"] == {"read": 0, "written": 0, "rejected": 0, "blank": 0}
+    assert orjson.loads(r.stdout)["counts"] == {"read": 0, "written": 0, "train": 0, "validation": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "blank": 0}
     assert run_cli("validate", url).returncode == 0
     assert run_cli("stats", url).returncode == 0
 

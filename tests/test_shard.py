@@ -80,7 +80,7 @@ def test_gzip_multimember_and_blank_lines(tmp_path):
     src.write_bytes(gzip.compress(part1) + gzip.compress(part2))
     result = split([src], tmp_path / "o", SplitOptions(max_records=1))
     assert concat_shards(tmp_path / "o") == b'{"a":1}\n{"b":2}\n'
-    assert result.counts == {"read": 4, "written": 2, "rejected": 0, "blank": 2}
+    assert result.counts == {"read": 4, "written": 2, "train": 2, "validation": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "blank": 2}
 
 
 # ---------------------------------------------------------------- sizing
@@ -156,7 +156,7 @@ def test_oversize_reject_keeps_original_bytes(tmp_path):
     result = split([src], tmp_path / "o", SplitOptions(max_bytes=100, oversize="reject"))
     out = tmp_path / "o"
     assert concat_shards(out) == b'{"a":1}\n{"b":2}\n'
-    assert result.counts == {"read": 3, "written": 2, "rejected": 1, "blank": 0}
+    assert result.counts == {"read": 3, "written": 2, "train": 2, "validation": 0, "rejected": 1, "duplicates": 0, "excluded": 0, "blank": 0}
     rejects = [orjson.loads(x) for x in (out / "rejects.jsonl").read_bytes().splitlines()]
     assert rejects == [
         {"source": str(src), "line": 2, "offset": 8, "code": "oversize",
@@ -306,7 +306,7 @@ def test_json_output_is_one_document(tmp_path, chat_file):
     r = run_cli("split", src, "-o", tmp_path / "o", "-n", "150", "--json")
     assert r.returncode == 0 and r.stderr == b""
     doc = orjson.loads(r.stdout)
-    assert doc["counts"] == {"read": 400, "written": 400, "rejected": 0, "blank": 0}
+    assert doc["counts"] == {"read": 400, "written": 400, "train": 400, "validation": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "blank": 0}
     assert doc["totals"]["files"] == 3 and doc["complete"] is True
 
 

@@ -108,7 +108,7 @@ def test_validate_and_parquet_reject_invalid_records(tmp_path):
     r = run_cli("split", src, "-o", tmp_path / "o", "--format", "parquet", "-n", "10", "--validate", "chat", "--json")
     assert r.returncode == 0, r.stderr
     s = orjson.loads(r.stdout)
-    assert s["counts"] == {"read": 4, "written": 2, "rejected": 2, "blank": 0}
+    assert s["counts"] == {"read": 4, "written": 2, "train": 2, "validation": 0, "rejected": 2, "duplicates": 0, "excluded": 0, "blank": 0}
     assert pq.read_table(tmp_path / "o" / "in-00000.parquet").num_rows == 2
 
 

@@ -44,12 +44,10 @@ from shardkit.core.io import (
 )
 from shardkit.records.validate import Report
 from shardkit.store.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     SUMS_NAME,
     now_iso,
     read_manifest,
-    tool_name,
     totals,
     write_manifest,
 )
@@ -82,16 +80,18 @@ def split_part(index: int, path: str, display: str, stem: str, part_dir: str, op
     `part_dir` are absolute (a Ray worker runs in a folder of its own); `display` is the
     input as the user named it, for messages and rejects, as in a single-process run."""
     from shardkit.core.io import inspect_input
-    from shardkit.pipeline.shard import split_specs, start_checks
+    from shardkit.pipeline.run import run_specs
+    from shardkit.pipeline.shard import start_checks
+    from shardkit.pipeline.transform import PipelineOptions
 
     t0 = time.perf_counter()
     specs = [dataclasses.replace(inspect_input(path), display=display)]
     warnings: list[str] = []
     with ExitStack() as stack:
         checks = start_checks(stack, options.check, specs, 1)
-        r = split_specs(specs, Path(part_dir), options, checks, resume=True, overwrite=False, dry_run=False,
-                   progress=None, warn=warnings.append, warnings=warnings, absolute_sources=True,
-                   stems=[stem], schema=schema)
+        r = run_specs(specs, Path(part_dir), PipelineOptions(split=options), checks, resume=True, overwrite=False,
+                      dry_run=False, progress=None, warn=warnings.append, warnings=warnings, stack=stack,
+                      absolute_sources=True, stems=[stem], schema=schema)
     return PartResult(index, r.manifest, r.validation, warnings, time.perf_counter() - t0)
 
 
@@ -234,64 +234,40 @@ def split_many(
     jobs: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     warn: Callable[[str], None] | None = None,
-    staging: str | os.PathLike | None = None,
+    absolute_sources: bool = False,
 ):
-    """`split` with one task per input (see the module doc); returns a SplitResult."""
-    from shardkit.core import objects
-    from shardkit.pipeline.shard import (
-        SplitResult,
-        check_names,
-        check_rejects_path,
-        check_run_inputs,
-        collecting_warn,
-        run_staged,
-        source_path,
-    )
-    from shardkit.pipeline.shard import split as split_one_process
+    """A plan with no record stage, one map task per input into the local folder `out`,
+    reduced by a merge in input order (see the module doc); returns a SplitResult.
+    `shardkit.split` calls it for --engine (and adds dry runs and object stores)."""
+    from shardkit.pipeline.run import check_plan
+    from shardkit.pipeline.shard import SplitResult, check_run_inputs, collecting_warn, source_path
+    from shardkit.pipeline.transform import PipelineOptions
 
+    plan = options if isinstance(options, PipelineOptions) else PipelineOptions(split=options)
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if not plan.streams:
+        raise UsageError("split_many runs plans with no record stage; shardkit.split runs the others")
     paths = [os.fspath(p) for p in inputs]
     if "-" in paths:
         raise UsageError("--engine reads files, not stdin (-): stdin can be read once, by one process")
-    if dry_run:  # nothing is written: the single-process run says the same
-        return split_one_process(paths, out, options, resume=resume, overwrite=overwrite, dry_run=True,
-                                 progress=progress, warn=warn, jobs=jobs, staging=staging)
     specs = check_run_inputs(paths, resume=resume, overwrite=overwrite)
-    check_names(options, specs)
-    check_rejects_path(options.rejects, resume=resume)
+    check_plan(plan, specs, resume=resume)
+    options = plan.split
     warnings: list[str] = []
-    _warn = collecting_warn(warnings, warn)
-    def sources_of(local: Path | None) -> list[str]:
-        return [source_path(s, local) for s in specs]
-
-    def run(local: Path, absolute: bool) -> SplitResult:
-        sources = sources_of(None if absolute else local)
-        result = SplitResult(out=local, manifest={}, warnings=warnings)
-        old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
-        if old is not None:
-            result.manifest, result.already_complete = old, True
-            return result
-        result.resumed = resume and (local / PARTS_DIR).exists()
-        _run_split(specs, local, options, sources, engine=engine, jobs=jobs, progress=progress, warn=_warn,
-                   result=result)
+    local = Path(out)
+    sources = [source_path(s, None if absolute_sources else local) for s in specs]
+    result = SplitResult(out=local, manifest={}, warnings=warnings)
+    old = _prepare(local, specs, options, sources, resume=resume, overwrite=overwrite)
+    if old is not None:
+        result.manifest, result.already_complete = old, True
         return result
-
-    if objects.is_url(os.fspath(out)):
-        url = os.fspath(out)
-        result = run_staged(
-            url, staging, resume=resume, overwrite=overwrite, dry_run=False,
-            same_run=lambda old: check_same_run(url, old, options.params(), sources_of(None)),
-            run=lambda stage: run(stage, absolute=True),
-        )
-        result.warnings = warnings
-        return result
-    if staging is not None:
-        raise UsageError("--staging is for an s3:// (object store) OUT; this OUT is a local folder")
-    return run(Path(objects.local_path(os.fspath(out))), absolute=False)
+    result.resumed = resume and (local / PARTS_DIR).exists()
+    _run_split(specs, local, plan, sources, engine=engine, jobs=jobs, progress=progress,
+               warn=collecting_warn(warnings, warn), result=result)
+    return result
 
 
 def _abs_check(options):
@@ -305,10 +281,12 @@ def _abs_check(options):
     return dataclasses.replace(options, check=dataclasses.replace(check, **changes)) if changes else options
 
 
-def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, progress, warn, result) -> None:
-    from shardkit.pipeline.shard import Splitter, input_stems, start_checks
+def _run_split(specs, out: Path, plan, sources: list[str], *, engine, jobs, progress, warn, result) -> None:
+    from shardkit.pipeline.run import infer_schema
+    from shardkit.pipeline.shard import input_stems, start_checks
     from shardkit.records.check import auto_jobs
 
+    options = plan.split
     created_at = now_iso()
     stems = input_stems([s.path for s in specs])
     schema = None
@@ -316,8 +294,7 @@ def _run_split(specs, out: Path, options, sources: list[str], *, engine, jobs, p
         # one schema for all the inputs, as a single-process run infers it
         with ExitStack() as stack:
             checks = start_checks(stack, options.check, specs, jobs)
-            schema = Splitter(specs, out, options, dry_run=True, adopt_identical=False, progress=None,
-                               warn=warn, checks=checks)._infer_schema()
+            schema = infer_schema(specs, out, plan, checks, warn)
     if jobs is None:
         sizes = [s.size for s in specs]
         jobs = auto_jobs(None if None in sizes else sum(sizes))
@@ -387,7 +364,7 @@ def _merge(out: Path, parts: Path, results: list[PartResult], options, created_a
             taken[name] = part.index
     files: list[dict] = []
     sources: list[dict] = []
-    counts = {"read": 0, "written": 0, "rejected": 0, "blank": 0}
+    counts = dict.fromkeys(results[0].manifest["counts"], 0)
     for src, part in zip(sources_as, results, strict=True):
         pdir = parts / f"{part.index:05d}"
         for entry in part.manifest["files"]:
@@ -403,22 +380,13 @@ def _merge(out: Path, parts: Path, results: list[PartResult], options, created_a
     target = rejects_target(out, options.rejects)
     rejects = _merge_rejects(target, [(parts / f"{p.index:05d}", p.manifest.get("rejects")) for p in results],
                              rejects_entry_path(out, target))
-    m = {
-        "shardkit_manifest": FORMAT_VERSION,
-        "type": "shards",
-        "complete": True,
-        "created_at": created_at,
-        "tool": tool_name(),
-        "params": options.params(),
-        "sources": sources,
-        "files": files,
-        "rejects": rejects,
-        "counts": counts,
-        "totals": totals(files),
-    }
-    if results and "parquet" in results[0].manifest:
-        m["parquet"] = results[0].manifest["parquet"]
+    from shardkit.pipeline.run import check_conservation
     from shardkit.pipeline.shard import GateError, refuse_unless_gates_pass
+
+    check_conservation(counts)
+    # the first part's manifest gives the shape (keys in the order an inline run writes them)
+    m = {**results[0].manifest, "complete": True, "created_at": created_at, "params": options.params(),
+         "sources": sources, "files": files, "rejects": rejects, "counts": counts, "totals": totals(files)}
 
     try:
         refuse_unless_gates_pass(out, m, options, dry_run=False, write=lambda m: write_manifest(out / MANIFEST_NAME, m))

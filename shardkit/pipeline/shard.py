@@ -1,21 +1,28 @@
-"""Split pipeline: inputs -> blocks of lines -> runs of records -> shards -> manifest.
+"""What every split shares: options and results, gates, names, shard and side files, inputs.
 
-Records are copied byte for byte; the shards, concatenated in manifest order, equal the
-inputs' non-blank lines. Each shard is committed atomically and the manifest rewritten
-(`"complete": false` plus a resume checkpoint) after every shard, so a killed run resumes
-from its last committed shard and ends with exactly the files an uninterrupted run writes.
+- `SplitOptions` (how to cut, check and format) and `SplitResult`; the gates a finished
+  run must pass before its manifest says complete (`refuse_unless_gates_pass`).
+- Names: `shard_name`, `input_stems`, and the checks that no side file can take a shard's name.
+- `ShardFile` / `ParquetShardFile`: a shard written under a temp name in OUT and committed
+  atomically (fsync, rename without replacing, fsync the folder), hashed as written;
+  `RejectsFile`: a side file appended under a partial name, published at the end.
+- Inputs: `open_input` (JSONL plain, .gz, .zst, stdin, URLs, or Parquet read as JSONL
+  lines), `check_run_inputs`, `holds_json_array`, `count_records`.
+- `run_staged`: the object-store publisher (a run written into a local staging folder,
+  then published object by object, manifest last).
+
+The driver that uses them is `run.Run`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import os
 import re
 import stat
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,41 +31,31 @@ from typing import Any
 import orjson
 
 from shardkit.core import faults
-from shardkit.core.blocks import BLOCK_SIZE, NL, Block, BlockReader, nonblank_runs, nth_line_end
-from shardkit.core.errors import ConflictError, DataError, InputError, Interrupted, UsageError
+from shardkit.core.blocks import BLOCK_SIZE, NL, BlockReader, nonblank_runs
+from shardkit.core.errors import ConflictError, DataError, InputError, UsageError
 from shardkit.core.io import (
     BackgroundHasher,
     InputSpec,
     InputStream,
     commit_file,
     create_temp,
-    deferred_signals,
     env_error,
     fsync_dir,
     inspect_input,
-    remove_stale_temps,
     rename_noreplace,
     start_writeback,
     write_all,
 )
 from shardkit.core.jsonarray import is_json_array
-from shardkit.records.check import Bad, CheckOptions, Checks, Verdict, auto_jobs
+from shardkit.records.check import CheckOptions, Checks, auto_jobs
 from shardkit.records.validate import Report
 from shardkit.store.manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     SUMS_NAME,
     check_rel_name,
-    now_iso,
     scan_file,
-    tool_name,
-    totals,
-    write_manifest,
 )
 from shardkit.store.outdir import (
-    check_same_run,
-    check_same_sizes,
-    prepare,
     rejects_outside,
     unlink_if_exists,
 )
@@ -67,12 +64,6 @@ OVERSIZE_POLICIES = ("own-shard", "reject", "error")
 DEFAULT_NAME = "{stem}-{index:05d}.jsonl"
 DEFAULT_PARQUET_NAME = "{stem}-{index:05d}.parquet"
 FORMATS = ("jsonl", "parquet")
-PARQUET_PIECE = 1 << 20  # JSONL bytes fed to a Parquet shard between size checks
-# A Parquet run whose schema snapshot grows starts again with the new snapshot this many
-# times, while it has committed no shard and wasted at most this many bytes; after that
-# it infers the rest of the input first (see Splitter._start_again).
-_SNAPSHOT_ATTEMPTS = 8
-_SNAPSHOT_BYTES = 64 << 20
 DEFAULT_REJECTS = "rejects.jsonl"
 PARTIAL_PREFIX = ".shardkit-partial-"
 
@@ -479,605 +470,6 @@ def reject_record(source: str, line: int, offset: int, code: str, reason: str, r
     return record
 
 
-# ---------------------------------------------------------------- the splitter
-
-
-@dataclass
-class _Checkpoint:
-    """Where a run stands after its last committed shard: enough to resume exactly there."""
-
-    input: int = 0
-    offset: int = 0
-    line: int = 1
-    records: int = 0
-    blank: int = 0
-    rejected: int = 0
-    next_index: int = 0
-    rejects_records: int = 0
-    rejects_bytes: int = 0
-    # Parquet shards written with a schema that then grew, to delete before going on
-    discard: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        if not d["discard"]:
-            del d["discard"]  # the usual case: manifests stay as they were
-        return d
-
-
-class _Never(Exception):
-    """Raised by nothing (what a JSONL run catches in place of parquet.SchemaChanged)."""
-
-
-class Splitter:
-    def __init__(
-        self,
-        specs: list[InputSpec],
-        out: Path,
-        options: SplitOptions,
-        *,
-        dry_run: bool,
-        adopt_identical: bool,
-        progress: Progress | None,
-        warn: Warn,
-        checks: Checks | None = None,
-    ) -> None:
-        self.specs = specs
-        self.checks = checks
-        self.report = Report(max_examples=checks.options.examples) if checks else None
-        self.invalid = 0
-        self.schema = None  # parquet.InferredSchema for --format parquet
-        # Parquet in one pass: the schema is a snapshot of what the builder has seen and
-        # grows (the run starting again) when records do not fit it; None once it is final
-        self.builder = None
-        self._closing: tuple | None = None  # the shard being committed: (file, future, entry, checkpoint)
-        self._attempts = 0
-        self._fed = 0  # bytes given to shards, over all attempts: all wasted if one more is needed
-        self._progressed = 0
-        self.stems = input_stems([s.path for s in specs])
-        self.out = out
-        self.opts = options
-        self.dry_run = dry_run
-        self.adopt_identical = adopt_identical
-        self.progress = progress
-        self._warn_to = warn
-        self._warned: set[str] = set()
-        self.files: list[dict] = []
-        self.sources: list[dict] = []
-        self.cp = _Checkpoint()
-        target = rejects_target(out, options.rejects)
-        self.rejects = RejectsFile(target, dry_run, rejects_entry_path(out, target))
-        self.created_at = now_iso()
-        self.oversize_rejected = 0
-        self.absolute_sources = False
-        # per-input state
-        self._i = 0
-        self._spec: InputSpec = specs[0] if specs else InputSpec("-", "<stdin>", None, None)
-        self._quota: Callable[[int], int | None] = lambda i: None
-        self._file: ShardFile | None = None
-        self._index = 0
-        self._records = 0
-        self._bytes = 0
-        self._first_line = 0
-        self._last_line = 0
-        self._read = self._blank = self._rejected = 0
-
-    def warn(self, msg: str) -> None:
-        """Pass a warning on, once: a run that starts again (the Parquet schema grew) meets
-        the same things twice."""
-        if msg not in self._warned:
-            self._warned.add(msg)
-            self._warn_to(msg)
-
-    # ----- manifest
-
-    def manifest(self, complete: bool) -> dict:
-        read = sum(s["records"] + s["blank"] for s in self.sources)
-        blank = sum(s["blank"] for s in self.sources)
-        rejected = sum(s["rejected"] for s in self.sources)
-        if not complete:
-            read += self._read + self._blank
-            blank += self._blank
-            rejected += self._rejected
-        written = sum(f["records"] for f in self.files)
-        m = {
-            "shardkit_manifest": FORMAT_VERSION,
-            "type": "shards",
-            "complete": complete,
-            "created_at": self.created_at,
-            "tool": tool_name(),
-            "params": self.opts.params(),
-            "sources": self.sources if complete else self.sources + self._pending_sources(),
-            "files": self.files,
-            "rejects": None,
-            "counts": {"read": read, "written": written, "rejected": rejected, "blank": blank},
-            "totals": totals(self.files),
-        }
-        if self.schema is not None:
-            m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
-            if self.builder is not None and not complete:
-                m["parquet"]["inference"] = self.builder.state()  # the schema is still a snapshot
-        if not complete:
-            m["rejects"] = {"path": self.rejects.entry_path, "records": self.rejects.records}
-            m["resume"] = self.cp.to_dict()
-        return m
-
-    def _pending_sources(self) -> list[dict]:
-        return [
-            {"path": self.source_path(s), "bytes": s.size, "sha256": None}
-            for s in self.specs[len(self.sources):]
-        ]
-
-    def source_path(self, spec: InputSpec) -> str:
-        # absolute_sources: the manifest will live elsewhere (an object store)
-        return source_path(spec, None if self.absolute_sources else self.out)
-
-    def _save(self, complete: bool = False) -> None:
-        if not self.dry_run:
-            write_manifest(self.out / MANIFEST_NAME, self.manifest(complete))
-
-    # ----- resume
-
-    def restore(self, old: dict) -> None:
-        """Continue from an incomplete manifest written by the same inputs and options."""
-        cp = _Checkpoint(**old["resume"])
-        self._discard(cp)
-        self.cp = cp
-        self.created_at = old.get("created_at", self.created_at)
-        self.sources = [s for s in old["sources"] if s.get("sha256")][: cp.input]
-        self.files = list(old["files"])
-        for entry in self.files:
-            target = self.out / entry["path"]
-            if not target.is_file() or target.stat().st_size != entry["bytes"]:
-                raise DataError(
-                    f"{target}: listed in the manifest but missing or changed; cannot resume (use --overwrite)"
-                )
-        self.rejects.restore(cp.rejects_records, cp.rejects_bytes)
-        if self.opts.format == "parquet" and old.get("parquet"):
-            from shardkit.pipeline.parquet import InferredSchema, SchemaBuilder
-
-            self.schema = InferredSchema.from_json(old["parquet"]["schema"])
-            inference = old["parquet"].get("inference")
-            if inference is not None:
-                self.builder = SchemaBuilder.from_state(inference, self.opts.parquet, warn=self.warn)
-                self.schema = self.builder.snapshot()
-
-    def _discard(self, cp: _Checkpoint) -> None:
-        """Delete the shards a checkpoint names as written with a schema that grew."""
-        if not cp.discard or self.dry_run:
-            return
-        for name in cp.discard:
-            unlink_if_exists(self.out / check_rel_name(name))
-        fsync_dir(self.out)
-        cp.discard = []
-
-    # ----- the run
-
-    def run(self) -> None:
-        if self.opts.format == "parquet":
-            from shardkit.pipeline.parquet import SchemaChanged
-        else:  # JSONL never imports pyarrow
-            SchemaChanged = _Never  # noqa: N806
-        if self.opts.format == "parquet" and self.schema is None:
-            self._start_schema()
-            self._save()  # the schema is part of what --resume needs
-        while True:
-            try:
-                start = self.cp.input
-                for i in range(start, len(self.specs)):
-                    resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
-                    self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
-                break
-            except SchemaChanged as e:
-                self._start_again(e.schema)
-        if self.builder is not None:  # every record fitted the last snapshot: it is final
-            final = self.builder.result()  # reports fields that only ever held empty objects
-            if not final.same_snapshot(self.schema):
-                raise AssertionError("the final schema differs from the one the shards were written with")
-            self.schema, self.builder = final, None
-        self.rejects.sync()
-        with deferred_signals():
-            self._finish()
-
-    def _finish(self) -> None:
-        entry = self.rejects.publish()
-        if self.invalid:
-            self.warn(f"{self.invalid} invalid record(s) written to {self.rejects.final.name}")
-        if self.oversize_rejected:
-            self.warn(
-                f"{self.oversize_rejected} record(s) larger than --max-bytes written to {self.rejects.final.name}"
-            )
-        self.final = self.manifest(complete=True)
-        self.final["rejects"] = entry
-        refuse_unless_gates_pass(self.out, self.final, self.opts, dry_run=self.dry_run,
-                                 write=lambda m: write_manifest(self.out / MANIFEST_NAME, m))
-        if not self.dry_run:
-            write_manifest(self.out / MANIFEST_NAME, self.final)
-
-    def _split_input(self, i: int, cp: _Checkpoint) -> None:
-        self._i = i
-        spec = self._spec = self.specs[i]
-        self._quota = self._quota_for(spec)
-        self._index = cp.next_index
-        self._read, self._blank, self._rejected = cp.records, cp.blank, cp.rejected
-        self._reset_shard()
-        src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
-        with open_input(spec, on_raw=src_hash.update if src_hash else None) as stream:
-            reader = BlockReader(stream, self.opts.block_size, start_offset=cp.offset, start_line=cp.line)
-            seen = stream.raw_bytes
-            checked = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
-            try:
-                for block, verdict in checked:
-                    self._feed_block(block, verdict)
-                    if self.progress:
-                        self.progress(stream.raw_bytes - seen)
-                        self._progressed += stream.raw_bytes - seen
-                    seen = stream.raw_bytes
-            except EOFError:
-                raise DataError(f"{spec.display}: shorter than when the run was interrupted; cannot resume (use --overwrite)") from None
-            if reader.added_newline:
-                self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
-            self._commit(reader.offset, reader.line)
-            self._settle()
-            self.sources.append(
-                {
-                    "path": self.source_path(spec),
-                    "bytes": stream.raw_bytes,
-                    "sha256": src_hash.hexdigest() if src_hash else None,
-                    "records": self._read,
-                    "blank": self._blank,
-                    "rejected": self._rejected,
-                }
-            )
-        if self._blank:
-            self.warn(f"{spec.display}: {self._blank} blank line(s) skipped")
-        self.cp = _Checkpoint(input=i + 1, rejects_records=self.rejects.records, rejects_bytes=self.rejects.bytes)
-        self._read = self._blank = self._rejected = 0
-        faults.hit("after:input_done")
-        self._save()
-
-    def _start_schema(self) -> None:
-        """The Parquet schema to start with: --schema-from's; or, with no file to check
-        records against it (--dry-run), the whole input's (a pass of its own); or a
-        snapshot that grows as records need (the run starts again when it does)."""
-        from shardkit.pipeline.parquet import SchemaBuilder, schema_from_parquet
-
-        popts = self.opts.parquet
-        if popts.schema_from:
-            self.schema = schema_from_parquet(popts.schema_from)
-            return
-        for spec in self.specs:
-            if not spec.rereadable:
-                raise UsageError("--format parquet may read its input twice (if the schema grows, the run starts "
-                                 "again): give a file, not stdin, or give --schema-from FILE.parquet")
-        if self.dry_run:
-            self.schema = self._infer_schema()
-            return
-        self.builder = SchemaBuilder(popts, warn=self.warn)
-        self._feed_builder(self.builder, _Checkpoint(), limit=popts.parse_chunk_bytes)  # a first guess
-        self.schema = self.builder.snapshot()
-
-    def _start_again(self, schema) -> None:
-        """Records did not fit the schema snapshot: drop what was written with it and start
-        from the first record with the grown one. Early on (nothing committed, little
-        read) the new snapshot is used as it is; otherwise the rest of the input is
-        inferred first, so that the run starts again at most once more."""
-        self._settle()  # listed, then deleted with the others
-        if self._file is not None:
-            self._file.abort()
-            self._file = None
-        self._attempts += 1
-        if self.files or self._attempts > _SNAPSHOT_ATTEMPTS or self._fed > _SNAPSHOT_BYTES:
-            self._feed_builder(self.builder, self.cp)  # the records before cp fitted; go on from there
-            self.schema, self.builder = self.builder.result(), None
-        else:
-            self.schema = schema
-        written = [f["path"] for f in self.files]
-        self.files, self.sources = [], []
-        self.rejects.close()
-        self.rejects.restore(0, 0)
-        self.invalid = self.oversize_rejected = 0
-        if self.report is not None:
-            self.report.__init__(max_examples=self.checks.options.examples)
-        self._reset_shard()
-        self._read = self._blank = self._rejected = 0
-        if self.progress and self._progressed:
-            self.progress(-self._progressed)
-        self._progressed = 0
-        self.cp = _Checkpoint(discard=written)
-        self._save()  # lists no shard; --resume deletes the ones it names
-        faults.hit("after:schema_grew")
-        self._discard(self.cp)
-        self._save()
-
-    def _infer_schema(self):
-        """The schema of every record that will be written, in a pass of its own."""
-        from shardkit.pipeline.parquet import SchemaBuilder
-
-        builder = SchemaBuilder(self.opts.parquet, warn=self.warn)
-        self._feed_builder(builder, _Checkpoint())
-        return builder.result()
-
-    def _feed_builder(self, builder, start: _Checkpoint, limit: int | None = None) -> None:
-        """Feed the builder every valid record from `start` (input, offset, line) on, or
-        the blocks holding the first `limit` bytes of them."""
-        fed = 0
-        for i in range(start.input, len(self.specs)):
-            spec = self.specs[i]
-            offset, line = (start.offset, start.line) if i == start.input else (0, 1)
-            with open_input(spec) as stream:
-                blocks = BlockReader(stream, self.opts.block_size, start_offset=offset, start_line=line)
-                checked = self.checks.checked(blocks, spec.display) if self.checks else ((b, None) for b in blocks)
-                for block, verdict in checked:
-                    runs, _ = nonblank_runs(block)
-                    for s, e, first, n in _valid_pieces(block, runs, verdict.bad if verdict else ()):
-                        builder.add_block(memoryview(block.buf)[s:e], first, spec.display, lines=n)
-                        fed += e - s
-                    if limit is not None and fed >= limit:
-                        return
-
-    def _quota_for(self, spec: InputSpec) -> Callable[[int], int | None]:
-        n, cap = self.opts.num_shards, self.opts.max_records
-        if n is None:
-            return lambda i: cap
-        total = count_records(spec, self.opts.block_size)
-        if 0 < total < n:
-            self.warn(f"{spec.display}: only {total} record(s); writing {total} shard(s) instead of {n}")
-        q, r = divmod(total, n)
-        return lambda i: min(q + (i < r), cap) if cap else q + (i < r)
-
-    def _feed_block(self, block: Block, verdict: Verdict | None = None) -> None:
-        runs, trailing = nonblank_runs(block)
-        if verdict is not None:
-            self.report.merge(verdict.report)
-            if verdict.bad:
-                self._feed_checked(block, runs, verdict.bad)
-                self._blank += trailing
-                return
-        for run in runs:
-            self._blank += run.blanks_before
-            self._feed_run(block, run.start, run.end, run.first_line, run.lines)
-        self._blank += trailing
-
-    def _feed_checked(self, block: Block, runs: list, bad: list[Bad]) -> None:
-        """Runs of records with the invalid ones cut out and sent to the rejects file."""
-        for piece in _pieces(block, runs, bad):
-            if piece[0] == "run":
-                self._blank += piece[1]
-            elif piece[0] == "ok":
-                self._feed_run(block, *piece[1:])
-            else:
-                self._reject_invalid(block, piece[1])
-
-    def _reject_invalid(self, block: Block, b: Bad) -> None:
-        raw = block.buf[block.start + b.start : block.start + b.end]
-        self.rejects.add(reject_record(self._spec.display, b.line, block.offset + b.start, b.code, b.reason, raw))
-        self._read += 1
-        self._rejected += 1
-        self.invalid += 1
-
-    def _feed_run(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
-        if self.opts.format == "parquet":
-            self._feed_run_parquet(block, pos, end, line, lines)
-            return
-        buf = block.buf
-        last_line = line + lines  # one past the run's last line
-        max_bytes = self.opts.max_bytes
-        while pos < end:
-            if self._records and self._full():
-                self._commit(block.offset + pos - block.start, line)
-            cut = end
-            if max_bytes is not None and end - pos > max_bytes - self._bytes:
-                nl = buf.rfind(NL, pos, pos + max_bytes - self._bytes)
-                if nl < 0:
-                    if self._records:
-                        self._commit(block.offset + pos - block.start, line)
-                        continue
-                    line_end = buf.find(NL, pos) + 1
-                    self._oversize(block, pos, line_end, line)
-                    pos, line = line_end, line + 1
-                    continue
-                cut = nl + 1
-            n = last_line - line if cut == end else buf.count(NL, pos, cut)
-            room = self._room()
-            if room is not None and n > room:
-                cut, n = nth_line_end(buf, pos, room), room
-            self._write(memoryview(buf)[pos:cut], n, line)
-            pos, line = cut, line + n
-
-    def _feed_run_parquet(self, block: Block, pos: int, end: int, line: int, lines: int) -> None:
-        """Records in pieces of about PARQUET_PIECE bytes with --max-bytes, checking the
-        shard's size between pieces (its on-disk size is known only as row groups are
-        written: estimated_bytes); else the whole run, cut only where a shard is full."""
-        buf = block.buf
-        last_line = line + lines  # one past the run's last line
-        piece = PARQUET_PIECE if self.opts.max_bytes is not None else None
-        while pos < end:
-            if self._records and self._full():
-                self._commit(block.offset + pos - block.start, line)
-            cut = end
-            if piece is not None and end - pos > piece:
-                cut = buf.rfind(NL, pos, pos + piece) + 1
-                if cut <= pos:
-                    cut = buf.find(NL, pos) + 1
-            n = last_line - line if cut == end else buf.count(NL, pos, cut)
-            room = self._room()
-            if room is not None and n > room:
-                cut, n = nth_line_end(buf, pos, room), room
-            self._write(memoryview(buf)[pos:cut], n, line)
-            pos, line = cut, line + n
-
-    def _room(self) -> int | None:
-        quota = self._quota(self._index)
-        return None if quota is None else quota - self._records
-
-    def _full(self) -> bool:
-        room = self._room()
-        if room is not None and room <= 0:
-            return True
-        if self.opts.max_bytes is None:
-            return False
-        if isinstance(self._file, ParquetShardFile):
-            return self._file.estimated_bytes >= self.opts.max_bytes
-        return self._bytes >= self.opts.max_bytes
-
-    def _write(self, data: memoryview, n: int, line: int) -> None:
-        if not self._records:
-            self._first_line = line
-            if not self.dry_run:
-                if self.opts.format == "parquet":
-                    self._file = ParquetShardFile(self.out, self._name(), self.schema, self.opts.parquet,
-                                                   self.builder, self._index)
-                else:
-                    self._file = ShardFile(self.out, self._name())
-        if isinstance(self._file, ParquetShardFile):
-            self._file.add(data, n, line, self._spec.display)
-        elif self._file is not None:
-            self._file.write(data)
-        self._records += n
-        self._bytes += len(data)
-        self._fed += len(data)
-        self._read += n
-        self._last_line = line + n - 1
-
-    def _oversize(self, block: Block, pos: int, line_end: int, line: int) -> None:
-        size = line_end - pos
-        where = f"{self._spec.display}:{line}"
-        limit = self.opts.max_bytes
-        if self.opts.oversize == "error":
-            raise DataError(
-                f"{where}: record is {size} bytes, larger than --max-bytes {limit} "
-                "(use --oversize own-shard or --oversize reject)"
-            )
-        if self.opts.oversize == "reject":
-            reason = f"record is {size} bytes, larger than --max-bytes {limit}"
-            self.rejects.add(reject_record(self._spec.display, line, block.offset + pos - block.start, "oversize", reason, block.buf[pos:line_end]))
-            self._read += 1
-            self._rejected += 1
-            self.oversize_rejected += 1
-            return
-        self.warn(f"{where}: record is {size} bytes, larger than --max-bytes {limit}; written to its own shard {self._name()}")
-        self._write(memoryview(block.buf)[pos:line_end], 1, line)
-
-    def _name(self) -> str:
-        return shard_name(self.opts.name, self.stems[self._i], self._index)
-
-    def _commit(self, offset: int, line: int) -> None:
-        """Publish the current shard (if it has records) and checkpoint at (offset, line)."""
-        if not self._records:
-            return
-        with deferred_signals():
-            self._commit_held(offset, line)
-
-    def _commit_held(self, offset: int, line: int) -> None:
-        """Close the shard, rename it to its final name, then list it in the manifest with
-        the checkpoint. A Parquet shard's last row groups, fsync and rename happen in the
-        background while the next shard is read; _settle() lists it (before the next
-        shard is committed, an input is done, or the run ends)."""
-        self._settle()
-        parquet = self.opts.format == "parquet"
-        entry = {
-            "path": self._name(),
-            "format": self.opts.format,
-            "compression": self.opts.parquet.compression if parquet else None,
-            "records": self._records,
-            "bytes": self._bytes,
-            "sha256": None,
-            "source": self.source_path(self._spec),
-            "first_line": self._first_line,
-            "last_line": self._last_line,
-        }
-        cp = _Checkpoint(
-            input=self._i,
-            offset=offset,
-            line=line,
-            records=self._read,
-            blank=self._blank,
-            rejected=self._rejected,
-            next_index=self._index + 1,
-            rejects_records=self.rejects.records,
-            rejects_bytes=self.rejects.bytes,
-        )
-        file = self._file
-        if isinstance(file, ParquetShardFile):
-            self._closing = (file, file.commit_async(adopt_identical=self.adopt_identical), entry, cp)
-        else:
-            if file is not None:
-                entry["sha256"] = file.commit(adopt_identical=self.adopt_identical)
-            self._closing = (None, None, entry, cp)
-        self._file = None
-        self._index += 1
-        self._reset_shard()
-        if file is None or not parquet:
-            self._settle()
-
-    def _settle(self) -> None:
-        """List the shard committed last in the manifest, once it is under its final name."""
-        if self._closing is None:
-            return
-        file, done, entry, cp = self._closing
-        self._closing = None
-        if file is not None:
-            try:
-                entry["sha256"] = done.result()
-            except BaseException:
-                file.abort()
-                raise
-            entry["bytes"] = file.writer.bytes_written
-        with deferred_signals():
-            self.files.append(entry)
-            self.rejects.sync()
-            self.cp = cp
-            try:
-                self._save()
-            except BaseException:
-                # the manifest could not list it (disk full...): a shard no manifest lists must not stay
-                if entry["sha256"] is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.out / entry["path"])
-                    fsync_dir(self.out)
-                raise
-
-    def _reset_shard(self) -> None:
-        self._records = self._bytes = 0
-
-    def abort(self) -> None:
-        if self._closing is not None:
-            try:
-                self._settle()  # a shard being committed is listed, if it can be
-            except BaseException:  # noqa: BLE001 - the run is failing anyway; the file is cleaned up
-                pass
-        if self._file is not None:
-            self._file.abort()
-            self._file = None
-        self.rejects.close()
-
-
-def _pieces(block: Block, runs: list, bad) -> Iterator[tuple]:
-    """In input order: ("run", blanks_before) per run, ("ok", start, end, first_line, lines)
-    for consecutive valid records, ("bad", Bad) for an invalid one."""
-    s, k = block.start, 0
-    for run in runs:
-        yield ("run", run.blanks_before)
-        pos, line, stop = run.start, run.first_line, run.first_line + run.lines
-        while k < len(bad) and s + bad[k].start < run.end:
-            b = bad[k]
-            if s + b.start > pos:
-                yield ("ok", pos, s + b.start, line, b.line - line)
-            yield ("bad", b)
-            pos, line = s + b.end, b.line + 1
-            k += 1
-        if pos < run.end:
-            yield ("ok", pos, run.end, line, stop - line)
-
-
-def _valid_pieces(block: Block, runs: list, bad) -> Iterator[tuple[int, int, int, int]]:
-    """(start, end, first_line, lines) of the valid records of `runs`."""
-    for piece in _pieces(block, runs, bad):
-        if piece[0] == "ok":
-            yield piece[1:]
-
-
 _JSONL_NAMES = (".jsonl", ".ndjson", ".json", ".txt")
 
 
@@ -1203,42 +595,6 @@ def collecting_warn(warnings: list[str], warn: Warn | None) -> Warn:
     return _warn
 
 
-def split(
-    inputs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    options: SplitOptions,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
-    warn: Warn | None = None,
-    jobs: int | None = None,
-    staging: str | os.PathLike | None = None,
-) -> SplitResult:
-    """Split JSONL inputs into shards in `out`, with manifest.json and SHA256SUMS.
-
-    Inputs and `out` may be object-store URLs (remote.py); a URL `out` is prepared in the
-    local `staging` folder and published object by object, manifest last.
-    Raises UsageError, InputError, DataError, ConflictError or Interrupted (each with
-    its exit code); whatever happens, no partial file appears under a final name.
-    """
-    from shardkit.core import objects
-
-    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite)
-    check_names(options, specs)
-    check_rejects_path(options.rejects, resume=resume)
-    warnings: list[str] = []
-    _warn = collecting_warn(warnings, warn)
-
-    with ExitStack() as stack:
-        checks = start_checks(stack, options.check, specs, jobs)
-        kw = dict(resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress, warn=_warn, warnings=warnings)
-        if objects.is_url(os.fspath(out)):
-            return _split_to_url(specs, os.fspath(out), options, checks, staging=staging, **kw)
-        return split_specs(specs, Path(objects.local_path(os.fspath(out))), options, checks, **kw)
-
-
 def run_staged(url: str, staging, *, resume: bool, overwrite: bool, dry_run: bool,
                same_run: Callable[[dict], None], run: Callable[[Path], SplitResult]) -> SplitResult:
     """The object-store publisher, for every driver: `run(stage)` writes the run into a local
@@ -1265,19 +621,6 @@ def run_staged(url: str, staging, *, resume: bool, overwrite: bool, dry_run: boo
     return result
 
 
-def _split_to_url(specs, url: str, options, checks, *, staging, resume, overwrite, dry_run, warnings, **kw) -> SplitResult:
-    def same_run(old: dict) -> None:
-        check_same_run(url, old, options.params(), [source_path(s, None) for s in specs])
-
-    def run(stage: Path) -> SplitResult:
-        return split_specs(specs, stage, options, checks, resume=resume, overwrite=overwrite,
-                           dry_run=dry_run, warnings=warnings, absolute_sources=True, **kw)
-
-    result = run_staged(url, staging, resume=resume, overwrite=overwrite, dry_run=dry_run, same_run=same_run, run=run)
-    result.warnings = warnings
-    return result
-
-
 def source_path(spec: InputSpec, out: Path | None) -> str:
     """How a manifest names an input: "-", its URL, its path relative to the manifest's
     folder `out`, or (`out` None: the manifest goes to an object store) its absolute path."""
@@ -1288,16 +631,6 @@ def source_path(spec: InputSpec, out: Path | None) -> str:
     if out is None:
         return os.path.abspath(spec.path)
     return os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out))
-
-
-def check_names(options: SplitOptions, specs: Sequence[InputSpec]) -> None:
-    """Every name the run will write is valid, checked before anything is written."""
-    stems = input_stems([s.path for s in specs])
-    for stem in stems:
-        shard_name(options.name, stem, 0)
-    if not rejects_outside(options.rejects):
-        check_rel_name(options.rejects)
-        refuse_side_name_clashes(options.name, stems, (), {"--rejects": options.rejects})
 
 
 def shard_name_pattern(template: str, stem: str, splits: Sequence[str] = ()) -> re.Pattern:
@@ -1347,60 +680,3 @@ def _refuse_json_array(spec: InputSpec) -> None:
             f"{spec.display}: holds one JSON array, not JSON Lines; this splitter copies JSONL "
             "byte for byte (shardkit.split reads arrays through the record pipeline)"
         )
-
-
-def split_specs(specs, out, options, checks, *, resume, overwrite, dry_run, progress, warn, warnings,
-           absolute_sources=False, stems=None, schema=None) -> SplitResult:
-    splitter = Splitter(specs, out, options, dry_run=dry_run, adopt_identical=resume, progress=progress,
-                         warn=warn, checks=checks)
-    splitter.absolute_sources = absolute_sources
-    if stems is not None:  # engine.py: one input of many, named as in the whole run
-        splitter.stems = list(stems)
-    if schema is not None:  # engine.py: the Parquet schema of all the inputs, inferred once
-        splitter.schema = schema
-    result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=splitter.report)
-    old = _prepare_out(out, splitter, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result)
-    if old is not None and old.get("complete"):
-        result.manifest, result.already_complete = old, True
-        return result
-    if old is not None:
-        splitter.restore(old)
-        result.resumed = True
-    if resume and any(s.is_stdin for s in specs) and result.resumed:
-        raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")
-    try:
-        splitter._save()
-        splitter.run()
-    except KeyboardInterrupt:
-        splitter.abort()
-        raise Interrupted(
-            f"interrupted; no partial file was left under a final name in {out}; rerun with --resume to continue"
-        ) from None
-    except BaseException:
-        splitter.abort()
-        raise
-    result.manifest = splitter.final
-    return result
-
-
-def _prepare_out(out: Path, splitter: Splitter, *, resume: bool, overwrite: bool, dry_run: bool, result: SplitResult) -> dict | None:
-    """Check OUT against the rules; return the old manifest to resume from, if any."""
-
-    def clean() -> list[str]:
-        unlink_if_exists(splitter.rejects.partial)
-        return [p.name for p in remove_stale_temps(out)]
-
-    old, result.removed_temps = prepare(
-        out, splitter.specs, resume=resume, overwrite=overwrite, dry_run=dry_run, rejects=splitter.opts.rejects,
-        same_run=lambda old: _check_same_run(out, old, splitter), clean=clean,
-    )
-    if old is not None and not dry_run:
-        result.removed_temps = [p.name for p in remove_stale_temps(out)]
-    return old
-
-
-def _check_same_run(out: Path, old: dict, splitter: Splitter) -> None:
-    check_same_run(out, old, splitter.opts.params(), [splitter.source_path(s) for s in splitter.specs])
-    check_same_sizes(out, old, splitter.specs)
-    if not old.get("complete") and not isinstance(old.get("resume"), dict):
-        raise DataError(f"{out / MANIFEST_NAME}: incomplete but has no resume checkpoint; use --overwrite")

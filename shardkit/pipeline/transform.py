@@ -71,85 +71,47 @@ run into the same folder while one is writing.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import math
 import os
 import random
 import shutil
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from shardkit.core import faults
 from shardkit.core.blocks import NL, BlockReader, nonblank_runs
-from shardkit.core.errors import ConflictError, DataError, Interrupted, ShardkitError, UsageError
-from shardkit.core.io import (
-    BackgroundHasher,
-    InputSpec,
-    InputStream,
-    deferred_signals,
-    env_error,
-    fsync_dir,
-    inspect_input,
-    remove_stale_temps,
-    write_all,
-)
+from shardkit.core.errors import DataError, ShardkitError, UsageError
+from shardkit.core.io import deferred_signals, env_error, inspect_input, write_all
 from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, compact
 from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
     DEFAULT_PARQUET_NAME,
     ParquetShardFile,
-    Progress,
-    RejectsFile,
     ShardFile,
     SplitOptions,
-    SplitResult,
-    Warn,
-    check_rejects_path,
-    check_run_inputs,
-    collecting_warn,
-    holds_json_array,
-    input_stems,
-    refuse_side_name_clashes,
-    refuse_unless_gates_pass,
     reject_record,
-    rejects_entry_path,
     rejects_outside,
-    rejects_target,
-    source_path,
-    start_checks,
 )
-from shardkit.records.check import Bad, Checks, reason_of
+from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
-from shardkit.records.validate import Report
-from shardkit.store.manifest import (
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    check_rel_name,
-    now_iso,
-    tool_name,
-    totals,
-    write_manifest,
-)
-from shardkit.store.outdir import (
-    check_same_run,
-    check_same_sizes,
-    prepare,
-    unlink_if_exists,
-)
+from shardkit.store.manifest import check_rel_name
+from shardkit.store.outdir import unlink_if_exists
+
+if TYPE_CHECKING:
+    from shardkit.pipeline.run import Run
 
 __all__ = [
     "DEFAULT_SHUFFLE_MEMORY",
     "ConservationError",
     "PipelineOptions",
-    "run_pipeline",
 ]
 
 DEFAULT_SHUFFLE_MEMORY = 256 * 1024 * 1024
@@ -224,7 +186,7 @@ class PipelineOptions:
         if self.to is not None and self.to not in CONVERSIONS:
             raise UsageError(f"--to must be one of {', '.join(CONVERSIONS)} (got {self.to!r})")
         key_function(self.exclude_key)
-        if self.split.num_shards is not None and not self.shuffle:
+        if self.split.num_shards is not None and not self.shuffle and not self.streams:
             raise UsageError("--num-shards with --holdout/--dedup/--exclude/--to needs --shuffle "
                              "(record counts are known only after the first pass); use --max-records or --max-bytes")
         names = [self.split.rejects, self.duplicates, self.excluded]
@@ -239,6 +201,14 @@ class PipelineOptions:
         if self.holdout is not None and "{split" not in template:
             raise UsageError(f"--name {template!r} must contain {{split}} with --holdout so train and validation shards differ")
         shard_file_name(template, "x", TRAIN, 0)
+
+    @property
+    def streams(self) -> bool:
+        """No record stage: runs of lines go to the shards whole (`cutter.StreamFlow`)."""
+        return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.to)
+
+    def shard_name(self, stem: str, split: str, index: int) -> str:
+        return shard_file_name(self.name_template(), stem, split, index)
 
     @property
     def holdout_key_used(self) -> str | None:
@@ -260,7 +230,10 @@ class PipelineOptions:
         return (TRAIN, VALIDATION) if self.holdout is not None else (TRAIN,)
 
     def params(self, exclude_paths: list[str]) -> dict:
-        """What the manifest records (and --resume compares); eval paths relative to OUT."""
+        """What the manifest records (and --resume compares); eval paths relative to OUT.
+        A plan with no record stage records the cut's options only."""
+        if self.streams and self.name is None:
+            return self.split.params()
         return {
             **self.split.params(),
             "name": self.name_template(),
@@ -333,37 +306,10 @@ class _Record:
         return self._hash
 
 
-@dataclass
-class _Tally:
-    """Per input: what came in and where it went."""
-
-    path: str
-    display: str
-    bytes: int | None = None
-    sha256: str | None = None
-    records: int = 0
-    blank: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    excluded: int = 0
-    routed: dict[str, int] = field(default_factory=lambda: {TRAIN: 0, VALIDATION: 0})
-    container: str | None = None  # "json-array": one array, written one compact record a line
-
-    def to_dict(self) -> dict:
-        d = {
-            "path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
-            "blank": self.blank, "rejected": self.rejected, "duplicates": self.duplicates,
-            "excluded": self.excluded, TRAIN: self.routed[TRAIN], VALIDATION: self.routed[VALIDATION],
-        }
-        if self.container:
-            d["container"] = self.container
-        return d
-
-
 # ---------------------------------------------------------------- steps (each: record -> keep?)
 
 
-def _input_check(options: PipelineOptions):
+def input_check(options: PipelineOptions):
     """The check of the records as read. With --to chat, --validate chat means "the records
     written are valid chat": each input record is checked as its own kind (auto) before it
     is converted, and the converted record as chat after (`_Convert`); checking alpaca or
@@ -378,7 +324,7 @@ class _Convert:
     """--to chat. A chat record keeps its bytes; an unmappable record is rejected; with
     --validate chat, a converted record is checked as chat (rejected with the reason)."""
 
-    def __init__(self, p: _Pipeline) -> None:
+    def __init__(self, p: RecordFlow) -> None:
         self.p = p
         check = p.opts.split.check
         self.validator = None
@@ -410,7 +356,7 @@ class _Convert:
 class _Exclude:
     """--exclude EVAL: a record whose key is in the eval index goes to excluded.jsonl."""
 
-    def __init__(self, p: _Pipeline, index: EvalIndex) -> None:
+    def __init__(self, p: RecordFlow, index: EvalIndex) -> None:
         self.p, self.index = p, index
         self.whole = index.key == "record"
 
@@ -436,7 +382,7 @@ class _Exclude:
 class _Dedup:
     """--dedup exact: keep the first copy of each normalised record."""
 
-    def __init__(self, p: _Pipeline) -> None:
+    def __init__(self, p: RecordFlow) -> None:
         self.p = p
         self.seen: dict[int, int] = {}  # hash -> input << 40 | line of the first copy
 
@@ -456,7 +402,7 @@ class _Dedup:
 class _Holdout:
     """--holdout F: validation iff a stable hash of (seed, key) falls under F."""
 
-    def __init__(self, p: _Pipeline, fraction: float, key: str, seed: int) -> None:
+    def __init__(self, p: RecordFlow, fraction: float, key: str, seed: int) -> None:
         self.p, self.key = p, key
         self.limit = fraction * _HOLDOUT_SCALE
         self.prefix = f"shardkit-holdout:{seed}:".encode()
@@ -516,7 +462,7 @@ def holdout_split(normalised_hash: bytes, fraction: float, seed: int = 0) -> str
 class _SizeGate:
     """A record over --max-bytes: its own shard (warned), rejected, or an error, as --oversize says."""
 
-    def __init__(self, p: _Pipeline, max_bytes: int, policy: str) -> None:
+    def __init__(self, p: RecordFlow, max_bytes: int, policy: str) -> None:
         self.p, self.max_bytes, self.policy = p, max_bytes, policy
 
     def __call__(self, rec: _Record) -> bool:
@@ -542,7 +488,7 @@ class _ShardWriter:
 
     def __init__(
         self,
-        p: _Pipeline,
+        p: Run,
         split: str,
         stem: str,
         source: str | None,
@@ -561,7 +507,7 @@ class _ShardWriter:
         self.pending_line = 0  # line of the first pending record (Parquet's error messages)
 
     def name(self) -> str:
-        return shard_file_name(self.p.template, self.stem, self.split, self.index)
+        return self.p.opts.shard_name(self.stem, self.split, self.index)
 
     def add(self, data, size: int, line: int | None = None) -> None:
         """One record (its bytes, or None in a dry run) of `size` bytes."""
@@ -637,7 +583,7 @@ class _ShardWriter:
 class _PerInputSink:
     """Without --shuffle: each input is cut on its own, one writer per split."""
 
-    def __init__(self, p: _Pipeline) -> None:
+    def __init__(self, p: Run) -> None:
         self.p = p
         self.writers: dict[str, _ShardWriter] = {}
 
@@ -786,7 +732,7 @@ class _SizeBucket:
 class _ShuffleSink:
     """--shuffle: all inputs as one stream per split, shuffled by a two-pass external shuffle."""
 
-    def __init__(self, p: _Pipeline, estimate: int) -> None:
+    def __init__(self, p: Run, estimate: int) -> None:
         self.p = p
         self.memory = p.opts.shuffle_memory
         self.folder = p.out / TEMP_DIR
@@ -914,7 +860,7 @@ class _SchemaSink:
     """--format parquet: feeds the records the run writes, in input order, to a SchemaBuilder
     (the scout pass: the Parquet schema is that of exactly the records written)."""
 
-    def __init__(self, p: _Pipeline, builder) -> None:
+    def __init__(self, p: Run, builder) -> None:
         self.p, self.builder = p, builder
         self.batch: list[bytes] = []
         self.size = self.first = 0
@@ -947,78 +893,86 @@ class _SchemaSink:
         self.batch.clear()
 
 
-# ---------------------------------------------------------------- the pipeline
+# ---------------------------------------------------------------- the flow
 
 
-class _Pipeline:
-    def __init__(
-        self,
-        specs: list[InputSpec],
-        out: Path,
-        options: PipelineOptions,
-        checks: Checks | None,
-        *,
-        dry_run: bool,
-        adopt_identical: bool,
-        progress: Progress | None,
-        warn: Warn,
-        absolute_sources: bool = False,
-    ) -> None:
-        self.specs, self.out, self.opts, self.checks = specs, out, options, checks
-        self.absolute_sources = absolute_sources  # the manifest goes to an object store
-        self.dry_run, self.adopt_identical = dry_run, adopt_identical
-        self.progress, self.warn = progress, warn
-        self.template = options.name_template()
-        self.stems = input_stems([s.path for s in specs])
-        self.tallies = [_Tally(self._rel(s), s.display, s.size) for s in specs]
-        self.arrays = [holds_json_array(s) for s in specs]  # inputs that are one JSON array
-        for tally, is_array in zip(self.tallies, self.arrays, strict=True):
-            tally.container = "json-array" if is_array else None
-        self.report = Report(max_examples=checks.options.examples) if checks else None
-        target = rejects_target(out, options.split.rejects)
-        self.rejects = RejectsFile(target, dry_run, rejects_entry_path(out, target))
-        self.duplicates = RejectsFile(out / options.duplicates, dry_run)
-        self.excluded = RejectsFile(out / options.excluded, dry_run)
-        self.files: list[dict] = []
-        self.created_at = now_iso()
+class RecordFlow:
+    """Each record through the steps (convert, exclude, dedup, route, size gate) to the
+    order stage (input order per input, or the external shuffle), then to shard writers.
+    --resume runs it again from the start, adopting the identical shards already there."""
+
+    resume_hint = "to run it again from the start"
+
+    def __init__(self, run: Run, scout_builder=None) -> None:
+        self.run = run
+        self.opts, self.specs, self.tallies, self.warn = run.opts, run.specs, run.tallies, run.warn
+        self.duplicates, self.excluded = run.duplicates, run.excluded
         self.eval_index: EvalIndex | None = None
         self.holdout: _Holdout | None = None
-        self.exclude_paths = [self._rel(inspect_input(p)) for p in options.exclude]
+        self.exclude_paths = [run.source_path(inspect_input(p)) for p in run.opts.exclude]
         self.sink: _PerInputSink | _ShuffleSink | _SchemaSink | None = None
-        self.schema = None  # parquet.InferredSchema with --format parquet
-        self.scout_builder = None  # set on the scout pass that infers it
+        self.scout_builder = scout_builder  # a scout pass: records go to this SchemaBuilder
+        if run.opts.split.num_shards is not None and not run.opts.shuffle:
+            raise UsageError("--num-shards with a JSON-array input needs --shuffle (record counts are known only "
+                             "after the first pass); use --max-records or --max-bytes")
 
-    def _rel(self, spec: InputSpec) -> str:
-        return source_path(spec, None if self.absolute_sources else self.out)
+    @property
+    def scouting(self) -> bool:
+        return self.scout_builder is not None
 
-    def shard_file(self, name: str, index: int) -> ShardFile:
-        if self.schema is not None:
-            return ParquetShardFile(self.out, name, self.schema, self.opts.split.parquet, index=index)
-        return ShardFile(self.out, name)
+    # ----- what the manifest says of this flow
 
-    def _infer_schema(self):
-        """The Parquet schema of exactly the records this run writes: --schema-from's, or
-        a scout pass of the same plan (dry, in input order) feeding a SchemaBuilder."""
-        from shardkit.pipeline.parquet import SchemaBuilder, schema_from_parquet
+    def params(self) -> dict:
+        return self.opts.params(self.exclude_paths)
 
-        popts = self.opts.split.parquet
-        if popts.schema_from:
-            return schema_from_parquet(popts.schema_from)
-        for spec in self.specs:
-            if not spec.rereadable:
-                raise UsageError("--format parquet with --shuffle/--holdout/--dedup/--exclude/--to reads its input "
-                                 "twice (once for the schema): give a file, not stdin, or give --schema-from FILE.parquet")
-        scout = _Pipeline(self.specs, self.out, self.opts, self.checks, dry_run=True, adopt_identical=False,
-                          progress=None, warn=lambda _msg: None, absolute_sources=self.absolute_sources)
-        scout.scout_builder = SchemaBuilder(popts, warn=self.warn)
-        scout.run()
-        return scout.scout_builder.result()
+    def manifest_extra(self, complete: bool) -> dict:
+        m: dict = {}
+        if self.opts.to == "chat":
+            m["roles"] = MAPPING
+        if self.eval_index is not None:
+            sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
+            m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if self.holdout is not None:
+            m["holdout"] = {"key": self.holdout.key, "fraction": self.opts.holdout,
+                            "seed": self.opts.holdout_seed, "prompt_overlap": self.holdout.prompt_overlap()}
+        if self.run.schema is not None:
+            m["parquet"] = {"json_fields": self.run.schema.json_fields, "schema": self.run.schema.to_json()}
+        if isinstance(self.sink, _ShuffleSink):
+            m["shuffle"] = {"seed": self.opts.seed, "memory": self.opts.shuffle_memory,
+                            "buckets": self.sink.buckets_made, "rescattered": self.sink.rescattered}
+        if not complete:
+            m["resume"] = {"mode": "restart"}  # --resume deletes what this lists and runs again
+        return m
+
+    def finish_warnings(self, sides: dict) -> None:
+        for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded")):
+            if sides[key]:
+                self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
+        overlap = self.holdout.prompt_overlap() if self.holdout is not None else 0
+        if overlap:
+            self.warn(f"{overlap} held-out prompt(s) also occur in train (--holdout-key {self.holdout.key}); "
+                      "the default, --holdout-key first-user, keeps each prompt in one split")
+
+    def progressed(self, n: int) -> None:
+        pass
+
+    def resume(self, old: dict) -> list[str]:
+        """The run starts again and writes the same shards: each one already here (listed, or
+        committed just before the kill and not yet listed) is adopted if identical. The
+        manifest is not deleted first: killed before the new run wrote one, that would
+        leave shards and no manifest, a folder no rerun may touch. Only the side files it
+        lists (published at the very end, rewritten by the new run) go now."""
+        if self.run.dry_run:
+            return []
+        self.run.remove_listed_sides(old)
+        removed = self.run.clean()
+        faults.hit("after:resume_cleaned")
+        return removed
 
     # ----- steps
 
     def reject(self, rec: _Record, code: str, reason: str) -> None:
-        self.rejects.add(reject_record(self.specs[rec.source].display, rec.line, rec.offset, code, reason, rec.original))
-        self.tallies[rec.source].rejected += 1
+        self.run.reject(rec.source, rec.line, rec.offset, code, reason, rec.original)
 
     def side_entry(self, rec: _Record, code: str, reason: str) -> dict:
         return reject_record(self.specs[rec.source].display, rec.line, rec.offset, code, reason, rec.original)
@@ -1044,21 +998,21 @@ class _Pipeline:
 
     # ----- the run
 
-    def run(self) -> dict:
-        if self.opts.split.format == "parquet" and self.scout_builder is None:
-            self.schema = self._infer_schema()
+    def process(self) -> None:
+        run = self.run
+        if self.opts.split.format == "parquet" and not self.scouting:
+            run.schema = self._infer_schema()
         steps = self._steps()
-        if self.scout_builder is not None:
-            self.sink = _SchemaSink(self, self.scout_builder)
+        if self.scouting:
+            self.sink = _SchemaSink(run, self.scout_builder)
         elif self.opts.shuffle:
-            self.sink = _ShuffleSink(self, self._estimate())
+            self.sink = _ShuffleSink(run, self._estimate())
         else:
-            self.sink = _PerInputSink(self)
-        self.save()
+            self.sink = _PerInputSink(run)
         for i, spec in enumerate(self.specs):
             self.sink.start_input(i)
             tally = self.tallies[i]
-            for rec in self._read(i, spec):
+            for rec in self._read(i):
                 for step in steps:
                     if not step(rec):
                         break
@@ -1069,10 +1023,23 @@ class _Pipeline:
             if tally.blank:
                 self.warn(f"{spec.display}: {tally.blank} blank line(s) skipped")
         self.sink.finish()
-        if self.scout_builder is not None:  # the scout pass writes nothing
-            return {}
-        with deferred_signals():
-            return self._finish()
+
+    def _infer_schema(self):
+        """The Parquet schema of exactly the records this run writes: --schema-from's, or
+        a scout pass of the same plan (dry, in input order) feeding a SchemaBuilder."""
+        from shardkit.pipeline.parquet import SchemaBuilder, schema_from_parquet
+
+        popts = self.opts.split.parquet
+        if popts.schema_from:
+            return schema_from_parquet(popts.schema_from)
+        for spec in self.specs:
+            if not spec.rereadable:
+                raise UsageError("--format parquet with --shuffle/--holdout/--dedup/--exclude/--to reads its input "
+                                 "twice (once for the schema): give a file, not stdin, or give --schema-from FILE.parquet")
+        scout = self.run.scout()
+        scout.flow = RecordFlow(scout, scout_builder=SchemaBuilder(popts, warn=self.warn))
+        scout.flow.process()
+        return scout.flow.scout_builder.result()
 
     def _estimate(self) -> int:
         total = 0
@@ -1083,74 +1050,58 @@ class _Pipeline:
                 total += s.size * (COMPRESSED_RATIO if s.compression else 1)
         return total
 
-    def _read(self, i: int, spec: InputSpec) -> Iterator[_Record]:
-        """Non-blank lines of one input as records; invalid ones (--validate) rejected here."""
-        tally = self.tallies[i]
-        src_hash = BackgroundHasher(lane=0) if not self.dry_run else None
-        with InputStream(spec, on_raw=src_hash.update if src_hash else None) as stream:
-            if self.arrays[i]:
-                yield from self._array_records(i, stream, tally)
-                tally.bytes = stream.raw_bytes
-                tally.sha256 = src_hash.hexdigest() if src_hash else None
+    def _read(self, i: int) -> Iterator[_Record]:
+        """Non-blank lines (or a JSON array's elements) of one input as records; invalid
+        ones (--validate) rejected here."""
+        with self.run.opened(i) as stream:
+            if self.run.arrays[i]:
+                yield from self._array_records(i, stream)
                 return
-            reader = BlockReader(stream, self.opts.split.block_size)
-            blocks = self.checks.checked(reader, spec.display) if self.checks else ((b, None) for b in reader)
-            seen = 0
-            for block, verdict in blocks:
-                bad = []
-                if verdict is not None:
-                    self.report.merge(verdict.report)
-                    bad = verdict.bad
-                yield from self._block_records(i, block, bad, tally)
-                if self.progress:
-                    self.progress(stream.raw_bytes - seen)
-                seen = stream.raw_bytes
-            if reader.added_newline:
-                self.warn(f"{spec.display}:{reader.line - 1}: no newline at end of file; one was added to the last record")
-            tally.bytes = stream.raw_bytes
-        tally.sha256 = src_hash.hexdigest() if src_hash else None
+            for block, bad in self.run.blocks(i, stream):
+                yield from self._block_records(i, block, bad)
 
-    def _array_records(self, i: int, stream, tally: _Tally) -> Iterator[_Record]:
+    def _array_records(self, i: int, stream) -> Iterator[_Record]:
         """The elements of a JSON-array input as records: each one compact JSON on a line of
         its own, its line the one where it starts; side files keep its original bytes."""
-        display = self.specs[i].display
+        display, progress = self.specs[i].display, self.run.progress
         batch: list[tuple[int, int, bytes]] = []
         seen = 0
         try:
             for element in JsonArraySource(stream):
                 batch.append(element)
                 if len(batch) >= ARRAY_BATCH:
-                    yield from self._array_batch(i, batch, tally)
+                    yield from self._array_batch(i, batch)
                     batch = []
-                    if self.progress:
-                        self.progress(stream.raw_bytes - seen)
+                    if progress:
+                        progress(stream.raw_bytes - seen)
                         seen = stream.raw_bytes
-            yield from self._array_batch(i, batch, tally)
+            yield from self._array_batch(i, batch)
         except DataError as e:
             raise DataError(f"{display}: {e}") from None
         while stream.read(1 << 20):  # the source's hash and size cover its last byte
             pass
-        if self.progress:
-            self.progress(stream.raw_bytes - seen)
+        if progress:
+            progress(stream.raw_bytes - seen)
 
-    def _array_batch(self, i: int, batch: list[tuple[int, int, bytes]], tally: _Tally) -> Iterator[_Record]:
+    def _array_batch(self, i: int, batch: list[tuple[int, int, bytes]]) -> Iterator[_Record]:
+        run, tally = self.run, self.tallies[i]
         bad: dict[int, Bad] = {}
-        if self.checks is not None and batch:
-            verdict = self.checks.local.check_records(batch, self.specs[i].display)
-            self.report.merge(verdict.report)
+        if run.checks is not None and batch:
+            verdict = run.checks.local.check_records(batch, self.specs[i].display)
+            run.report.merge(verdict.report)
             bad = {b.start: b for b in verdict.bad}
         for line, offset, raw in batch:
             tally.records += 1
             b = bad.get(offset)
             if b is not None:
-                self.rejects.add(reject_record(self.specs[i].display, line, offset, b.code, b.reason, raw))
-                tally.rejected += 1
+                run.reject(i, line, offset, b.code, b.reason, raw)
                 continue
             rec = _Record(i, line, offset, compact(raw) + NL)
             rec.original = raw
             yield rec
 
-    def _block_records(self, i: int, block, bad: list, tally: _Tally) -> Iterator[_Record]:
+    def _block_records(self, i: int, block, bad: list) -> Iterator[_Record]:
+        tally = self.tallies[i]
         runs, trailing = nonblank_runs(block)
         buf = bytes(memoryview(block.buf)[: block.end])
         base, s = block.offset - block.start, block.start
@@ -1165,255 +1116,22 @@ class _Pipeline:
                 if k < nbad and s + bad[k].start == pos:
                     b = bad[k]
                     k += 1
-                    self.rejects.add(reject_record(self.specs[i].display, line, base + pos, b.code, b.reason, buf[pos:nxt]))
-                    tally.rejected += 1
+                    self.run.reject(i, line, base + pos, b.code, b.reason, buf[pos:nxt])
                 else:
                     yield _Record(i, line, base + pos, buf[pos:nxt])
                 pos, line = nxt, line + 1
         tally.blank += trailing
 
-    # ----- manifest
-
-    def committed(self, entry: dict) -> None:
-        self.files.append(entry)
-        self.save()
-
-    def counts(self) -> dict:
-        t = self.tallies
-        by_split = {s: sum(f["records"] for f in self.files if f["split"] == s) for s in (TRAIN, VALIDATION)}
-        blank = sum(x.blank for x in t)
-        return {
-            "read": sum(x.records for x in t) + blank,
-            "written": by_split[TRAIN] + by_split[VALIDATION],
-            TRAIN: by_split[TRAIN],
-            VALIDATION: by_split[VALIDATION],
-            "rejected": sum(x.rejected for x in t),
-            "duplicates": sum(x.duplicates for x in t),
-            "excluded": sum(x.excluded for x in t),
-            "blank": blank,
-        }
-
-    def manifest(self, complete: bool, sides: dict | None = None) -> dict:
-        m = {
-            "shardkit_manifest": FORMAT_VERSION,
-            "type": "shards",
-            "complete": complete,
-            "created_at": self.created_at,
-            "tool": tool_name(),
-            "params": self.opts.params(self.exclude_paths),
-            "sources": [t.to_dict() for t in self.tallies],
-            "files": self.files,
-        }
-        for key, side in (("rejects", self.rejects), ("duplicates", self.duplicates), ("excluded", self.excluded)):
-            m[key] = (sides or {}).get(key) if complete else {"path": side.entry_path, "records": side.records}
-        m["counts"] = self.counts()
-        m["totals"] = totals(self.files)
-        if self.opts.to == "chat":
-            m["roles"] = MAPPING
-        if self.eval_index is not None:
-            sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
-            m["exclude"] = {"key": self.eval_index.key, "sources": sources}
-        if self.holdout is not None:
-            m["holdout"] = {"key": self.holdout.key, "fraction": self.opts.holdout,
-                            "seed": self.opts.holdout_seed, "prompt_overlap": self.holdout.prompt_overlap()}
-        if self.schema is not None:
-            m["parquet"] = {"json_fields": self.schema.json_fields, "schema": self.schema.to_json()}
-        if isinstance(self.sink, _ShuffleSink):
-            m["shuffle"] = {"seed": self.opts.seed, "memory": self.opts.shuffle_memory,
-                            "buckets": self.sink.buckets_made, "rescattered": self.sink.rescattered}
-        if not complete:
-            m["resume"] = {"mode": "restart"}  # --resume deletes what this lists and runs again
-        return m
-
-    def save(self, m: dict | None = None) -> None:
-        if not self.dry_run:
-            write_manifest_with_sides(self.out, m or self.manifest(complete=False))
-
-    def _finish(self) -> dict:
-        sides = {}
-        for key, side in (("rejects", self.rejects), ("duplicates", self.duplicates), ("excluded", self.excluded)):
-            sides[key] = side.publish()
-        faults.hit("after:sides_published")
-        for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded")):
-            if sides[key]:
-                self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
-        final = self.manifest(complete=True, sides=sides)
-        overlap = final.get("holdout", {}).get("prompt_overlap")
-        if overlap:
-            self.warn(f"{overlap} held-out prompt(s) also occur in train (--holdout-key {self.holdout.key}); "
-                      "the default, --holdout-key first-user, keeps each prompt in one split")
-        check_conservation(final["counts"])
-        for split in (TRAIN, VALIDATION):
-            routed = sum(t.routed[split] for t in self.tallies)
-            if routed != final["counts"][split]:
-                raise ConservationError(f"internal error: {routed} record(s) routed to {split}, "
-                                        f"{final['counts'][split]} written; please report it")
-        refuse_unless_gates_pass(self.out, final, self.opts.split, dry_run=self.dry_run, write=self.save)
-        self.save(final)
-        return final
-
     def abort(self) -> None:
-        """Leave nothing behind but whole, listed files (best effort: the original error wins)."""
         with suppress(OSError):
             if self.sink is not None:
                 self.sink.abort()
-        for side in (self.rejects, self.duplicates, self.excluded):
+        if self.run.dry_run:
+            return
+        for side in (self.run.rejects, self.duplicates, self.excluded):
             with suppress(OSError):
                 side.close()
-                if not self.dry_run:  # useless to a rerun, which starts from scratch
-                    unlink_if_exists(side.partial)
-        if not self.dry_run and self.out.is_dir():
-            # a temp shard whose name was not recorded yet (interrupted inside create_temp);
-            # OUT is locked by this run, so every temp file in it is this run's or stale
-            with suppress(OSError):
-                remove_stale_temps(self.out)
+                unlink_if_exists(side.partial)  # useless to a rerun, which starts from scratch
 
 
-def check_conservation(counts: dict) -> None:
-    """read = written + rejected + duplicates + excluded + blank, and written = train + validation."""
-    c = counts
-    accounted = c["written"] + c["rejected"] + c["duplicates"] + c["excluded"] + c["blank"]
-    if c["read"] != accounted or c["written"] != c[TRAIN] + c[VALIDATION]:
-        raise ConservationError(
-            f"internal error: records do not add up (read {c['read']} != written {c['written']} + rejected "
-            f"{c['rejected']} + duplicates {c['duplicates']} + excluded {c['excluded']} + blank {c['blank']}); "
-            "please report it"
-        )
-
-
-def write_manifest_with_sides(out: Path, manifest: dict) -> None:
-    """SHA256SUMS (shards, rejects, duplicates, excluded) first, then manifest.json, atomically."""
-    write_manifest(out / MANIFEST_NAME, manifest)
-
-
-# ---------------------------------------------------------------- entry point
-
-
-def run_pipeline(
-    inputs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    options: PipelineOptions,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
-    warn: Warn | None = None,
-    jobs: int | None = None,
-    absolute_sources: bool = False,
-) -> SplitResult:
-    """Split JSONL inputs into training-ready shards in `out` (see the module doc).
-    `absolute_sources`: the manifest names inputs by absolute path (it is published to an
-    object store, from a staging folder). `shardkit.split` is the entry point that adds
-    object-store outputs and executors to this.
-
-    Same contract as `shard.split`: manifest.json + SHA256SUMS, atomic shards, no partial
-    file under a final name whatever happens, --resume/--overwrite rules. Raises UsageError,
-    InputError, DataError, ConflictError or Interrupted.
-    """
-    specs = check_run_inputs(inputs, resume=resume, overwrite=overwrite, also=options.exclude, arrays=True)
-    stems = [SHUFFLED_STEM] if options.shuffle else input_stems([s.path for s in specs])
-    sides = {"duplicates": options.duplicates, "excluded": options.excluded}
-    if not rejects_outside(options.split.rejects):
-        sides["--rejects"] = options.split.rejects
-    refuse_side_name_clashes(options.name_template(), stems, options.splits, sides)
-    check_rejects_path(options.split.rejects, resume=resume)
-    out = Path(out)
-    warnings: list[str] = []
-    _warn = collecting_warn(warnings, warn)
-
-    with ExitStack() as stack:
-        checks = start_checks(stack, _input_check(options), specs, jobs)
-        # A shard committed just before a kill is not listed yet; a rerun writes the same
-        # bytes under that name and adopts the file when it is identical.
-        pipeline = _Pipeline(specs, out, options, checks, dry_run=dry_run, adopt_identical=resume or overwrite,
-                             progress=progress, warn=_warn, absolute_sources=absolute_sources)
-        result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=pipeline.report)
-        old = _prepare_out(out, pipeline, resume=resume, overwrite=overwrite, dry_run=dry_run, result=result,
-                           stack=stack)
-        if old is not None and old.get("complete"):
-            result.manifest, result.already_complete = old, True
-            return result
-        if old is not None:
-            pipeline.created_at = old.get("created_at", pipeline.created_at)
-            result.resumed = True
-        try:
-            result.manifest = pipeline.run()
-        except KeyboardInterrupt:
-            pipeline.abort()
-            raise Interrupted(
-                f"interrupted; no partial file was left under a final name in {out}; "
-                "rerun with --resume to run it again from the start"
-            ) from None
-        except BaseException:
-            pipeline.abort()
-            raise
-    return result
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive flock on OUT while writing: a second run into it is refused."""
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ConflictError(f"{out}: another shardkit run is writing here; wait for it to finish") from None
-            raise
-        yield
-    finally:
-        os.close(fd)
-
-
-def _prepare_out(out: Path, p: _Pipeline, *, resume: bool, overwrite: bool, dry_run: bool,
-                 result: SplitResult, stack: ExitStack) -> dict | None:
-    """Check OUT against the rules (`outdir.prepare`), lock it for this run (not in a dry
-    run), clean what a crashed run left; return the old manifest when resuming (complete:
-    nothing to do; incomplete: the run starts again, adopting the identical shards it finds)."""
-    old, result.removed_temps = prepare(
-        out, p.specs, resume=resume, overwrite=overwrite, dry_run=dry_run, rejects=p.opts.split.rejects,
-        same_run=lambda old: _check_same_run(out, old, p), clean=lambda: _clean(out, p),
-        lock=lambda: stack.enter_context(_locked(out)),  # before anything is looked at or cleaned
-    )
-    if old is None or old.get("complete"):
-        return old
-    if any(s.is_stdin for s in p.specs):
-        raise UsageError("cannot resume a run that read stdin: its data is gone; use --overwrite")
-    if not dry_run:
-        # The run starts again and writes the same shards: each one already here (listed, or
-        # committed just before the kill and not yet listed) is adopted if identical. The
-        # manifest is not deleted first: killed before the new run wrote one, that would
-        # leave shards and no manifest, a folder no rerun may touch. Only the side files it
-        # lists (published at the very end, rewritten by the new run) go now.
-        for key in ("rejects", "duplicates", "excluded"):
-            entry = old.get(key)
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not os.path.isabs(entry["path"]):
-                unlink_if_exists(out / check_rel_name(entry["path"]))  # never a file outside OUT
-        fsync_dir(out)
-        result.removed_temps = _clean(out, p)
-        faults.hit("after:resume_cleaned")
-    return old
-
-
-def _check_same_run(out: Path, old: dict, p: _Pipeline) -> None:
-    check_same_run(out, old, p.opts.params(p.exclude_paths), [t.path for t in p.tallies])
-    check_same_sizes(out, old, p.specs)
-
-
-def _clean(out: Path, p: _Pipeline) -> list[str]:
-    """What a killed run leaves under hidden names: temp shards, partial side files, buckets."""
-    removed = [q.name for q in remove_stale_temps(out)]
-    for side in (p.rejects, p.duplicates, p.excluded):
-        if side.partial.exists():
-            unlink_if_exists(side.partial)
-            removed.append(side.partial.name)
-    folder = out / TEMP_DIR
-    if folder.is_dir() and not folder.is_symlink():
-        shutil.rmtree(folder)
-        removed.append(TEMP_DIR)
-    return removed
-
-
-__all__ += ["TEMP_DIR", "check_conservation", "holdout_split", "shard_file_name"]
+__all__ += ["TEMP_DIR", "RecordFlow", "holdout_split", "input_check", "shard_file_name"]
