@@ -101,7 +101,108 @@ class Transaction:
         return self.journal._append(self.op, {**fields, "steps": self.steps}, phase="abort", tx=self.id)
 
 
-class Journal:
+class JournalReading:
+    """Reading a journal, rotated parts included (`Journal`'s reading half): every entry in
+    order, the last n, the transactions left open, the bytes on disk. Reads never take
+    the write lock: a snapshot of the parts, then each part to the length it had."""
+
+    def rotated_files(self) -> list[Path]:
+        """The rotated journal files, oldest first."""
+        return [p for p, _ in self._rotated_entries()]
+
+    def disk_usage(self) -> int:
+        """Bytes on disk of the current and the rotated files (for `queue status`)."""
+        total = 0
+        for p in [*self.rotated_files(), self.path]:
+            with contextlib.suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    # ------------------------------------------------------------ reading
+
+    def _snapshot(self) -> tuple[list[Path], IO[bytes] | None, int]:
+        """Under the shared lock: the rotated files, and the current file opened with its size.
+
+        Rotated .gz files are never changed nor removed, so they are opened later, one at a
+        time; the current file is opened now, as a later rotation renames it.
+        """
+        with self._locked(fcntl.LOCK_SH, create=False):
+            rotated = self.rotated_files()
+            try:
+                current = open(self.path, "rb")  # noqa: SIM115 - closed by the reader
+            except FileNotFoundError:
+                return rotated, None, 0
+            return rotated, current, os.fstat(current.fileno()).st_size
+
+    def _read_rotated(self, path: Path, on_bad: OnBad) -> Iterator[dict]:
+        try:
+            f = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:  # a plain leftover compressed meanwhile: read its .gz
+            gz = path.with_name(path.name + ".gz")
+            if path.suffix == ".gz" or not gz.exists():
+                on_bad(BadLine(path, None, None, "rotated journal file vanished while reading"))
+                return
+            path, f = gz, open(gz, "rb")  # noqa: SIM115
+        with f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            yield from _read_entries(path, f, None if gzipped else os.fstat(f.fileno()).st_size, on_bad)
+
+    def iter_entries(self, on_bad: OnBad | None = None) -> Iterator[dict]:
+        """Every entry, oldest first: the rotated files in order, then the current one.
+
+        Unreadable lines (a torn last line after a crash, garbage) are skipped and passed to
+        `on_bad` (default: a logging warning); reading never fails because of them.
+        """
+        on_bad = on_bad or _warn
+        rotated, current, size = self._snapshot()
+        try:
+            for path in rotated:
+                yield from self._read_rotated(path, on_bad)
+            if current is not None:
+                yield from _read_entries(self.path, current, size, on_bad)
+        finally:
+            if current is not None:
+                current.close()
+
+    def tail(self, n: int, on_bad: OnBad | None = None) -> list[dict]:
+        """The last `n` entries, oldest first. Reads the current file backwards from its end."""
+        if n <= 0:
+            return []
+        on_bad = on_bad or _warn
+        rotated, current, size = self._snapshot()
+        got: deque[dict] = deque()
+        if current is not None:
+            with current:
+                got.extend(_tail_entries(self.path, current, size, n, on_bad))
+        for path in reversed(rotated):
+            need = n - len(got)
+            if need <= 0:
+                break
+            older = deque(self._read_rotated(path, on_bad), maxlen=need)
+            got.extendleft(reversed(older))
+        return list(got)
+
+    def open_intents(self, on_bad: OnBad | None = None) -> list[OpenIntent]:
+        """Transactions with an intent line but no commit or abort, oldest first (reads all files)."""
+        pending: dict[str, tuple[dict, list[dict]]] = {}
+        for entry in self.iter_entries(on_bad):
+            tx, phase = entry.get("tx"), entry.get("phase")
+            if not isinstance(tx, str):
+                continue
+            if phase == "intent":
+                pending[tx] = (entry, [])
+            elif phase in ("commit", "abort"):
+                pending.pop(tx, None)
+            elif tx in pending:
+                pending[tx][1].append(entry)
+        return [OpenIntent(tx, intent["op"], intent, tuple(steps)) for tx, (intent, steps) in pending.items()]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Journal(JournalReading):
     """Append-only JSONL journal at `path`, rotated and gzipped past `max_bytes` (None: never).
 
     Safe to share between threads and to use from many processes at once. A Journal object
@@ -317,101 +418,6 @@ class Journal:
                 if key not in found or name.endswith(".gz"):
                     found[key] = self.path.with_name(name)
         return [(found[k], k) for k in sorted(found)]
-
-    def rotated_files(self) -> list[Path]:
-        """The rotated journal files, oldest first."""
-        return [p for p, _ in self._rotated_entries()]
-
-    def disk_usage(self) -> int:
-        """Bytes on disk of the current and the rotated files (for `queue status`)."""
-        total = 0
-        for p in [*self.rotated_files(), self.path]:
-            with contextlib.suppress(FileNotFoundError):
-                total += p.stat().st_size
-        return total
-
-    # ------------------------------------------------------------ reading
-
-    def _snapshot(self) -> tuple[list[Path], IO[bytes] | None, int]:
-        """Under the shared lock: the rotated files, and the current file opened with its size.
-
-        Rotated .gz files are never changed nor removed, so they are opened later, one at a
-        time; the current file is opened now, as a later rotation renames it.
-        """
-        with self._locked(fcntl.LOCK_SH, create=False):
-            rotated = self.rotated_files()
-            try:
-                current = open(self.path, "rb")  # noqa: SIM115 - closed by the reader
-            except FileNotFoundError:
-                return rotated, None, 0
-            return rotated, current, os.fstat(current.fileno()).st_size
-
-    def _read_rotated(self, path: Path, on_bad: OnBad) -> Iterator[dict]:
-        try:
-            f = open(path, "rb")  # noqa: SIM115
-        except FileNotFoundError:  # a plain leftover compressed meanwhile: read its .gz
-            gz = path.with_name(path.name + ".gz")
-            if path.suffix == ".gz" or not gz.exists():
-                on_bad(BadLine(path, None, None, "rotated journal file vanished while reading"))
-                return
-            path, f = gz, open(gz, "rb")  # noqa: SIM115
-        with f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-            f.seek(0)
-            yield from _read_entries(path, f, None if gzipped else os.fstat(f.fileno()).st_size, on_bad)
-
-    def iter_entries(self, on_bad: OnBad | None = None) -> Iterator[dict]:
-        """Every entry, oldest first: the rotated files in order, then the current one.
-
-        Unreadable lines (a torn last line after a crash, garbage) are skipped and passed to
-        `on_bad` (default: a logging warning); reading never fails because of them.
-        """
-        on_bad = on_bad or _warn
-        rotated, current, size = self._snapshot()
-        try:
-            for path in rotated:
-                yield from self._read_rotated(path, on_bad)
-            if current is not None:
-                yield from _read_entries(self.path, current, size, on_bad)
-        finally:
-            if current is not None:
-                current.close()
-
-    def tail(self, n: int, on_bad: OnBad | None = None) -> list[dict]:
-        """The last `n` entries, oldest first. Reads the current file backwards from its end."""
-        if n <= 0:
-            return []
-        on_bad = on_bad or _warn
-        rotated, current, size = self._snapshot()
-        got: deque[dict] = deque()
-        if current is not None:
-            with current:
-                got.extend(_tail_entries(self.path, current, size, n, on_bad))
-        for path in reversed(rotated):
-            need = n - len(got)
-            if need <= 0:
-                break
-            older = deque(self._read_rotated(path, on_bad), maxlen=need)
-            got.extendleft(reversed(older))
-        return list(got)
-
-    def open_intents(self, on_bad: OnBad | None = None) -> list[OpenIntent]:
-        """Transactions with an intent line but no commit or abort, oldest first (reads all files)."""
-        pending: dict[str, tuple[dict, list[dict]]] = {}
-        for entry in self.iter_entries(on_bad):
-            tx, phase = entry.get("tx"), entry.get("phase")
-            if not isinstance(tx, str):
-                continue
-            if phase == "intent":
-                pending[tx] = (entry, [])
-            elif phase in ("commit", "abort"):
-                pending.pop(tx, None)
-            elif tx in pending:
-                pending[tx][1].append(entry)
-        return [OpenIntent(tx, intent["op"], intent, tuple(steps)) for tx, (intent, steps) in pending.items()]
-
-
-# ---------------------------------------------------------------- helpers
 
 
 def _now_iso() -> str:
