@@ -17,8 +17,8 @@ from test_tokens import build_word_tokenizer, word_count
 
 from shardkit.core.blocks import BlockReader
 from shardkit.core.errors import UsageError
-from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.driver import split
+from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions
 from shardkit.records.check import CheckOptions, Checks, ranges
 from shardkit.records.validate import Report

@@ -98,6 +98,12 @@ def test_bad_flag_values_exit_2(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b'{"a":1}\n')
     r = run_cli("split", tmp_path / "a.jsonl", "-o", tmp_path / "o", "--max-bytes", "12QB")
     assert r.returncode == 2 and b"--max-bytes: invalid size '12QB'" in r.stderr
+    r = run_cli("split", tmp_path / "a.jsonl", "-o", tmp_path / "o", "-b", "64")
+    assert r.returncode == 2, r.stderr
+    assert b"64 has no unit: did you mean 64MB? write 64B for bytes" in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+    r = run_cli("split", tmp_path / "a.jsonl", "-o", tmp_path / "o", "-b", "64B")
+    assert r.returncode == 0, r.stderr
     r = run_cli("split", tmp_path / "a.jsonl", "-o", tmp_path / "o", "--max-records", "0")
     assert r.returncode == 2
     r = run_cli("split", tmp_path / "a.jsonl", "-o", tmp_path / "o", "--no-such-flag")

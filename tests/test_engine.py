@@ -14,8 +14,8 @@ import orjson
 import pytest
 from conftest import make_chat_jsonl, run_cli
 
-from shardkit.pipeline.engine import PARTS_DIR, split_many
 from shardkit.pipeline.driver import split
+from shardkit.pipeline.engine import PARTS_DIR, split_many
 from shardkit.pipeline.shard import SplitOptions
 from shardkit.records.check import CheckOptions
 

@@ -132,3 +132,96 @@ def test_rejects_path_outside_out(tmp_path: Path, driver: str):
     assert rej.exists() and moved.exists()  # the old run's rejects outside OUT were not deleted
     r = run_cli(*args[:3], tmp_path / "out2", *args[4:], "--rejects", tmp_path / "nope" / "x.jsonl")
     assert r.returncode == 3 and b"no such folder" in r.stderr
+
+
+# ---------------------------------------------------------------- quality gates (issue 18.1)
+
+GOOD = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}\n'
+
+
+def _mixed(tmp_path: Path, good: int, bad: int) -> Path:
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(GOOD * good + BAD * bad)
+    return src
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("gate", [["--max-errors", "3"], ["--max-reject-ratio", "0.25"]], ids=["errors", "ratio"])
+def test_split_over_a_quality_gate_exits_1_and_never_publishes_a_complete_manifest(tmp_path: Path, driver, gate):
+    src = _mixed(tmp_path, good=6, bad=4)  # 4 rejected of 10: over 3 errors and over 25%
+    out = tmp_path / "out"
+    r = run_cli("split", src, "-o", out, "-n", "3", "--validate", "chat", *gate, *DRIVERS[driver])
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode()
+    assert len([x for x in err.splitlines() if x.startswith("shardkit: error:")]) == 1 and "Traceback" not in err
+    want = "more than --max-errors 3" if gate[0] == "--max-errors" else "4 of 10 record(s) rejected (40.0%), more than --max-reject-ratio 0.25"
+    assert want in err
+    m = orjson.loads((out / "manifest.json").read_bytes())
+    assert m["complete"] is False and want in m["failed"]
+    assert "resume" not in m  # nothing to continue: fix the data, then --overwrite
+    c = m["counts"]  # every record still accounted for, every reject kept to look at
+    assert (c["read"], c["written"], c["rejected"]) == (10, 6, 4)
+    assert (out / m["rejects"]["path"]).read_bytes().count(b"\n") == 4
+
+
+@pytest.mark.parametrize("gate", [["--max-errors", "4"], ["--max-reject-ratio", "0.4"]], ids=["errors", "ratio"])
+def test_split_at_the_gate_passes(tmp_path: Path, gate):
+    src = _mixed(tmp_path, good=6, bad=4)
+    r = run_cli("split", src, "-o", tmp_path / "out", "-n", "3", "--validate", "chat", *gate)
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads((tmp_path / "out" / "manifest.json").read_bytes())["complete"] is True
+
+
+def test_split_gates_come_from_the_environment(tmp_path: Path):
+    src = _mixed(tmp_path, good=6, bad=4)
+    r = run_cli("split", src, "-o", tmp_path / "out", "-n", "3", "--validate", "chat",
+                env={"SHARDKIT_MAX_REJECT_RATIO": "0.1"})
+    assert r.returncode == 1 and b"more than --max-reject-ratio 0.1" in r.stderr
+
+
+@pytest.mark.parametrize("bad,args,code", [
+    (1, [], 1),                                   # default: no invalid record allowed
+    (4, ["--max-errors", "4"], 0),
+    (4, ["--max-reject-ratio", "0.5"], 0),       # the ratio alone: no count limit
+    (4, ["--max-reject-ratio", "0.3"], 1),
+    (4, ["--max-reject-ratio", "0.5", "--max-errors", "2"], 1),
+])
+def test_validate_gates(tmp_path: Path, bad, args, code):
+    src = _mixed(tmp_path, good=6, bad=bad)
+    r = run_cli("validate", src, "--kind", "chat", *args)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    if code:
+        assert b"failed the quality gate" in r.stdout
+    j = run_cli("validate", src, "--kind", "chat", "--json", *args)
+    doc = orjson.loads(j.stdout)
+    assert j.returncode == code and doc["ok"] is (code == 0) and (doc["failed"] is None) is (code == 0)
+
+
+def test_ingest_quarantines_a_mostly_bad_drop_even_when_stripping(tmp_path: Path):
+    from shardkit.queue.ingest import ingest
+    from shardkit.queue.state import Queue
+
+    root = tmp_path / "q"
+    Queue(root, create=True)
+    (root / "shardkit.toml").write_text('kind = "chat"\non_invalid = "strip"\n')
+    q = Queue(root)
+    assert q.settings.max_reject_ratio == 0.5  # the default
+    for name, data in (("mostly-bad.jsonl", GOOD * 2 + BAD * 3), ("some-bad.jsonl", GOOD * 3 + BAD * 2)):
+        (q.dir("inbox") / name).write_bytes(data)
+        import os
+        import time
+
+        os.utime(q.dir("inbox") / name, (time.time() - 3600,) * 2)
+    result = {r.name: r for r in ingest(q).routed}
+    assert result["mostly-bad.jsonl"].to == "quarantine"
+    assert "3 of 5 record(s) invalid (60.0%), more than max_reject_ratio 0.5" in result["mostly-bad.jsonl"].reason
+    report = orjson.loads((q.dir("quarantine") / "mostly-bad.jsonl.report.json").read_bytes())
+    assert "max_reject_ratio" in report["reason"]
+    assert result["some-bad.jsonl"].to == "split"  # 40%: stripped, the good records go on
+    # the flag beats the file: a stricter ratio quarantines the next such drop
+    (q.dir("inbox") / "again.jsonl").write_bytes(GOOD * 3 + BAD * 2)
+    os.utime(q.dir("inbox") / "again.jsonl", (time.time() - 3600,) * 2)
+    r = run_cli("queue", "ingest", "--root", root, "--max-reject-ratio", "0.3", "--json")
+    assert r.returncode == 0, r.stderr
+    routed = orjson.loads(r.stdout)["routed"]
+    assert [x["to"] for x in routed] == ["quarantine"]

@@ -19,7 +19,7 @@ from shardkit.core.io import (
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("4096", 4096),
+        ("4096B", 4096),
         ("64MB", 64_000_000),
         ("64mb", 64_000_000),
         ("64MiB", 64 * 2**20),
@@ -40,6 +40,17 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects(text):
     with pytest.raises(UsageError, match="invalid size"):
         parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["64", "4096", " 7 ", "1.5"])
+def test_parse_size_refuses_a_number_without_a_unit_with_a_hint(text):
+    n = text.strip()
+    with pytest.raises(UsageError, match=rf"{n} has no unit: did you mean {n}MB\? write {n}B for bytes"):
+        parse_size(text)
+
+
+def test_parse_size_takes_an_int_as_bytes():
+    assert parse_size(4096) == 4096  # a TOML integer in shardkit.toml
 
 
 def test_format_size():

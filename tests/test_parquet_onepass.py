@@ -10,9 +10,9 @@ import pytest
 from conftest import run_cli
 from crashkit import final_files, run_and_kill, run_with_fault, seeded_delays, timed
 
+from shardkit.pipeline.driver import split
 from shardkit.pipeline.engine import split_many
 from shardkit.pipeline.parquet import ParquetOptions, SchemaBuilder
-from shardkit.pipeline.driver import split
 from shardkit.pipeline.shard import SplitOptions
 from shardkit.store.manifest import verify
 

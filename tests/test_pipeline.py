@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from shardkit.core.errors import ConflictError, DataError, UsageError
 from shardkit.pipeline import transform as pl
 from shardkit.pipeline.overlap import find_overlap, record_hash
-from shardkit.pipeline.shard import SplitOptions
 from shardkit.pipeline.run import run_pipeline
+from shardkit.pipeline.shard import SplitOptions
 from shardkit.pipeline.transform import TEMP_DIR, PipelineOptions, holdout_split
 from shardkit.records.check import CheckOptions
 from shardkit.records.validate import Validator

@@ -255,10 +255,10 @@ def test_prune_deletes_nothing_without_yes_and_by_completion_time(tmp_path: Path
         q.complete(c.name, c.token)
         time.sleep(0.01)
     before = sorted(p.name for p in q.dir("completed").iterdir())
-    r = run_cli("queue", "prune", str(q.root), "--keep", "1")
+    r = run_cli("queue", "prune", "--root", str(q.root), "--keep", "1")
     assert r.returncode == 0 and b"add --yes" in r.stdout
     assert sorted(p.name for p in q.dir("completed").iterdir()) == before
-    r = run_cli("queue", "prune", str(q.root), "--keep", "1", "--yes")
+    r = run_cli("queue", "prune", "--root", str(q.root), "--keep", "1", "--yes")
     assert r.returncode == 0
     # completion order was z, a, m (not name order): the newest, m, stays
     assert sorted(p.name for p in q.dir("completed").iterdir()) == ["m.jsonl"]
@@ -325,7 +325,7 @@ def test_ingest_refuses_symlinks_and_fifos(tmp_path: Path) -> None:
 def test_dry_run_moves_nothing(tmp_path: Path) -> None:
     q = make_queue(tmp_path, max_records=5)
     drop(q, "a.jsonl", GOOD * 12)
-    r = run_cli("queue", "ingest", str(q.root), "--dry-run")
+    r = run_cli("queue", "ingest", "--root", str(q.root), "--dry-run")
     assert r.returncode == 0 and b"would route: a.jsonl -> split" in r.stdout
     assert states(q) == {"inbox": ["a.jsonl"]}
     assert journal(q) == []
@@ -363,7 +363,7 @@ def test_doctor_finds_planted_problems_and_repairs_the_safe_ones(tmp_path: Path)
     codes = sorted(f.code for f in report.findings)
     assert codes == sorted(["file_without_record", "temp_leftover", "lease_without_file", "record_behind", "duplicate_content"])
     assert not report.ok
-    r = run_cli("queue", "doctor", str(q.root))
+    r = run_cli("queue", "doctor", "--root", str(q.root))
     assert r.returncode == 1
     fixed = doctor(q, repair=True, now=later)
     assert {f.code for f in fixed.findings if f.repaired} == {"file_without_record", "temp_leftover", "lease_without_file", "record_behind"}
@@ -377,19 +377,19 @@ def test_files_moved_by_hand_work_everywhere(tmp_path: Path) -> None:
     for state in ("normal", "failed", "recently_completed"):
         d = q.root / "queue" / state
         (d / f"by-hand-{state}.jsonl").write_bytes(GOOD)
-    r = run_cli("queue", "status", str(q.root), "--json")
+    r = run_cli("queue", "status", "--root", str(q.root), "--json")
     assert r.returncode == 0
     st = orjson.loads(r.stdout)["states"]
     assert (st["normal"]["files"], st["failed"]["files"], st["completed"]["files"]) == (1, 1, 1)
-    assert run_cli("queue", "doctor", str(q.root), "--repair").returncode == 0
+    assert run_cli("queue", "doctor", "--root", str(q.root), "--repair").returncode == 0
     assert run_cli("queue", "list", "--root", str(q.root)).returncode == 0
 
 
 def test_status_check_exits_1_when_a_person_is_needed(tmp_path: Path) -> None:
     q = make_queue(tmp_path)
-    assert run_cli("queue", "status", str(q.root), "--check").returncode == 0
+    assert run_cli("queue", "status", "--root", str(q.root), "--check").returncode == 0
     (q.dir("dead") / "x.jsonl").write_bytes(GOOD)
-    r = run_cli("queue", "status", str(q.root), "--check")
+    r = run_cli("queue", "status", "--root", str(q.root), "--check")
     assert r.returncode == 1 and b"dead" in r.stdout
 
 
@@ -487,7 +487,7 @@ def test_a_json_array_drop_counts_its_records_not_its_lines(tmp_path: Path) -> N
     assert entry.item.records == 999
     show = orjson.loads(run_cli("queue", "show", "alpaca.json", "--root", q.root).stdout)
     assert show["item"]["records"] == 999
-    status = orjson.loads(run_cli("queue", "status", q.root, "--json").stdout)
+    status = orjson.loads(run_cli("queue", "status", "--root", q.root, "--json").stdout)
     assert status["states"]["normal"]["records"] == 999
     r = run_cli("manifest", q.root, "--json")
     assert r.returncode == 0, r.stderr
@@ -518,7 +518,7 @@ def test_a_redriven_file_still_bad_is_one_item_back_in_quarantine(tmp_path: Path
     assert rep.ok, [f.message for f in rep.problems]
     assert len(list(q.meta.glob("items/*.json"))) == 1
     assert doctor(q).ok
-    status = orjson.loads(run_cli("queue", "status", q.root, "--json").stdout)
+    status = orjson.loads(run_cli("queue", "status", "--root", q.root, "--json").stdout)
     assert status["states"]["quarantine"]["files"] == 1
 
 
@@ -539,3 +539,25 @@ def test_queue_manifest_sees_an_edit_whose_mtime_was_put_back(tmp_path: Path) ->
     assert m["rehashed"] == 1
     assert verify(q.root / "manifest.json").ok
     assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=q.root, capture_output=True).returncode == 0
+
+
+def test_every_queue_command_takes_root_one_way(tmp_path: Path) -> None:
+    """--root, else $SHARDKIT_ROOT, else the current folder; the old positional ROOT still
+    works with a one-line notice (issue 18.3)."""
+    root = tmp_path / "q"
+    assert run_cli("queue", "init", "--root", root).returncode == 0
+    for cmd in (["status"], ["ingest"], ["claim"], ["requeue-stale"], ["prune", "--keep", "1"], ["doctor"],
+                ["list"], ["retry", "--all"]):
+        r = run_cli("queue", *cmd, "--root", root)
+        assert r.returncode in (0, 1), (cmd, r.stderr)
+        assert b"deprecated" not in r.stderr and b"Traceback" not in r.stderr
+        r = run_cli("queue", *cmd, env={"SHARDKIT_ROOT": str(root)}, cwd=tmp_path)
+        assert r.returncode in (0, 1) and b"not a shardkit queue" not in r.stderr, (cmd, r.stderr)
+    old = run_cli("queue", "status", root, "--json")
+    assert old.returncode == 0 and orjson.loads(old.stdout)["root"] == str(root)
+    assert old.stderr.decode().strip() == (f"shardkit: note: a queue ROOT argument is deprecated; write --root {root} "
+                                           "(or set SHARDKIT_ROOT)")
+    both = run_cli("queue", "status", tmp_path / "other", "--root", root)
+    assert both.returncode == 2 and b"two queue roots given" in both.stderr
+    nowhere = run_cli("queue", "status", cwd=tmp_path, env={"SHARDKIT_ROOT": ""})
+    assert nowhere.returncode != 0 and b"not a shardkit queue" in nowhere.stderr

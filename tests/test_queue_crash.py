@@ -44,7 +44,7 @@ def template(tmp_path_factory):
     t = time.monotonic()
     fresh = base / "timing"
     shutil.copytree(root, fresh)
-    assert run_cli("queue", "ingest", fresh).returncode == 0
+    assert run_cli("queue", "ingest", "--root", fresh).returncode == 0
     return base, root, dropped, time.monotonic() - t
 
 
@@ -58,14 +58,14 @@ def pending_records(root: Path) -> collections.Counter:
 
 
 def recover_and_check(root: Path, dropped: collections.Counter) -> None:
-    r = run_cli("queue", "doctor", root, "--repair")
+    r = run_cli("queue", "doctor", "--root", root, "--repair")
     assert r.returncode in (0, 1), r.stderr
-    r = run_cli("queue", "ingest", root)
+    r = run_cli("queue", "ingest", "--root", root)
     assert r.returncode == 0, r.stderr
     got = pending_records(root)
     assert got == dropped, (sum(got.values()), sum(dropped.values()))  # none lost, none twice
     assert not [p for p in (root / "inbox").iterdir()], "inbox not drained"
-    r = run_cli("queue", "doctor", root)
+    r = run_cli("queue", "doctor", "--root", root)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     assert sorted(p.name for p in (root / "queue" / "split").iterdir()) == ["big.jsonl"]
 
@@ -79,7 +79,7 @@ def test_ingest_killed_at_a_fault_point(template, fault, tmp_path):
     _, src, dropped, _ = template
     root = tmp_path / "q"
     shutil.copytree(src, root)
-    r = run_with_fault(["queue", "ingest", root], fault)
+    r = run_with_fault(["queue", "ingest", "--root", root], fault)
     assert r.returncode == -9, r.stderr  # the fault point was reached
     recover_and_check(root, dropped)
 
@@ -90,5 +90,5 @@ def test_ingest_killed_at_random_moments(template, trial, tmp_path):
     delay = seeded_delays(1999, TRIALS, 0.05, seconds * 1.2)[trial]
     root = tmp_path / "q"
     shutil.copytree(src, root)
-    run_and_kill(["queue", "ingest", root], delay)
+    run_and_kill(["queue", "ingest", "--root", root], delay)
     recover_and_check(root, dropped)

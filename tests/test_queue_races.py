@@ -140,7 +140,7 @@ def test_two_concurrent_ingests_split_each_drop_once(tmp_path: Path) -> None:
         p = q.dir("inbox") / f"drop{d}.jsonl"
         p.write_bytes(lines)
         os.utime(p, (OLD, OLD))
-    procs = [subprocess.Popen([sys.executable, "-m", "shardkit", "queue", "ingest", str(q.root)],
+    procs = [subprocess.Popen([sys.executable, "-m", "shardkit", "queue", "ingest", "--root", str(q.root)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
@@ -174,7 +174,7 @@ def test_a_drop_with_a_name_of_255_bytes_is_claimed_with_a_lease_and_tools_keep_
     c = q.claim("w")
     assert c and c.name == good
     assert q.lease(good) is not None and q.lease(good).token == c.token
-    for args in (["queue", "status", q.root], ["queue", "doctor", q.root], ["queue", "requeue-stale", q.root],
+    for args in (["queue", "status", "--root", q.root], ["queue", "doctor", "--root", q.root], ["queue", "requeue-stale", "--root", q.root],
                  ["queue", "list", "--root", q.root], ["manifest", q.root]):
         r = run_cli(*args)
         assert r.returncode in (0, 1), (args, r.stderr)  # 1: status --check-like findings, never 3

@@ -16,6 +16,7 @@ max_bytes = "64MiB"
 kind = "chat"
 max_errors = 5
 on_invalid = "strip"
+max_reject_ratio = 0.25
 max_tokens = 8192
 tokenizer = "models/Qwen3-0.6B"
 settle = "30s"
@@ -52,6 +53,7 @@ def test_every_key_from_the_file(tmp_path):
         "kind": "chat",
         "max_errors": 5,
         "on_invalid": "strip",
+        "max_reject_ratio": 0.25,
         "max_tokens": 8192,
         "tokenizer": str(tmp_path / "models/Qwen3-0.6B"),  # relative to ROOT, not to the cwd
         "settle": 30.0,
@@ -117,7 +119,9 @@ def test_relative_paths_from_env_and_flags_are_left_to_the_cwd(tmp_path):
         ("max_records = true\n", "{path}: max_records: invalid value true (expected a whole number >= 1)"),
         ("max_records = '5k'\n", "{path}: max_records: invalid value '5k' (expected a whole number >= 1)"),
         ("max_errors = -1\n", "{path}: max_errors: invalid value -1 (expected a whole number >= 0)"),
-        ("max_bytes = '64QB'\n", "{path}: max_bytes: invalid value '64QB' (expected a size such as 4096, 64MB, 64MiB or 1G)"),
+        ("max_reject_ratio = 1.5\n", "{path}: max_reject_ratio: invalid value 1.5 (expected a fraction from 0 to 1, such as 0.5)"),
+        ("max_bytes = '64QB'\n", "{path}: max_bytes: invalid value '64QB' (expected a size such as 64MB, 64MiB, 1G, 4096B or a TOML integer of bytes)"),
+        ("max_bytes = '64'\n", "{path}: max_bytes: invalid value '64' (expected a size such as 64MB, 64MiB, 1G, 4096B or a TOML integer of bytes (64 has no unit: did you mean 64MB? write 64B for bytes))"),
         ("settle = '10 minutes'\n", "{path}: settle: invalid value '10 minutes' (expected a duration such as 90, 10s, 15m, 2h or 7d)"),
         ("stale_after = -5\n", "{path}: stale_after: invalid value -5 (expected a duration such as 90, 10s, 15m, 2h or 7d)"),
         ("on_invalid = 'strp'\n", "{path}: on_invalid: invalid value 'strp' (expected one of quarantine, strip; did you mean 'strip'?)"),
@@ -152,6 +156,9 @@ def test_bad_env_values_name_the_variable(tmp_path):
     )
     with pytest.raises(UsageError, match=r"environment variable SHARDKIT_MAX_RECORD: unknown setting; did you mean SHARDKIT_MAX_RECORDS\?"):
         load_settings(tmp_path, env={"SHARDKIT_MAX_RECORD": "5"})
+    with pytest.raises(UsageError, match=r"SHARDKIT_MAX_BYTES: max_bytes: .*64 has no unit: did you mean 64MB\? write 64B"):
+        load_settings(tmp_path, env={"SHARDKIT_MAX_BYTES": "64"})
+    assert load_settings(tmp_path, env={"SHARDKIT_MAX_BYTES": "64B"}).max_bytes == 64
 
 
 def test_bad_flags_name_the_flag(tmp_path):

@@ -168,7 +168,7 @@ def test_oversize_reject_keeps_original_bytes(tmp_path):
 
 def test_oversize_error(tmp_path):
     src, _ = _oversize_input(tmp_path)
-    r = run_cli("split", src, "-o", tmp_path / "o", "--max-bytes", "100", "--oversize", "error")
+    r = run_cli("split", src, "-o", tmp_path / "o", "--max-bytes", "100B", "--oversize", "error")
     assert r.returncode == 1
     assert r.stderr.decode().strip() == (
         f"shardkit: error: {src}:2: record is 511 bytes, larger than --max-bytes 100 "

@@ -110,6 +110,8 @@ def split(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", rich_help_panel="Run", help="Replace a previous run in OUT: deletes exactly the files its manifest lists, nothing else.")
     ] = False,
+    max_errors: Annotated[int | None, typer.Option("--max-errors", rich_help_panel="Check", envvar="SHARDKIT_MAX_ERRORS", min=0, help="Quality gate: more than N rejected records (invalid, or set aside by --oversize reject/--to), and the run exits 1 with its manifest left incomplete (\"failed\" says why). Every record is still read, so the rejects file lists them all.", show_default=False)] = None,
+    max_reject_ratio: Annotated[float | None, typer.Option("--max-reject-ratio", rich_help_panel="Check", envvar="SHARDKIT_MAX_REJECT_RATIO", min=0.0, max=1.0, help="Quality gate: more than this share of the records read rejected (0.05 = 5%), and the run exits 1 with its manifest left incomplete.", show_default=False)] = None,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", rich_help_panel="Check", help="Accept a run that writes no record (an empty input, or every record set aside); without it that run exits 1 and its manifest stays incomplete.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Run", help="Read the inputs and print the shards that would be written; write nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", rich_help_panel="Run", help="Print one JSON summary on stdout and nothing else.")] = False,
@@ -164,6 +166,8 @@ def split(
             format=fmt,
             parquet=parquet,
             allow_empty=allow_empty,
+            max_errors=max_errors,
+            max_reject_ratio=max_reject_ratio,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -300,7 +304,8 @@ def validate(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst, - for stdin) or .json array files.", show_default=False)],
     kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, or auto (detect per record).")] = "auto",
     schema: Annotated[Path | None, typer.Option("--schema", help="Validate against this JSON Schema (Draft 2020-12) instead of a built-in kind.", show_default=False)] = None,
-    max_errors: Annotated[int, typer.Option("--max-errors", help="Exit 0 while invalid records are at most N.", min=0)] = 0,
+    max_errors: Annotated[int | None, typer.Option("--max-errors", envvar="SHARDKIT_MAX_ERRORS", help="Quality gate: exit 0 while invalid records are at most N (default 0; no limit when only --max-reject-ratio is given).", min=0, show_default=False)] = None,
+    max_reject_ratio: Annotated[float | None, typer.Option("--max-reject-ratio", envvar="SHARDKIT_MAX_REJECT_RATIO", min=0.0, max=1.0, help="Quality gate: exit 1 when more than this share of the records is invalid (0.05 = 5%); with it, --max-errors defaults to no limit.", show_default=False)] = None,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
     rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Records longer than N tokens are invalid (needs --tokenizer).", min=1, show_default=False)] = None,
@@ -312,12 +317,15 @@ def validate(
 ) -> None:
     """Check every record: JSON, UTF-8, kind; report file:line, JSON path and what is wrong.
 
-    Exit 0 when invalid records <= --max-errors, 1 otherwise, 3 for unreadable input.
+    Exit 0 when the records pass the gates (invalid records <= --max-errors, and their
+    share <= --max-reject-ratio when given), 1 otherwise, 3 for unreadable input.
 
     Example: shardkit validate data.jsonl --kind chat --rejects bad.jsonl
     """
     from shardkit.pipeline.scan import validate_files
 
+    if max_errors is None:
+        max_errors = sys.maxsize if max_reject_ratio is not None else 0  # the ratio alone is the gate
     with exit_on_error():
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with progress_bar(total, not (quiet or json_output), "validate") as progress:
@@ -326,13 +334,14 @@ def validate(
 
                 result = validate_many(
                     inputs, engine=engine, jobs=jobs_option(jobs), rejects=rejects, max_errors=max_errors,
+                    max_reject_ratio=max_reject_ratio,
                     progress=progress, kind=kind, schema=str(schema) if schema else None,
                     max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"), max_tokens=max_tokens,
                     tokenizer=str(tokenizer) if tokenizer else None,
                 )
             else:
                 result = validate_files(
-                    inputs, kind=kind, schema=schema, max_errors=max_errors,
+                    inputs, kind=kind, schema=schema, max_errors=max_errors, max_reject_ratio=max_reject_ratio,
                     max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"),
                     max_tokens=max_tokens, tokenizer=tokenizer,
                     rejects=rejects, jobs=jobs_option(jobs), progress=progress,
@@ -342,6 +351,8 @@ def validate(
     elif not quiet:
         for line in result.report.lines():
             typer.echo(line)
+        if not result.ok:
+            typer.echo(f"failed the quality gate: {result.gate_failure()}")
     if not result.ok:
         raise typer.Exit(1)
 

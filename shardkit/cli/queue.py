@@ -33,12 +33,26 @@ queue_app = typer.Typer(
 )
 app.add_typer(queue_app, name="queue")
 
-RootArg = Annotated[
-    Path | None, typer.Argument(help="Queue root (default: $SHARDKIT_ROOT, then the current folder).", show_default=False)
+RootArg = Annotated[  # the old positional form: still taken, with a deprecation notice
+    Path | None, typer.Argument(help="Deprecated: use --root.", show_default=False, hidden=True, metavar="[ROOT]")
 ]
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="Queue root (default: $SHARDKIT_ROOT, then the current folder).", show_default=False)
 ]
+
+
+def _root(root: Path | None, old: Path | None) -> Path | None:
+    """--root, or the deprecated positional ROOT (with a one-line notice); not both."""
+    if old is None:
+        return root
+    if root is not None and Path(root) != Path(old):
+        from shardkit.core.errors import UsageError
+
+        with exit_on_error():
+            raise UsageError(f"two queue roots given: --root {root} and ROOT {old}; give --root only")
+    sys.stderr.write(f"shardkit: note: a queue ROOT argument is deprecated; write --root {safe(str(old))} "
+                     "(or set SHARDKIT_ROOT)\n")
+    return old
 
 
 def _open_queue(root: Path | None, **overrides: Any):
@@ -70,11 +84,12 @@ def _moved(entries, verb: str, dry_run: bool, json_output: bool) -> None:
 
 
 @queue_app.command("init")
-def queue_init(root: RootArg = None) -> None:
+def queue_init(old_root: RootArg = None, root: RootOpt = None) -> None:
     """Create the queue folders under ROOT (idempotent; existing files are left alone).
 
-    Example: shardkit queue init /data/train-queue
+    Example: shardkit queue init --root /data/train-queue
     """
+    root = _root(root, old_root)
     from shardkit.queue.settings import resolve_root
     from shardkit.queue.state import Queue
 
@@ -85,7 +100,8 @@ def queue_init(root: RootArg = None) -> None:
 
 @queue_app.command("status")
 def queue_status(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     json_output: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when something needs a person (stale leases, dead or quarantined files, low disk, oversize files).")] = False,
     watch: Annotated[float | None, typer.Option("--watch", help="Refresh every N seconds until Ctrl-C.", show_default=False)] = None,
@@ -94,6 +110,7 @@ def queue_status(
 
     Example: shardkit queue status --check   (for cron: exit 1 means look)
     """
+    root = _root(root, old_root)
     with exit_on_error():
         q = _open_queue(root)
         while True:
@@ -170,9 +187,12 @@ def queue_show(name: Annotated[str, typer.Argument(help="File name (or STATE/NAM
 
 @queue_app.command("ingest")
 def queue_ingest(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     priority: Annotated[str | None, typer.Option("--priority", "-p", help="high, normal or low (default from shardkit.toml, else normal).", show_default=False)] = None,
     watch: Annotated[float | None, typer.Option("--watch", help="Keep ingesting: look again every N seconds until Ctrl-C.", show_default=False)] = None,
+    max_errors: Annotated[int | None, typer.Option("--max-errors", min=0, help="Invalid records a drop may hold (default from shardkit.toml / SHARDKIT_MAX_ERRORS, else 0); beyond it the drop is quarantined, or stripped with on_invalid = \"strip\".", show_default=False)] = None,
+    max_reject_ratio: Annotated[float | None, typer.Option("--max-reject-ratio", min=0.0, max=1.0, help="A drop with a larger share of invalid records is quarantined whole, even with on_invalid = \"strip\" (default from shardkit.toml / SHARDKIT_MAX_REJECT_RATIO, else 0.5).", show_default=False)] = None,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -180,12 +200,13 @@ def queue_ingest(
 
     Files modified within the settle window, dotfiles, *.tmp and *.part are left alone.
 
-    Example: shardkit queue ingest /data/train-queue --priority high
+    Example: shardkit queue ingest --root /data/train-queue --priority high
     """
+    root = _root(root, old_root)
     from shardkit.queue.ingest import ingest
 
     with exit_on_error():
-        q = _open_queue(root, priority=priority)
+        q = _open_queue(root, priority=priority, max_errors=max_errors, max_reject_ratio=max_reject_ratio)
         signal.signal(signal.SIGTERM, raise_on_sigterm)
         while True:
             result = ingest(q, priority=priority, dry_run=dry_run, warn=warn_printer(json_output))
@@ -206,7 +227,8 @@ def queue_ingest(
 
 @queue_app.command("claim")
 def queue_claim(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     worker: Annotated[str, typer.Option("--worker", "-w", help="Who claims (shown in the lease and journal).")] = "worker",
     wait: Annotated[str | None, typer.Option("--wait", help="Wait up to DUR for a file (e.g. 30s, 5m).", show_default=False)] = None,
     owner_pid: Annotated[int | None, typer.Option("--owner-pid", help="Process whose death frees the file (default: the caller, shardkit's parent).", show_default=False)] = None,
@@ -216,6 +238,7 @@ def queue_claim(
 
     attempts += 1 at claim. Example: f=$(shardkit queue claim --worker gpu0) && train "$f" && shardkit queue complete "$f"
     """
+    root = _root(root, old_root)
     with exit_on_error():
         q = _open_queue(root)
         claimed = q.claim(worker, owner_pid=owner_pid or os.getppid(), wait=duration_option(wait, "--wait") or 0.0)
@@ -294,7 +317,8 @@ def queue_retry(
 
 @queue_app.command("requeue-stale")
 def queue_requeue_stale(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     older_than: Annotated[str | None, typer.Option("--older-than", help="Stale after DUR without heartbeat (default stale_after, 15m).", show_default=False)] = None,
     dry_run: DryRunOpt = False, json_output: JsonOpt = False,
 ) -> None:
@@ -302,6 +326,7 @@ def queue_requeue_stale(
 
     Example: shardkit queue requeue-stale --older-than 30m --dry-run
     """
+    root = _root(root, old_root)
     with exit_on_error():
         out = _open_queue(root).requeue_stale(older_than=duration_option(older_than, "--older-than"), dry_run=dry_run)
     _moved([e for e, _ in out], "requeued", dry_run, json_output)
@@ -334,7 +359,8 @@ queue_app.command("quarantine")(_names_cmd("quarantine", "Put files aside in qua
 
 @queue_app.command("prune")
 def queue_prune(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     keep: Annotated[int | None, typer.Option("--keep", help="Keep the N most recently completed files.", min=0, show_default=False)] = None,
     older_than: Annotated[str | None, typer.Option("--older-than", help="Delete completed files older than DUR (e.g. 7d).", show_default=False)] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete. Without it, only the plan is printed.")] = False,
@@ -344,6 +370,7 @@ def queue_prune(
 
     Example: shardkit queue prune --keep 100 --older-than 7d --yes
     """
+    root = _root(root, old_root)
     with exit_on_error():
         plan = _open_queue(root).prune(keep=keep, older_than=duration_option(older_than, "--older-than"), yes=yes and not dry_run)
     doit = yes and not dry_run
@@ -359,7 +386,8 @@ def queue_prune(
 
 @queue_app.command("doctor")
 def queue_doctor(
-    root: RootArg = None,
+    old_root: RootArg = None,
+    root: RootOpt = None,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what is safe (idempotent); report the rest.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -367,6 +395,7 @@ def queue_doctor(
 
     Exit 1 when problems remain. Example: shardkit queue doctor --repair
     """
+    root = _root(root, old_root)
     from shardkit.queue.doctor import doctor
 
     with exit_on_error():

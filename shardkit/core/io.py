@@ -40,7 +40,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # ---------------------------------------------------------------- sizes
 
 _UNITS = {
-    "": 1, "b": 1,
+    "": 1, "b": 1,  # "" only reaches _UNITS to be refused with a hint (parse_size)
     "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -49,14 +49,20 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
 def parse_size(text: str | int) -> int:
-    """Parse `64MB` (10^6), `64MiB` or `64M` (2^20, as coreutils), `1G`, `4096` into bytes."""
+    """Parse `64MB` (10^6), `64MiB` or `64M` (2^20, as coreutils), `1G`, `4096B` into bytes.
+
+    A string without a unit is refused with a hint (`-b 64` meant 64 MB far more often than
+    64 bytes); an int (a TOML integer in shardkit.toml) is bytes."""
     if isinstance(text, int):
         value = text
     else:
         m = _SIZE_RE.fullmatch(str(text))
         unit = m.group(2).lower() if m else None
         if not m or unit not in _UNITS:
-            raise UsageError(f"invalid size {text!r} (use e.g. 4096, 64MB, 64MiB, 1G)")
+            raise UsageError(f"invalid size {text!r} (use e.g. 4096B, 64MB, 64MiB, 1G)")
+        if unit == "":
+            n = m.group(1)
+            raise UsageError(f"invalid size {text!r}: {n} has no unit: did you mean {n}MB? write {n}B for bytes")
         try:
             value = int(float(m.group(1)) * _UNITS[unit])
         except (OverflowError, ValueError):

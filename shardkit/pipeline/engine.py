@@ -303,7 +303,7 @@ def _run_split(specs, out: Path, plan, sources: list[str], *, engine, jobs, prog
     # the gates judge the whole run; parts keep their rejects inside (merged to --rejects PATH)
     from shardkit.pipeline.shard import DEFAULT_REJECTS, rejects_outside
 
-    task_options = dataclasses.replace(_abs_check(options), allow_empty=True,
+    task_options = dataclasses.replace(_abs_check(options), allow_empty=True, max_errors=None, max_reject_ratio=None,
                                        rejects=DEFAULT_REJECTS if rejects_outside(options.rejects) else options.rejects)
     tasks = [(i, spec.path if spec.remote else os.path.abspath(spec.path), spec.display, stems[i],
               os.path.abspath(parts / f"{i:05d}"), task_options, schema) for i, spec in enumerate(specs)]
@@ -527,7 +527,7 @@ def validate_part(index: int, path: str, display: str, options, rejects_dir: str
 
 
 def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str | os.PathLike | None = None,
-                  max_errors: int = 0, progress: Callable[[int], None] | None = None, **check_options):
+                  max_errors: int = 0, max_reject_ratio: float | None = None, progress: Callable[[int], None] | None = None, **check_options):
     """`validate` with one task per input: the same report and rejects file, in input order."""
     from shardkit.pipeline.scan import RejectsSink, ValidationResult
     from shardkit.records.check import CheckOptions, auto_jobs
@@ -571,7 +571,7 @@ def validate_many(inputs, *, engine: str, jobs: int | None = None, rejects: str 
                 Path(part_rejects).unlink(missing_ok=True)
         if sink is not None:
             sink.abort()
-    return ValidationResult(report, max_errors, Path(rejects) if rejects else None)
+    return ValidationResult(report, max_errors, Path(rejects) if rejects else None, max_reject_ratio=max_reject_ratio)
 
 
 def _is_url(path: str) -> bool:

@@ -65,13 +65,26 @@ class ValidationResult:
     max_errors: int
     rejects: Path | None = None
     error_lines: list[str] = field(default_factory=list)
+    max_reject_ratio: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.report.invalid <= self.max_errors
+        return self.gate_failure() is None
+
+    def gate_failure(self) -> str | None:
+        """Why the inputs fail the quality gates (--max-errors, --max-reject-ratio), or None."""
+        invalid, records = self.report.invalid, self.report.records
+        if invalid > self.max_errors:
+            return f"{invalid} invalid record(s), more than --max-errors {self.max_errors}"
+        ratio = self.max_reject_ratio
+        if ratio is not None and records and invalid / records > ratio:
+            return (f"{invalid} of {records} record(s) invalid ({invalid / records:.1%}), "
+                    f"more than --max-reject-ratio {ratio:g}")
+        return None
 
     def to_dict(self) -> dict:
         return {**self.report.to_dict(), "ok": self.ok, "max_errors": self.max_errors,
+                "max_reject_ratio": self.max_reject_ratio, "failed": self.gate_failure(),
                 "rejects": str(self.rejects) if self.rejects else None}
 
 
@@ -81,6 +94,7 @@ def validate_files(
     kind: str = "auto",
     schema: str | os.PathLike | None = None,
     max_errors: int = 0,
+    max_reject_ratio: float | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_tokens: int | None = None,
     tokenizer: str | os.PathLike | None = None,
@@ -106,7 +120,8 @@ def validate_files(
         sizes = [s.size for s in specs]
         jobs = auto_jobs(None if None in sizes else sum(sizes))
     report = Report(max_examples=examples)
-    result = ValidationResult(report, max_errors, Path(rejects) if rejects else None)
+    result = ValidationResult(report, max_errors, Path(rejects) if rejects else None,
+                              max_reject_ratio=max_reject_ratio)
     sink = RejectsSink(Path(rejects)) if rejects is not None else None
     try:
         with Checks(options, jobs) as checks:

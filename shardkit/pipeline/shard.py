@@ -89,6 +89,10 @@ class SplitOptions:
     format: str = "jsonl"  # or "parquet"
     parquet: Any = None  # parquet.ParquetOptions when format is parquet
     allow_empty: bool = False  # a run that writes no record is refused unless this (not in params)
+    # quality gates (not in params): more rejected records than this, or a larger share of
+    # the records read, and the run is refused (exit 1, manifest left incomplete)
+    max_errors: int | None = None
+    max_reject_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -102,6 +106,10 @@ class SplitOptions:
             raise UsageError("say how to cut: give --max-records N, --max-bytes SIZE or --num-shards N")
         if self.oversize not in OVERSIZE_POLICIES:
             raise UsageError(f"--oversize must be one of {', '.join(OVERSIZE_POLICIES)} (got {self.oversize!r})")
+        if self.max_errors is not None and self.max_errors < 0:
+            raise UsageError(f"--max-errors must be 0 or more (got {self.max_errors})")
+        if self.max_reject_ratio is not None and not 0 <= self.max_reject_ratio <= 1:
+            raise UsageError(f"--max-reject-ratio must be a fraction from 0 to 1 (got {self.max_reject_ratio})")
         if self.block_size < 1:
             raise UsageError("block size must be positive")
         if self.format not in FORMATS:
@@ -185,6 +193,13 @@ def gate_failure(counts: dict, options: SplitOptions) -> str | None:
     driver just before it writes the complete manifest; the manifest then stays
     `"complete": false` with this reason as `"failed"`, so a trainer that reads only
     complete manifests never sees the output."""
+    rejected, records = counts["rejected"], counts["read"] - counts["blank"]
+    if options.max_errors is not None and rejected > options.max_errors:
+        return (f"{rejected} record(s) rejected, more than --max-errors {options.max_errors} "
+                "(see the rejects file for each one's file:line and reason)")
+    if options.max_reject_ratio is not None and records and rejected / records > options.max_reject_ratio:
+        return (f"{rejected} of {records} record(s) rejected ({rejected / records:.1%}), more than "
+                f"--max-reject-ratio {options.max_reject_ratio:g} (see the rejects file for each one's file:line and reason)")
     if counts["written"] == 0 and not options.allow_empty:
         set_aside = {k: v for k, v in counts.items() if k not in ("read", "written", "train", "validation") and v}
         detail = ", ".join(f"{v} {k}" for k, v in set_aside.items()) or "the input is empty"

@@ -198,16 +198,24 @@ def _ingest_one(queue: Queue, entry: Entry, prio: str, dry_run: bool) -> Routed:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(rejects)
     try:
-        checked = validate_files([str(entry.path)], kind=s.kind, max_errors=s.max_errors, max_tokens=s.max_tokens,
+        checked = validate_files([str(entry.path)], kind=s.kind, max_errors=s.max_errors,
+                                 max_reject_ratio=s.max_reject_ratio, max_tokens=s.max_tokens,
                                  tokenizer=s.tokenizer, rejects=rejects if not dry_run else None, jobs=1)
     except ShardkitError as e:  # unreadable, corrupt compression, broken array...
         return _quarantine(queue, entry, {"error": str(e)}, str(e), dry_run)
     report = checked.report
     records = report.records
     if not checked.ok:
-        if s.on_invalid == "strip" and report.valid > 0:
+        ratio = s.max_reject_ratio
+        over_ratio = ratio is not None and records > 0 and report.invalid / records > ratio
+        if s.on_invalid == "strip" and report.valid > 0 and not over_ratio:
             return _split_in(queue, entry, prio, dry_run, records=report.valid, strip=True)
-        reason = f"{report.invalid} invalid record(s) (max_errors {s.max_errors})"
+        if over_ratio and (s.on_invalid == "strip" or report.invalid <= s.max_errors):
+            # stripping would pass on a remnant of a broken drop as "ok"
+            reason = (f"{report.invalid} of {records} record(s) invalid ({report.invalid / records:.1%}), "
+                      f"more than max_reject_ratio {ratio:g}")
+        else:
+            reason = f"{report.invalid} invalid record(s) (max_errors {s.max_errors})"
         return _quarantine(queue, entry, {**checked.to_dict(), "rejects": None}, reason, dry_run, rejects)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(rejects)

@@ -3,10 +3,11 @@
 `shardkit.toml` holds flat top-level keys (no [queue] table), the Settings field names:
 
     max_records = 50_000        # split drops over this many records (unset: no limit)
-    max_bytes = "64MB"          # ... or over this size (io.parse_size: 64MB, 64MiB, 1G, 4096)
+    max_bytes = "64MB"          # ... or over this size (io.parse_size: 64MB, 64MiB, 1G, 4096B; an integer is bytes)
     kind = "chat"               # auto | chat | prompt-completion | alpaca | sharegpt | text | SCHEMA.json
     max_errors = 0              # invalid records tolerated before the file is quarantined
     on_invalid = "quarantine"   # or "strip": good records go on, bad ones to quarantine
+    max_reject_ratio = 0.5      # more invalid than this share: the whole drop is quarantined, even with strip
     max_tokens = 8192           # needs tokenizer
     tokenizer = "models/Qwen3-0.6B"
     settle = "10s"              # durations: 90, 10s, 15m, 2h, 7d, 1h30m (a number is seconds)
@@ -96,11 +97,12 @@ def _int(minimum: int) -> Callable[[Any], int]:
 
 def _size(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Bad("a size such as 4096, 64MB, 64MiB or 1G")
+        raise _Bad("a size such as 64MB, 64MiB, 1G, 4096B or a TOML integer of bytes")
     try:
         return parse_size(value)
-    except UsageError:
-        raise _Bad("a size such as 4096, 64MB, 64MiB or 1G") from None
+    except UsageError as e:
+        hint = str(e).split(": ", 1)[1] if "has no unit" in str(e) else None
+        raise _Bad(f"a size such as 64MB, 64MiB, 1G, 4096B or a TOML integer of bytes{f' ({hint})' if hint else ''}") from None
 
 
 def _reserve(value: Any) -> int:
@@ -142,6 +144,16 @@ def _text(value: Any) -> str:
     return value
 
 
+def _ratio(value: Any) -> float:
+    try:
+        ratio = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else None
+    except ValueError:
+        ratio = None
+    if ratio is None or not 0 <= ratio <= 1:
+        raise _Bad("a fraction from 0 to 1, such as 0.5")
+    return ratio
+
+
 # key -> (parser, may be None)
 _FIELDS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "max_records": (_int(1), True),
@@ -149,6 +161,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "kind": (_kind, False),
     "max_errors": (_int(0), False),
     "on_invalid": (_choice(ON_INVALID), False),
+    "max_reject_ratio": (_ratio, True),
     "max_tokens": (_int(1), True),
     "tokenizer": (_text, True),
     "settle": (_duration, False),
@@ -186,6 +199,7 @@ class Settings:
     kind: str = "auto"
     max_errors: int = 0
     on_invalid: str = "quarantine"
+    max_reject_ratio: float | None = 0.5
     max_tokens: int | None = None
     tokenizer: str | None = None
     settle: float = 10.0

@@ -61,7 +61,7 @@ def race(tmp_path_factory):
         for k in range(WORKERS)
     ]
     ingesters = [
-        subprocess.Popen([*T.SHARDKIT, "queue", "ingest", str(root), "--watch", "0.1"], env=env,
+        subprocess.Popen([*T.SHARDKIT, "queue", "ingest", "--root", str(root), "--watch", "0.1"], env=env,
                          stdout=subprocess.DEVNULL, stderr=open(logs / f"ingest{k}.err", "wb"), start_new_session=True)
         for k in range(2)
     ]
@@ -72,12 +72,12 @@ def race(tmp_path_factory):
             return None if r.returncode in ok else r.describe()
         return once
 
-    pruner = T.Stopwatch(loop(["queue", "prune", root, "--keep", str(KEEP), "--yes"]), pause=0.05).start()
+    pruner = T.Stopwatch(loop(["queue", "prune", "--root", root, "--keep", str(KEEP), "--yes"]), pause=0.05).start()
     operators = {
         # a live claim is never stale (its owner runs): requeue-stale must leave every one alone
-        "requeue-stale": T.Stopwatch(loop(["queue", "requeue-stale", root, "--older-than", "1s"]), pause=0.05),
+        "requeue-stale": T.Stopwatch(loop(["queue", "requeue-stale", "--root", root, "--older-than", "1s"]), pause=0.05),
         # findings may be transient mid-race (exit 1); a crash or a refusal (2, 3, 4) never is
-        "doctor": T.Stopwatch(loop(["queue", "doctor", root, "--repair"], ok=(0, 1)), pause=0.05),
+        "doctor": T.Stopwatch(loop(["queue", "doctor", "--root", root, "--repair"], ok=(0, 1)), pause=0.05),
         "retry": T.Stopwatch(loop(["queue", "retry", "--all", "--root", root]), pause=0.05),
     }
     for op in operators.values():
@@ -108,7 +108,7 @@ def race(tmp_path_factory):
             ingester.send_signal(signal.SIGINT)
         for ingester in ingesters:
             ingester.wait(60)
-        settle = T.run(["queue", "ingest", root])  # rolls forward a split Ctrl-C may have cut short
+        settle = T.run(["queue", "ingest", "--root", root])  # rolls forward a split Ctrl-C may have cut short
         if settle.returncode != 0:
             problems.append(f"final ingest: {settle.describe()}")
         stop.write_text("stop")
@@ -228,5 +228,5 @@ def test_requeue_stale_never_took_a_live_claim(race):
 
 
 def test_doctor_is_clean_after_the_race(race):
-    r = T.run(["queue", "doctor", race["root"]])
+    r = T.run(["queue", "doctor", "--root", race["root"]])
     assert r.returncode == 0, r.stdout.decode() + r.err

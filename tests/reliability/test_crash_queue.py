@@ -80,7 +80,7 @@ class IngestWorkload(T.Workload):
 
     def prepare(self, d) -> list:
         shutil.copytree(self.template, d / "q", symlinks=True)
-        return ["queue", "ingest", d / "q"]
+        return ["queue", "ingest", "--root", d / "q"]
 
     def set_reference(self, d) -> None:
         root = d / "q"
@@ -89,8 +89,8 @@ class IngestWorkload(T.Workload):
 
     def recover(self, d, kill_after=None) -> list[T.Run]:
         root = d / "q"
-        runs = [T.ok(T.run(["queue", "doctor", root, "--repair"], cwd=d), (0, 1))]
-        r = T.run(["queue", "ingest", root], cwd=d, kill_after=kill_after)
+        runs = [T.ok(T.run(["queue", "doctor", "--root", root, "--repair"], cwd=d), (0, 1))]
+        r = T.run(["queue", "ingest", "--root", root], cwd=d, kill_after=kill_after)
         if kill_after is None:
             T.ok(r)
         return [*runs, r]
@@ -164,7 +164,7 @@ class RetrySplitWorkload(T.Workload):
 
     def recover(self, d, kill_after=None) -> list[T.Run]:
         root = d / "q"
-        runs = [T.ok(T.run(["queue", "doctor", root, "--repair"], cwd=d), (0, 1))]
+        runs = [T.ok(T.run(["queue", "doctor", "--root", root, "--repair"], cwd=d), (0, 1))]
         if (root / "queue" / "failed" / "huge.jsonl").exists():
             r = T.run(["queue", "retry", "huge.jsonl", "--split", "40", "--root", root], cwd=d, kill_after=kill_after)
             if kill_after is None:
@@ -253,15 +253,15 @@ def test_a_quarantined_drop_keeps_its_report_across_a_kill(tmp_path):
     Queue(root, create=True)
     (root / "shardkit.toml").write_text(SETTINGS)
     (root / "inbox" / "bad.jsonl").write_bytes(T.INVALID_CHAT[0] + b"\n")
-    r = T.run(["queue", "ingest", root], program=[sys.executable, "-c", KILL_AT_REPORT])
+    r = T.run(["queue", "ingest", "--root", root], program=[sys.executable, "-c", KILL_AT_REPORT])
     assert r.returncode == -9, r.describe()
     # the report is written before the move: the drop is still in the inbox, or quarantined with it
     assert (root / "inbox" / "bad.jsonl").exists() or (root / "queue" / "quarantine" / "bad.jsonl.report.json").exists()
-    T.ok(T.run(["queue", "doctor", root, "--repair"]), (0, 1))
-    T.ok(T.run(["queue", "ingest", root]))
+    T.ok(T.run(["queue", "doctor", "--root", root, "--repair"]), (0, 1))
+    T.ok(T.run(["queue", "ingest", "--root", root]))
     assert (root / "queue" / "quarantine" / "bad.jsonl").exists()
     report = root / "queue" / "quarantine" / "bad.jsonl.report.json"
-    doctor_says = T.run(["queue", "doctor", root])
+    doctor_says = T.run(["queue", "doctor", "--root", root])
     assert report.is_file() or doctor_says.returncode == 1, (
         "quarantine/bad.jsonl has no report after doctor --repair + ingest, and doctor says the queue is fine:\n"
         + doctor_says.stdout.decode())

@@ -150,14 +150,14 @@ def test_ingest_disk_full_while_splitting(tmp_path):
     root = tmp_path / "q"
     records = make_queue(root, {"big.jsonl": 350, "small.jsonl": 20})
     big = (root / "inbox" / "big.jsonl").read_bytes()
-    r = T.run(["queue", "ingest", root], preexec=limited(20_000))
+    r = T.run(["queue", "ingest", "--root", root], preexec=limited(20_000))
     assert_clean_failure(r, "big")
     assert (root / "inbox" / "big.jsonl").read_bytes() == big
     assert not [p for p in pending(root) if b"big.jsonl" in p], "a shard of big.jsonl was published"
     assert not list((root / ".shardkit" / "tmp").iterdir()), "split work left in .shardkit/tmp"
     assert not Queue(root).journal.open_intents()
-    T.ok(T.run(["queue", "doctor", root, "--repair"]), (0, 1))
-    T.ok(T.run(["queue", "ingest", root]))
+    T.ok(T.run(["queue", "doctor", "--root", root, "--repair"]), (0, 1))
+    T.ok(T.run(["queue", "ingest", "--root", root]))
     assert pending(root) == records
     assert doctor(Queue(root)).ok
 
@@ -169,13 +169,13 @@ def test_ingest_disk_full_on_the_journal(tmp_path):
     records = make_queue(root, {"a.jsonl": 30, "b.jsonl": 40})
     journal = root / ".shardkit" / "journal.jsonl"
     journal.write_bytes(b'{"ts":"2026-01-01T00:00:00.000Z","op":"filler"}\n' * 600)
-    r = T.run(["queue", "ingest", root], preexec=limited(journal.stat().st_size))
+    r = T.run(["queue", "ingest", "--root", root], preexec=limited(journal.stat().st_size))
     assert_clean_failure(r, "journal.jsonl")
     for name in ("a.jsonl", "b.jsonl"):
         places = [p for p in [root / "inbox" / name, *(root / "queue" / s / name for s in PRIORITIES)] if p.exists()]
         assert len(places) == 1, f"{name} is in {places}"
-    T.ok(T.run(["queue", "doctor", root, "--repair"]), (0, 1))
-    T.ok(T.run(["queue", "ingest", root]))
+    T.ok(T.run(["queue", "doctor", "--root", root, "--repair"]), (0, 1))
+    T.ok(T.run(["queue", "ingest", "--root", root]))
     assert pending(root) == records
     rep = doctor(Queue(root))
     assert rep.ok, [f.message for f in rep.problems]
@@ -201,7 +201,7 @@ def test_manifest_disk_full_on_shards_folder(inputs, tmp_path):
 def test_manifest_disk_full_on_queue_root(tmp_path):
     root = tmp_path / "q"
     make_queue(root, {f"d{k}.jsonl": 5 for k in range(60)})
-    T.ok(T.run(["queue", "ingest", root]))
+    T.ok(T.run(["queue", "ingest", "--root", root]))
     before = {p: p.read_bytes() for p in (root / "queue" / "normal").iterdir()}
     r = T.run(["manifest", root], preexec=limited(10_000))
     assert_clean_failure(r, str(root))

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from shardkit.core.errors import ShardkitError, UsageError
 from shardkit.core.io import parse_size
-from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.driver import split
+from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions, shard_name
 from shardkit.records.check import CheckOptions
 from shardkit.store.manifest import verify

@@ -45,7 +45,7 @@ class Arena:
         os.mkfifo(self.outside / "fifo")
         (self.inputs / "in.jsonl").write_bytes(b"".join(T.chat_record("in", i, size=300) + b"\n" for i in range(60)))
         if queue:
-            T.ok(T.run(["queue", "init", self.root]))
+            T.ok(T.run(["queue", "init", "--root", self.root]))
             (self.root / "shardkit.toml").write_text('settle = "0s"\nkind = "chat"\n')
         self.reads_checked = T.atime_works(base)
         self.before = None
@@ -62,7 +62,7 @@ class Arena:
 
 
 def ingest_json(a: Arena, **kw) -> dict:
-    r = T.run(["queue", "ingest", a.root, "--json"], timeout=60, **kw)
+    r = T.run(["queue", "ingest", "--root", a.root, "--json"], timeout=60, **kw)
     assert not r.timed_out, "ingest hung (opened a FIFO?)"
     T.ok(r)
     return orjson.loads(r.stdout)
@@ -90,8 +90,8 @@ def test_symlinks_in_the_inbox_are_refused_and_never_followed(tmp_path):
         assert name in why and "symlink" in why[name], (name, result)
         assert (inbox / name).is_symlink(), f"{name} was moved"
     assert not result["routed"]
-    for args in (["queue", "doctor", a.root, "--repair"], ["manifest", a.root], ["queue", "status", a.root],
-                 ["queue", "list"], ["queue", "prune", a.root, "--keep", "0", "--yes"]):
+    for args in (["queue", "doctor", "--root", a.root, "--repair"], ["manifest", a.root], ["queue", "status", "--root", a.root],
+                 ["queue", "list"], ["queue", "prune", "--root", a.root, "--keep", "0", "--yes"]):
         r = T.run(args if args[:2] != ["queue", "list"] else [*args, "--root", a.root], timeout=60)
         assert r.returncode in (0, 1) and not r.timed_out, r.describe()
     assert not a.damage()
@@ -137,7 +137,7 @@ def test_fifo_device_or_folder_in_the_inbox_is_skipped_without_blocking(tmp_path
     why = skipped(ingest_json(a))
     assert "odd.jsonl" in why and "not a regular file" in why["odd.jsonl"], why
     assert os.path.lexists(p)
-    T.ok(T.run(["queue", "doctor", a.root, "--repair"], timeout=60), (0, 1))
+    T.ok(T.run(["queue", "doctor", "--root", a.root, "--repair"], timeout=60), (0, 1))
     assert os.path.lexists(p)
     assert not a.damage()
 
@@ -200,7 +200,7 @@ def test_a_name_template_cannot_escape_out(tmp_path, flags):
     accepted as well as 3/4: the issue's "exit 3 or 4" predates the usage-error code."""
     a = Arena(tmp_path)
     a.freeze()
-    r = T.run(["split", a.inputs / "in.jsonl", "-o", a.out, "--max-records", "5", "--oversize", "reject", "--max-bytes", "200", *flags])
+    r = T.run(["split", a.inputs / "in.jsonl", "-o", a.out, "--max-records", "5", "--oversize", "reject", "--max-bytes", "200B", *flags])
     assert r.returncode in (2, 3, 4), r.describe()
     assert r.err.startswith("shardkit: error: ") and len(r.err.strip().splitlines()) == 1, r.err
     assert not a.out.exists() or not [p for p in a.out.iterdir() if p.name.endswith(".jsonl")]
@@ -216,7 +216,7 @@ def test_a_rejects_path_outside_out_goes_exactly_there_and_nowhere_else(tmp_path
     a.freeze()
     target = tmp_path / "aside-rejects.jsonl"
     args = ["split", a.inputs / "in.jsonl", "-o", a.out, "--max-records", "5", "--oversize", "reject",
-            "--max-bytes", "200", "--allow-empty", "--rejects", target]
+            "--max-bytes", "200B", "--allow-empty", "--rejects", target]
     r = T.run(args)
     assert r.returncode == 0, r.describe()
     assert target.is_file() and target.read_bytes().count(b"\n") > 0
@@ -273,7 +273,7 @@ def test_created_files_follow_the_umask(tmp_path, umask):
     a = Arena(tmp_path, queue=True)
     src = a.inputs / "mixed.jsonl"
     src.write_bytes(REC + T.INVALID_CHAT[0] + b"\n" + T.chat_record("big", 0, size=5000) + b"\n" + REC)
-    T.ok(T.run(["split", src, "-o", a.out / "shards", "--max-records", "1", "--max-bytes", "2000", "--oversize", "reject",
+    T.ok(T.run(["split", src, "-o", a.out / "shards", "--max-records", "1", "--max-bytes", "2000B", "--oversize", "reject",
                 "--validate", "chat", "--jobs", "1"], umask=umask))
     T.ok(T.run(["manifest", a.out / "shards"], umask=umask))
     T.ok(T.run(["validate", src, "--kind", "chat", "--max-errors", "9", "--rejects", a.out / "bad.jsonl"], umask=umask))
@@ -282,8 +282,8 @@ def test_created_files_follow_the_umask(tmp_path, umask):
     for name, data in drops.items():
         (a.root / "inbox" / name).write_bytes(data)
         (a.root / "inbox" / name).chmod(0o644)
-    T.ok(T.run(["queue", "ingest", a.root], umask=umask))
-    claimed = T.ok(T.run(["queue", "claim", a.root, "--worker", "w"], umask=umask)).stdout.decode().strip()
+    T.ok(T.run(["queue", "ingest", "--root", a.root], umask=umask))
+    claimed = T.ok(T.run(["queue", "claim", "--root", a.root, "--worker", "w"], umask=umask)).stdout.decode().strip()
     T.ok(T.run(["manifest", a.root], umask=umask))
     T.ok(T.run(["queue", "complete", claimed], umask=umask))
     want_file, want_dir = 0o666 & ~umask, 0o777 & ~umask
@@ -337,7 +337,7 @@ def interrupted_split_with_rejects(a: Arena) -> list:
     lines = [T.chat_record("r", i, size=300) for i in range(40)]
     lines[3] = T.chat_record("oversize", 3, size=6000)
     src.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["split", src, "-o", a.out, "--max-records", "4", "--max-bytes", "3000", "--oversize", "reject"]
+    args = ["split", src, "-o", a.out, "--max-records", "4", "--max-bytes", "3000B", "--oversize", "reject"]
     r = T.run(args, fault="after:shard_commit:4")
     assert r.returncode == -9, r.describe()
     m = orjson.loads((a.out / "manifest.json").read_bytes())
@@ -425,7 +425,7 @@ def test_queue_status_and_doctor_output_escape_control_characters(tmp_path):
     a = Arena(tmp_path, queue=True)
     (a.root / "queue" / "normal" / "x\x1b]0;pwned\x07.jsonl").write_bytes(REC)
     out = b""
-    for args in (["queue", "list", "--root", a.root], ["queue", "doctor", a.root], ["queue", "status", a.root]):
+    for args in (["queue", "list", "--root", a.root], ["queue", "doctor", "--root", a.root], ["queue", "status", "--root", a.root]):
         r = subprocess.run([*T.SHARDKIT, *map(str, args)], capture_output=True, env=T.clean_env())
         out += r.stdout + r.stderr
     assert b"\x1b" not in out and b"\x07" not in out, out[:500]
