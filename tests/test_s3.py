@@ -317,3 +317,15 @@ def test_rejects_path_stays_local_with_an_s3_out(bucket, tmp_path: Path):
     m = orjson.loads(_fs().cat_file(f"{bucket}/out/manifest.json"))
     assert m["rejects"]["path"] == str(rej)
     assert run_cli("verify", f"s3://{bucket}/out").returncode == 0
+
+
+def test_head_and_sample_read_s3(bucket, tmp_path: Path):
+    src = tmp_path / "chat.jsonl"
+    data = make_chat_jsonl(src, 50, seed=5)
+    _fs().put_file(str(src), f"{bucket}/in/chat.jsonl")
+    r = run_cli("head", f"s3://{bucket}/in/chat.jsonl", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"".join(data.splitlines(keepends=True)[:2])
+    a = run_cli("sample", f"s3://{bucket}/in/chat.jsonl", "-n", "5", "--seed", "3")
+    b = run_cli("sample", src, "-n", "5", "--seed", "3")
+    assert a.returncode == 0 and a.stdout == b.stdout and len(a.stdout.splitlines()) == 5

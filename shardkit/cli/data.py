@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 
 from shardkit.cli.common import (
@@ -355,6 +356,57 @@ def validate(
             typer.echo(f"failed the quality gate: {result.gate_failure()}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def head(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL (plain, .gz, .zst, - for stdin, s3://...), a .json array or Parquet.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--records", min=0, help="How many records.")] = 10,
+    pretty: Annotated[bool, typer.Option("--pretty", help="Indent each record (a line that is not JSON is printed as it is).")] = False,
+) -> None:
+    """Print the first N records (blank lines skipped; reads no further than needed).
+
+    JSONL lines come out byte for byte; a JSON-array element as compact JSON; a Parquet
+    row as the JSON line split writes.
+
+    Example: shardkit head data.jsonl.zst -n 3 --pretty
+    """
+    from shardkit.pipeline.peek import head as peek_head
+
+    with exit_on_error():
+        _print_records(peek_head(inputs, n), pretty)
+
+
+@app.command()
+def sample(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL (plain, .gz, .zst, - for stdin, s3://...), .json arrays or Parquet.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--records", min=1, help="How many records.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Same inputs, N and seed: the same sample.")] = 0,
+    pretty: Annotated[bool, typer.Option("--pretty", help="Indent each record (a line that is not JSON is printed as it is).")] = False,
+) -> None:
+    """Print a uniform random sample of N records over all inputs, in input order.
+
+    One pass, memory for N records (reservoir sampling): fine on files of any size.
+
+    Example: shardkit sample a.jsonl b.jsonl.gz -n 20 --seed 1
+    """
+    from shardkit.pipeline.peek import sample as peek_sample
+
+    with exit_on_error():
+        _print_records(peek_sample(inputs, n, seed), pretty)
+
+
+def _print_records(records, pretty: bool) -> None:
+    out = sys.stdout.buffer
+    for p in records:
+        if pretty:
+            try:
+                out.write(orjson.dumps(orjson.loads(p.raw), option=orjson.OPT_INDENT_2) + b"\n")
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        out.write(p.raw + b"\n")
+    out.flush()
 
 
 @app.command()
