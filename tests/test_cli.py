@@ -53,12 +53,21 @@ def test_typer_only_in_cli():
             assert "tqdm" not in modules, path.name
 
 
-def test_startup_imports_neither_pyarrow_nor_polars():
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "shardkit", "split", "--help"], capture_output=True)
+HEAVY = {"pyarrow", "polars", "jsonschema", "fsspec", "tokenizers", "ray"}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["split", "--help"], ["queue", "--help"],
+                                  ["queue", "status", "--help"], ["head", "--help"]])
+def test_startup_imports_no_heavy_module(args):
+    """Start-up stays fast as features grow: help and version import none of the heavy
+    modules (a new eager import anywhere on these paths fails here)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "shardkit", *args], capture_output=True)
     assert r.returncode == 0
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.decode().splitlines() if "|" in line}
     assert "typer" in imported  # the measurement works
-    assert "pyarrow" not in imported and "polars" not in imported
+    assert not imported & HEAVY, imported & HEAVY
+    if args == ["--version"]:
+        assert "rich" not in imported  # help panels may import rich; --version never
 
 
 def test_split_on_plain_jsonl_does_not_import_pyarrow(tmp_path):

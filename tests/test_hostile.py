@@ -395,7 +395,7 @@ def assert_file_level_error(r: subprocess.CompletedProcess, b: Built, code: int,
         assert re.search(rf"\bline {b.case.error_line}\b", err_lines[0]), (
             f"error line does not name line {b.case.error_line}: {err_lines[0]!r}"
         )
-    assert r.stdout == b"", r.stdout[:500]
+    assert_no_output_but_a_json_error(r)
 
 
 def assert_record_exit(r: subprocess.CompletedProcess, code: int) -> None:
@@ -671,7 +671,7 @@ def test_split_8mb_line_oversize_error(hostile, cli):
     assert r.returncode == 1, err
     assert "Traceback" not in err and "internal error" not in err
     assert err.startswith(f"shardkit: error: {b.path}:2: ") and len(err.splitlines()) == 1, err
-    assert r.stdout == b""
+    assert_no_output_but_a_json_error(r)
     manifest = assert_out_after_failure(out)
     assert manifest is not None and [f["first_line"] for f in manifest["files"]] == [1]
 
@@ -735,3 +735,15 @@ def test_validate_in_worker_processes_agrees(hostile, cli, case_id):
     assert two.returncode == one.returncode == b.case.validate, two.stderr
     assert_clean_stderr(two, b)
     assert orjson.loads(two.stdout)["records"] == orjson.loads(one.stdout)["records"]
+
+
+def assert_no_output_but_a_json_error(r) -> None:
+    """A failed command prints nothing on stdout, or, under --json, exactly one error object
+    with the same exit code and the message of the stderr line (issue 18.4)."""
+    if "--json" not in map(str, r.args):
+        assert r.stdout == b"", r.stdout[:500]
+        return
+    doc = orjson.loads(r.stdout)
+    err = doc["error"]
+    assert doc["ok"] is False and err["exit_code"] == r.returncode
+    assert r.stderr.decode("utf-8", "replace").strip().endswith(err["message"])

@@ -485,7 +485,7 @@ def test_a_json_array_drop_counts_its_records_not_its_lines(tmp_path: Path) -> N
     [entry] = [e for e in q.entries() if e.name == "alpaca.json"]
     assert entry.state == "normal"
     assert entry.item.records == 999
-    show = orjson.loads(run_cli("queue", "show", "alpaca.json", "--root", q.root).stdout)
+    show = orjson.loads(run_cli("queue", "show", "alpaca.json", "--root", q.root, "--json").stdout)
     assert show["item"]["records"] == 999
     status = orjson.loads(run_cli("queue", "status", "--root", q.root, "--json").stdout)
     assert status["states"]["normal"]["records"] == 999

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
+from conftest import run_cli
 
 from shardkit.core.errors import InputError, UsageError
 from shardkit.records.tokens import count_tokens, load_tokenizer, record_text, text_parts
@@ -206,3 +208,32 @@ def test_bpe_counts_agree_with_encode(tmp_path: Path) -> None:
 def test_record_text(obj, kind, expected) -> None:
     assert record_text(obj, kind) == expected
     assert "\n".join(text_parts(obj, kind)) == expected
+
+
+def test_a_model_id_is_found_in_the_local_hugging_face_cache(tmp_path: Path, monkeypatch):
+    """--tokenizer ORG/NAME: the snapshot refs/main names in the HF cache, offline (18.9)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-chat"
+    build_word_tokenizer(repo / "snapshots" / "abc123" / "tokenizer.json")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "the cat sat on the mat"}\n')
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    r = run_cli("stats", data, "--tokenizer", "acme/tiny-chat", "--json", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = orjson.loads(r.stdout)
+    assert doc["tokenizer"] == "acme/tiny-chat" and doc["total"]["tokens"]["total"] == 6, doc["total"]
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert load_tokenizer("acme/tiny-chat").encode("the cat", add_special_tokens=False).tokens == ["the", "cat"]
+    missing = run_cli("stats", data, "--tokenizer", "acme/absent", env=env, cwd=tmp_path)
+    assert missing.returncode == 3 and b"Traceback" not in missing.stderr
+    assert f"looked in {cache / 'models--acme--absent'}".encode() in missing.stderr
+
+
+def test_the_cache_folder_follows_hf_home(tmp_path: Path, monkeypatch):
+    from shardkit.records.tokens import hf_cache_dir
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert hf_cache_dir() == tmp_path / "hf" / "hub"

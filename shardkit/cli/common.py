@@ -3,6 +3,7 @@
 import contextlib
 import gc
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -58,20 +59,64 @@ def emit_error(message: str) -> None:
 
 @contextlib.contextmanager
 def exit_on_error() -> Iterator[None]:
-    """Turn library errors into one line on stderr and the documented exit code."""
+    """Turn library errors into one line on stderr and the documented exit code; under
+    --json, also one error object on stdout (`error_document`)."""
     try:
         yield
     except ShardkitError as e:
-        emit_error(str(e))
-        raise typer.Exit(e.exit_code) from None
+        _fail(str(e), e.exit_code, _code_of(e))
     except KeyboardInterrupt:
-        emit_error("interrupted")
-        raise typer.Exit(130) from None
+        _fail("interrupted", 130, "interrupted")
     except BrokenPipeError:
         raise typer.Exit(0) from None
     except OSError as e:
-        emit_error(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
-        raise typer.Exit(3) from None
+        _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 3, "input")
+
+
+def _fail(message: str, exit_code: int, code: str) -> None:
+    emit_error(message)
+    if json_requested():
+        _write_json(error_document(command_name(), message, exit_code, code))
+    raise typer.Exit(exit_code) from None
+
+
+def _code_of(e: BaseException) -> str:
+    """UsageError -> "usage", GateError -> "gate", ConflictError -> "conflict"..."""
+    name = type(e).__name__
+    name = name[: -len("Error")] if name.endswith("Error") and name != "Error" else name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+_WHERE = re.compile(r"(?P<file>[^\s:][^:]*?)(?::(?P<line>\d+))?: ")
+
+
+def error_document(command: str, message: str, exit_code: int, code: str, *, where: bool = True) -> dict:
+    """The --json form of an error: `{"command", "ok": false, "error": {...}}`; `file` and
+    `line` when the message starts with FILE[:LINE]: (a path, a URL or an existing name)."""
+    file = line = None
+    m = _WHERE.match(message) if where else None
+    if m and ("://" in m["file"] or os.path.exists(m["file"]) or (os.sep in m["file"] and " " not in m["file"])):
+        file, line = m["file"], int(m["line"]) if m["line"] else None
+    return {"command": command, "ok": False,
+            "error": {"code": code, "exit_code": exit_code, "message": message, "file": file, "line": line}}
+
+
+_COMMAND: list[str] = []  # filled by the group callbacks: ["queue", "status"]
+
+
+def note_command(ctx: typer.Context) -> None:
+    """Called by each group's callback: remember the subcommand being run."""
+    if ctx.invoked_subcommand:
+        _COMMAND.append(ctx.invoked_subcommand)
+
+
+def command_name() -> str:
+    """The running command as the user typed it after `shardkit`: "split", "queue status"."""
+    return " ".join(_COMMAND) or "shardkit"
+
+
+def json_requested() -> bool:
+    return "--json" in sys.argv[1:]
 
 
 def raise_on_sigterm(signum: int, frame: Any) -> None:
@@ -106,8 +151,17 @@ def safe(text: object) -> str:
     return str(text).translate(_CONTROL)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+def print_json(data: dict, ok: bool | None = None) -> None:
+    """Every --json output: one object, `{"command": ..., "ok": ..., <the command's fields>}`
+    (the schemas are in docs/schemas/). `ok` defaults to the data's own "ok", else true."""
+    if ok is None:
+        ok = bool(data.get("ok", True))
+    _write_json({"command": command_name(), "ok": ok, **{k: v for k, v in data.items() if k not in ("command", "ok")}})
+
+
+def _write_json(doc: dict) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
 
 
 def size_option(value: str | None, flag: str) -> int | None:
@@ -139,6 +193,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -149,6 +204,8 @@ def _main(
     2 usage error; 3 input missing/unreadable or disk full; 4 conflict (output
     exists, name taken); 130 interrupted (nothing partial is left behind).
     """
+    _COMMAND.clear()
+    note_command(ctx)
 
 
 def freeze_heap() -> None:
@@ -191,7 +248,10 @@ def main() -> None:
     arrow_pool()
     freeze_heap()
     try:
-        app()
+        if "--json" in sys.argv[1:]:
+            _main_json()
+        else:
+            app()
     except KeyboardInterrupt:
         emit_error("interrupted")
         sys.exit(130)
@@ -201,3 +261,20 @@ def main() -> None:
         emit_error(f"internal error: {e.__class__.__name__}: {e} (set SHARDKIT_DEBUG=1 for a traceback and please report it)")
         sys.exit(1)
 
+
+def _main_json() -> None:
+    """The app, with click's own usage errors (a bad flag value, a missing argument) also
+    answered by an error object on stdout, as --json promises."""
+    try:
+        rc = app(standalone_mode=False)
+    except typer.Abort:
+        emit_error("interrupted")
+        sys.exit(130)
+    except typer.TyperException as e:  # click's UsageError, BadParameter... (typer vendors click)
+        if not hasattr(e, "show"):
+            raise
+        e.show()
+        code = getattr(e, "exit_code", 2)
+        _write_json(error_document(command_name(), e.format_message(), code, "usage", where=False))
+        sys.exit(code)
+    sys.exit(rc if isinstance(rc, int) else 0)

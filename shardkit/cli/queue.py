@@ -15,6 +15,7 @@ from shardkit.cli.common import (
     app,
     duration_option,
     exit_on_error,
+    note_command,
     print_json,
     raise_on_sigterm,
     safe,
@@ -32,6 +33,12 @@ queue_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(queue_app, name="queue")
+
+
+@queue_app.callback()
+def _queue_main(ctx: typer.Context) -> None:
+    """The training queue: ingest drops, claim/complete/fail, retry, requeue, hold, prune, doctor."""
+    note_command(ctx)
 
 RootArg = Annotated[  # the old positional form: still taken, with a deprecation notice
     Path | None, typer.Argument(help="Deprecated: use --root.", show_default=False, hidden=True, metavar="[ROOT]")
@@ -169,20 +176,67 @@ def queue_list(
     rows = [{"state": e.state, "name": e.name, "bytes": e.size, "attempts": e.item.attempts if e.item else None,
              "records": e.item.records if e.item else None} for e in entries]
     if json_output:
-        print_json(rows)
+        print_json({"files": rows})
         return
+    table = _table("state", "name", "records", "size", "attempts")
     for r in rows:
-        typer.echo(safe(f"{r['state']:<11} {r['name']}  {format_size(r['bytes'])}  attempts {r['attempts'] if r['attempts'] is not None else '-'}"))
+        table.add_row(r["state"], safe(r["name"]), f"{r['records']:,}" if r["records"] is not None else "-",
+                      format_size(r["bytes"]), str(r["attempts"]) if r["attempts"] is not None else "-")
+    _print_table(table, f"{len(rows)} file(s)")
+
+
+def _table(*columns: str):
+    """A rich table (rich is imported here only, when a table is drawn)."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c, justify="right" if c in ("records", "size", "attempts", "bytes") else "left",
+                         overflow="fold")
+    return table
+
+
+def _print_table(table, caption: str | None = None) -> None:
+    from rich.console import Console
+
+    console = Console(soft_wrap=False, highlight=False)
+    console.print(table)
+    if caption:
+        console.print(caption, highlight=False)
 
 
 @queue_app.command("show")
-def queue_show(name: Annotated[str, typer.Argument(help="File name (or STATE/NAME).", show_default=False)], root: RootOpt = None) -> None:
+def queue_show(name: Annotated[str, typer.Argument(help="File name (or STATE/NAME).", show_default=False)], root: RootOpt = None,
+               json_output: JsonOpt = False) -> None:
     """Show one file's record: state, attempts, history, lineage, lease.
 
     Example: shardkit queue show batch.jsonl
     """
     with exit_on_error():
-        print_json(_open_queue(root).show(name))
+        shown = _open_queue(root).show(name)
+    if json_output:
+        print_json(shown)
+        return
+    item, lease = shown["item"] or {}, shown["lease"]
+    table = _table("", "")
+    table.columns[0].style = "bold"
+    for key, value in (("state", shown["state"]), ("path", shown["path"]), ("size", format_size(shown["bytes"])),
+                       ("id", item.get("id")), ("priority", item.get("priority")), ("attempts", item.get("attempts")),
+                       ("records", item.get("records")), ("sha256", item.get("sha256")), ("kind", item.get("kind")),
+                       ("created", item.get("created_at")), ("completed", item.get("completed_at")),
+                       ("last error", item.get("last_error")), ("parent", item.get("parent")),
+                       ("children", ", ".join(item.get("children") or []) or None)):
+        if value is not None:
+            table.add_row(key, safe(value))
+    if lease:
+        table.add_row("lease", safe(f"{lease['worker']} (pid {lease['owner_pid']} on {lease['host']})"))
+    _print_table(table)
+    history = item.get("history") or []
+    if history:
+        hist = _table("when", "op", "from", "to", "worker", "reason")
+        for h in history:
+            hist.add_row(*(safe(h.get(k) or "") for k in ("ts", "op", "from", "to", "worker", "reason")))
+        _print_table(hist)
 
 
 @queue_app.command("ingest")
@@ -244,11 +298,11 @@ def queue_claim(
         claimed = q.claim(worker, owner_pid=owner_pid or os.getppid(), wait=duration_option(wait, "--wait") or 0.0)
     if not claimed:
         if json_output:
-            print_json(None)
+            print_json({"claimed": False}, ok=False)
         sys.stderr.write("shardkit: nothing pending\n")
         raise typer.Exit(1)
     if json_output:
-        print_json(claimed.to_dict())
+        print_json({"claimed": True, **claimed.to_dict()})
     else:
         typer.echo(str(claimed.path))
 

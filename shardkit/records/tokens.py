@@ -29,7 +29,9 @@ class TokenizerLike(Protocol):
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """Load a `tokenizers.Tokenizer` from a ``tokenizer.json`` file or a model folder holding one.
+    """Load a `tokenizers.Tokenizer` from a ``tokenizer.json`` file, a model folder holding
+    one, or a model id (``Qwen/Qwen3-0.6B``) already in the local Hugging Face cache
+    (offline: nothing is downloaded).
 
     Truncation and padding stored in the file are switched off, so counts are never capped.
     Raises `UsageError` when the `tokenizers` package is missing and `InputError` when the
@@ -62,10 +64,59 @@ def _tokenizer_file(path: Path) -> Path:
             )
         return file
     if not path.exists():
-        raise InputError(f"{path}: no such file or folder (expected {TOKENIZER_FILE} or a model folder)")
+        cached = _from_hf_cache(str(path))
+        if cached is not None:
+            return cached
+        where = f"; not a model in the Hugging Face cache either (looked in {hf_cache_dir() / _cache_name(str(path))})" \
+            if _looks_like_model_id(str(path)) else ""
+        raise InputError(f"{path}: no such file or folder (expected {TOKENIZER_FILE} or a model folder){where}")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file (expected {TOKENIZER_FILE} or a model folder)")
     return path
+
+
+# ----- a model id (`Qwen/Qwen3-0.6B`) found in the local Hugging Face cache, offline
+
+
+def hf_cache_dir() -> Path:
+    """Where huggingface_hub keeps models: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub ($XDG_CACHE_HOME honoured)."""
+    import os
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def _looks_like_model_id(text: str) -> bool:
+    parts = text.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") and " " not in p for p in parts)
+
+
+def _cache_name(model_id: str) -> str:
+    return "models--" + model_id.replace("/", "--")
+
+
+def _from_hf_cache(model_id: str) -> Path | None:
+    """tokenizer.json of `model_id`'s snapshot in the cache: the one refs/main names, else
+    the newest snapshot that has one; None when the cache does not hold it."""
+    if not _looks_like_model_id(model_id):
+        return None
+    repo = hf_cache_dir() / _cache_name(model_id)
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    try:
+        main = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        main = None
+    if main and (snapshots / main / TOKENIZER_FILE).is_file():
+        return snapshots / main / TOKENIZER_FILE
+    found = [d / TOKENIZER_FILE for d in snapshots.iterdir() if (d / TOKENIZER_FILE).is_file()]
+    return max(found, key=lambda f: f.stat().st_mtime) if found else None
 
 
 def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
