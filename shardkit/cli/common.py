@@ -92,10 +92,12 @@ _WHERE = re.compile(r"(?P<file>[^\s:][^:]*?)(?::(?P<line>\d+))?: ")
 
 def error_document(command: str, message: str, exit_code: int, code: str, *, where: bool = True) -> dict:
     """The --json form of an error: `{"command", "ok": false, "error": {...}}`; `file` and
-    `line` when the message starts with FILE[:LINE]: (a path, a URL or an existing name)."""
+    `line` when the message starts with FILE[:LINE]: (a URL, an existing name, or a word
+    with no space that looks like a path or a file name)."""
     file = line = None
     m = _WHERE.match(message) if where else None
-    if m and ("://" in m["file"] or os.path.exists(m["file"]) or (os.sep in m["file"] and " " not in m["file"])):
+    f = m["file"] if m else ""
+    if m and ("://" in f or os.path.exists(f) or (" " not in f and not f.startswith("-") and ("/" in f or "." in f))):
         file, line = m["file"], int(m["line"]) if m["line"] else None
     return {"command": command, "ok": False,
             "error": {"code": code, "exit_code": exit_code, "message": message, "file": file, "line": line}}

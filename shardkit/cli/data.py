@@ -55,7 +55,7 @@ def split(
     ] = None,
     num_shards: Annotated[
         int | None,
-        typer.Option("--num-shards", rich_help_panel="Cut", help="Exactly N shards per input, balanced by record count (reads the input twice; not for stdin).", min=1, show_default=False),
+        typer.Option("--num-shards", rich_help_panel="Cut", help="Exactly N shards in total, balanced by record count over the inputs taken together, in order (reads the inputs twice; not for stdin). With several inputs a shard may span two of them, and shards are named part-NNNNN unless --name says otherwise.", min=1, show_default=False),
     ] = None,
     oversize: Annotated[
         str,

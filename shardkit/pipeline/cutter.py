@@ -163,12 +163,18 @@ class StreamFlow:
         if self.opts.format == "parquet" and run.schema is None:
             self._start_schema()
             run.save()  # the schema is part of what --resume needs
+        spans = run.opts.spans_inputs(len(run.specs))
+        quota = self._total_quota() if spans else None
         while True:
             try:
                 start = self.cp.input
                 for i in range(start, len(run.specs)):
                     resuming = i == start and (self.cp.offset > 0 or self.cp.next_index > 0)
-                    self._split_input(i, self.cp if resuming else _Checkpoint(input=i))
+                    cp = self.cp if resuming else _Checkpoint(input=i)
+                    if spans and i > start:  # the shard being written goes on into this input
+                        self._split_input(i, cp, carry=True)
+                    else:
+                        self._split_input(i, cp, quota=quota)
                 break
             except SchemaChanged as e:
                 self._start_again(e.schema)
@@ -178,21 +184,32 @@ class StreamFlow:
                 raise AssertionError("the final schema differs from the one the shards were written with")
             run.schema, self.builder = final, None
 
-    def _split_input(self, i: int, cp: _Checkpoint) -> None:
+    def _split_input(self, i: int, cp: _Checkpoint, *, quota=None, carry: bool = False) -> None:
+        """Input `i` from `cp` through the cutter. `carry`: the shard being written (the
+        inputs taken together, --num-shards) goes on into this input; it is committed once
+        full, and the checkpoint stays at the last commit until it is."""
         run = self.run
         tally = run.tallies[i]
         tally.records, tally.blank, tally.rejected = cp.records, cp.blank, cp.rejected
         tally.routed[TRAIN] = cp.records - cp.rejected  # every record before cp is in a listed shard
-        self.cutter.start_input(i, cp.next_index, self._quota_for(i))
+        if carry:
+            self.cutter.continue_input(i)
+        else:
+            self.cutter.start_input(i, cp.next_index, quota or self._quota_for(i))
+        last = i == len(run.specs) - 1
+        spans = run.opts.spans_inputs(len(run.specs))
         with run.opened(i) as stream:
             blocks = run.blocks(i, stream, offset=cp.offset, line=cp.line)
             for block, bad in blocks:
                 self.cutter.feed_block(block, bad)
-            self.cutter.commit(blocks.offset, blocks.line)
+            if not spans or last or self.cutter.full():
+                self.cutter.commit(blocks.offset, blocks.line)
             self.cutter.settle()
         if tally.blank:
             run.warn(f"{run.specs[i].display}: {tally.blank} blank line(s) skipped")
-        self.cp = _Checkpoint(input=i + 1, rejects_records=run.rejects.records, rejects_bytes=run.rejects.bytes)
+        if not self.cutter.holding():  # else the checkpoint stays at the last commit
+            self.cp = _Checkpoint(input=i + 1, rejects_records=run.rejects.records, rejects_bytes=run.rejects.bytes,
+                                  next_index=self.cutter.next_index if spans else 0)
         faults.hit("after:input_done")
         run.save()
 
@@ -202,6 +219,15 @@ class StreamFlow:
         return _Checkpoint(input=i, offset=offset, line=line, records=tally.records, blank=tally.blank,
                            rejected=tally.rejected, next_index=next_index,
                            rejects_records=self.run.rejects.records, rejects_bytes=self.run.rejects.bytes)
+
+    def _total_quota(self) -> Callable[[int], int | None]:
+        """--num-shards N over the inputs taken together: N shards balanced by record count."""
+        n, cap = self.opts.num_shards, self.opts.max_records
+        total = sum(count_records(spec, self.opts.block_size) for spec in self.run.specs)
+        if 0 < total < n:
+            self.run.warn(f"only {total} record(s) in all inputs; writing {total} shard(s) instead of {n}")
+        q, r = divmod(total, n)
+        return lambda index: min(q + (index < r), cap) if cap else q + (index < r)
 
     def _quota_for(self, i: int) -> Callable[[int], int | None]:
         n, cap = self.opts.num_shards, self.opts.max_records
@@ -309,11 +335,26 @@ class _Cutter:
         self._i = 0
         self._quota: Callable[[int], int | None] = lambda _index: None
         self._file: ShardFile | None = None
-        self._index = self._records = self._bytes = self._first_line = self._last_line = 0
+        self._index = self._records = self._bytes = self._first_line = self._last_line = self._first_input = 0
 
     def start_input(self, i: int, next_index: int, quota: Callable[[int], int | None]) -> None:
         self._i, self._index, self._quota = i, next_index, quota
         self._records = self._bytes = 0
+
+    def continue_input(self, i: int) -> None:
+        """Go on into input `i` with the shard being written (shards spanning inputs)."""
+        self._i = i
+
+    def holding(self) -> bool:
+        """A shard with records is open (not committed yet)."""
+        return self._records > 0
+
+    def full(self) -> bool:
+        return self._records > 0 and self._full()
+
+    @property
+    def next_index(self) -> int:
+        return self._index
 
     def feed_block(self, block: Block, bad) -> None:
         tally = self.run.tallies[self._i]
@@ -391,7 +432,7 @@ class _Cutter:
     def _write(self, data: memoryview, n: int, line: int) -> None:
         run = self.run
         if not self._records:
-            self._first_line = line
+            self._first_line, self._first_input = line, self._i
             if not run.dry_run:
                 self._file = run.shard_file(self._name(), self._index, self.flow.builder)
         if isinstance(self._file, ParquetShardFile):
@@ -452,11 +493,13 @@ class _Cutter:
             "records": self._records,
             "bytes": self._bytes,
             "sha256": None,
-            "source": run.tallies[self._i].path,
+            "source": run.tallies[self._first_input].path,
             "first_line": self._first_line,
             "last_line": self._last_line,
             "split": TRAIN,
         }
+        if self._first_input != self._i:  # it spans inputs (--num-shards over several): where it ends
+            entry["last_source"] = run.tallies[self._i].path
         cp = self.flow.checkpoint(self._i, offset, line, self._index + 1)
         file = self._file
         if isinstance(file, ParquetShardFile):

@@ -79,7 +79,8 @@ def split(
         kw = dict(resume=resume, overwrite=overwrite, jobs=jobs, absolute_sources=absolute)
         if engine is None or dry_run:  # a dry run writes nothing: inline says the same
             return split_local(paths, local, plan, dry_run=dry_run, progress=progress, warn=warn, **kw)
-        if plan.streams and not _any_json_array(paths):  # map: a task per input; reduce: merge in input order
+        if plan.streams and not plan.spans_inputs(len(paths)) and not _any_json_array(paths):
+            # map: a task per input; reduce: merge in input order
             return split_many(paths, local, plan, engine=engine, progress=progress, warn=warn, **kw)
         task = (os.getcwd(), paths, os.fspath(local), plan, kw)
         [result] = run_tasks(run_plan_task, [task], engine=engine, jobs=1)

@@ -154,7 +154,9 @@ class Run:
         self.dry_run, self.adopt_identical, self.progress = dry_run, adopt_identical, progress
         self._warn_to, self._warned = warn, set()
         self.template = plan.name_template()
-        self.stems = list(stems) if stems is not None else input_stems([s.path for s in specs])
+        if stems is None:  # shards that may span inputs are named like --shuffle's: part-00000...
+            stems = [SHUFFLED_STEM] * len(specs) if plan.spans_inputs(len(specs)) else input_stems([s.path for s in specs])
+        self.stems = list(stems)
         self.arrays = [holds_json_array(s) for s in specs]  # inputs that are one JSON array
         self.tallies = [Tally(self.source_path(s), s.display, s.size) for s in specs]
         for tally, is_array in zip(self.tallies, self.arrays, strict=True):
@@ -435,7 +437,8 @@ def _locked(out: Path) -> Iterator[None]:
 def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: bool) -> None:
     """Every name the run will write is valid and no side file can take a shard's name:
     checked before anything is written."""
-    stems = [SHUFFLED_STEM] if plan.shuffle else input_stems([s.path for s in specs])
+    spans = plan.shuffle or plan.spans_inputs(len(specs))
+    stems = [SHUFFLED_STEM] if spans else input_stems([s.path for s in specs])
     for stem in stems:
         for split in plan.splits:
             plan.shard_name(stem, split, 0)

@@ -207,6 +207,11 @@ class PipelineOptions:
         """No record stage: runs of lines go to the shards whole (`cutter.StreamFlow`)."""
         return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.to)
 
+    def spans_inputs(self, inputs: int) -> bool:
+        """--num-shards N over several inputs with no record stage: N shards in total, cut
+        from the inputs taken together in order (a shard may span two inputs)."""
+        return self.streams and self.split.num_shards is not None and inputs > 1
+
     def shard_name(self, stem: str, split: str, index: int) -> str:
         return shard_file_name(self.name_template(), stem, split, index)
 
