@@ -107,7 +107,7 @@ def test_queue_commands(work: Path):
     (["split", "{w}/a.jsonl", "-o", "{w}/o", "-n", "5", "--validate", "chat", "--max-errors", "0"], "split", 1, "gate", "{w}/o"),
     (["validate", "{w}/missing.jsonl"], "validate", 3, "input", "{w}/missing.jsonl"),
     (["queue", "status", "--root", "{w}/nowhere"], "queue status", 3, "input", "{w}/nowhere"),
-    (["queue", "show", "nothing.jsonl", "--root", "{w}/q"], "queue show", 3, "input", None),
+    (["queue", "show", "nothing.jsonl", "--root", "{w}/q"], "queue show", 3, "input", "nothing.jsonl"),
 ])
 def test_errors_under_json_are_one_object_on_stdout_with_the_same_exit_code(work, args, command, code, kind, file):
     run_cli("queue", "init", "--root", work / "q")
