@@ -81,6 +81,12 @@ def test_queue_commands(work: Path):
     listed = check(run_cli("queue", "list", *q, "--json"), "queue list", ok=True, code=0)
     assert len(listed["files"]) == 2
     check(run_cli("queue", "show", "one.jsonl", *q, "--json"), "queue show", ok=True, code=0)
+    table = run_cli("queue", "list", *q)  # without --json: a table a person reads
+    lines = table.stdout.decode().splitlines()
+    assert table.returncode == 0 and lines[0].split() == ["state", "name", "records", "size", "attempts"]
+    assert sorted(line.split()[1] for line in lines[1:3]) == ["one.jsonl", "two.jsonl"]
+    shown = run_cli("queue", "show", "one.jsonl", *q).stdout.decode()
+    assert shown.splitlines()[0].split() == ["state", "normal"] and "ingest" in shown  # the record, then its history
     check(run_cli("queue", "hold", "two.jsonl", *q, "--json"), "queue hold", ok=True, code=0)
     check(run_cli("queue", "release", "two.jsonl", *q, "--json"), "queue release", ok=True, code=0)
     claim = check(run_cli("queue", "claim", *q, "--json"), "queue claim", ok=True, code=0)

@@ -219,6 +219,7 @@ def queue_show(name: Annotated[str, typer.Argument(help="File name (or STATE/NAM
         return
     item, lease = shown["item"] or {}, shown["lease"]
     table = _table("", "")
+    table.show_header = False
     table.columns[0].style = "bold"
     for key, value in (("state", shown["state"]), ("path", shown["path"]), ("size", format_size(shown["bytes"])),
                        ("id", item.get("id")), ("priority", item.get("priority")), ("attempts", item.get("attempts")),
