@@ -227,11 +227,12 @@ def _cached(path: Path, key: str, build) -> Path:
     return path
 
 
-def dataset(records: int, seed: int = 1) -> Path:
-    """Path of a cached chat JSONL file of ``records`` records from fixtures/generate.py."""
-    path = DATA / f"chat-{records}-s{seed}.jsonl"
-    key = _fingerprint(records=records, seed=seed)
-    return _cached(path, key, lambda tmp: _load_generator().write_chat_jsonl(tmp, records, seed))
+def dataset(records: int, seed: int = 1, users: bool = False) -> Path:
+    """Path of a cached chat JSONL file of ``records`` records from fixtures/generate.py;
+    `users`: shaped like real exports (a `meta` object on every record, about 1% invalid)."""
+    path = DATA / f"chat-{'users-' if users else ''}{records}-s{seed}.jsonl"
+    key = _fingerprint(records=records, seed=seed, **({"users": True} if users else {}))
+    return _cached(path, key, lambda tmp: _load_generator().write_chat_jsonl(tmp, records, seed, users=users))
 
 
 def doubled(src: Path) -> Path:

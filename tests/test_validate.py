@@ -1530,6 +1530,16 @@ def test_chat_with_extra_top_level_keys_fast_path_equals_thorough_path(kind) -> 
     ]
     extras = [{"source": "web"}, {"lang": "en", "id": 4}, {"sourse": 1, "metadata": {}}, {"tools": "x", "src": 1}, {}]
     v = Validator(kind)
+    hits = 0
     for body, extra in itertools.product(bodies, extras):
-        raw = orjson.dumps({"messages": body, **extra})
-        assert v.check(raw) == v._check_thoroughly(raw, None), raw
+        for record in ({"messages": body, **extra}, {**extra, "messages": body}):  # key order: another cache entry
+            raw = orjson.dumps(record)
+            thorough = v._check_thoroughly(raw, None)
+            assert v.check(raw) == thorough, raw
+            assert v.check_decoded(raw, orjson.loads(raw)) == thorough, raw  # parsed once, same answer
+            for _ in range(2):  # the second time from the cache of key sets
+                fast = v.gate_extra(orjson.loads(raw))
+                if fast is not None:
+                    hits += 1
+                    assert (fast.kind, fast.issues, fast.ok) == (thorough.kind, thorough.issues, thorough.ok), raw
+    assert hits >= 8  # the shortcut is taken (a test of the shortcut that never takes it proves nothing)

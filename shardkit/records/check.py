@@ -180,6 +180,8 @@ class Checker:
         entries: list[tuple[int, int, int, RecordResult]] = []
         check = self.validator.check
         gate = getattr(self.validator, "gate", None) if self.tokenizer is None else None
+        gate_extra = self.validator.gate_extra if gate is not None else None
+        check_decoded = self.validator.check_decoded if gate is not None else None
         max_line = self.options.max_line_bytes
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         clean: dict[str | None, int] = {}
@@ -199,6 +201,11 @@ class Checker:
                         clean[kind] = clean.get(kind, 0) + 1
                         pos, line = end, line + 1
                         continue
+                    # parsed once: the extra-keys gate, else the explainer on the decoded record
+                    res = gate_extra(obj) or check_decoded(raw, obj)
+                    entries.append((line, pos, end, res))
+                    pos, line = end, line + 1
+                    continue
             if not raw or (raw[0] in blank_first and not raw.strip()):
                 report.add_blank(display, line)
             else:

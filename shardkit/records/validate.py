@@ -585,7 +585,10 @@ def _may_have_placeholder(s: str) -> bool:
 def _gate_chat(obj: dict) -> str | None:
     if len(obj) != 1 and not obj.keys() <= _FAST_CHAT_KEYS:
         return None
-    messages = obj.get("messages")
+    return _gate_chat_messages(obj.get("messages"))
+
+
+def _gate_chat_messages(messages: object) -> str | None:
     # The common shape ({role, content: non-blank str}) costs ~150 ns per message here; the
     # statement order and the exceptions as control flow are deliberate (see the benchmark).
     try:
@@ -1225,6 +1228,7 @@ class Validator:
     max_depth: int = DEFAULT_MAX_DEPTH
     check_duplicate_keys: bool = False
     _gate: object = field(init=False, repr=False, compare=False)
+    _extra: dict = field(init=False, repr=False, compare=False)  # unknown top-level keys -> result
 
     def __post_init__(self) -> None:
         if self.kind != "auto" and self.kind not in _GATES:
@@ -1238,6 +1242,7 @@ class Validator:
         else:
             gate = _gate_auto if self.kind == "auto" else _GATES[self.kind]
         object.__setattr__(self, "_gate", gate)
+        object.__setattr__(self, "_extra", {})
 
     @property
     def gate(self):
@@ -1253,6 +1258,29 @@ class Validator:
             obj = _loads(raw)
         except _JSONDecodeError:
             return self._check_thoroughly(raw, None)
+        return self.check_decoded(raw, obj)
+
+    def gate_extra(self, obj: dict) -> RecordResult | None:
+        """The gate for a clean chat record that also has unknown top-level keys (`meta`,
+        `source`, `lang`...), as real exports do: its result (kind chat, one unknown-key
+        warning per key, `obj` None), made once per set of such keys; None otherwise (then
+        call `check_decoded`). What `check` gives, but for `obj` (the property tests compare)."""
+        shape = tuple(obj)  # the keys in order: what the result depends on, besides the messages
+        cached = self._extra.get(shape)
+        if cached is None:
+            if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
+                return None  # ("messages" present: detect_kind says chat, so auto is chat here)
+            if "tools" in obj or "functions" in obj or obj.keys() <= _FAST_CHAT_KEYS:
+                return None
+            issues: list[Issue] = []
+            _check_unknown_keys(obj, CHAT_RECORD_KEYS, "", issues)
+            cached = RecordResult(None, "chat", _cap(issues), True)
+            if len(self._extra) < 1024:  # a file whose records all invent keys: no unbounded cache
+                self._extra[shape] = cached
+        return cached if _gate_chat_messages(obj["messages"]) == "chat" else None
+
+    def check_decoded(self, raw: bytes, obj: object) -> RecordResult:
+        """`check` for a line already decoded (`obj`): each record is parsed once."""
         if type(obj) is dict:
             kind = self._gate(obj)
             if kind is not None:
