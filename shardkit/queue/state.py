@@ -215,21 +215,27 @@ class Queue(Claims, Operations, Looking):
         """The entry's record, looked for again if the listing found none: it may have been
         saved by its mover after our listing, or missed by a readdir that raced with a
         record being replaced. Only then is a file without a record adopted."""
-        for delay in (0.0, 0.01, 0.05):
+        # The rounds span about 0.4 s: a mover's save follows its rename, two folder fsyncs and
+        # a journal fsync, which on a loaded machine take tens of ms. Adopting too early (a
+        # record one step behind, or a new one) split one item in two in the race test.
+        for delay in (0.0, 0.01, 0.04, 0.1, 0.25):
             if entry.item is not None:
                 break
             time.sleep(delay)
             entry.item = self._index().get((entry.state, entry.name))
-        if entry.item is None:
-            # a record of this name whose file is not where it says is this file's record,
-            # one step behind its move (doctor's record_behind, applied before adopting)
-            for item in self.items():
-                if (item.name == entry.name and item.state in STATE_DIRS
-                        and not os.path.lexists(self.path(item.state, item.name))):
-                    item.state = entry.state
-                    entry.item = item
-                    break
+        if entry.item is None:  # after the wait: a record left behind by a mover that died
+            entry.item = self._record_behind(entry)
         return entry.item
+
+    def _record_behind(self, entry: Entry) -> Item | None:
+        """A record of this name whose file is not where it says: this file's record, one
+        step behind its move (doctor's record_behind, applied before adopting)."""
+        for item in self.items():
+            if (item.name == entry.name and item.state in STATE_DIRS
+                    and not os.path.lexists(self.path(item.state, item.name))):
+                item.state = entry.state
+                return item
+        return None
 
     def new_item(self, entry: Entry) -> Item:
         """A record for a file that has none, not yet saved (the next move saves it)."""
