@@ -215,25 +215,31 @@ class Queue(Claims, Operations, Looking):
         """The entry's record, looked for again if the listing found none: it may have been
         saved by its mover after our listing, or missed by a readdir that raced with a
         record being replaced. Only then is a file without a record adopted."""
-        # The rounds span about 0.4 s: a mover's save follows its rename, two folder fsyncs and
-        # a journal fsync, which on a loaded machine take tens of ms. Adopting too early (a
-        # record one step behind, or a new one) split one item in two in the race test.
-        for delay in (0.0, 0.01, 0.04, 0.1, 0.25):
+        # A record of this name one step behind (its file not where it says) means a mover is
+        # between its rename and its save: wait for that save, about 0.4 s at most (it
+        # follows two folder fsyncs and a journal fsync, tens of ms on a loaded machine), and
+        # only then take the record as it is. Adopting at once split one item in two in the
+        # race test. With no such record (a file put there by hand) there is nothing to wait for.
+        for k, delay in enumerate((0.0, 0.01, 0.04, 0.1, 0.25)):
             if entry.item is not None:
                 break
             time.sleep(delay)
-            entry.item = self._index().get((entry.state, entry.name))
+            items = self.items()
+            entry.item = next((i for i in items if i.state == entry.state and i.name == entry.name), None)
+            if entry.item is None and k >= 1 and self._record_behind(entry, items) is None:
+                break  # twice nothing of this name (a readdir racing a save is looked past once)
         if entry.item is None:  # after the wait: a record left behind by a mover that died
-            entry.item = self._record_behind(entry)
+            entry.item = self._record_behind(entry, self.items())
+            if entry.item is not None:
+                entry.item.state = entry.state
         return entry.item
 
-    def _record_behind(self, entry: Entry) -> Item | None:
+    def _record_behind(self, entry: Entry, items: list[Item]) -> Item | None:
         """A record of this name whose file is not where it says: this file's record, one
-        step behind its move (doctor's record_behind, applied before adopting)."""
-        for item in self.items():
+        step behind its move (doctor's record_behind)."""
+        for item in items:
             if (item.name == entry.name and item.state in STATE_DIRS
                     and not os.path.lexists(self.path(item.state, item.name))):
-                item.state = entry.state
                 return item
         return None
 
