@@ -277,3 +277,38 @@ def test_split_training_flags_and_overlap_via_cli(tmp_path: Path) -> None:
     r = run_cli("overlap", src, "--against", ev, "--json")
     assert r.returncode == 1 and orjson.loads(r.stdout)["overlapping_eval_records"] == 20
     assert run_cli("split", src, "-o", tmp_path / "o3", "-n", "5", "--seed", "1").returncode == 2
+
+
+@pytest.mark.parametrize("examples", [0, 1, 5])
+def test_check_lines_report_equals_checking_each_record(examples):
+    """The fast paths of check_lines (the gate, the extra-keys gate, its counted-only tail
+    past the examples) give exactly the report of checking and adding every record."""
+    from shardkit.records.validate import Validator
+
+    rng = random.Random(7)
+    shapes = [
+        {"meta": {"s": 1}},
+        {"source": "web", "lang": "en"},
+        {"lang": "en", "source": "web"},
+        {},
+        {"sourse": 1},
+    ]
+    lines = []
+    for i in range(400):
+        rec = {"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}]}
+        rec.update(rng.choice(shapes))
+        if i % 37 == 5:
+            rec["messages"][1]["role"] = "bot"  # invalid, with the extra keys' warnings too
+        if i % 53 == 7:
+            lines.append(b"not json")
+            continue
+        lines.append(orjson.dumps(rec))
+    data = b"\n".join(lines) + b"\n"
+    checker = Checks(CheckOptions(kind="chat", examples=examples), 1).local
+    verdict = checker.check_lines(data, 1, "f.jsonl")
+    reference = Report(max_examples=examples)
+    v = Validator("chat")
+    for n, raw in enumerate(lines, start=1):
+        reference.add("f.jsonl", n, v.check(raw))
+    assert verdict.report.to_dict() == reference.to_dict()
+    assert sorted(b.line for b in verdict.bad) == [n for n, raw in enumerate(lines, start=1) if not v.check(raw).ok]

@@ -1399,6 +1399,21 @@ class Report:
         if result.issues:
             self._add_issues(str(file), line, result.issues)
 
+    def add_many(self, file: object, result: RecordResult, n: int) -> None:
+        """Count `n` more records with this same result whose issues already have all their
+        examples (what `add` would do n times, at the cost of one)."""
+        key = (file, result.kind, result.ok)
+        self._counts[key] = self._counts.get(key, 0) + n
+        counted: set[str] = set()
+        for issue in result.issues:
+            tally = self._codes.get(issue.code)
+            if tally is None:
+                tally = self._codes[issue.code] = _CodeTally(issue.severity)
+            tally.count += n
+            if issue.code not in counted:
+                counted.add(issue.code)
+                tally.records += n
+
     def add_clean(self, file: object, kind: str | None, n: int) -> None:
         """Count `n` valid records of `kind` without issues (what `add` would do n times)."""
         key = (file, kind, True)
