@@ -24,11 +24,15 @@ def _inputs(tmp_path: Path, sizes=(10, 5, 7)) -> list[Path]:
 
 def _records(out: Path) -> tuple[list[int], list[dict]]:
     m = orjson.loads((out / "manifest.json").read_bytes())
+    if m["params"]["format"] == "parquet":
+        import pyarrow.parquet as pq
+
+        return [r["i"] for f in m["files"] for r in pq.read_table(out / f["path"]).to_pylist()], m
     data = b"".join((out / f["path"]).read_bytes() for f in m["files"])
     return [orjson.loads(x)["i"] for x in data.splitlines()], m
 
 
-@pytest.mark.parametrize("extra", [[], ["--engine", "local", "-j", "2"], ["--validate", "auto"]])
+@pytest.mark.parametrize("extra", [[], ["--engine", "local", "-j", "2"], ["--validate", "auto"], ["--format", "parquet"]])
 def test_n_shards_in_total_over_the_inputs_taken_together(tmp_path: Path, extra):
     inputs = _inputs(tmp_path)
     out = tmp_path / "out"
@@ -36,7 +40,8 @@ def test_n_shards_in_total_over_the_inputs_taken_together(tmp_path: Path, extra)
     assert r.returncode == 0, r.stderr
     got, m = _records(out)
     assert got == list(range(22))  # every record, in input order
-    assert [f["path"] for f in m["files"]] == [f"part-{i:05d}.jsonl" for i in range(4)]
+    ext = "parquet" if "parquet" in extra else "jsonl"
+    assert [f["path"] for f in m["files"]] == [f"part-{i:05d}.{ext}" for i in range(4)]
     assert [f["records"] for f in m["files"]] == [6, 6, 5, 5]  # balanced: 22 = 6 + 6 + 5 + 5
     spans = [f for f in m["files"] if "last_source" in f]
     assert spans and all(f["source"] != f["last_source"] for f in spans)
