@@ -1543,3 +1543,43 @@ def test_chat_with_extra_top_level_keys_fast_path_equals_thorough_path(kind) -> 
                     hits += 1
                     assert (fast.kind, fast.issues, fast.ok) == (thorough.kind, thorough.issues, thorough.ok), raw
     assert hits >= 8  # the shortcut is taken (a test of the shortcut that never takes it proves nothing)
+
+
+@pytest.mark.parametrize(
+    ("record", "ok", "where"),
+    [
+        # LLaMA-Factory's ShareGPT-vision style: one <image> per entry of images
+        ({"conversations": [{"from": "human", "value": "<image>What is it?"}, {"from": "gpt", "value": "A cat."}],
+          "images": ["a.jpg"]}, True, None),
+        ({"conversations": [{"from": "human", "value": "<image><image>Compare."}, {"from": "gpt", "value": "Same."}],
+          "images": ["a.jpg"]}, False, "images"),
+        ({"conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "x"}]}, False, ""),
+        # chat messages with placeholders, and OpenAI-style image content parts
+        ({"messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "ok"}],
+          "images": ["a.png"]}, True, None),
+        ({"messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "ok"}],
+          "images": []}, False, "images"),
+        ({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+                       {"role": "assistant", "content": "ok"}], "images": ["a.png"]}, True, None),
+        ({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "?"}]},
+                       {"role": "assistant", "content": "ok"}], "images": ["a.png"]}, False, "images"),
+        ({"messages": [{"role": "user", "content": "Describe <image> here."}, {"role": "assistant", "content": "ok"}]},
+         False, ""),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}], "images": "a.png"},
+         False, "images"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["auto", "chat", "sharegpt"])
+def test_image_placeholders_match_the_images_list(record, ok, where, kind):
+    """Issue 20.3: <image> placeholders (or image parts) equal the images list, one for one."""
+    if kind != "auto" and (kind == "chat") != ("messages" in record):
+        return  # the other kind's records
+    v = Validator(kind)
+    raw = orjson.dumps(record)
+    result = v.check(raw)
+    assert result.ok is ok, result.issues
+    assert v.check(raw) == v._check_thoroughly(raw, None)  # the fast paths never hide it
+    if not ok:
+        codes = {(i.code, i.path) for i in result.issues if i.severity == "error"}
+        assert ("image_count", where) in codes or ("wrong_type", where) in codes, codes
+        assert v.gate(orjson.loads(raw)) is None and v.gate_extra(orjson.loads(raw)) is None

@@ -115,6 +115,7 @@ CODES: dict[str, str] = {
     "part_value": WARNING,
     "system_not_first": WARNING,
     "tool_arguments": WARNING,
+    "image_count": ERROR,
     "too_many_issues": WARNING,
     "internal_error": ERROR,
     "too_many_tokens": ERROR,
@@ -541,7 +542,7 @@ _KEY_ALIASES = {  # likely meant, for unknown-key hints
 _TURN_KEY_ALIASES = {"role": "from", "content": "value", "text": "value"}
 
 CHAT_RECORD_KEYS = frozenset(
-    {"messages", "tools", "functions", "parallel_tool_calls", "id", "metadata"}
+    {"messages", "tools", "functions", "parallel_tool_calls", "id", "metadata", "images"}
 )
 MESSAGE_KEYS = frozenset(
     {
@@ -578,8 +579,9 @@ def _fine_text(s: object) -> bool:
 
 
 def _may_have_placeholder(s: str) -> bool:
-    # '{' is a memchr (~30 ns per KB); a two-character needle is a ~1 ns/char scan.
-    return "{" in s and "{{" in s
+    # '{' is a memchr (~30 ns per KB); a two-character needle is a ~1 ns/char scan. An
+    # <image> placeholder must match the record's images list: the explainer counts them.
+    return ("{" in s and "{{" in s) or ("<" in s and "<image>" in s)
 
 
 def _gate_chat(obj: dict) -> str | None:
@@ -599,6 +601,7 @@ def _gate_chat_messages(messages: object) -> str | None:
                 not content
                 or content.isspace()  # AttributeError unless a str
                 or ("{" in content and "{{" in content)
+                or ("<" in content and "<image>" in content)  # '<' first: a memchr, 10x faster
             ):
                 return _gate_each_message(messages)
             if len(m) != 2 and not _fine_extras(m):
@@ -714,6 +717,7 @@ def _gate_sharegpt(obj: dict) -> str | None:
                 or value.isspace()  # AttributeError unless a str
                 or len(turn) != 2
                 or ("{" in value and "{{" in value)
+                or ("<" in value and "<image>" in value)
             ):
                 return None
             role = turn["from"]
@@ -857,6 +861,42 @@ def _explain_chat(obj: dict, issues: list[Issue]) -> None:
                 _error("wrong_type", key, f"expected an array, got {json_type_name(obj[key])}")
             )
     _explain_messages(obj["messages"], "messages", issues, need_assistant=True)
+    _check_images(obj, _chat_images(obj["messages"]), issues)
+
+
+def _chat_images(messages: object) -> tuple[int, int]:
+    """(<image> placeholders, image content parts) in a chat record's messages."""
+    placeholders = parts = 0
+    for m in messages if type(messages) is list else ():
+        content = m.get("content") if type(m) is dict else None
+        if type(content) is str:
+            placeholders += content.count("<image>")
+        elif type(content) is list:
+            for part in content:
+                if type(part) is not dict:
+                    continue
+                if part.get("type") in ("image", "image_url"):
+                    parts += 1
+                elif type(part.get("text")) is str:
+                    placeholders += part["text"].count("<image>")
+    return placeholders, parts
+
+
+def _check_images(obj: dict, found: tuple[int, int], issues: list[Issue]) -> None:
+    """The `<image>` placeholders (and image content parts) match the `images` list, one
+    for one: a trainer pairing them otherwise fails mid-run or trains on the wrong image."""
+    placeholders, parts = found
+    images = obj.get("images")
+    where = f"{placeholders} <image> placeholder(s)" + (f" and {parts} image part(s)" if parts else "")
+    if images is None:
+        if placeholders:
+            issues.append(_error("image_count", "", f"{where} in the messages, but no images list"))
+        return
+    if type(images) is not list:
+        issues.append(_error("wrong_type", "images", f"expected an array, got {json_type_name(images)}"))
+        return
+    if placeholders + parts != len(images):
+        issues.append(_error("image_count", "images", f"{len(images)} image(s) in images, but {where} in the messages"))
 
 
 def _explain_messages(
@@ -1162,6 +1202,8 @@ def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
             issues.append(_missing(f"{path}.value", "value"))
         else:
             _check_string(turn["value"], f"{path}.value", issues)
+    placeholders = sum(t["value"].count("<image>") for t in turns if type(t) is dict and type(t.get("value")) is str)
+    _check_images(obj, (placeholders, 0), issues)
     if not trouble and not _SHAREGPT_ASSISTANT.intersection(seen):
         froms = ", ".join(dict.fromkeys(seen))
         issues.append(
@@ -1270,7 +1312,7 @@ class Validator:
         if cached is None:
             if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
                 return None  # ("messages" present: detect_kind says chat, so auto is chat here)
-            if "tools" in obj or "functions" in obj or obj.keys() <= _FAST_CHAT_KEYS:
+            if "tools" in obj or "functions" in obj or "images" in obj or obj.keys() <= _FAST_CHAT_KEYS:
                 return None
             issues: list[Issue] = []
             _check_unknown_keys(obj, CHAT_RECORD_KEYS, "", issues)
@@ -1296,7 +1338,7 @@ class Validator:
         the same issues the thorough path gives (the property tests compare both)."""
         if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
             return None
-        if "tools" in obj or "functions" in obj or obj.keys() <= _FAST_CHAT_KEYS:
+        if "tools" in obj or "functions" in obj or "images" in obj or obj.keys() <= _FAST_CHAT_KEYS:
             return None
         if self.kind == "auto" and detect_kind(obj) != "chat":
             return None
