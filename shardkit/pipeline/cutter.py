@@ -27,7 +27,7 @@ from shardkit.core import faults
 from shardkit.core.blocks import NL, Block, nonblank_runs, nth_line_end
 from shardkit.core.errors import DataError, UsageError
 from shardkit.core.io import deferred_signals, fsync_dir
-from shardkit.pipeline.shard import ParquetShardFile, ShardFile, count_records
+from shardkit.pipeline.shard import ParquetShardFile, ShardFile, count_records, shard_quota
 from shardkit.pipeline.transform import TRAIN
 from shardkit.records.check import Bad
 from shardkit.store.manifest import check_rel_name
@@ -222,23 +222,21 @@ class StreamFlow:
 
     def _total_quota(self) -> Callable[[int], int | None]:
         """--num-shards N over the inputs taken together: N shards balanced by record count."""
-        n, cap = self.opts.num_shards, self.opts.max_records
+        n = self.opts.num_shards
         total = sum(count_records(spec, self.opts.block_size) for spec in self.run.specs)
         if 0 < total < n:
             self.run.warn(f"only {total} record(s) in all inputs; writing {total} shard(s) instead of {n}")
-        q, r = divmod(total, n)
-        return lambda index: min(q + (index < r), cap) if cap else q + (index < r)
+        return shard_quota(total, n, self.opts.max_records)
 
     def _quota_for(self, i: int) -> Callable[[int], int | None]:
-        n, cap = self.opts.num_shards, self.opts.max_records
+        n = self.opts.num_shards
         if n is None:
-            return lambda _index: cap
+            return shard_quota(None, None, self.opts.max_records)
         spec = self.run.specs[i]
         total = count_records(spec, self.opts.block_size)
         if 0 < total < n:
             self.run.warn(f"{spec.display}: only {total} record(s); writing {total} shard(s) instead of {n}")
-        q, r = divmod(total, n)
-        return lambda index: min(q + (index < r), cap) if cap else q + (index < r)
+        return shard_quota(total, n, self.opts.max_records)
 
     # ----- the Parquet schema
 
@@ -391,7 +389,7 @@ class _Cutter:
         piece = PARQUET_PIECE if parquet and max_bytes is not None else None
         while pos < end:
             if self._records and self._full():
-                self._commit(block.offset + pos - block.start, line)
+                self.commit(block.offset + pos - block.start, line)
             cut = end
             if piece is not None and end - pos > piece:
                 cut = buf.rfind(NL, pos, pos + piece) + 1
@@ -401,7 +399,7 @@ class _Cutter:
                 nl = buf.rfind(NL, pos, pos + max_bytes - self._bytes)
                 if nl < 0:
                     if self._records:
-                        self._commit(block.offset + pos - block.start, line)
+                        self.commit(block.offset + pos - block.start, line)
                         continue
                     line_end = buf.find(NL, pos) + 1
                     self._oversize(block, pos, line_end, line)
@@ -471,9 +469,6 @@ class _Cutter:
 
     def commit(self, offset: int, line: int) -> None:
         """Publish the current shard (if it has records) and checkpoint at (offset, line)."""
-        self._commit(offset, line)
-
-    def _commit(self, offset: int, line: int) -> None:
         if not self._records:
             return
         with deferred_signals():

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from shardkit.core.blocks import NL, BlockReader, nonblank_runs
 from shardkit.core.errors import UsageError
-from shardkit.core.io import InputSpec, InputStream, inspect_input
+from shardkit.core.io import InputSpec, InputStream
 from shardkit.core.jsonarray import JsonArraySource, compact
-from shardkit.pipeline.shard import holds_json_array, open_input
+from shardkit.pipeline.shard import check_run_inputs, holds_json_array, open_input
 
 
 @dataclass(frozen=True)
@@ -51,21 +51,12 @@ def _runs(spec: InputSpec) -> Iterator[tuple[bytes | bytearray, int, int, int, i
                 yield block.buf, run.start, run.end, run.first_line, run.lines
 
 
-def _specs(inputs: Sequence[str | os.PathLike]) -> list[InputSpec]:
-    paths = [os.fspath(p) for p in inputs]
-    if not paths:
-        raise UsageError("give at least one input file (or - for stdin)")
-    if paths.count("-") > 1:
-        raise UsageError("stdin (-) can be given only once")
-    return [inspect_input(p) for p in paths]
-
-
 def head(inputs: Sequence[str | os.PathLike], n: int = 10) -> list[Peeked]:
     """The first `n` records over the inputs in order (reading no further than needed)."""
     if n < 0:
         raise UsageError(f"-n must be 0 or more (got {n})")
     out: list[Peeked] = []
-    for spec in _specs(inputs):
+    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True):
         if len(out) >= n:
             break
         for buf, pos, end, line, _records in _runs(spec):
@@ -89,7 +80,7 @@ def sample(inputs: Sequence[str | os.PathLike], n: int, seed: int = 0) -> list[P
     w = math.exp(math.log(1.0 - rng.random()) / n)
     take = n  # global index of the next record to keep once the reservoir is full
     index = 0  # global index of the first record of the current run
-    for spec in _specs(inputs):
+    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True):
         for buf, start, end, first_line, records in _runs(spec):
             # the records of this run to keep: the first n overall, then those the skips land on
             pos, at = start, 0  # cursor: offset of record `at` of this run

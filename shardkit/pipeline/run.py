@@ -103,7 +103,6 @@ class Tally:
     """Per input: what came in and where it went (the manifest's `sources` entry)."""
 
     path: str
-    display: str
     bytes: int | None = None
     sha256: str | None = None
     records: int = 0
@@ -153,12 +152,11 @@ class Run:
         self.absolute_sources = absolute_sources  # the manifest goes to an object store
         self.dry_run, self.adopt_identical, self.progress = dry_run, adopt_identical, progress
         self._warn_to, self._warned = warn, set()
-        self.template = plan.name_template()
         if stems is None:  # shards that may span inputs are named like --shuffle's: part-00000...
             stems = [SHUFFLED_STEM] * len(specs) if plan.spans_inputs(len(specs)) else input_stems([s.path for s in specs])
         self.stems = list(stems)
         self.arrays = [holds_json_array(s) for s in specs]  # inputs that are one JSON array
-        self.tallies = [Tally(self.source_path(s), s.display, s.size) for s in specs]
+        self.tallies = [Tally(self.source_path(s), s.size) for s in specs]
         for tally, is_array in zip(self.tallies, self.arrays, strict=True):
             tally.container = "json-array" if is_array else None
         self.report = Report(max_examples=checks.options.examples) if checks else None
@@ -169,7 +167,6 @@ class Run:
         self.files: list[dict] = []
         self.created_at = now_iso()
         self.schema = None  # parquet.InferredSchema with --format parquet
-        self.final: dict = {}
         self.flow: StreamFlow | RecordFlow = (
             StreamFlow(self) if plan.streams and not any(self.arrays) else RecordFlow(self)
         )
@@ -299,7 +296,6 @@ class Run:
                                         f"{final['counts'][split]} written; please report it")
         refuse_unless_gates_pass(self.out, final, self.opts.split, dry_run=self.dry_run, write=self.save)
         self.save(final)
-        self.final = final
         return final
 
     def abort(self) -> None:

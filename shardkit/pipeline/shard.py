@@ -221,6 +221,16 @@ def refuse_unless_gates_pass(out: Path, manifest: dict, options: SplitOptions, *
     raise GateError(f"{out}: {reason}")
 
 
+def shard_quota(total: int | None, num_shards: int | None, cap: int | None) -> Callable[[int], int | None]:
+    """Records shard `index` may take: --max-records (`cap`, None: no limit); with
+    --num-shards, `total` records cut into N shards balanced by count (the first
+    total % N one record larger), each still at most `cap`."""
+    if num_shards is None:
+        return lambda _index: cap
+    q, r = divmod(total, num_shards)
+    return lambda index: min(q + (index < r), cap) if cap else q + (index < r)
+
+
 def shard_name(template: str, stem: str, index: int) -> str:
     """Format a shard name; reject templates that escape the output folder."""
     try:

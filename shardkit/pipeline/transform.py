@@ -99,6 +99,7 @@ from shardkit.pipeline.shard import (
     SplitOptions,
     reject_record,
     rejects_outside,
+    shard_quota,
 )
 from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
@@ -799,11 +800,7 @@ class _ShuffleSink:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def _quota(self, total: int) -> Callable[[int], int | None]:
-        n, cap = self.p.opts.split.num_shards, self.p.opts.split.max_records
-        if n is None:
-            return lambda i: cap
-        q, r = divmod(total, n)
-        return lambda i: min(q + (i < r), cap) if cap else q + (i < r)
+        return shard_quota(total, self.p.opts.split.num_shards, self.p.opts.split.max_records)
 
     def _drain(self, split: str, name: str, bucket, writer: _ShardWriter, depth: int) -> None:
         if bucket.records == 0:

@@ -1327,26 +1327,10 @@ class Validator:
             kind = self._gate(obj)
             if kind is not None:
                 return _new_result(RecordResult, (obj, kind, (), True))
-            extra = self._chat_with_extra_keys(obj)
+            extra = self.gate_extra(obj)
             if extra is not None:
-                return extra
+                return extra._replace(obj=obj)  # the shared result, with this record
         return self._check_thoroughly(raw, obj)
-
-    def _chat_with_extra_keys(self, obj: dict) -> RecordResult | None:
-        """A chat record that is clean except for unknown top-level keys (`source`, `lang`...),
-        common in real data: the gate checks the rest and only the key warnings are built,
-        the same issues the thorough path gives (the property tests compare both)."""
-        if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
-            return None
-        if "tools" in obj or "functions" in obj or "images" in obj or obj.keys() <= _FAST_CHAT_KEYS:
-            return None
-        if self.kind == "auto" and detect_kind(obj) != "chat":
-            return None
-        if _gate_chat({k: v for k, v in obj.items() if k in _FAST_CHAT_KEYS}) != "chat":
-            return None
-        issues: list[Issue] = []
-        _check_unknown_keys(obj, CHAT_RECORD_KEYS, "", issues)
-        return RecordResult(obj, "chat", _cap(issues), True)
 
     def _check_thoroughly(self, raw: bytes, obj: object) -> RecordResult:
         issues: list[Issue] = []
