@@ -188,29 +188,6 @@ class Queue(Claims, Operations, Looking):
             e.item = index.get((e.state, e.name))
         return out
 
-    def find(self, name: str, states: Iterable[str] = STATES) -> Entry:
-        """The one file called `name` (a bare name, or STATE/NAME, or a path in the queue)."""
-        state_hint = None
-        p = Path(name)
-        if len(p.parts) > 1:
-            for state, rel in STATE_DIRS.items():
-                if str(p.parent) in (state, rel):  # STATE/NAME or queue/STATE/NAME, relative to ROOT
-                    state_hint = state
-                elif p.is_absolute() or p.parent.exists():
-                    with contextlib.suppress(OSError):
-                        if p.parent.resolve() == (self.root / rel).resolve():
-                            state_hint = state
-            if state_hint is None or ".." in p.parts:
-                raise InputError(f"{name}: not in the queue at {self.root} (a path must be inside its state folders)")
-            name = p.name
-        matches = [e for e in self.entries([state_hint] if state_hint else states) if e.name == name]
-        if not matches:
-            raise InputError(f"{name}: not in the queue" + (f" (state {state_hint})" if state_hint else ""))
-        if len(matches) > 1:
-            where = ", ".join(e.state for e in matches)
-            raise UsageError(f"{name}: in several states ({where}); say which, e.g. {matches[0].state}/{name}")
-        return matches[0]
-
     def record_of(self, entry: Entry) -> Item | None:
         """The entry's record, looked for again if the listing found none: it may have been
         saved by its mover after our listing, or missed by a readdir that raced with a
@@ -250,25 +227,6 @@ class Queue(Claims, Operations, Looking):
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         entry.item = item
         return item
-
-    def find_for(self, op: str, name: str) -> Entry:
-        """The file `op` would move: found in any state; in a state `op` cannot move it from,
-        a ConflictError (exit 4) naming both; nowhere, an InputError (exit 3)."""
-        sources = TRANSITIONS[op][0]
-        try:
-            return self.find(name, sorted(sources))
-        except InputError:
-            try:
-                where = self.find(name)
-            except InputError:
-                raise InputError(f"{Path(name).name}: not in the queue") from None
-            if where.state in sources:  # it moved in while we looked (another process's move)
-                raise ConflictError(f"{where.name}: moved while {op} looked for it (now in {where.state}); "
-                                    "try again") from None
-            raise ConflictError(
-                f"{where.name}: cannot {op} a file in {where.state} "
-                f"({op} moves files from {', '.join(sorted(sources))})"
-            ) from None
 
     def adopt(self, entry: Entry, *, journal: bool = True) -> Item:
         """The record of a file, creating one for a file that has none (dropped in the inbox,

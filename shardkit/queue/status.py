@@ -1,18 +1,23 @@
-"""Looking at a queue without moving anything: `status` (counts, records, bytes and oldest
-age per state, and what needs a person), `show` (one file), and `queue_manifest` (every
-queue file with its sha256, for the trainer and for checks before deleting)."""
+"""Looking at a queue without moving anything: `find` and `find_for` (one file by name),
+`status` (counts, records, bytes and oldest age per state, and what needs a person), `show`
+(one file), and `queue_manifest` (every queue file with its sha256, for the trainer and
+for checks before deleting)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
+from shardkit.core.errors import ConflictError, InputError, UsageError
 from shardkit.core.io import atomic_write
-from shardkit.queue.model import PENDING, PRIORITIES, STATES, Entry
+from shardkit.queue.model import PENDING, PRIORITIES, STATE_DIRS, STATES, TRANSITIONS, Entry
 from shardkit.store.manifest import now_iso
 
 if TYPE_CHECKING:
@@ -20,7 +25,49 @@ if TYPE_CHECKING:
 
 
 class Looking:
-    """status, show, disk_reserve: a mixin of `state.Queue`."""
+    """find, find_for, status, show, disk_reserve: a mixin of `state.Queue`."""
+
+    def find(self, name: str, states: Iterable[str] = STATES) -> Entry:
+        """The one file called `name` (a bare name, or STATE/NAME, or a path in the queue)."""
+        state_hint = None
+        p = Path(name)
+        if len(p.parts) > 1:
+            for state, rel in STATE_DIRS.items():
+                if str(p.parent) in (state, rel):  # STATE/NAME or queue/STATE/NAME, relative to ROOT
+                    state_hint = state
+                elif p.is_absolute() or p.parent.exists():
+                    with contextlib.suppress(OSError):
+                        if p.parent.resolve() == (self.root / rel).resolve():
+                            state_hint = state
+            if state_hint is None or ".." in p.parts:
+                raise InputError(f"{name}: not in the queue at {self.root} (a path must be inside its state folders)")
+            name = p.name
+        matches = [e for e in self.entries([state_hint] if state_hint else states) if e.name == name]
+        if not matches:
+            raise InputError(f"{name}: not in the queue" + (f" (state {state_hint})" if state_hint else ""))
+        if len(matches) > 1:
+            where = ", ".join(e.state for e in matches)
+            raise UsageError(f"{name}: in several states ({where}); say which, e.g. {matches[0].state}/{name}")
+        return matches[0]
+
+    def find_for(self, op: str, name: str) -> Entry:
+        """The file `op` would move: found in any state; in a state `op` cannot move it from,
+        a ConflictError (exit 4) naming both; nowhere, an InputError (exit 3)."""
+        sources = TRANSITIONS[op][0]
+        try:
+            return self.find(name, sorted(sources))
+        except InputError:
+            try:
+                where = self.find(name)
+            except InputError:
+                raise InputError(f"{Path(name).name}: not in the queue") from None
+            if where.state in sources:  # it moved in while we looked (another process's move)
+                raise ConflictError(f"{where.name}: moved while {op} looked for it (now in {where.state}); "
+                                    "try again") from None
+            raise ConflictError(
+                f"{where.name}: cannot {op} a file in {where.state} "
+                f"({op} moves files from {', '.join(sorted(sources))})"
+            ) from None
 
     def status(self, now: float | None = None) -> dict:
         """Counts, records, bytes and oldest age per state; what needs a person."""
