@@ -155,8 +155,15 @@ def test_every_generated_record_converts_to_valid_chat(tmp_path):
         assert chat_errors(chat) == [], line
 
 
-@pytest.mark.parametrize(("name", "count"), [("alpaca_en_demo.json", 999), ("glaive_toolcall_en_demo.json", 300)])
-def test_real_data_converts_to_valid_chat(name, count):
+@pytest.mark.parametrize(
+    ("name", "count", "broken"),
+    [
+        ("alpaca_en_demo.json", 999, {}),
+        # the one call off its declared schema (test_validate's real-file test) stays off it
+        ("glaive_toolcall_en_demo.json", 300, {259: "messages[3].tool_calls[0].function.arguments.calories_per_item"}),
+    ],
+)
+def test_real_data_converts_to_valid_chat(name, count, broken):
     path = REALDATA / name
     if not path.exists():
         pytest.skip(f"{path} not present (shared real-data folder)")
@@ -169,7 +176,7 @@ def test_real_data_converts_to_valid_chat(name, count):
             failures.append((i, reason))
         elif errors := chat_errors(chat):
             failures.append((i, errors))
-    assert failures == []
+    assert [(i, e[0].split(":")[0]) for i, e in failures] == list(broken.items())
 
 
 def test_tool_call_ids_are_stable_and_pair_calls_with_results():

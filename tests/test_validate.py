@@ -470,6 +470,7 @@ def test_valid_chat_records():
         chat(
             user(),
             {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+            tools=[{"type": "function", "function": {"name": "f"}}],
         ),
     ]:
         result = Validator("chat").check(dumps(obj))
@@ -584,7 +585,11 @@ def test_missing_messages_key_role_and_content():
             "expected a string, got a number",
         ),
         (
-            chat(user(), assistant(tool_calls=[{"function": {"name": "f", "arguments": 1}}])),
+            chat(
+                user(),
+                assistant(tool_calls=[{"function": {"name": "f", "arguments": 1}}]),
+                tools=[{"type": "function", "function": {"name": "f"}}],
+            ),
             "messages[1].tool_calls[0].function.arguments",
             "expected a JSON string or an object, got a number",
         ),
@@ -701,7 +706,8 @@ def test_empty_content_is_a_warning():
 
 def test_empty_content_beside_tool_calls_is_fine():
     calls = [{"function": {"name": "f", "arguments": "{}"}}]
-    assert issues_of("chat", chat(user(), assistant("", tool_calls=calls))) == []
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert issues_of("chat", chat(user(), assistant("", tool_calls=calls), tools=tools)) == []
 
 
 def test_placeholders_are_warnings():
@@ -786,16 +792,19 @@ def test_tool_arguments(arguments, message):
     )
     if "{reason}" in message:
         message = message.format(reason=orjson_reason(arguments.encode()))
+    obj["tools"] = [{"type": "function", "function": {"name": "f"}}]
     assert only_issue("chat", obj) == (
         "tool_arguments",
-        "warning",
+        "error",
         "messages[1].tool_calls[0].function.arguments",
         message,
     )
 
 
 def test_legacy_function_call():
-    obj = chat(user(), assistant(None, function_call={"name": "f", "arguments": "{}"}))
+    obj = chat(
+        user(), assistant(None, function_call={"name": "f", "arguments": "{}"}), functions=[{"name": "f"}]
+    )
     assert issues_of("chat", obj) == []
     obj = chat(user(), assistant(None, function_call={"arguments": "{}"}))
     assert only_issue("chat", obj) == (
@@ -912,7 +921,7 @@ def test_sharegpt():
             {"from": "observation", "value": "{}"},
             {"from": "gpt", "value": "done"},
         ],
-        "tools": "[]",
+        "tools": '[{"name": "f"}]',
         "system": "",
     }
     assert issues_of("sharegpt", good) == []
@@ -1314,7 +1323,7 @@ good_parts = st.lists(
     st.fixed_dictionaries({"type": st.just("text"), "text": good_texts}), min_size=1, max_size=2
 )
 good_messages = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "tool"]), "content": good_texts | good_parts},
+    {"role": st.sampled_from(["user", "assistant"]), "content": good_texts | good_parts},
     optional={
         "weight": st.sampled_from([0, 1]),
         "loss_weight": st.floats(0, 1),
@@ -1323,7 +1332,7 @@ good_messages = st.fixed_dictionaries(
 )
 good_turns = st.fixed_dictionaries(
     {
-        "from": st.sampled_from(["human", "gpt", "function_call", "observation", "tool"]),
+        "from": st.sampled_from(["human", "gpt"]),
         "value": good_texts,
     }
 )
@@ -1470,7 +1479,6 @@ def real_lines(name: str) -> list[bytes]:
         ("c4_demo.jsonl", "text", 300, {}),
         ("alpaca_en_demo.json", "alpaca", 999, {}),
         ("identity.json", "alpaca", 91, {"placeholder": 85}),
-        ("glaive_toolcall_en_demo.json", "sharegpt", 300, {}),
     ],
 )
 def test_real_files_are_accepted(name, kind, records, warnings):
@@ -1483,6 +1491,20 @@ def test_real_files_are_accepted(name, kind, records, warnings):
         assert (report.records, report.valid, report.invalid) == (records, records, 0)
         assert report.kinds == {kind: records}
         assert {i["code"]: i["count"] for i in report.to_dict()["issues"]} == warnings
+
+
+def test_real_tool_calls_file_has_one_call_off_its_schema():
+    """glaive_toolcall_en_demo.json (LLaMA-Factory's demo): record 260 calls track_calories with
+    calories_per_item [150, 350, 800], where the declared parameters say a number."""
+    lines = real_lines("glaive_toolcall_en_demo.json")
+    for validator_kind in ("sharegpt", "auto"):
+        validator = Validator(validator_kind)
+        bad = [(n, validator.check(raw)) for n, raw in enumerate(lines, 1)]
+        bad = [(n, r) for n, r in bad if r.issues]
+        assert [(n, r.ok, [(i.code, i.path) for i in r.issues]) for n, r in bad] == [
+            (260, False, [("arguments_schema", "conversations[3].value.arguments.calories_per_item")])
+        ]
+        assert "is not of type 'number'" in bad[0][1].issues[0].message
 
 
 @pytest.mark.parametrize(

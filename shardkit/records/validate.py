@@ -35,8 +35,9 @@ Record level (path is a JSON path such as ``messages[2].role``):
   placeholder       warning  unfilled template placeholder(s) '{{name}}'[, ...]
   part_value        warning  content part uses 'value' instead of 'text' (LLaMA-Factory style); most trainers expect 'text'
   system_not_first  warning  system message at position {i}; most chat templates accept a system message only first
-  tool_arguments    warning  arguments is not valid JSON (...) | a JSON string holding a string, not an object
-                             (double-encoded?) | JSON but not an object (got ...)
+  tool calls        unknown_tool, undeclared_tools (warning), tool_arguments, arguments_schema,
+                    tool_schema, duplicate_call_id, unanswered_tool_call, orphan_tool_result,
+                    duplicate_tool_result: see shardkit.records.tools
   too_many_issues   warning  {n} more issues in this record not shown
   internal_error    error    validator bug: {exception}; please report it  (never expected; keeps a run alive)
   too_many_tokens   error    {n:,} tokens, over --max-tokens {limit:,}   (added by shardkit.records.check with a tokenizer)
@@ -56,8 +57,6 @@ Decisions:
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import re
 from collections.abc import Iterator
@@ -67,6 +66,24 @@ from typing import NamedTuple
 import orjson
 
 from shardkit.core.errors import UsageError
+from shardkit.records.issue import (
+    ERROR,
+    WARNING,
+    Issue,
+    clip,
+    closest,
+    error,
+    json_type_name,
+    key_path,
+    show,
+    warning,
+)
+from shardkit.records.tools import (
+    TOOL_CODES,
+    check_chat_tools,
+    check_sharegpt_tools,
+    has_tool_traffic,
+)
 
 __all__ = [
     "CODES",
@@ -90,9 +107,6 @@ MAX_UNKNOWN_KEYS_LISTED = 10
 
 KINDS = ("chat", "prompt-completion", "alpaca", "sharegpt", "text")
 
-ERROR = "error"
-WARNING = "warning"
-
 CODES: dict[str, str] = {
     "line_too_long": ERROR,
     "bom": ERROR,
@@ -114,24 +128,13 @@ CODES: dict[str, str] = {
     "placeholder": WARNING,
     "part_value": WARNING,
     "system_not_first": WARNING,
-    "tool_arguments": WARNING,
     "image_count": ERROR,
     "too_many_issues": WARNING,
     "internal_error": ERROR,
     "too_many_tokens": ERROR,
     "blank_line": WARNING,
+    **TOOL_CODES,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One problem found in one record: a stable ``code``, ``'error'`` or ``'warning'``,
-    the JSON path it concerns (``messages[2].role``, or '' for the whole line) and a message."""
-
-    code: str
-    severity: str
-    path: str
-    message: str
 
 
 class RecordResult(NamedTuple):
@@ -157,54 +160,12 @@ def format_issue(file: object, line: int, issue: Issue) -> str:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _error(code: str, path: str, message: str) -> Issue:
-    return Issue(code, ERROR, path, message)
-
-
-def _warning(code: str, path: str, message: str) -> Issue:
-    return Issue(code, WARNING, path, message)
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show(value: str) -> str:
-    """A user-supplied string for a message: quoted, escaped, clipped."""
-    return repr(_clip(value))
-
-
-def json_type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _key_path(base: str, key: str) -> str:
-    if key.isidentifier():
-        return f"{base}.{key}" if base else key
-    return f"{base}[{orjson.dumps(_clip(key, 60)).decode()}]"
-
-
-def _closest(word: str, choices: object) -> str | None:
-    return _closest_cached(_clip(word, 64), tuple(choices))
-
-
-@functools.lru_cache(maxsize=4096)
-def _closest_cached(word: str, choices: tuple[str, ...]) -> str | None:
-    # the same unknown key tends to repeat on thousands of records: difflib once per key
-    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+_error = error
+_warning = warning
+_clip = clip
+_show = show
+_key_path = key_path
+_closest = closest
 
 
 # --------------------------------------------------------------------------- decoding
@@ -609,8 +570,8 @@ def _gate_chat_messages(messages: object) -> str | None:
             role = m["role"]
             if role == "assistant":
                 has_assistant = True
-            elif role != "user" and not (role == "system" and m is messages[0]) and role != "tool":
-                return None
+            elif role != "user" and not (role == "system" and m is messages[0]):
+                return None  # tool results too: check_chat_tools pairs them with their calls
     except (KeyError, TypeError, AttributeError):
         return _gate_each_message(messages)
     return "chat" if has_assistant else None
@@ -639,7 +600,7 @@ def _gate_each_message(messages: object) -> str | None:
         role = m.get("role")
         if role == "assistant":
             has_assistant = True
-        elif role != "user" and role != "tool" and not (role == "system" and i == 0):
+        elif role != "user" and not (role == "system" and i == 0):
             return None
         content = m.get("content")
         if type(content) is str:
@@ -721,10 +682,10 @@ def _gate_sharegpt(obj: dict) -> str | None:
             ):
                 return None
             role = turn["from"]
-            if role == "gpt" or role == "function_call":
+            if role == "gpt":
                 has_assistant = True
-            elif role != "human" and role != "observation" and role != "tool":
-                return None  # includes 'system' turns: the explainer decides
+            elif role != "human":
+                return None  # system turns, and tool traffic (check_sharegpt_tools): the explainer decides
     except (KeyError, TypeError, AttributeError):
         return None
     return "sharegpt" if has_assistant else None
@@ -862,6 +823,8 @@ def _explain_chat(obj: dict, issues: list[Issue]) -> None:
             )
     _explain_messages(obj["messages"], "messages", issues, need_assistant=True)
     _check_images(obj, _chat_images(obj["messages"]), issues)
+    if has_tool_traffic(obj["messages"]):
+        check_chat_tools(obj, issues)
 
 
 def _chat_images(messages: object) -> tuple[int, int]:
@@ -1059,49 +1022,6 @@ def _explain_function(function: object, path: str, issues: list[Issue]) -> None:
                 f"expected a string, got {json_type_name(function['name'])}",
             )
         )
-    if "arguments" in function:
-        _explain_arguments(function["arguments"], f"{path}.arguments", issues)
-
-
-def _explain_arguments(arguments: object, path: str, issues: list[Issue]) -> None:
-    if type(arguments) is dict:
-        return
-    if type(arguments) is not str:
-        issues.append(
-            _error(
-                "wrong_type",
-                path,
-                f"expected a JSON string or an object, got {json_type_name(arguments)}",
-            )
-        )
-        return
-    try:
-        decoded = orjson.loads(arguments)
-    except orjson.JSONDecodeError as exc:
-        issues.append(
-            _warning(
-                "tool_arguments",
-                path,
-                f"arguments is not valid JSON (column {exc.pos + 1}: {exc.msg})",
-            )
-        )
-        return
-    if type(decoded) is str:
-        issues.append(
-            _warning(
-                "tool_arguments",
-                path,
-                "arguments is a JSON string holding a string, not an object (double-encoded?)",
-            )
-        )
-    elif type(decoded) is not dict:
-        issues.append(
-            _warning(
-                "tool_arguments",
-                path,
-                f"arguments is JSON but not an object (got {json_type_name(decoded)})",
-            )
-        )
 
 
 def _explain_prompt_completion(obj: dict, issues: list[Issue]) -> None:
@@ -1204,6 +1124,7 @@ def _explain_sharegpt(obj: dict, issues: list[Issue]) -> None:
             _check_string(turn["value"], f"{path}.value", issues)
     placeholders = sum(t["value"].count("<image>") for t in turns if type(t) is dict and type(t.get("value")) is str)
     _check_images(obj, (placeholders, 0), issues)
+    check_sharegpt_tools(obj, issues)
     if not trouble and not _SHAREGPT_ASSISTANT.intersection(seen):
         froms = ", ".join(dict.fromkeys(seen))
         issues.append(
