@@ -126,7 +126,7 @@ def test_relative_paths_from_env_and_flags_are_left_to_the_cwd(tmp_path):
         ("stale_after = -5\n", "{path}: stale_after: invalid value -5 (expected a duration such as 90, 10s, 15m, 2h or 7d)"),
         ("on_invalid = 'strp'\n", "{path}: on_invalid: invalid value 'strp' (expected one of quarantine, strip; did you mean 'strip'?)"),
         ("priority = 'urgent'\n", "{path}: priority: invalid value 'urgent' (expected one of high, normal, low)"),
-        ("kind = 'chatml'\n", "{path}: kind: invalid value 'chatml' (expected auto, one of chat, prompt-completion, alpaca, sharegpt, text, or a JSON Schema file (.json); did you mean 'chat'?)"),
+        ("kind = 'chatml'\n", "{path}: kind: invalid value 'chatml' (expected auto, one of chat, prompt-completion, alpaca, sharegpt, text, preference, kto, or a JSON Schema file (.json); did you mean 'chat'?)"),
         ("max_attempts = 'none'\n", "{path}: max_attempts: invalid value 'none' (expected a value; this setting cannot be unset)"),
         ("[queue]\nmax_records = 5\n", "{path}: [queue]: settings are top-level keys (max_records = 50000), not a table; move them above any [section]"),
     ],

@@ -391,7 +391,8 @@ def test_unknown_kind_names_the_keys():
         "",
         "unknown record kind: keys 'question', 'answer' match none of chat (messages), "
         "sharegpt (conversations), alpaca (instruction, output), "
-        "prompt-completion (prompt, completion), text (text)",
+        "prompt-completion (prompt, completion), text (text), "
+        "preference (prompt, chosen, rejected), kto (prompt, completion, label)",
     )
 
 
@@ -435,7 +436,7 @@ def test_unknown_kind_name_is_a_usage_error():
     with pytest.raises(UsageError) as info:
         Validator("chatt")
     assert str(info.value) == (
-        "unknown kind 'chatt' (expected auto, chat, prompt-completion, alpaca, sharegpt, text; "
+        "unknown kind 'chatt' (expected auto, chat, prompt-completion, alpaca, sharegpt, text, preference, kto; "
         "did you mean 'chat'?)"
     )
 
@@ -1360,6 +1361,11 @@ def valid_records(draw):
         }
     if kind == "prompt-completion":
         return {"prompt": draw(good_texts), "completion": draw(good_texts)}
+    if kind == "preference":
+        chosen, rejected = draw(st.lists(good_texts, min_size=2, max_size=2, unique=True))
+        return {"prompt": draw(good_texts), "chosen": chosen, "rejected": rejected}
+    if kind == "kto":
+        return {"prompt": draw(good_texts), "completion": draw(good_texts), "label": draw(st.booleans())}
     return {"text": draw(good_texts)}
 
 

@@ -76,7 +76,7 @@ def split(
         typer.Option(
             "--validate",
             rich_help_panel="Check",
-            help="Check every record in the same pass: a kind (chat, prompt-completion, alpaca, sharegpt, text), auto, or a JSON Schema file; invalid records go to the rejects file.",
+            help="Check every record in the same pass: a kind (chat, prompt-completion, alpaca, sharegpt, text, preference, kto), auto, or a JSON Schema file; invalid records go to the rejects file.",
             show_default=False,
         ),
     ] = None,
@@ -303,7 +303,7 @@ def verify(
 @app.command()
 def validate(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst, - for stdin) or .json array files.", show_default=False)],
-    kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, or auto (detect per record).")] = "auto",
+    kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind: chat, prompt-completion, alpaca, sharegpt, text, preference (prompt, chosen, rejected), kto (prompt, completion, label), or auto (detect per record).")] = "auto",
     schema: Annotated[Path | None, typer.Option("--schema", help="Validate against this JSON Schema (Draft 2020-12) instead of a built-in kind.", show_default=False)] = None,
     max_errors: Annotated[int | None, typer.Option("--max-errors", envvar="SHARDKIT_MAX_ERRORS", help="Quality gate: exit 0 while invalid records are at most N (default 0; no limit when only --max-reject-ratio is given).", min=0, show_default=False)] = None,
     max_reject_ratio: Annotated[float | None, typer.Option("--max-reject-ratio", envvar="SHARDKIT_MAX_REJECT_RATIO", min=0.0, max=1.0, help="Quality gate: exit 1 when more than this share of the records is invalid (0.05 = 5%); with it, --max-errors defaults to no limit.", show_default=False)] = None,

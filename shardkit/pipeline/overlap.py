@@ -13,11 +13,13 @@ Keys (what "appears" means):
   `shardkit stats` and `split --dedup exact` use (first 16 bytes of its sha256).
 - ``first-user``: the first user turn: chat -> the first ``user`` message's content;
   sharegpt -> the first ``human`` turn; alpaca -> instruction and input joined by a newline;
-  prompt-completion -> the prompt (or, conversational, its first user message).
+  prompt-completion and kto -> the prompt (or, conversational, its first user message);
+  preference -> the prompt (or its first user message; with no prompt key, chosen's).
 - ``prompt``: everything before the first answer: chat -> the messages before the first
   assistant message (system included); sharegpt -> system and the turns before the first
   gpt/function_call turn; alpaca -> system, history, instruction, input;
-  prompt-completion -> the prompt.
+  prompt-completion and kto -> the prompt; preference -> the prompt (with no prompt key,
+  chosen's messages before its closing assistant turn).
 - any other name: that top-level field (a string, or any JSON value normalised as above).
 
 Text keys are normalised with `normalize_text`: Unicode NFKC, case-folded, every run of
@@ -39,6 +41,7 @@ import orjson
 
 from shardkit.core.errors import UsageError
 from shardkit.core.io import BackgroundHasher, InputSpec, InputStream, inspect_input
+from shardkit.records.preference import prompt_messages
 from shardkit.records.tokens import add_content_parts
 from shardkit.records.validate import detect_kind
 
@@ -118,11 +121,16 @@ def _first_user(obj: object) -> list[str] | None:
         return _first_message(obj.get("conversations"), "from", "value", ("human", "user"))
     if kind == "alpaca":
         return _strings(obj, "instruction", "input")
-    if kind == "prompt-completion":
+    if kind in ("prompt-completion", "kto"):
         prompt = obj.get("prompt")
         if type(prompt) is list:
             return _first_message(prompt, "role", "content", ("user",))
         return _strings(obj, "prompt")
+    if kind == "preference":
+        prompt = obj.get("prompt", obj.get("chosen"))  # no prompt key: chosen carries it
+        if type(prompt) is list:
+            return _first_message(prompt, "role", "content", ("user",))
+        return [prompt] if type(prompt) is str and prompt else None
     return None
 
 
@@ -150,10 +158,17 @@ def _prompt(obj: object) -> list[str] | None:
                 if type(pair) is list:
                     parts.extend(s for s in pair if type(s) is str and s)
         return parts + _strings(obj, "instruction", "input")
-    if kind == "prompt-completion":
+    if kind in ("prompt-completion", "kto"):
         prompt = obj.get("prompt")
         if type(prompt) is list:
             return _before_answer(prompt, "role", "content", ("assistant",))
+        return _strings(obj, "prompt")
+    if kind == "preference":
+        if "prompt" not in obj and type(obj.get("chosen")) is list:
+            return [t for m in prompt_messages(obj["chosen"]) if type(m) is dict for t in _content_text(m.get("content"))]
+        prompt = obj.get("prompt")
+        if type(prompt) is list:
+            return [t for m in prompt if type(m) is dict for t in _content_text(m.get("content"))]
         return _strings(obj, "prompt")
     return None
 

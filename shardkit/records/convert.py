@@ -81,6 +81,8 @@ def to_chat(obj: object, kind: str | None = None) -> tuple[dict | None, str]:
     convert = _CONVERTERS.get(kind)  # type: ignore[arg-type]
     if kind == "chat":
         return obj, ""
+    if kind in ("preference", "kto"):
+        return None, f"{kind} record: --to chat would drop a side of the pair (preference data stays as it is)"
     if kind == "text":
         return None, "text record: no roles to map to chat messages (--to chat needs chat, alpaca, sharegpt or prompt-completion)"
     if convert is None:

@@ -135,7 +135,8 @@ def record_text(obj: object, kind: str | None) -> str:
 
     chat: every message's content (a string, or a list of parts with ``text`` or
     ``value``); sharegpt: every turn's ``value``; alpaca: system, history, instruction,
-    input, output; prompt-completion: prompt, completion; text: text. Empty parts and
+    input, output; prompt-completion: prompt, completion; text: text; preference: prompt,
+    chosen, rejected; kto: prompt, completion. Empty parts and
     values of the wrong type are left out; an unknown kind gives ''.
     """
     return SEPARATOR.join(text_parts(obj, kind))
@@ -150,7 +151,10 @@ def text_parts(obj: object, kind: str | None) -> list[str]:
 
 
 def _chat_parts(obj: dict) -> list[str]:
-    messages = obj.get("messages")
+    return _message_parts(obj.get("messages"))
+
+
+def _message_parts(messages: object) -> list[str]:
     parts: list[str] = []
     if type(messages) is not list:
         return parts
@@ -211,10 +215,29 @@ def _text_parts(obj: dict) -> list[str]:
     return _strings(obj, ("text",))
 
 
+def _sides(*keys: str):
+    """Parts of keys that hold a string or a list of messages (preference, kto)."""
+
+    def parts(obj: dict) -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            value = obj.get(key)
+            if type(value) is str:
+                if value:
+                    out.append(value)
+            elif type(value) is list:
+                out.extend(_message_parts(value))
+        return out
+
+    return parts
+
+
 _EXTRACTORS = {
     "chat": _chat_parts,
     "sharegpt": _sharegpt_parts,
     "alpaca": _alpaca_parts,
     "prompt-completion": _prompt_completion_parts,
     "text": _text_parts,
+    "preference": _sides("prompt", "chosen", "rejected"),
+    "kto": _sides("prompt", "completion"),
 }

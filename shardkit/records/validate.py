@@ -22,6 +22,8 @@ JSON level (``decode_line``; path is '' unless noted):
   duplicate_key   warning  duplicate key {key!r}; the last value wins   (opt-in: check_duplicate_keys)
 
 Record level (path is a JSON path such as ``messages[2].role``):
+  (tool calls: shardkit.records.tools; preference pairs (empty_side, same_sides, prompt_mismatch,
+  no_answer): shardkit.records.preference)
   unknown_kind      error    unknown record kind: keys {...} match none of chat (messages), ...[; did you mean {k!r}?]
   missing_key       error    missing required key {key!r}[ (the record looks like {kind})]
   wrong_type        error    expected {a string|...}, got {an array|...}
@@ -78,6 +80,7 @@ from shardkit.records.issue import (
     show,
     warning,
 )
+from shardkit.records.preference import PREFERENCE_CODES, check_kto, check_pair
 from shardkit.records.tools import (
     TOOL_CODES,
     check_chat_tools,
@@ -105,7 +108,7 @@ DEFAULT_MAX_DEPTH = ORJSON_MAX_DEPTH
 MAX_ISSUES_PER_RECORD = 100
 MAX_UNKNOWN_KEYS_LISTED = 10
 
-KINDS = ("chat", "prompt-completion", "alpaca", "sharegpt", "text")
+KINDS = ("chat", "prompt-completion", "alpaca", "sharegpt", "text", "preference", "kto")
 
 CODES: dict[str, str] = {
     "line_too_long": ERROR,
@@ -134,6 +137,7 @@ CODES: dict[str, str] = {
     "too_many_tokens": ERROR,
     "blank_line": WARNING,
     **TOOL_CODES,
+    **PREFERENCE_CODES,
 }
 
 
@@ -426,16 +430,21 @@ def _duplicate_key(raw: bytes) -> Issue | None:
 
 def detect_kind(obj: object) -> str | None:
     """The record kind its keys suggest, or None. One discriminating key per kind, in order:
-    messages -> chat, conversations -> sharegpt, instruction -> alpaca,
-    prompt or completion -> prompt-completion, output -> alpaca, text -> text."""
+    chosen or rejected -> preference, messages -> chat, conversations -> sharegpt,
+    instruction -> alpaca, label beside completion -> kto, prompt or completion ->
+    prompt-completion, output -> alpaca, text -> text."""
     if type(obj) is not dict:
         return None
+    if "chosen" in obj or "rejected" in obj:
+        return "preference"
     if "messages" in obj:
         return "chat"
     if "conversations" in obj:
         return "sharegpt"
     if "instruction" in obj:
         return "alpaca"
+    if "label" in obj and "completion" in obj:
+        return "kto"
     if "prompt" in obj or "completion" in obj:
         return "prompt-completion"
     if "output" in obj:
@@ -451,8 +460,13 @@ _KIND_KEYS = {
     "alpaca": ("instruction", "output"),
     "prompt-completion": ("prompt", "completion"),
     "text": ("text",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
 }
 _DISCRIMINATING_KEYS = (
+    "chosen",
+    "rejected",
+    "label",
     "messages",
     "conversations",
     "instruction",
@@ -522,6 +536,10 @@ ALPACA_KEYS = frozenset({"instruction", "input", "output", "system", "history", 
 SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "images", "videos", "audios", "id"})
 TURN_KEYS = frozenset({"from", "value"})
 TEXT_KEYS = frozenset({"text", "id", "meta", "metadata", "url", "timestamp", "source", "title"})
+PREFERENCE_KEYS = frozenset(
+    {"prompt", "chosen", "rejected", "id", "metadata", "score_chosen", "score_rejected", "images"}
+)
+KTO_KEYS = frozenset({"prompt", "completion", "label", "id", "metadata", "images"})
 
 _FAST_CHAT_KEYS = frozenset({"messages", "parallel_tool_calls", "id", "metadata"})
 _FAST_MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "loss_weight"})
@@ -706,6 +724,30 @@ def _gate_text(obj: dict) -> str | None:
     return "text"
 
 
+def _gate_preference(obj: dict) -> str | None:
+    """String prompt, chosen and rejected, nothing else: the explainer takes the rest."""
+    try:
+        prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
+        if len(obj) != 3 or chosen == rejected or not (_fine_text(prompt) and _fine_text(chosen) and _fine_text(rejected)):
+            return None
+        if " ".join(chosen.split()) == " ".join(rejected.split()):
+            return None
+    except KeyError:
+        return None
+    return "preference"
+
+
+def _gate_kto(obj: dict) -> str | None:
+    try:
+        if len(obj) != 3 or type(obj["label"]) is not bool:
+            return None
+        if not (_fine_text(obj["prompt"]) and _fine_text(obj["completion"])):
+            return None
+    except KeyError:
+        return None
+    return "kto"
+
+
 def _gate_auto(obj: dict) -> str | None:
     kind = detect_kind(obj)
     return _GATES[kind](obj) if kind is not None else None
@@ -721,6 +763,8 @@ _GATES = {
     "alpaca": _gate_alpaca,
     "sharegpt": _gate_sharegpt,
     "text": _gate_text,
+    "preference": _gate_preference,
+    "kto": _gate_kto,
 }
 
 
@@ -1144,12 +1188,62 @@ def _explain_text(obj: dict, issues: list[Issue]) -> None:
     _check_string(obj["text"], "text", issues)
 
 
+def _explain_side(value: object, path: str, issues: list[Issue]) -> None:
+    """A prompt or side of a preference/kto record: a string, or an array of chat messages."""
+    if type(value) is str:
+        _check_text(value, path, issues, allow_empty=True)  # preference.py judges emptiness
+    elif type(value) is list:
+        if value:
+            _explain_messages(value, path, issues, need_assistant=False)
+    else:
+        issues.append(
+            _error("wrong_type", path, f"expected a string or an array of messages, got {json_type_name(value)}")
+        )
+
+
+def _explain_preference(obj: dict, issues: list[Issue]) -> None:
+    _check_unknown_keys(obj, PREFERENCE_KEYS, "", issues)
+    missing = [key for key in ("chosen", "rejected") if key not in obj]
+    for key in missing:
+        issues.append(_missing(key, key, obj, "preference"))
+    implicit = all(type(obj.get(key)) is list for key in ("chosen", "rejected"))
+    if "prompt" in obj:
+        _explain_side(obj["prompt"], "prompt", issues)
+    elif not implicit and not missing:
+        issues.append(
+            _error("missing_key", "prompt", "missing required key 'prompt' (only message-list sides carry their prompt)")
+        )
+    for key in ("chosen", "rejected"):
+        if key in obj:
+            _explain_side(obj[key], key, issues)
+    if not any(i.severity == ERROR for i in issues):
+        check_pair(obj, issues)
+
+
+def _explain_kto(obj: dict, issues: list[Issue]) -> None:
+    _check_unknown_keys(obj, KTO_KEYS, "", issues)
+    for key in ("prompt", "completion", "label"):
+        if key not in obj:
+            issues.append(_missing(key, key, obj, "kto"))
+        elif key == "label":
+            if type(obj[key]) is not bool:
+                issues.append(
+                    _error("wrong_type", key, f"expected a boolean (true: desirable), got {json_type_name(obj[key])}")
+                )
+        else:
+            _explain_side(obj[key], key, issues)
+    if not any(i.severity == ERROR for i in issues):
+        check_kto(obj, issues)
+
+
 _EXPLAINERS = {
     "chat": _explain_chat,
     "prompt-completion": _explain_prompt_completion,
     "alpaca": _explain_alpaca,
     "sharegpt": _explain_sharegpt,
     "text": _explain_text,
+    "preference": _explain_preference,
+    "kto": _explain_kto,
 }
 
 
