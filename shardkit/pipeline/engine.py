@@ -584,12 +584,14 @@ def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, 
     """One input's rows and tally, as compute_stats gathers them (file index = `index`)."""
     from shardkit.core.io import inspect_input
     from shardkit.pipeline.stats import StatsColumns, scan_input
+    from shardkit.records.template import load_chat_template
     from shardkit.records.tokens import load_tokenizer
 
     spec = dataclasses.replace(inspect_input(path), display=display)
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
     columns = StatsColumns(with_tokens=tokenizer is not None)
-    tally = scan_input(index, spec, columns, tokenizer, examples, None)
+    tally = scan_input(index, spec, columns, tokenizer, examples, None, template)
     return columns, tally
 
 

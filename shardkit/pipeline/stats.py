@@ -14,6 +14,8 @@ Definitions:
 - records: non-blank lines that hold a JSON object. Invalid lines (not JSON, or not an
   object) and blank lines are counted apart and get no row.
 - characters: ``len(tokens.record_text(obj, kind))``, the text a trainer tokenizes.
+- tokens (with a tokenizer): of the text the model's chat template renders, when the model
+  folder has one (chat records, and the kinds ``split --to chat`` maps); else of the text.
 - messages: chat and sharegpt count their list; alpaca counts 2 per exchange (+1 for a
   system prompt); prompt-completion is 2. Turns are user -> assistant exchanges. Text
   records and unknown kinds have neither and are left out of those two statistics.
@@ -35,6 +37,7 @@ import orjson
 
 from shardkit.core.errors import DataError, UsageError
 from shardkit.core.io import InputSpec, InputStream, format_size, inspect_input
+from shardkit.records.template import TemplateError, chat_view, load_chat_template
 from shardkit.records.tokens import (
     SEPARATOR,
     add_content_parts,
@@ -140,16 +143,31 @@ class _InputTally:
     blank: int = 0
     invalid: int = 0
     invalid_first: list[dict] = field(default_factory=list)
+    template_failed: int = 0
 
 
 class _TokenCounter:
-    """Batches record texts for `count_tokens` so the tokenizer works on all cores."""
+    """Batches record texts for `count_tokens` so the tokenizer works on all cores. With a
+    chat template, a record a template renders (chat, and the kinds `--to chat` maps) is
+    counted as the template renders it; one it refuses, by its text (`failed` counts them)."""
 
-    def __init__(self, tokenizer: Any, out: array) -> None:
+    def __init__(self, tokenizer: Any, out: array, template: Any = None) -> None:
         self._tokenizer = tokenizer
+        self._template = template
         self._out = out
         self._texts: list[str] = []
         self._chars = 0
+        self.failed = 0
+
+    def add_record(self, obj: dict, kind: str | None, parts: list[str]) -> None:
+        view = chat_view(obj, kind) if self._template is not None else None
+        if view is not None:
+            try:
+                self.add(self._template.render(view[0], tools=view[1]))
+                return
+            except TemplateError:
+                self.failed += 1
+        self.add(SEPARATOR.join(parts))
 
     def add(self, text: str) -> None:
         self._texts.append(text)
@@ -182,9 +200,10 @@ def compute_stats(
         raise UsageError(f"examples must be a whole number >= 0, got {examples!r}")
     specs = [inspect_input(str(p)) for p in paths]
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
     columns = StatsColumns(with_tokens=tokenizer is not None)
     tallies = [
-        scan_input(index, spec, columns, tokenizer, examples, progress) for index, spec in enumerate(specs)
+        scan_input(index, spec, columns, tokenizer, examples, progress, template) for index, spec in enumerate(specs)
     ]
     return stats_report(columns, tallies, examples, tokenizer_path)
 
@@ -196,10 +215,11 @@ def scan_input(
     tokenizer: Any,
     examples: int,
     progress: Callable[[int], None] | None,
+    template: Any = None,
 ) -> _InputTally:
     tally = _InputTally(spec.display, first_row=len(columns.kind))
     on_raw = (lambda data: progress(len(data))) if progress is not None else None
-    counter = _TokenCounter(tokenizer, columns.tokens) if tokenizer is not None else None
+    counter = _TokenCounter(tokenizer, columns.tokens, template) if tokenizer is not None else None
     with InputStream(spec, on_raw) as stream:
         counted = _CountingReader(stream)
         source = open_source(spec, counted)
@@ -212,6 +232,7 @@ def scan_input(
         tally.file_bytes = stream.raw_bytes
     if counter is not None:
         counter.flush()
+        tally.template_failed = counter.failed
     tally.rows = len(columns.kind) - tally.first_row
     return tally
 
@@ -255,7 +276,7 @@ def _scan_records(
         add_turns(n_turns)
         hashes += sha256(normalised).digest()[:16]
         if counter is not None:
-            counter.add(SEPARATOR.join(parts))
+            counter.add_record(obj, kind, parts)
 
 
 def _invalid(raw: bytes, number: int, tally: _InputTally, examples: int) -> dict | None:
@@ -354,7 +375,16 @@ def stats_report(columns: StatsColumns, tallies: list[_InputTally], examples: in
         "total": {"files": len(tallies), **total},
         "tokenizer": str(tokenizer_path) if tokenizer_path is not None else None,
         "token_limits": list(TOKEN_LIMITS) if tokenizer_path is not None else [],
+        **_template_fields(tokenizer_path, tallies),
     }
+
+
+def _template_fields(tokenizer_path: str | None, tallies: list[_InputTally]) -> dict:
+    """Which chat template the token counts went through, and how many records it refused."""
+    template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
+    if template is None:
+        return {"chat_template": None}
+    return {"chat_template": template.name, "template_failed": sum(t.template_failed for t in tallies)}
 
 
 def _section(pl: Any, rows: Any, tallies: list[_InputTally], names: list[str], examples: int) -> dict:
@@ -527,16 +557,16 @@ def render_stats(report: dict) -> list[str]:
     """The human-readable report: one block per input, then the total for several inputs."""
     lines: list[str] = []
     for section in report["inputs"]:
-        lines.extend(_render_section(section["path"], section))
+        lines.extend(_render_section(section["path"], section, report.get("chat_template")))
         lines.append("")
     if len(report["inputs"]) > 1:
-        lines.extend(_render_section(f"total ({report['total']['files']} files)", report["total"]))
+        lines.extend(_render_section(f"total ({report['total']['files']} files)", report["total"], report.get("chat_template")))
     elif lines:
         lines.pop()
     return lines
 
 
-def _render_section(title: str, s: dict) -> list[str]:
+def _render_section(title: str, s: dict, template: str | None = None) -> list[str]:
     size = format_size(s["bytes"])
     if s["file_bytes"] != s["bytes"]:
         size += f" ({format_size(s['file_bytes'])} on disk)"
@@ -555,7 +585,8 @@ def _render_section(title: str, s: dict) -> list[str]:
         lines.append("  chars/record: " + _stat_line(s["chars"], ("min", "mean", "p50", "p95", "p99", "max")))
     if s.get("tokens"):
         t = s["tokens"]
-        lines.append("  tokens/record: " + _stat_line(t, ("min", "mean", "p50", "p95", "p99", "max")))
+        after = " (after the chat template)" if template else ""
+        lines.append(f"  tokens/record{after}: " + _stat_line(t, ("min", "mean", "p50", "p95", "p99", "max")))
         over = ", ".join(f"{_num(int(limit))}: {_num(n)}" for limit, n in t["over"].items())
         lines.append(f"  tokens in all: {_num(t['total'])}; records over {over}")
     dup = s["duplicates"]

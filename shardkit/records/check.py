@@ -31,7 +31,14 @@ import orjson
 from shardkit.core.blocks import Block, BlockReader
 from shardkit.core.errors import InputError, UsageError
 from shardkit.core.io import pid_alive
-from shardkit.records.tokens import count_tokens, load_tokenizer, record_text
+from shardkit.records.template import TemplateError, chat_view, load_chat_template
+from shardkit.records.tokens import (
+    TokenTally,
+    count_spans,
+    load_tokenizer,
+    loses_everything,
+    record_text,
+)
 from shardkit.records.validate import (
     DEFAULT_MAX_LINE_BYTES,
     ERROR,
@@ -61,6 +68,7 @@ class CheckOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_tokens: int | None = None
     tokenizer: str | None = None
+    template: bool = True  # render chat records with the model's chat template, when it has one
     examples: int = 5
 
     def __post_init__(self) -> None:
@@ -171,6 +179,7 @@ class Checker:
         else:
             self.validator = Validator(options.kind, max_line_bytes=options.max_line_bytes)
         self.tokenizer = load_tokenizer(options.tokenizer) if options.tokenizer else None
+        self.template = load_chat_template(options.tokenizer) if options.tokenizer and options.template else None
 
     def check_lines(self, data: bytes, first_line: int, display: str) -> Verdict:
         """Check whole lines (each ending in b"\\n"; blank lines are reported, not checked).
@@ -245,7 +254,7 @@ class Checker:
 
     def _finish(self, report: Report, entries: list, display: str, lines: int) -> Verdict:
         if self.tokenizer is not None:
-            self._limit_tokens(entries)
+            self._limit_tokens(entries, report)
         bad: list[Bad] = []
         add = report.add
         for line, start, end, res in entries:
@@ -254,19 +263,57 @@ class Checker:
                 bad.append(Bad(line, start, end, *reason_of(res.issues)))
         return Verdict(report, bad, lines)
 
-    def _limit_tokens(self, entries: list) -> None:
+    def _limit_tokens(self, entries: list, report: Report) -> None:
+        """Count the tokens of the valid records (after the chat template, when the model
+        has one) and flag those over --max-tokens, and those that keep no assistant token
+        within it (they add no loss at all)."""
         limit = self.options.max_tokens
-        ok = [i for i, e in enumerate(entries) if e[3].ok]
-        texts = []
-        for i in ok:
-            res = entries[i][3]
+        template = self.template
+        tally = TokenTally(limit=limit, template=template.name if template is not None else None)
+        texts: list[str] = []
+        spans: list = []
+        counted: list[int] = []
+        for i, (line, start, end, res) in enumerate(entries):
+            if not res.ok:
+                continue
             kind = res.kind if res.kind in KINDS else detect_kind(res.obj)
-            texts.append(record_text(res.obj, kind))
-        for i, n in zip(ok, count_tokens(self.tokenizer, texts), strict=True):
-            if n > limit:
+            view = chat_view(res.obj, kind) if template is not None else None
+            if view is None:
+                texts.append(record_text(res.obj, kind))
+                spans.append(None)
+            else:
+                try:
+                    rendered = template.assistant_spans(view[0], tools=view[1])
+                except TemplateError as e:
+                    issue = Issue("template_error", ERROR, "", f"the chat template cannot render this record: {e}")
+                    entries[i] = (line, start, end, res._replace(issues=(*res.issues, issue), ok=False))
+                    continue
+                texts.append(rendered.text)
+                spans.append(rendered.spans if rendered.problem is None else None)
+                if rendered.problem is not None:
+                    issue = Issue("template_prefix", "warning", "", f"assistant tokens unknown: {rendered.problem}")
+                    res = res._replace(issues=(*res.issues, issue))
+                    entries[i] = (line, start, end, res)
+            counted.append(i)
+        after = " after the chat template" if template is not None else ""
+        for i, count in zip(counted, count_spans(self.tokenizer, texts, spans), strict=True):
+            tally.add(count)
+            found = []
+            if count.tokens > limit:
+                found.append(Issue("too_many_tokens", ERROR, "", f"{count.tokens:,} tokens{after}, over --max-tokens {limit:,}"))
+            if loses_everything(count, limit):
+                if count.assistant == 0:
+                    message = "no assistant tokens after the chat template: the record adds no loss"
+                else:
+                    message = (
+                        f"every assistant token lies beyond --max-tokens {limit:,} (the first is token "
+                        f"{count.first_assistant:,} of {count.tokens:,}): truncated, the record adds no loss"
+                    )
+                found.append(Issue("no_loss", ERROR, "", message))
+            if found:
                 line, start, end, res = entries[i]
-                issue = Issue("too_many_tokens", ERROR, "", f"{n:,} tokens, over --max-tokens {limit:,}")
-                entries[i] = (line, start, end, RecordResult(res.obj, res.kind, (*res.issues, issue), False))
+                entries[i] = (line, start, end, RecordResult(res.obj, res.kind, (*res.issues, *found), False))
+        report.add_tokens(tally)
 
     def check_range(self, path: str, display: str, start: int, end: int, want_raw: bool) -> RangeVerdict:
         """Check the lines of a plain file that begin in [start, end).

@@ -10,13 +10,25 @@ comparing with a trainer's ``max_seq_length``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from shardkit.core.errors import InputError, UsageError
 
-__all__ = ["TokenizerLike", "count_tokens", "load_tokenizer", "record_text", "text_parts"]
+__all__ = [
+    "TokenCount",
+    "TokenTally",
+    "TokenizerLike",
+    "count_spans",
+    "loses_everything",
+    "count_tokens",
+    "load_tokenizer",
+    "record_text",
+    "text_parts",
+]
 
 TOKENIZER_FILE = "tokenizer.json"
 SEPARATOR = "\n"  # between the parts of one record's text
@@ -125,6 +137,135 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
         return []
     encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
     return [len(encoding) for encoding in encode(texts, add_special_tokens=False)]
+
+
+class TokenCount(NamedTuple):
+    """One rendered record's tokens: all of them, those in assistant spans, and the index of
+    the first assistant token (-1: none; `assistant` is None when the spans are unknown)."""
+
+    tokens: int
+    assistant: int | None
+    first_assistant: int
+
+
+def count_spans(tokenizer: Any, texts: list[str], spans: list[tuple[tuple[int, int], ...] | None]) -> list[TokenCount]:
+    """Tokenize `texts` as one batch (no special tokens added: a template writes its own) and
+    count, per text, the tokens that overlap its character `spans` (None: spans unknown).
+
+    A token that straddles a span's edge counts as inside, as transformers' assistant mask
+    does (it maps the span's first and last characters to their tokens)."""
+    if not texts:
+        return []
+    out = []
+    for text_spans, encoding in zip(spans, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
+        n = len(encoding)
+        if text_spans is None:
+            out.append(TokenCount(n, None, -1))
+            continue
+        assistant, first = 0, -1
+        char_to_token = encoding.char_to_token
+        for start, end in text_spans:
+            k0 = next((k for pos in range(start, end) if (k := char_to_token(pos)) is not None), None)
+            if k0 is None:
+                continue  # the span holds no token (empty, or only what the normalizer drops)
+            k1 = next(k for pos in range(end - 1, start - 1, -1) if (k := char_to_token(pos)) is not None)
+            assistant += k1 - k0 + 1
+            if first < 0:
+                first = k0
+        out.append(TokenCount(n, assistant, first))
+    return out
+
+
+@dataclass
+class TokenTally:
+    """Token lengths of checked records, mergeable across blocks and processes: exact
+    percentiles in memory that grows with the distinct lengths, not the records."""
+
+    limit: int | None = None
+    template: str | None = None  # the chat template records were rendered with
+    lengths: dict[int, int] = field(default_factory=dict)
+    tokens: int = 0
+    assistant: int = 0  # tokens in assistant spans, over the records whose spans are known
+    spanned_tokens: int = 0  # all tokens of those records
+    over: int = 0
+    no_loss: int = 0  # over the limit with every assistant token beyond it (or none at all)
+
+    def add(self, count: TokenCount) -> None:
+        n = count.tokens
+        self.lengths[n] = self.lengths.get(n, 0) + 1
+        self.tokens += n
+        if count.assistant is not None:
+            self.assistant += count.assistant
+            self.spanned_tokens += n
+        if self.limit is not None and n > self.limit:
+            self.over += 1
+        if loses_everything(count, self.limit):
+            self.no_loss += 1
+
+    def merge(self, other: TokenTally) -> None:
+        for n, k in other.lengths.items():
+            self.lengths[n] = self.lengths.get(n, 0) + k
+        self.tokens += other.tokens
+        self.assistant += other.assistant
+        self.spanned_tokens += other.spanned_tokens
+        self.over += other.over
+        self.no_loss += other.no_loss
+
+    @property
+    def records(self) -> int:
+        return sum(self.lengths.values())
+
+    def percentile(self, q: float) -> int:
+        """The smallest length at least a `q` share of the records have at most (nearest rank)."""
+        total = self.records
+        if not total:
+            return 0
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for n in sorted(self.lengths):
+            seen += self.lengths[n]
+            if seen >= rank:
+                return n
+        return max(self.lengths)
+
+    def to_dict(self) -> dict:
+        return {
+            "template": self.template,
+            "limit": self.limit,
+            "records": self.records,
+            "total": self.tokens,
+            "p50": self.percentile(0.5),
+            "p90": self.percentile(0.9),
+            "p99": self.percentile(0.99),
+            "max": max(self.lengths, default=0),
+            "over_limit": self.over,
+            "no_loss": self.no_loss,
+            "assistant_tokens": self.assistant if self.template else None,
+            "assistant_share": round(self.assistant / self.spanned_tokens, 4) if self.template and self.spanned_tokens else None,
+        }
+
+    def lines(self) -> list[str]:
+        d = self.to_dict()
+        how = "after the chat template" if self.template else "of the record text (no chat template)"
+        out = [
+            f"tokens {how}: {d['total']:,} in {d['records']:,} records; p50 {d['p50']:,}  p90 {d['p90']:,}  "
+            f"p99 {d['p99']:,}  max {d['max']:,}"
+        ]
+        if self.limit is not None:
+            out.append(
+                f"  over --max-tokens {self.limit:,}: {self.over:,} records; with no assistant token "
+                f"within it (no loss at all): {self.no_loss:,}"
+            )
+        if d["assistant_share"] is not None:
+            out.append(f"  assistant tokens (the loss): {d['assistant_tokens']:,}, {d['assistant_share']:.1%} of the templated tokens")
+        return out
+
+
+def loses_everything(count: TokenCount, limit: int | None) -> bool:
+    """Truncated to `limit`, the record keeps no assistant token: it adds no loss at all."""
+    if limit is None or count.assistant is None:
+        return False
+    return count.assistant == 0 or count.first_assistant >= limit
 
 
 # --------------------------------------------------------------- the text of a record

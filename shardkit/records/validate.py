@@ -42,7 +42,12 @@ Record level (path is a JSON path such as ``messages[2].role``):
                     duplicate_tool_result: see shardkit.records.tools
   too_many_issues   warning  {n} more issues in this record not shown
   internal_error    error    validator bug: {exception}; please report it  (never expected; keeps a run alive)
-  too_many_tokens   error    {n:,} tokens, over --max-tokens {limit:,}   (added by shardkit.records.check with a tokenizer)
+  too_many_tokens   error    {n:,} tokens[ after the chat template], over --max-tokens {limit:,}   (added by
+                             shardkit.records.check with a tokenizer)
+  no_loss           error    no assistant tokens after the chat template | every assistant token lies
+                             beyond --max-tokens (...): truncated, the record adds no loss
+  template_error    error    the chat template cannot render this record: {why}
+  template_prefix   warning  assistant tokens unknown: {the prefix rule fails where}
 Report level:
   blank_line        warning  blank line skipped   (``Report.add_blank``)
 
@@ -81,6 +86,7 @@ from shardkit.records.issue import (
     warning,
 )
 from shardkit.records.preference import PREFERENCE_CODES, check_kto, check_pair
+from shardkit.records.tokens import TokenTally
 from shardkit.records.tools import (
     TOOL_CODES,
     check_chat_tools,
@@ -135,6 +141,9 @@ CODES: dict[str, str] = {
     "too_many_issues": WARNING,
     "internal_error": ERROR,
     "too_many_tokens": ERROR,
+    "no_loss": ERROR,
+    "template_error": ERROR,
+    "template_prefix": WARNING,
     "blank_line": WARNING,
     **TOOL_CODES,
     **PREFERENCE_CODES,
@@ -1425,6 +1434,7 @@ class Report:
     _counts: dict[tuple[object, str | None, bool], int] = field(default_factory=dict, repr=False)
     _blank: dict[str, int] = field(default_factory=dict, repr=False)
     _codes: dict[str, _CodeTally] = field(default_factory=dict, repr=False)
+    tokens: TokenTally | None = field(default=None, repr=False)  # with a tokenizer (Checker)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_examples, int) or self.max_examples < 0:
@@ -1466,6 +1476,12 @@ class Report:
         self._blank[name] = self._blank.get(name, 0) + 1
         self._add_issues(name, line, (_warning("blank_line", "", "blank line skipped"),))
 
+    def add_tokens(self, tally: TokenTally) -> None:
+        """Add the token counts of some records (a block's)."""
+        if self.tokens is None:
+            self.tokens = TokenTally(limit=tally.limit, template=tally.template)
+        self.tokens.merge(tally)
+
     def merge(self, other: Report, line_shift: int = 0) -> None:
         """Add another report's counts; examples are kept in order up to ``max_examples``.
 
@@ -1474,6 +1490,8 @@ class Report:
         counts = self._counts
         for key, n in other._counts.items():
             counts[key] = counts.get(key, 0) + n
+        if other.tokens is not None:
+            self.add_tokens(other.tokens)
         for name, n in other._blank.items():
             self._blank[name] = self._blank.get(name, 0) + n
         for code, theirs in other._codes.items():
@@ -1582,6 +1600,7 @@ class Report:
             "warnings": self.warnings,
             "kinds": dict(self.kinds),
             "mixed_kinds": bool(self.mixed_files()),
+            **({"tokens": self.tokens.to_dict()} if self.tokens is not None else {}),
             "files": [
                 {
                     "file": name,
@@ -1627,6 +1646,8 @@ class Report:
             out.append("kinds: " + _counts(kinds))
         for name, kinds in self.mixed_files().items():
             out.append(f"mixed kinds in {name}: {_counts(kinds)}")
+        if self.tokens is not None:
+            out.extend(self.tokens.lines())
         for code, t in self._ordered():
             times = "time" if t.count == 1 else "times"
             places = "record" if t.records == 1 else "records"
