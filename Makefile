@@ -46,6 +46,7 @@ bench: venv
 	$(BIN)/python bench/parquet.py
 	$(BIN)/python bench/shuffle.py
 	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/template.py
 	$(BIN)/python bench/startup.py
 
 bench-quick: venv
@@ -55,6 +56,7 @@ bench-quick: venv
 	$(BIN)/python bench/parquet.py --quick --runs 1
 	$(BIN)/python bench/shuffle.py --quick --runs 1
 	$(BIN)/python bench/scaleout.py --quick --runs 1
+	$(BIN)/python bench/template.py --quick --runs 1
 	$(BIN)/python bench/startup.py --quick
 
 # The reliability suite with 500 crash trials per command, 30 s races, 3000 fuzz examples

@@ -18,6 +18,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 DATA = os.path.join(HERE, "data", "chat-100000-s1.jsonl")
+USERS = os.path.join(HERE, "data", "chat-users-100000-s1.jsonl")
 OUT = os.path.join(tempfile.mkdtemp(prefix="shardkit-ab-"), "out")
 TREES = {"OLD": os.path.abspath(sys.argv[1]), "NEW": os.path.abspath(sys.argv[2])}
 PAIRS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
@@ -28,6 +29,8 @@ CMDS = {
     "split": ["split", DATA, "-o", "{o}", "--max-records", "50000", "--quiet"],
     "validate": ["validate", DATA, "--kind", "chat", "--quiet"],
     "validate_j1": ["validate", DATA, "--kind", "chat", "--quiet", "--jobs", "1"],
+    "validate_users": ["validate", USERS, "--kind", "chat", "--quiet", "--max-errors", "100000"],
+    "validate_users_j1": ["validate", USERS, "--kind", "chat", "--quiet", "--max-errors", "100000", "--jobs", "1"],
     "split_validate": ["split", DATA, "-o", "{o}", "--max-records", "50000", "--validate", "chat", "--quiet"],
     "parquet": ["split", DATA, "-o", "{o}", "--max-records", "50000", "--format", "parquet", "--quiet"],
     "shuffle": ["split", DATA, "-o", "{o}", "--max-records", "50000", "--shuffle", "--seed", "1", "--quiet"],
