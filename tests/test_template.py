@@ -210,3 +210,38 @@ def test_stats_token_percentiles_after_the_template(tmp_path, model):
     assert doc["chat_template"].endswith("chat_template") and doc["template_failed"] == 0
     text = run_cli("stats", str(path), "--tokenizer", str(model)).stdout.decode()
     assert "tokens/record (after the chat template): min" in text
+
+
+# ------------------------------------------------------------------ the token plan (issue 21.4)
+
+
+def test_token_plan_counts_sequences_and_padding():
+    from shardkit.pipeline.stats import token_plan
+
+    plan = token_plan([5, 3, 9, 2, 7], 8)
+    # truncated to 8: 5 3 8 2 7 = 25 tokens kept; packed in order: [5 3] [8] [2] [7]
+    assert plan == {
+        "seq_len": 8, "records": 5, "tokens": 26, "kept_tokens": 25, "truncated_tokens": 1, "truncated_records": 1,
+        "unpacked": {"sequences": 5, "padding_share": round(1 - 25 / 40, 4)},
+        "packed": {"sequences": 4, "padding_share": round(1 - 25 / 32, 4)},
+    }
+    assert token_plan([], 8)["packed"] == {"sequences": 0, "padding_share": 0.0}
+
+
+def test_stats_seq_len_gives_the_plan_after_the_template(tmp_path, model):
+    reference = Tokenizer.from_file(str(model / "tokenizer.json"))
+    records = [{"messages": [Q1, {"role": "assistant", "content": "Sunny. " * k}]} for k in (1, 2, 30, 3)]
+    lengths = [len(reference.encode(plain_render(CHATML, r["messages"]), add_special_tokens=False).ids) for r in records]
+    seq_len = lengths[0] + lengths[1] + 1  # the first two pack together, the third is cut
+    assert lengths[2] > seq_len and lengths[3] + seq_len > seq_len
+    path = chat_file(tmp_path, records)
+    for engine in ((), ("--engine", "local")):
+        proc = run_cli("stats", str(path), "--tokenizer", str(model), "--seq-len", str(seq_len), "--json", *engine)
+        assert proc.returncode == 0, proc.stderr
+        plan = json.loads(proc.stdout)["token_plan"]
+        kept = lengths[0] + lengths[1] + seq_len + lengths[3]
+        assert (plan["tokens"], plan["kept_tokens"], plan["truncated_records"]) == (sum(lengths), kept, 1)
+        assert plan["packed"]["sequences"] == 3  # [0 1] [2] [3]
+        assert plan["unpacked"] == {"sequences": 4, "padding_share": round(1 - kept / (4 * seq_len), 4)}
+    proc = run_cli("stats", str(path), "--seq-len", "100")
+    assert proc.returncode == 2 and b"--seq-len needs --tokenizer" in proc.stderr

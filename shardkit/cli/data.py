@@ -412,27 +412,32 @@ def _print_records(records, pretty: bool) -> None:
 @app.command()
 def stats(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]); with a chat template in the folder, tokens are counted after it.", show_default=False)] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="With --tokenizer: the token plan at this sequence length: sequences an epoch makes with and without greedy packing, and the padding share of each.", show_default=False)] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="local or ray: read each input in its own task (same report as without it).", show_default=False)] = None,
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --engine: worker processes, a number or auto.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
 ) -> None:
     """Records, kinds, messages and turns, length percentiles, histogram, exact duplicates, tokens.
 
-    Example: shardkit stats train.jsonl --tokenizer models/Qwen3-0.6B
+    Example: shardkit stats train.jsonl --tokenizer models/Qwen3-0.6B --seq-len 4096
     """
     from shardkit.pipeline.stats import compute_stats, render_stats
 
     with exit_on_error():
+        from shardkit.pipeline.stats import check_seq_len
+
+        check_seq_len(seq_len, str(tokenizer) if tokenizer else None)
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         with progress_bar(total, not json_output, "stats") as progress:
             if engine is not None:
                 from shardkit.pipeline.engine import stats_many
 
-                report = stats_many(inputs, engine=engine, jobs=jobs_option(jobs),
+                report = stats_many(inputs, engine=engine, jobs=jobs_option(jobs), seq_len=seq_len,
                                     tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
             else:
-                report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
+                report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, seq_len=seq_len,
+                                       progress=progress)
     if json_output:
         print_json(report)
     else:

@@ -596,7 +596,7 @@ def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, 
 
 
 def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: str | None = None,
-               examples: int = 3, progress: Callable[[int], None] | None = None) -> dict:
+               seq_len: int | None = None, examples: int = 3, progress: Callable[[int], None] | None = None) -> dict:
     """`stats` with one task per input: the same report as compute_stats."""
     from shardkit.pipeline.stats import StatsColumns, stats_report
     from shardkit.records.check import auto_jobs
@@ -621,4 +621,4 @@ def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: 
         tallies.append(tally)
         if progress and not _is_url(p):
             progress(os.path.getsize(p))
-    return stats_report(merged, tallies, examples, tokenizer_path)
+    return stats_report(merged, tallies, examples, tokenizer_path, seq_len)

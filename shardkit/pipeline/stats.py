@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -185,6 +185,7 @@ def compute_stats(
     paths: list[str],
     *,
     tokenizer_path: str | None = None,
+    seq_len: int | None = None,
     examples: int = 3,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
@@ -198,6 +199,7 @@ def compute_stats(
         raise UsageError("no inputs given")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise UsageError(f"examples must be a whole number >= 0, got {examples!r}")
+    check_seq_len(seq_len, tokenizer_path)
     specs = [inspect_input(str(p)) for p in paths]
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
@@ -205,7 +207,16 @@ def compute_stats(
     tallies = [
         scan_input(index, spec, columns, tokenizer, examples, progress, template) for index, spec in enumerate(specs)
     ]
-    return stats_report(columns, tallies, examples, tokenizer_path)
+    return stats_report(columns, tallies, examples, tokenizer_path, seq_len)
+
+
+def check_seq_len(seq_len: int | None, tokenizer_path: str | None) -> None:
+    if seq_len is None:
+        return
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise UsageError(f"--seq-len must be a whole number >= 1 (got {seq_len!r})")
+    if tokenizer_path is None:
+        raise UsageError("--seq-len needs --tokenizer PATH (the plan counts tokens)")
 
 
 def scan_input(
@@ -360,10 +371,13 @@ def _exchanges(turns: object, key: str, users: tuple, assistants: tuple) -> tupl
 # ------------------------------------------------------------------ aggregation (polars)
 
 
-def stats_report(columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None) -> dict:
+def stats_report(
+    columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None, seq_len: int | None = None
+) -> dict:
     import polars as pl
 
     frame = columns.drain_to_frame(pl)
+    plan = token_plan(frame["tokens"].to_list(), seq_len) if seq_len is not None and "tokens" in frame.columns else None
     names = [t.display for t in tallies]
     inputs = [
         {"path": t.display, **_section(pl, frame.slice(t.first_row, t.rows), [t], names, examples)}
@@ -376,8 +390,43 @@ def stats_report(columns: StatsColumns, tallies: list[_InputTally], examples: in
         "tokenizer": str(tokenizer_path) if tokenizer_path is not None else None,
         "token_limits": list(TOKEN_LIMITS) if tokenizer_path is not None else [],
         **_template_fields(tokenizer_path, tallies),
+        **({"token_plan": plan} if plan is not None else {}),
     }
 
+
+def token_plan(lengths: Sequence[int], seq_len: int) -> dict:
+    """What an epoch costs at `seq_len`: every record truncated to `seq_len` tokens, then
+
+    - without packing, one sequence per record, padded to `seq_len`;
+    - with greedy packing, records laid in input order into the current sequence while they
+      fit, a new sequence when one does not (each record whole, as packing collators keep them).
+
+    Padding share = padding tokens / (sequences x seq_len)."""
+    kept = 0
+    sequences, room = 0, 0
+    for n in lengths:
+        n = min(n, seq_len)
+        kept += n
+        if n > room:
+            sequences += 1
+            room = seq_len
+        room -= n
+    total = sum(lengths)
+    records = len(lengths)
+
+    def padding(seqs: int) -> float:
+        return round(1 - kept / (seqs * seq_len), 4) if seqs else 0.0
+
+    return {
+        "seq_len": seq_len,
+        "records": records,
+        "tokens": total,
+        "kept_tokens": kept,
+        "truncated_tokens": total - kept,
+        "truncated_records": sum(1 for n in lengths if n > seq_len),
+        "unpacked": {"sequences": records, "padding_share": padding(records)},
+        "packed": {"sequences": sequences, "padding_share": padding(sequences)},
+    }
 
 def _template_fields(tokenizer_path: str | None, tallies: list[_InputTally]) -> dict:
     """Which chat template the token counts went through, and how many records it refused."""
@@ -563,6 +612,16 @@ def render_stats(report: dict) -> list[str]:
         lines.extend(_render_section(f"total ({report['total']['files']} files)", report["total"], report.get("chat_template")))
     elif lines:
         lines.pop()
+    plan = report.get("token_plan")
+    if plan is not None:
+        lines += [
+            f"token plan at --seq-len {_num(plan['seq_len'])}: {_num(plan['tokens'])} tokens in {_count(plan['records'], 'record')}; "
+            f"{_count(plan['truncated_records'], 'record')} longer, truncation cuts {_num(plan['truncated_tokens'])} tokens",
+            f"  without packing: {_num(plan['unpacked']['sequences'])} sequences, "
+            f"{plan['unpacked']['padding_share']:.1%} of their tokens padding",
+            f"  greedy packing (input order): {_num(plan['packed']['sequences'])} sequences, "
+            f"{plan['packed']['padding_share']:.1%} of their tokens padding",
+        ]
     return lines
 
 
