@@ -97,6 +97,8 @@ def split(
     dedup: Annotated[str | None, typer.Option("--dedup", rich_help_panel="Transform", help="exact: drop exact duplicates (normalised JSON) across all inputs, keeping the first; dropped ones go to duplicates.jsonl.", show_default=False)] = None,
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", rich_help_panel="Transform", help="Drop records that appear in this eval file (repeatable); they go to excluded.jsonl.", show_default=False)] = None,
     exclude_key: Annotated[str, typer.Option("--exclude-key", rich_help_panel="Transform", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
+    decontaminate: Annotated[list[Path] | None, typer.Option("--decontaminate", rich_help_panel="Transform", help="Set aside records that share a word N-gram (--ngram, case-folded, punctuation removed) with a record of this eval file (repeatable); they go to contaminated.jsonl with the eval record and the n-gram.", show_default=False)] = None,
+    ngram: Annotated[int, typer.Option("--ngram", rich_help_panel="Transform", help="The n-gram length for --decontaminate.", min=1, max=64)] = 13,
     to: Annotated[str | None, typer.Option("--to", rich_help_panel="Transform", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", rich_help_panel="Format", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     engine: Annotated[
@@ -153,7 +155,7 @@ def split(
         elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
             raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
                              "(JSONL shards are plain, byte-exact copies)")
-        pipeline = bool(shuffle or holdout is not None or dedup or exclude or to)
+        pipeline = bool(shuffle or holdout is not None or dedup or exclude or decontaminate or to)
         if seed is not None and not shuffle:
             raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
         options = SplitOptions(
@@ -180,6 +182,7 @@ def split(
                 shuffle_memory=size_option(shuffle_memory, "--shuffle-memory"), holdout=holdout,
                 holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
                 exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
+                decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
             )
         with progress_bar(total, not (quiet or json_output), "split") as progress:
             result = run_split(
@@ -452,17 +455,25 @@ def overlap(
     train: Annotated[list[str], typer.Argument(help="Training inputs (JSONL, .gz, .zst, .json arrays).", show_default=False)],
     against: Annotated[list[Path], typer.Option("--against", help="Eval inputs to look for in the training inputs (repeatable).", show_default=False)],
     key: Annotated[str, typer.Option("--key", help="Match by: record (normalised JSON), first-user, prompt, or a FIELD.")] = "record",
+    ngram: Annotated[int | None, typer.Option("--ngram", help="Decontamination instead: training records that share any word N-gram (case-folded, punctuation removed) with an eval record; 13 is the usual N.", min=1, max=64, show_default=False)] = None,
     examples: Annotated[int, typer.Option("--examples", help="Pairs of file:line to show.", min=0)] = 10,
     json_output: JsonOpt = False,
 ) -> None:
     """Report eval records that also appear in the training data (leakage). Exit 1 when any do.
 
     Example: shardkit overlap train.jsonl --against data/validation/eval.jsonl --key first-user
+
+    Example: shardkit overlap train.jsonl --against mmlu.jsonl --ngram 13
     """
-    from shardkit.pipeline.overlap import find_overlap
+    from shardkit.pipeline.overlap import find_contamination, find_overlap
 
     with exit_on_error():
-        result = find_overlap(train, [str(p) for p in against], key=key, examples=examples)
+        if ngram is not None:
+            if key != "record":
+                raise UsageError("--ngram compares the text of whole records; it does not take --key")
+            result = find_contamination(train, [str(p) for p in against], ngram=ngram, examples=examples)
+        else:
+            result = find_overlap(train, [str(p) for p in against], key=key, examples=examples)
     if json_output:
         print_json(result.to_dict())
     else:

@@ -41,14 +41,18 @@ import orjson
 
 from shardkit.core.errors import UsageError
 from shardkit.core.io import BackgroundHasher, InputSpec, InputStream, inspect_input
+from shardkit.records.ngrams import DEFAULT_NGRAM, ngram_hashes, record_words
 from shardkit.records.preference import prompt_messages
 from shardkit.records.tokens import add_content_parts
 from shardkit.records.validate import detect_kind
 
 __all__ = [
     "BUILTIN_KEYS",
+    "ContaminationResult",
     "EvalIndex",
+    "NgramIndex",
     "OverlapResult",
+    "find_contamination",
     "find_overlap",
     "key_function",
     "normalize_text",
@@ -205,14 +209,13 @@ class SourceTally:
                 "unkeyed": self.unkeyed, "blank": self.blank}
 
 
-def iter_keys(
-    spec: InputSpec, key_of: KeyFunction, tally: SourceTally, transform: Callable[[dict], dict | None] | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """(line, 128-bit key hash) of every keyed record of one input; counts into `tally`."""
+def iter_records(spec: InputSpec, tally: SourceTally) -> Iterator[tuple[int, object]]:
+    """(line, decoded record or None) of every non-blank line of one input; counts into
+    `tally` (records, blank, bytes, sha256)."""
     from shardkit.pipeline.scan import open_records
 
     sha = BackgroundHasher(lane=0)
-    loads, decode_error, sha256 = orjson.loads, orjson.JSONDecodeError, hashlib.sha256
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
     with InputStream(spec, on_raw=sha.update) as stream:
         source = open_records(spec.path, stream)
         for line, _offset, raw in source:
@@ -221,16 +224,25 @@ def iter_keys(
                 obj = loads(raw)
             except decode_error:
                 obj = None
-            if type(obj) is dict and transform is not None:
-                obj = transform(obj)
-            key = key_of(obj) if type(obj) is dict else None
-            if key is None:
-                tally.unkeyed += 1
-                continue
-            yield line, sha256(key).digest()[:HASH_BYTES]
+            yield line, obj
         tally.blank = source.blank
         tally.bytes = stream.raw_bytes
     tally.sha256 = sha.hexdigest()
+
+
+def iter_keys(
+    spec: InputSpec, key_of: KeyFunction, tally: SourceTally, transform: Callable[[dict], dict | None] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(line, 128-bit key hash) of every keyed record of one input; counts into `tally`."""
+    sha256 = hashlib.sha256
+    for line, obj in iter_records(spec, tally):
+        if type(obj) is dict and transform is not None:
+            obj = transform(obj)
+        key = key_of(obj) if type(obj) is dict else None
+        if key is None:
+            tally.unkeyed += 1
+            continue
+        yield line, sha256(key).digest()[:HASH_BYTES]
 
 
 def inspect_inputs(paths: Sequence[str | os.PathLike], what: str) -> list[InputSpec]:
@@ -273,6 +285,65 @@ class EvalIndex:
         """`file:line` of the first eval record with this key hash, or None."""
         hit = self.first.get(h)
         return None if hit is None else f"{self.specs[hit[0]].display}:{hit[1]}"
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+
+class NgramIndex:
+    """Every word n-gram of the eval inputs (`records.ngrams`): its hash -> (eval input, line)
+    of the first eval record holding it. A training record is contaminated when it shares any
+    n-gram with an eval record; `match` says which, and where.
+
+    Memory: about 100 bytes per distinct eval n-gram (a 10k-question eval set of 60 words
+    each: ~50 MB); the training side is streamed, never kept."""
+
+    def __init__(self, n: int = DEFAULT_NGRAM) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            raise UsageError(f"--ngram must be a whole number from 1 to 64 (got {n!r})")
+        self.n = n
+        self.first: dict[int, tuple[int, int]] = {}
+        self.sources: list[SourceTally] = []
+        self.specs: list[InputSpec] = []
+        self._sorted = None
+
+    def load(self, specs: Sequence[InputSpec]) -> NgramIndex:
+        first = self.first
+        for spec in specs:
+            i = len(self.specs)
+            self.specs.append(spec)
+            tally = SourceTally(spec.display)
+            self.sources.append(tally)
+            for line, obj in iter_records(spec, tally):
+                hashes = ngram_hashes(record_words(obj), self.n) if isinstance(obj, dict | list) else ()
+                if not len(hashes):
+                    tally.unkeyed += 1  # not JSON, or fewer than n words
+                    continue
+                for h in hashes.tolist():
+                    if h not in first:
+                        first[h] = (i, line)
+        import numpy
+
+        self._sorted = numpy.array(sorted(first), dtype=numpy.uint64)
+        return self
+
+    def match(self, obj: object) -> tuple[str, str] | None:
+        """(eval `file:line`, the shared n-gram's words) of the first n-gram of `obj` found
+        in the eval set, or None."""
+        if not len(self.first):
+            return None
+        ws = record_words(obj)
+        hashes = ngram_hashes(ws, self.n)
+        if not len(hashes):
+            return None
+        keys = self._sorted
+        at = keys.searchsorted(hashes).clip(0, len(keys) - 1)
+        hit = keys[at] == hashes
+        if not hit.any():
+            return None
+        k = int(hit.argmax())
+        i, line = self.first[int(hashes[k])]
+        return f"{self.specs[i].display}:{line}", " ".join(ws[k : k + self.n])
 
     def __len__(self) -> int:
         return len(self.first)
@@ -327,6 +398,81 @@ class OverlapResult:
         if d["eval_unkeyed"] or d["train_unkeyed"]:
             out.append(f"  without the key {self.key!r} (not compared): eval {d['eval_unkeyed']:,}, train {d['train_unkeyed']:,}")
         return out
+
+
+@dataclass
+class ContaminationResult:
+    """Training records that share a word n-gram with an eval record."""
+
+    ngram: int
+    train: list[SourceTally]
+    eval: list[SourceTally]
+    eval_ngrams: int  # distinct n-grams in the eval inputs
+    contaminated_records: int
+    examples: list[dict] = field(default_factory=list)  # {"train", "eval", "ngram"}, train order
+
+    @property
+    def ok(self) -> bool:
+        return self.contaminated_records == 0
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "key": f"ngram:{self.ngram}",
+            "ngram": self.ngram,
+            "eval_records": sum(t.records for t in self.eval),
+            "eval_too_short": sum(t.unkeyed for t in self.eval),
+            "eval_ngrams": self.eval_ngrams,
+            "train_records": sum(t.records for t in self.train),
+            "contaminated_records": self.contaminated_records,
+            "examples": self.examples,
+            "train": [t.to_dict() for t in self.train],
+            "eval": [t.to_dict() for t in self.eval],
+        }
+
+    def lines(self) -> list[str]:
+        d = self.to_dict()
+        out = [
+            f"{self.ngram}-grams: {d['contaminated_records']:,} of {d['train_records']:,} training record(s) share a "
+            f"word {self.ngram}-gram with the eval set ({d['eval_records']:,} eval record(s), {d['eval_ngrams']:,} distinct {self.ngram}-grams)"
+        ]
+        out += [f"  {e['train']} shares \"{e['ngram']}\" with {e['eval']}" for e in self.examples]
+        if d["eval_too_short"]:
+            out.append(f"  eval records with fewer than {self.ngram} words (never matched): {d['eval_too_short']:,}")
+        return out
+
+
+def find_contamination(
+    train_inputs: Sequence[str | os.PathLike],
+    eval_inputs: Sequence[str | os.PathLike],
+    *,
+    ngram: int = DEFAULT_NGRAM,
+    examples: int = 10,
+) -> ContaminationResult:
+    """Training records that share any word `ngram`-gram (case-folded, punctuation removed)
+    with an eval record."""
+    if not eval_inputs:
+        raise UsageError("give at least one eval file (--against)")
+    index = NgramIndex(ngram)
+    train_specs = inspect_inputs(train_inputs, "training")
+    eval_specs = inspect_inputs(eval_inputs, "eval (--against)")
+    if sum(s.is_stdin for s in train_specs + eval_specs) > 1:
+        raise UsageError("stdin (-) can be given only once")
+    index.load(eval_specs)
+    train: list[SourceTally] = []
+    found = 0
+    shown: list[dict] = []
+    for spec in train_specs:
+        tally = SourceTally(spec.display)
+        train.append(tally)
+        for line, obj in iter_records(spec, tally):
+            hit = index.match(obj) if isinstance(obj, dict | list) else None
+            if hit is None:
+                continue
+            found += 1
+            if len(shown) < examples:
+                shown.append({"train": f"{spec.display}:{line}", "eval": hit[0], "ngram": hit[1]})
+    return ContaminationResult(ngram, train, index.sources, len(index), found, shown)
 
 
 def find_overlap(

@@ -68,6 +68,7 @@ from shardkit.pipeline.shard import (
 )
 from shardkit.pipeline.transform import (
     SHUFFLED_STEM,
+    SIDES,
     TEMP_DIR,
     TRAIN,
     VALIDATION,
@@ -95,7 +96,7 @@ from shardkit.store.outdir import (
     unlink_if_exists,
 )
 
-SIDES = ("rejects", "duplicates", "excluded")
+ALL_SIDES = (*SIDES, "contaminated")  # every side file a manifest may list
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Run:
         self.rejects = RejectsFile(target, dry_run, rejects_entry_path(out, target))
         self.duplicates = RejectsFile(out / plan.duplicates, dry_run)
         self.excluded = RejectsFile(out / plan.excluded, dry_run)
+        self.contaminated = RejectsFile(out / plan.contaminated, dry_run)
         self.files: list[dict] = []
         self.created_at = now_iso()
         self.schema = None  # parquet.InferredSchema with --format parquet
@@ -249,7 +251,7 @@ class Run:
             "sources": [t.to_dict() for t in self.tallies],
             "files": self.files,
         }
-        for key in SIDES:
+        for key in self.opts.sides:
             side = getattr(self, key)
             m[key] = (sides or {}).get(key) if complete else {"path": side.entry_path, "records": side.records}
         m["counts"] = self.counts()
@@ -284,7 +286,7 @@ class Run:
             raise
 
     def _finish(self) -> dict:
-        sides = {key: getattr(self, key).publish() for key in SIDES}
+        sides = {key: getattr(self, key).publish() for key in self.opts.sides}
         faults.hit("after:sides_published")
         self.flow.finish_warnings(sides)
         final = self.manifest(complete=True, sides=sides)
@@ -298,11 +300,15 @@ class Run:
         self.save(final)
         return final
 
+    def side_files(self) -> list[RejectsFile]:
+        """The side files of this plan (rejects, duplicates, excluded[, contaminated])."""
+        return [getattr(self, key) for key in self.opts.sides]
+
     def abort(self) -> None:
         """Leave nothing behind but whole, listed files (best effort: the original error wins)."""
         with suppress(OSError):
             self.flow.abort()
-        for side in (self.rejects, self.duplicates, self.excluded):
+        for side in self.side_files():
             with suppress(OSError):
                 side.close()
         if not self.dry_run and self.out.is_dir():
@@ -341,7 +347,7 @@ class Run:
     def clean(self) -> list[str]:
         """What a killed run leaves under hidden names: temp shards, partial side files, buckets."""
         removed = [q.name for q in remove_stale_temps(self.out)]
-        for side in (self.rejects, self.duplicates, self.excluded):
+        for side in self.side_files():
             if side.partial.exists():
                 unlink_if_exists(side.partial)
                 removed.append(side.partial.name)
@@ -354,7 +360,7 @@ class Run:
     def remove_listed_sides(self, old: dict) -> None:
         """The side files an interrupted run's manifest lists inside OUT (a run that starts
         again rewrites them)."""
-        for key in SIDES:
+        for key in ALL_SIDES:
             entry = old.get(key)
             if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not os.path.isabs(entry["path"]):
                 unlink_if_exists(self.out / check_rel_name(entry["path"]))  # never a file outside OUT
@@ -439,6 +445,8 @@ def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: boo
         for split in plan.splits:
             plan.shard_name(stem, split, 0)
     sides = {"--duplicates": plan.duplicates, "--excluded": plan.excluded} if not plan.streams else {}
+    if plan.decontaminate:
+        sides["contaminated"] = plan.contaminated
     if not rejects_outside(plan.split.rejects):
         check_rel_name(plan.split.rejects)
         sides["--rejects"] = plan.split.rejects

@@ -90,7 +90,13 @@ from shardkit.core.blocks import NL, BlockReader, nonblank_runs
 from shardkit.core.errors import DataError, ShardkitError, UsageError
 from shardkit.core.io import deferred_signals, env_error, inspect_input, write_all
 from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, compact
-from shardkit.pipeline.overlap import HASH_BYTES, EvalIndex, inspect_inputs, key_function
+from shardkit.pipeline.overlap import (
+    HASH_BYTES,
+    EvalIndex,
+    NgramIndex,
+    inspect_inputs,
+    key_function,
+)
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
     DEFAULT_PARQUET_NAME,
@@ -103,6 +109,7 @@ from shardkit.pipeline.shard import (
 )
 from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
+from shardkit.records.ngrams import DEFAULT_NGRAM
 from shardkit.store.manifest import check_rel_name
 from shardkit.store.outdir import unlink_if_exists
 
@@ -119,6 +126,8 @@ DEFAULT_SHUFFLE_MEMORY = 256 * 1024 * 1024
 MIN_SHUFFLE_MEMORY = 64 * 1024
 DUPLICATES_NAME = "duplicates.jsonl"
 EXCLUDED_NAME = "excluded.jsonl"
+CONTAMINATED_NAME = "contaminated.jsonl"
+SIDES = ("rejects", "duplicates", "excluded")  # the side files every plan lists in its manifest
 TEMP_DIR = ".shardkit-shuffle"
 TRAIN, VALIDATION = "train", "validation"
 SHUFFLED_STEM = "part"
@@ -168,12 +177,18 @@ class PipelineOptions:
     dedup: str | None = None
     exclude: tuple[str, ...] = ()
     exclude_key: str = "record"
+    decontaminate: tuple[str, ...] = ()
+    ngram: int = DEFAULT_NGRAM
     to: str | None = None
     duplicates: str = DUPLICATES_NAME
     excluded: str = EXCLUDED_NAME
+    contaminated: str = CONTAMINATED_NAME
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
+        object.__setattr__(self, "decontaminate", tuple(os.fspath(p) for p in self.decontaminate))
+        if isinstance(self.ngram, bool) or not isinstance(self.ngram, int) or not 1 <= self.ngram <= 64:
+            raise UsageError(f"--ngram must be a whole number from 1 to 64 (got {self.ngram!r})")
         if self.shuffle_memory < MIN_SHUFFLE_MEMORY:
             raise UsageError(f"--shuffle-memory must be at least {MIN_SHUFFLE_MEMORY} bytes (got {self.shuffle_memory})")
         if self.holdout is not None and not 0 < self.holdout < 1:
@@ -190,12 +205,12 @@ class PipelineOptions:
         if self.split.num_shards is not None and not self.shuffle and not self.streams:
             raise UsageError("--num-shards with --holdout/--dedup/--exclude/--to needs --shuffle "
                              "(record counts are known only after the first pass); use --max-records or --max-bytes")
-        names = [self.split.rejects, self.duplicates, self.excluded]
+        names = [self.split.rejects, self.duplicates, self.excluded, self.contaminated]
         for name in names:
             if name is not self.split.rejects or not rejects_outside(name):  # --rejects PATH may be anywhere
                 check_rel_name(name)
         if len(set(names)) != len(names):
-            raise UsageError(f"the rejects, duplicates and excluded files need different names (got {names})")
+            raise UsageError(f"the rejects, duplicates, excluded and contaminated files need different names (got {names})")
         template = self.name_template()
         if "{index" not in template:
             raise UsageError(f"--name {template!r} must contain {{index}} so shard names differ")
@@ -206,7 +221,7 @@ class PipelineOptions:
     @property
     def streams(self) -> bool:
         """No record stage: runs of lines go to the shards whole (`cutter.StreamFlow`)."""
-        return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.to)
+        return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.decontaminate or self.to)
 
     def spans_inputs(self, inputs: int) -> bool:
         """--num-shards N over several inputs with no record stage: N shards in total, cut
@@ -235,7 +250,12 @@ class PipelineOptions:
     def splits(self) -> tuple[str, ...]:
         return (TRAIN, VALIDATION) if self.holdout is not None else (TRAIN,)
 
-    def params(self, exclude_paths: list[str]) -> dict:
+    @property
+    def sides(self) -> tuple[str, ...]:
+        """The side files this plan may write (their keys in the manifest)."""
+        return (*SIDES, "contaminated") if self.decontaminate else SIDES
+
+    def params(self, exclude_paths: list[str], decontaminate_paths: list[str] | None = None) -> dict:
         """What the manifest records (and --resume compares); eval paths relative to OUT.
         A plan with no record stage records the cut's options only."""
         if self.streams and self.name is None:
@@ -252,6 +272,7 @@ class PipelineOptions:
             "dedup": self.dedup,
             "exclude": exclude_paths,
             "exclude_key": self.exclude_key if self.exclude else None,
+            **({"decontaminate": decontaminate_paths, "ngram": self.ngram} if self.decontaminate else {}),
             "to": self.to,
         }
 
@@ -357,6 +378,27 @@ class _Convert:
                     self.p.reject(rec, code, f"--to chat gave an invalid chat record: {why}")
                     return False
         return True
+
+
+class _Decontaminate:
+    """--decontaminate EVAL: a record sharing a word n-gram with an eval record goes to
+    contaminated.jsonl, with the eval record and the n-gram (counted as excluded)."""
+
+    def __init__(self, p: RecordFlow, index: NgramIndex) -> None:
+        self.p, self.index = p, index
+
+    def __call__(self, rec: _Record) -> bool:
+        obj = rec.obj()
+        hit = self.index.match(obj) if isinstance(obj, dict | list) else None
+        if hit is None:
+            return True
+        where, ngram = hit
+        entry = self.p.side_entry(rec, "contaminated", f"shares the {self.index.n}-gram {ngram!r} with {where}")
+        entry["matches"] = where
+        entry["ngram"] = ngram
+        self.p.contaminated.add(entry)
+        self.p.tallies[rec.source].excluded += 1
+        return False
 
 
 class _Exclude:
@@ -908,8 +950,10 @@ class RecordFlow:
     def __init__(self, run: Run, scout_builder=None) -> None:
         self.run = run
         self.opts, self.specs, self.tallies, self.warn = run.opts, run.specs, run.tallies, run.warn
-        self.duplicates, self.excluded = run.duplicates, run.excluded
+        self.duplicates, self.excluded, self.contaminated = run.duplicates, run.excluded, run.contaminated
         self.eval_index: EvalIndex | None = None
+        self.ngram_index: NgramIndex | None = None
+        self.decontaminate_paths = [run.source_path(inspect_input(p)) for p in run.opts.decontaminate]
         self.holdout: _Holdout | None = None
         self.exclude_paths = [run.source_path(inspect_input(p)) for p in run.opts.exclude]
         self.sink: _PerInputSink | _ShuffleSink | _SchemaSink | None = None
@@ -925,7 +969,7 @@ class RecordFlow:
     # ----- what the manifest says of this flow
 
     def params(self) -> dict:
-        return self.opts.params(self.exclude_paths)
+        return self.opts.params(self.exclude_paths, self.decontaminate_paths)
 
     def manifest_extra(self, complete: bool) -> dict:
         m: dict = {}
@@ -934,6 +978,10 @@ class RecordFlow:
         if self.eval_index is not None:
             sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if self.ngram_index is not None:
+            sources = [{**s.to_dict(), "path": rel}
+                       for s, rel in zip(self.ngram_index.sources, self.decontaminate_paths, strict=True)]
+            m["decontaminate"] = {"ngram": self.ngram_index.n, "eval_ngrams": len(self.ngram_index), "sources": sources}
         if self.holdout is not None:
             m["holdout"] = {"key": self.holdout.key, "fraction": self.opts.holdout,
                             "seed": self.opts.holdout_seed, "prompt_overlap": self.holdout.prompt_overlap()}
@@ -947,8 +995,9 @@ class RecordFlow:
         return m
 
     def finish_warnings(self, sides: dict) -> None:
-        for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded")):
-            if sides[key]:
+        for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded"),
+                          ("contaminated", "contaminated")):
+            if sides.get(key):
                 self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
         overlap = self.holdout.prompt_overlap() if self.holdout is not None else 0
         if overlap:
@@ -989,6 +1038,10 @@ class RecordFlow:
             specs = inspect_inputs(o.exclude, "eval (--exclude)")
             self.eval_index = EvalIndex(o.exclude_key, transform).load(specs)
             steps.append(_Exclude(self, self.eval_index))
+        if o.decontaminate:
+            specs = inspect_inputs(o.decontaminate, "eval (--decontaminate)")
+            self.ngram_index = NgramIndex(o.ngram).load(specs)
+            steps.append(_Decontaminate(self, self.ngram_index))
         if o.dedup:
             steps.append(_Dedup(self))
         if o.holdout is not None:
@@ -1130,7 +1183,7 @@ class RecordFlow:
                 self.sink.abort()
         if self.run.dry_run:
             return
-        for side in (self.run.rejects, self.duplicates, self.excluded):
+        for side in self.run.side_files():
             with suppress(OSError):
                 side.close()
                 unlink_if_exists(side.partial)  # useless to a rerun, which starts from scratch
