@@ -99,6 +99,8 @@ def split(
     exclude_key: Annotated[str, typer.Option("--exclude-key", rich_help_panel="Transform", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
     decontaminate: Annotated[list[Path] | None, typer.Option("--decontaminate", rich_help_panel="Transform", help="Set aside records that share a word N-gram (--ngram, case-folded, punctuation removed) with a record of this eval file (repeatable); they go to contaminated.jsonl with the eval record and the n-gram.", show_default=False)] = None,
     ngram: Annotated[int, typer.Option("--ngram", rich_help_panel="Transform", help="The n-gram length for --decontaminate.", min=1, max=64)] = 13,
+    near_dedup: Annotated[float | None, typer.Option("--near-dedup", rich_help_panel="Transform", help="Set aside records whose estimated Jaccard similarity (MinHash over word --shingle-grams, LSH) to an earlier kept record is >= THRESHOLD (e.g. 0.8) into near-duplicates.jsonl, each with the record it resembles (needs shardkit[neardup]).", min=0.0, max=1.0, show_default=False)] = None,
+    shingle: Annotated[int, typer.Option("--shingle", rich_help_panel="Transform", help="Words per shingle for --near-dedup.", min=1, max=64)] = 5,
     to: Annotated[str | None, typer.Option("--to", rich_help_panel="Transform", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
     on_conflict: Annotated[str, typer.Option("--on-conflict", rich_help_panel="Format", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     engine: Annotated[
@@ -155,7 +157,7 @@ def split(
         elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
             raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
                              "(JSONL shards are plain, byte-exact copies)")
-        pipeline = bool(shuffle or holdout is not None or dedup or exclude or decontaminate or to)
+        pipeline = bool(shuffle or holdout is not None or dedup or exclude or decontaminate or near_dedup is not None or to)
         if seed is not None and not shuffle:
             raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
         options = SplitOptions(
@@ -183,6 +185,7 @@ def split(
                 holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
                 exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
                 decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
+                near_dedup=near_dedup, shingle=shingle,
             )
         with progress_bar(total, not (quiet or json_output), "split") as progress:
             result = run_split(
@@ -416,6 +419,8 @@ def _print_records(records, pretty: bool) -> None:
 def stats(
     inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]); with a chat template in the folder, tokens are counted after it.", show_default=False)] = None,
+    near_dup: Annotated[float | None, typer.Option("--near-dup", help="Report near-duplicate clusters: records whose estimated Jaccard similarity (MinHash, word --shingle-grams) to an earlier record is >= THRESHOLD; nothing is written (needs shardkit[neardup]).", min=0.0, max=1.0, show_default=False)] = None,
+    shingle: Annotated[int, typer.Option("--shingle", help="Words per shingle for --near-dup.", min=1, max=64)] = 5,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="With --tokenizer: the token plan at this sequence length: sequences an epoch makes with and without greedy packing, and the padding share of each.", show_default=False)] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="local or ray: read each input in its own task (same report as without it).", show_default=False)] = None,
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="With --engine: worker processes, a number or auto.")] = "auto",
@@ -436,10 +441,11 @@ def stats(
             if engine is not None:
                 from shardkit.pipeline.engine import stats_many
 
-                report = stats_many(inputs, engine=engine, jobs=jobs_option(jobs), seq_len=seq_len,
+                report = stats_many(inputs, engine=engine, jobs=jobs_option(jobs), seq_len=seq_len, near_dup=near_dup, shingle=shingle,
                                     tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress)
             else:
                 report = compute_stats(inputs, tokenizer_path=str(tokenizer) if tokenizer else None, seq_len=seq_len,
+                                       near_dup=near_dup, shingle=shingle,
                                        progress=progress)
     if json_output:
         print_json(report)

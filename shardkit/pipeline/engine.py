@@ -580,7 +580,8 @@ def _is_url(path: str) -> bool:
     return is_url(path)
 
 
-def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, examples: int) -> tuple:
+def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, examples: int,
+               shingle: int | None = None) -> tuple:
     """One input's rows and tally, as compute_stats gathers them (file index = `index`)."""
     from shardkit.core.io import inspect_input
     from shardkit.pipeline.stats import StatsColumns, scan_input
@@ -590,13 +591,14 @@ def stats_part(index: int, path: str, display: str, tokenizer_path: str | None, 
     spec = dataclasses.replace(inspect_input(path), display=display)
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
-    columns = StatsColumns(with_tokens=tokenizer is not None)
+    columns = StatsColumns(with_tokens=tokenizer is not None, shingle=shingle)
     tally = scan_input(index, spec, columns, tokenizer, examples, None, template)
     return columns, tally
 
 
 def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: str | None = None,
-               seq_len: int | None = None, examples: int = 3, progress: Callable[[int], None] | None = None) -> dict:
+               seq_len: int | None = None, near_dup: float | None = None, shingle: int = 5, examples: int = 3,
+               progress: Callable[[int], None] | None = None) -> dict:
     """`stats` with one task per input: the same report as compute_stats."""
     from shardkit.pipeline.stats import StatsColumns, stats_report
     from shardkit.records.check import auto_jobs
@@ -609,16 +611,19 @@ def stats_many(inputs, *, engine: str, jobs: int | None = None, tokenizer_path: 
 
         load_tokenizer(tokenizer_path)  # a bad tokenizer fails before any task
     task_tokenizer = os.path.abspath(tokenizer_path) if tokenizer_path and os.path.exists(tokenizer_path) else tokenizer_path
-    tasks = [(i, p, d, task_tokenizer, examples) for i, (p, d) in enumerate(tasks_in)]
+    task_shingle = shingle if near_dup is not None else None
+    tasks = [(i, p, d, task_tokenizer, examples, task_shingle) for i, (p, d) in enumerate(tasks_in)]
     results = run_tasks(stats_part, tasks, engine=engine, jobs=jobs)
-    merged = StatsColumns(with_tokens=tokenizer_path is not None)
+    merged = StatsColumns(with_tokens=tokenizer_path is not None, shingle=task_shingle)
     tallies = []
     for (columns, tally), (p, _) in zip(results, tasks_in, strict=True):
         tally.first_row = len(merged.kind)
         for name in ("file", "line", "kind", "chars", "messages", "turns", "tokens"):
             getattr(merged, name).extend(getattr(columns, name))
         merged.hashes += columns.hashes
+        merged.signatures += columns.signatures
+        merged.signed += columns.signed
         tallies.append(tally)
         if progress and not _is_url(p):
             progress(os.path.getsize(p))
-    return stats_report(merged, tallies, examples, tokenizer_path, seq_len)
+    return stats_report(merged, tallies, examples, tokenizer_path, seq_len, near_dup)

@@ -77,7 +77,7 @@ from shardkit.pipeline.transform import (
     RecordFlow,
     input_check,
 )
-from shardkit.records.check import Checks
+from shardkit.records.check import Checks, auto_jobs
 from shardkit.records.validate import Report
 from shardkit.store.manifest import (
     FORMAT_VERSION,
@@ -96,7 +96,7 @@ from shardkit.store.outdir import (
     unlink_if_exists,
 )
 
-ALL_SIDES = (*SIDES, "contaminated")  # every side file a manifest may list
+ALL_SIDES = (*SIDES, "near_duplicates", "contaminated")  # every side file a manifest may list
 
 
 @dataclass
@@ -148,8 +148,10 @@ class Run:
         warn: Warn,
         absolute_sources: bool = False,
         stems: Sequence[str] | None = None,
+        jobs: int = 1,
     ) -> None:
         self.specs, self.out, self.opts, self.checks = specs, out, plan, checks
+        self.jobs = jobs  # worker processes a record stage may use (--near-dedup's signatures)
         self.absolute_sources = absolute_sources  # the manifest goes to an object store
         self.dry_run, self.adopt_identical, self.progress = dry_run, adopt_identical, progress
         self._warn_to, self._warned = warn, set()
@@ -166,6 +168,7 @@ class Run:
         self.duplicates = RejectsFile(out / plan.duplicates, dry_run)
         self.excluded = RejectsFile(out / plan.excluded, dry_run)
         self.contaminated = RejectsFile(out / plan.contaminated, dry_run)
+        self.near_duplicates = RejectsFile(out / plan.near_duplicates, dry_run)
         self.files: list[dict] = []
         self.created_at = now_iso()
         self.schema = None  # parquet.InferredSchema with --format parquet
@@ -447,6 +450,8 @@ def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: boo
     sides = {"--duplicates": plan.duplicates, "--excluded": plan.excluded} if not plan.streams else {}
     if plan.decontaminate:
         sides["contaminated"] = plan.contaminated
+    if plan.near_dedup is not None:
+        sides["near-duplicates"] = plan.near_duplicates
     if not rejects_outside(plan.split.rejects):
         check_rel_name(plan.split.rejects)
         sides["--rejects"] = plan.split.rejects
@@ -457,12 +462,12 @@ def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: boo
 def run_specs(specs: list[InputSpec], out: Path, plan: PipelineOptions, checks: Checks | None, *, resume: bool,
               overwrite: bool, dry_run: bool, progress: Progress | None, warn: Warn, warnings: list[str],
               stack: ExitStack, absolute_sources: bool = False, stems: Sequence[str] | None = None,
-              schema=None) -> SplitResult:
+              schema=None, jobs: int = 1) -> SplitResult:
     """One run of `plan` over checked inputs into the local folder `out`."""
     # A shard committed just before a kill is not listed yet; a rerun writes the same bytes
     # under that name and adopts the file when it is identical.
     run = Run(specs, out, plan, checks, dry_run=dry_run, adopt_identical=resume or overwrite, progress=progress,
-              warn=warn, absolute_sources=absolute_sources, stems=stems)
+              warn=warn, absolute_sources=absolute_sources, stems=stems, jobs=jobs)
     if schema is not None:  # engine.py: the Parquet schema of all the inputs, inferred once
         run.schema = schema
     result = SplitResult(out=out, manifest={}, dry_run=dry_run, warnings=warnings, validation=run.report)
@@ -497,9 +502,12 @@ def split_local(
     _warn = collecting_warn(warnings, warn)
     with ExitStack() as stack:
         checks = start_checks(stack, input_check(plan), specs, jobs)
+        if jobs is None:
+            sizes = [s.size for s in specs]
+            jobs = auto_jobs(None if None in sizes else sum(sizes))
         return run_specs(specs, Path(out), plan, checks, resume=resume, overwrite=overwrite, dry_run=dry_run,
                          progress=progress, warn=_warn, warnings=warnings, stack=stack,
-                         absolute_sources=absolute_sources)
+                         absolute_sources=absolute_sources, jobs=jobs)
 
 
 def infer_schema(specs: list[InputSpec], out: Path, plan: PipelineOptions, checks: Checks | None, warn: Warn):

@@ -178,7 +178,7 @@ class SplitResult:
                 for f in m["files"]
             ],
             "rejects": m["rejects"],
-            **{k: m[k] for k in ("duplicates", "excluded", "contaminated") if k in m},
+            **{k: m[k] for k in ("duplicates", "excluded", "near_duplicates", "contaminated") if k in m},
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "warnings": self.warnings,
         }

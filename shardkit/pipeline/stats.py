@@ -37,6 +37,7 @@ import orjson
 
 from shardkit.core.errors import DataError, UsageError
 from shardkit.core.io import InputSpec, InputStream, format_size, inspect_input
+from shardkit.records.minhash import DEFAULT_SHINGLE, NUM_PERM, NearDupIndex, Signer, lsh_params
 from shardkit.records.template import TemplateError, chat_view, load_chat_template
 from shardkit.records.tokens import (
     SEPARATOR,
@@ -99,6 +100,7 @@ class StatsColumns:
     """One row per record, in typed arrays (no Python object per value)."""
 
     with_tokens: bool
+    shingle: int | None = None  # with --near-dup: signatures of word shingles of this length
     file: array = field(default_factory=lambda: array("I"))
     line: array = field(default_factory=lambda: array("Q"))
     kind: array = field(default_factory=lambda: array("B"))
@@ -107,6 +109,8 @@ class StatsColumns:
     turns: array = field(default_factory=lambda: array("I"))
     tokens: array = field(default_factory=lambda: array("I"))
     hashes: bytearray = field(default_factory=bytearray)  # 16 bytes per row
+    signatures: bytearray = field(default_factory=bytearray)  # --near-dup: NUM_PERM x 4 bytes per row
+    signed: bytearray = field(default_factory=bytearray)  # --near-dup: 1 when the row has a signature
 
     def drain_to_frame(self, pl: Any) -> Any:
         """The rows as a polars DataFrame; the arrays are emptied as they are copied."""
@@ -186,6 +190,8 @@ def compute_stats(
     *,
     tokenizer_path: str | None = None,
     seq_len: int | None = None,
+    near_dup: float | None = None,
+    shingle: int = DEFAULT_SHINGLE,
     examples: int = 3,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
@@ -200,14 +206,17 @@ def compute_stats(
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise UsageError(f"examples must be a whole number >= 0, got {examples!r}")
     check_seq_len(seq_len, tokenizer_path)
+    if near_dup is not None:
+        lsh_params(near_dup)
+        Signer(shingle)  # its range
     specs = [inspect_input(str(p)) for p in paths]
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     template = load_chat_template(tokenizer_path) if tokenizer_path is not None else None
-    columns = StatsColumns(with_tokens=tokenizer is not None)
+    columns = StatsColumns(with_tokens=tokenizer is not None, shingle=shingle if near_dup is not None else None)
     tallies = [
         scan_input(index, spec, columns, tokenizer, examples, progress, template) for index, spec in enumerate(specs)
     ]
-    return stats_report(columns, tallies, examples, tokenizer_path, seq_len)
+    return stats_report(columns, tallies, examples, tokenizer_path, seq_len, near_dup)
 
 
 def check_seq_len(seq_len: int | None, tokenizer_path: str | None) -> None:
@@ -231,11 +240,12 @@ def scan_input(
     tally = _InputTally(spec.display, first_row=len(columns.kind))
     on_raw = (lambda data: progress(len(data))) if progress is not None else None
     counter = _TokenCounter(tokenizer, columns.tokens, template) if tokenizer is not None else None
+    signer = Signer(columns.shingle) if columns.shingle is not None else None
     with InputStream(spec, on_raw) as stream:
         counted = _CountingReader(stream)
         source = open_source(spec, counted)
         try:
-            _scan_records(source, index, columns, tally, counter, examples)
+            _scan_records(source, index, columns, tally, counter, examples, signer)
         except DataError as e:
             raise DataError(f"{spec.display}: {e}") from None
         tally.blank = source.blank
@@ -255,6 +265,7 @@ def _scan_records(
     tally: _InputTally,
     counter: _TokenCounter | None,
     examples: int,
+    signer: Signer | None = None,
 ) -> None:
     # the hot loop: names bound locally, one pass per record
     loads, dumps, sort_keys = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS
@@ -288,6 +299,10 @@ def _scan_records(
         hashes += sha256(normalised).digest()[:16]
         if counter is not None:
             counter.add_record(obj, kind, parts)
+        if signer is not None:
+            sig = signer.sign(obj)
+            columns.signed.append(sig is not None)
+            columns.signatures += sig.tobytes() if sig is not None else bytes(4 * NUM_PERM)
 
 
 def _invalid(raw: bytes, number: int, tally: _InputTally, examples: int) -> dict | None:
@@ -372,10 +387,12 @@ def _exchanges(turns: object, key: str, users: tuple, assistants: tuple) -> tupl
 
 
 def stats_report(
-    columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None, seq_len: int | None = None
+    columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None,
+    seq_len: int | None = None, near_dup: float | None = None,
 ) -> dict:
     import polars as pl
 
+    near = near_duplicates(columns, tallies, near_dup, examples) if near_dup is not None else None
     frame = columns.drain_to_frame(pl)
     plan = token_plan(frame["tokens"].to_list(), seq_len) if seq_len is not None and "tokens" in frame.columns else None
     names = [t.display for t in tallies]
@@ -391,6 +408,44 @@ def stats_report(
         "token_limits": list(TOKEN_LIMITS) if tokenizer_path is not None else [],
         **_template_fields(tokenizer_path, tallies),
         **({"token_plan": plan} if plan is not None else {}),
+        **({"near_duplicates": near} if near is not None else {}),
+    }
+
+
+def near_duplicates(columns: StatsColumns, tallies: list[_InputTally], threshold: float, examples: int) -> dict:
+    """Near-duplicate clusters over all rows in input order (the global stage of `split
+    --near-dedup`, without writing): each cluster is a kept record and the later records
+    whose estimated similarity to it is >= `threshold`."""
+    import numpy as np
+
+    index = NearDupIndex(threshold)
+    size = 4 * NUM_PERM
+    members: dict[int, list[int]] = {}  # kept id -> rows of its near-duplicates
+    kept_row: list[int] = []
+    names = {i: t.display for i, t in enumerate(tallies)}
+    for row in range(len(columns.signed)):
+        if not columns.signed[row]:
+            continue
+        sig = np.frombuffer(columns.signatures, dtype=np.uint32, count=NUM_PERM, offset=row * size)
+        found = index.offer(sig)
+        if found is None:
+            kept_row.append(row)
+        else:
+            members.setdefault(found[0], []).append(row)
+    columns.signatures, columns.signed = bytearray(), bytearray()
+
+    def where(row: int) -> str:
+        return f"{names[columns.file[row]]}:{columns.line[row]}"
+
+    largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:examples]
+    return {
+        "threshold": threshold,
+        "shingle": columns.shingle,
+        "num_perm": NUM_PERM,
+        "records": sum(len(v) for v in members.values()),
+        "clusters": len(members),
+        "largest": [{"kept": where(kept_row[k]), "size": len(rows) + 1, "members": [where(r) for r in rows[:examples]]}
+                    for k, rows in largest],
     }
 
 
@@ -612,6 +667,15 @@ def render_stats(report: dict) -> list[str]:
         lines.extend(_render_section(f"total ({report['total']['files']} files)", report["total"], report.get("chat_template")))
     elif lines:
         lines.pop()
+    near = report.get("near_duplicates")
+    if near is not None:
+        lines.append(
+            f"near-duplicates (estimated Jaccard >= {near['threshold']}, {near['shingle']}-word shingles): "
+            f"{_count(near['records'], 'record')} in {_count(near['clusters'], 'cluster')}"
+        )
+        for c in near["largest"]:
+            more = c["size"] - 1 - len(c["members"])
+            lines.append(f"  {c['kept']} and {c['size'] - 1}: " + ", ".join(c["members"]) + (f", ... {more} more" if more else ""))
     plan = report.get("token_plan")
     if plan is not None:
         lines += [

@@ -90,6 +90,7 @@ from shardkit.core.blocks import NL, BlockReader, nonblank_runs
 from shardkit.core.errors import DataError, ShardkitError, UsageError
 from shardkit.core.io import deferred_signals, env_error, inspect_input, write_all
 from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, compact
+from shardkit.pipeline.neardup import NEAR_DUPLICATES_NAME, NearDedup
 from shardkit.pipeline.overlap import (
     HASH_BYTES,
     EvalIndex,
@@ -109,6 +110,7 @@ from shardkit.pipeline.shard import (
 )
 from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
+from shardkit.records.minhash import DEFAULT_SHINGLE, lsh_params
 from shardkit.records.ngrams import DEFAULT_NGRAM
 from shardkit.store.manifest import check_rel_name
 from shardkit.store.outdir import unlink_if_exists
@@ -179,16 +181,23 @@ class PipelineOptions:
     exclude_key: str = "record"
     decontaminate: tuple[str, ...] = ()
     ngram: int = DEFAULT_NGRAM
+    near_dedup: float | None = None
+    shingle: int = DEFAULT_SHINGLE
     to: str | None = None
     duplicates: str = DUPLICATES_NAME
     excluded: str = EXCLUDED_NAME
     contaminated: str = CONTAMINATED_NAME
+    near_duplicates: str = NEAR_DUPLICATES_NAME
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
         object.__setattr__(self, "decontaminate", tuple(os.fspath(p) for p in self.decontaminate))
         if isinstance(self.ngram, bool) or not isinstance(self.ngram, int) or not 1 <= self.ngram <= 64:
             raise UsageError(f"--ngram must be a whole number from 1 to 64 (got {self.ngram!r})")
+        if self.near_dedup is not None:
+            lsh_params(self.near_dedup)  # the threshold's range, and datasketch installed
+        if isinstance(self.shingle, bool) or not isinstance(self.shingle, int) or not 1 <= self.shingle <= 64:
+            raise UsageError(f"--shingle must be a whole number from 1 to 64 (got {self.shingle!r})")
         if self.shuffle_memory < MIN_SHUFFLE_MEMORY:
             raise UsageError(f"--shuffle-memory must be at least {MIN_SHUFFLE_MEMORY} bytes (got {self.shuffle_memory})")
         if self.holdout is not None and not 0 < self.holdout < 1:
@@ -205,12 +214,12 @@ class PipelineOptions:
         if self.split.num_shards is not None and not self.shuffle and not self.streams:
             raise UsageError("--num-shards with --holdout/--dedup/--exclude/--to needs --shuffle "
                              "(record counts are known only after the first pass); use --max-records or --max-bytes")
-        names = [self.split.rejects, self.duplicates, self.excluded, self.contaminated]
+        names = [self.split.rejects, self.duplicates, self.excluded, self.contaminated, self.near_duplicates]
         for name in names:
             if name is not self.split.rejects or not rejects_outside(name):  # --rejects PATH may be anywhere
                 check_rel_name(name)
         if len(set(names)) != len(names):
-            raise UsageError(f"the rejects, duplicates, excluded and contaminated files need different names (got {names})")
+            raise UsageError(f"the rejects, duplicates, excluded, contaminated and near-duplicates files need different names (got {names})")
         template = self.name_template()
         if "{index" not in template:
             raise UsageError(f"--name {template!r} must contain {{index}} so shard names differ")
@@ -221,7 +230,8 @@ class PipelineOptions:
     @property
     def streams(self) -> bool:
         """No record stage: runs of lines go to the shards whole (`cutter.StreamFlow`)."""
-        return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.decontaminate or self.to)
+        return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.decontaminate
+                    or self.near_dedup is not None or self.to)
 
     def spans_inputs(self, inputs: int) -> bool:
         """--num-shards N over several inputs with no record stage: N shards in total, cut
@@ -253,7 +263,8 @@ class PipelineOptions:
     @property
     def sides(self) -> tuple[str, ...]:
         """The side files this plan may write (their keys in the manifest)."""
-        return (*SIDES, "contaminated") if self.decontaminate else SIDES
+        return (*SIDES, *(("near_duplicates",) if self.near_dedup is not None else ()),
+                *(("contaminated",) if self.decontaminate else ()))
 
     def params(self, exclude_paths: list[str], decontaminate_paths: list[str] | None = None) -> dict:
         """What the manifest records (and --resume compares); eval paths relative to OUT.
@@ -273,6 +284,7 @@ class PipelineOptions:
             "exclude": exclude_paths,
             "exclude_key": self.exclude_key if self.exclude else None,
             **({"decontaminate": decontaminate_paths, "ngram": self.ngram} if self.decontaminate else {}),
+            **({"near_dedup": self.near_dedup, "shingle": self.shingle} if self.near_dedup is not None else {}),
             "to": self.to,
         }
 
@@ -951,6 +963,8 @@ class RecordFlow:
         self.run = run
         self.opts, self.specs, self.tallies, self.warn = run.opts, run.specs, run.tallies, run.warn
         self.duplicates, self.excluded, self.contaminated = run.duplicates, run.excluded, run.contaminated
+        self.near_duplicates = run.near_duplicates
+        self.near: NearDedup | None = None
         self.eval_index: EvalIndex | None = None
         self.ngram_index: NgramIndex | None = None
         self.decontaminate_paths = [run.source_path(inspect_input(p)) for p in run.opts.decontaminate]
@@ -978,6 +992,8 @@ class RecordFlow:
         if self.eval_index is not None:
             sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+        if self.near is not None:
+            m["near_dedup"] = self.near.manifest()
         if self.ngram_index is not None:
             sources = [{**s.to_dict(), "path": rel}
                        for s, rel in zip(self.ngram_index.sources, self.decontaminate_paths, strict=True)]
@@ -996,7 +1012,7 @@ class RecordFlow:
 
     def finish_warnings(self, sides: dict) -> None:
         for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded"),
-                          ("contaminated", "contaminated")):
+                          ("contaminated", "contaminated"), ("near_duplicates", "near-duplicate")):
             if sides.get(key):
                 self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
         overlap = self.holdout.prompt_overlap() if self.holdout is not None else 0
@@ -1044,6 +1060,9 @@ class RecordFlow:
             steps.append(_Decontaminate(self, self.ngram_index))
         if o.dedup:
             steps.append(_Dedup(self))
+        if o.near_dedup is not None:
+            self.near = NearDedup(self, o.near_dedup, o.shingle, 1 if self.scouting else self.run.jobs)
+            steps.append(self.near)
         if o.holdout is not None:
             self.holdout = _Holdout(self, o.holdout, o.holdout_key_used, o.holdout_seed)
             steps.append(self.holdout)
@@ -1067,7 +1086,10 @@ class RecordFlow:
         for i, spec in enumerate(self.specs):
             self.sink.start_input(i)
             tally = self.tallies[i]
-            for rec in self._read(i):
+            records = self._read(i)
+            if self.near is not None and not self.opts.to:
+                records = self.near.prefetch(records)
+            for rec in records:
                 for step in steps:
                     if not step(rec):
                         break
@@ -1077,6 +1099,8 @@ class RecordFlow:
             self.sink.end_input()
             if tally.blank:
                 self.warn(f"{spec.display}: {tally.blank} blank line(s) skipped")
+        if self.near is not None:
+            self.near.close()
         self.sink.finish()
 
     def _infer_schema(self):
@@ -1178,6 +1202,8 @@ class RecordFlow:
         tally.blank += trailing
 
     def abort(self) -> None:
+        if self.near is not None:
+            self.near.close()
         with suppress(OSError):
             if self.sink is not None:
                 self.sink.abort()

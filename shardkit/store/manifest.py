@@ -41,7 +41,7 @@ def dumps(manifest: dict) -> bytes:
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-SIDE_FILES = ("rejects", "duplicates", "excluded", "contaminated")  # records set aside, with their bytes
+SIDE_FILES = ("rejects", "duplicates", "excluded", "near_duplicates", "contaminated")  # records set aside, with their bytes
 
 
 def side_entries(manifest: dict) -> list[dict]:
