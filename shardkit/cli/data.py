@@ -132,61 +132,20 @@ def split(
     Example: shardkit split big.jsonl -o shards/ --max-records 50000 --validate chat
     """
     from shardkit.pipeline.driver import split as run_split
-    from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
-    from shardkit.records.check import CheckOptions
 
     with exit_on_error():
-        check = None
-        if validate is not None:
-            check = CheckOptions.from_spec(
-                validate, max_tokens=max_tokens, tokenizer=str(tokenizer) if tokenizer else None,
-                max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"),
-            )
-        elif max_tokens is not None or tokenizer is not None:
-            raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
-        parquet = None
-        if fmt == "parquet":
-            from shardkit.pipeline.parquet import ParquetOptions
-
-            freeze_heap()  # pyarrow's objects too
-            parquet = ParquetOptions(
-                compression=compression or "zstd",
-                row_group_bytes=size_option(row_group_bytes, "--row-group-bytes") or 64 * 2**20,
-                on_conflict=on_conflict, schema_from=str(schema_from) if schema_from else None,
-            )
-        elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
-            raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
-                             "(JSONL shards are plain, byte-exact copies)")
-        pipeline = bool(shuffle or holdout is not None or dedup or exclude or decontaminate or near_dedup is not None or to)
-        if seed is not None and not shuffle:
-            raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
-        options = SplitOptions(
-            max_records=max_records,
-            max_bytes=size_option(max_bytes, "--max-bytes"),
-            num_shards=num_shards,
-            oversize=oversize,
-            name=DEFAULT_NAME if pipeline else name,
-            rejects=rejects,
-            check=check,
-            format=fmt,
-            parquet=parquet,
-            allow_empty=allow_empty,
-            max_errors=max_errors,
-            max_reject_ratio=max_reject_ratio,
+        options = _split_plan(
+            max_records=max_records, max_bytes=max_bytes, num_shards=num_shards, oversize=oversize, name=name,
+            rejects=rejects, validate=validate, max_tokens=max_tokens, tokenizer=tokenizer,
+            max_line_bytes=max_line_bytes, fmt=fmt, compression=compression, row_group_bytes=row_group_bytes,
+            schema_from=schema_from, on_conflict=on_conflict, shuffle=shuffle, seed=seed,
+            shuffle_memory=shuffle_memory, holdout=holdout, holdout_key=holdout_key, holdout_seed=holdout_seed,
+            dedup=dedup, exclude=exclude, exclude_key=exclude_key, decontaminate=decontaminate, ngram=ngram,
+            near_dedup=near_dedup, shingle=shingle, to=to, max_errors=max_errors,
+            max_reject_ratio=max_reject_ratio, allow_empty=allow_empty,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, raise_on_sigterm)
-        if pipeline:
-            from shardkit.pipeline.transform import PipelineOptions
-
-            options = PipelineOptions(
-                split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
-                shuffle_memory=size_option(shuffle_memory, "--shuffle-memory"), holdout=holdout,
-                holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
-                exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
-                decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
-                near_dedup=near_dedup, shingle=shingle,
-            )
         with progress_bar(total, not (quiet or json_output), "split") as progress:
             result = run_split(
                 inputs,
@@ -205,6 +164,67 @@ def split(
         print_json(result.summary())
     elif not quiet:
         _render_split(result)
+
+
+def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, validate, max_tokens, tokenizer,
+                max_line_bytes, fmt, compression, row_group_bytes, schema_from, on_conflict, shuffle, seed,
+                shuffle_memory, holdout, holdout_key, holdout_seed, dedup, exclude, exclude_key, decontaminate,
+                ngram, near_dedup, shingle, to, max_errors, max_reject_ratio, allow_empty, record_plan=False):
+    """The plan `split` (and `mix`) options describe: SplitOptions, or PipelineOptions when a
+    record stage is asked for (or `record_plan`)."""
+    from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
+    from shardkit.records.check import CheckOptions
+
+    check = None
+    if validate is not None:
+        check = CheckOptions.from_spec(
+            validate, max_tokens=max_tokens, tokenizer=str(tokenizer) if tokenizer else None,
+            max_line_bytes=size_option(max_line_bytes, "--max-line-bytes"),
+        )
+    elif max_tokens is not None or tokenizer is not None:
+        raise UsageError("--max-tokens and --tokenizer work with --validate KIND")
+    parquet = None
+    if fmt == "parquet":
+        from shardkit.pipeline.parquet import ParquetOptions
+
+        freeze_heap()  # pyarrow's objects too
+        parquet = ParquetOptions(
+            compression=compression or "zstd",
+            row_group_bytes=size_option(row_group_bytes, "--row-group-bytes") or 64 * 2**20,
+            on_conflict=on_conflict, schema_from=str(schema_from) if schema_from else None,
+        )
+    elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
+        raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
+                         "(JSONL shards are plain, byte-exact copies)")
+    pipeline = record_plan or bool(shuffle or holdout is not None or dedup or exclude or decontaminate or near_dedup is not None or to)
+    if seed is not None and not shuffle:
+        raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
+    options = SplitOptions(
+        max_records=max_records,
+        max_bytes=size_option(max_bytes, "--max-bytes"),
+        num_shards=num_shards,
+        oversize=oversize,
+        name=DEFAULT_NAME if pipeline else name,
+        rejects=rejects,
+        check=check,
+        format=fmt,
+        parquet=parquet,
+        allow_empty=allow_empty,
+        max_errors=max_errors,
+        max_reject_ratio=max_reject_ratio,
+    )
+    if pipeline:
+        from shardkit.pipeline.transform import PipelineOptions
+
+        options = PipelineOptions(
+            split=options, name=None if name == DEFAULT_NAME else name, shuffle=shuffle, seed=seed or 0,
+            shuffle_memory=size_option(shuffle_memory, "--shuffle-memory"), holdout=holdout,
+            holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
+            exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
+            decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
+            near_dedup=near_dedup, shingle=shingle,
+        )
+    return options
 
 
 def _render_split(result) -> None:
@@ -487,6 +507,85 @@ def overlap(
             typer.echo(line)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def mix(
+    sources: Annotated[list[str], typer.Argument(help="Sources as PATH=WEIGHT (JSONL, .gz, .zst, .json arrays); a bare PATH takes its weight from --weights.", show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty), or an s3:// prefix.", show_default=False)],
+    records: Annotated[int | None, typer.Option("--records", help="Size of the mix in records.", min=1, show_default=False)] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Size of the mix in tokens (needs --tokenizer).", min=1, show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder: counts --tokens (after its chat template) and --max-tokens.", show_default=False)] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="TOML file of path = weight (top level or under [weights]).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draw and of the shuffle: same seed and inputs, byte-identical shards.")] = 0,
+    max_records: Annotated[int | None, typer.Option("--max-records", "-n", rich_help_panel="Cut", help="At most N records per shard.", show_default=False)] = None,
+    max_bytes: Annotated[str | None, typer.Option("--max-bytes", "-b", rich_help_panel="Cut", help="At most SIZE per shard.", show_default=False)] = None,
+    num_shards: Annotated[int | None, typer.Option("--num-shards", rich_help_panel="Cut", help="Exactly N shards.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", rich_help_panel="Cut", help="Shard file name template ({stem} is 'part', {index}).", show_default=False)] = None,
+    validate: Annotated[str | None, typer.Option("--validate", rich_help_panel="Filter", help="Check each source's records (a kind, auto or a JSON Schema); invalid ones go to the rejects file.", show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", rich_help_panel="Filter", help="With --validate: records longer than N tokens are rejected (needs --tokenizer).", min=1, show_default=False)] = None,
+    dedup: Annotated[str | None, typer.Option("--dedup", rich_help_panel="Filter", help="exact: drop exact duplicates within each source.", show_default=False)] = None,
+    near_dedup: Annotated[float | None, typer.Option("--near-dedup", rich_help_panel="Filter", help="Set aside near-duplicates within each source (estimated Jaccard >= THRESHOLD).", min=0.0, max=1.0, show_default=False)] = None,
+    shingle: Annotated[int, typer.Option("--shingle", rich_help_panel="Filter", help="Words per shingle for --near-dedup.", min=1, max=64)] = 5,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", rich_help_panel="Filter", help="Drop records that appear in this eval file (repeatable).", show_default=False)] = None,
+    exclude_key: Annotated[str, typer.Option("--exclude-key", rich_help_panel="Filter", help="Match --exclude by: record, first-user, prompt or a FIELD.")] = "record",
+    decontaminate: Annotated[list[Path] | None, typer.Option("--decontaminate", rich_help_panel="Filter", help="Set aside records sharing a word --ngram with this eval file (repeatable).", show_default=False)] = None,
+    ngram: Annotated[int, typer.Option("--ngram", rich_help_panel="Filter", help="The n-gram length for --decontaminate.", min=1, max=64)] = 13,
+    to: Annotated[str | None, typer.Option("--to", rich_help_panel="Filter", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Format", help="Shard format: jsonl or parquet.")] = "jsonl",
+    compression: Annotated[str | None, typer.Option("--compression", rich_help_panel="Format", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
+    shuffle_memory: Annotated[str, typer.Option("--shuffle-memory", rich_help_panel="Run", help="Memory for one shuffle bucket.")] = "256MB",
+    engine: Annotated[str | None, typer.Option("--engine", rich_help_panel="Run", help="Write the mix on an executor: local or ray (same bytes as without it).", show_default=False)] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", rich_help_panel="Run", help="Worker processes: a number or auto.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel="Run", help="Replace a previous run in OUT (deletes exactly the files its manifest lists).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Run", help="Filter and draw, print the shards that would be written; write nothing to OUT.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", rich_help_panel="Run", help="Print one JSON summary on stdout and nothing else.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No summary or warnings; errors only.")] = False,
+) -> None:
+    """Draw a training mix from weighted sources: each source filtered alone, drawn in
+    proportion to its weight (upsampled in further epochs when its share exceeds it), all
+    shuffled together by --seed into shards; the manifest records the draw per source.
+
+    Example: shardkit mix chat.jsonl=3 code.jsonl=1 -o mix/ --records 100000 --seed 7 -n 50000
+    """
+    from shardkit.pipeline.mix import mix as run_mix
+    from shardkit.pipeline.mix import parse_sources
+
+    with exit_on_error():
+        if max_records is None and max_bytes is None and num_shards is None:
+            raise UsageError("say how to cut: give --max-records N, --max-bytes SIZE or --num-shards N")
+        plan = _split_plan(
+            max_records=max_records, max_bytes=max_bytes, num_shards=num_shards, oversize="own-shard",
+            name=name or "{stem}-{index:05d}.jsonl", rejects="rejects.jsonl", validate=validate, max_tokens=max_tokens,
+            tokenizer=tokenizer if validate is not None and max_tokens is not None else None, max_line_bytes="16MiB",
+            fmt=fmt, compression=compression, row_group_bytes=None, schema_from=None, on_conflict="json-string",
+            shuffle=False, seed=None, shuffle_memory=shuffle_memory, holdout=None, holdout_key=None, holdout_seed=0,
+            dedup=dedup, exclude=exclude, exclude_key=exclude_key, decontaminate=decontaminate, ngram=ngram,
+            near_dedup=near_dedup, shingle=shingle, to=to, max_errors=None, max_reject_ratio=None,
+            allow_empty=False, record_plan=True,
+        )
+        result = run_mix(
+            parse_sources(sources, weights), out, plan, seed=seed, records=records, tokens=tokens,
+            tokenizer=str(tokenizer) if tokenizer else None, engine=engine, jobs=jobs_option(jobs),
+            overwrite=overwrite, dry_run=dry_run, warn=warn_printer(quiet or json_output),
+        )
+    if json_output:
+        print_json({**result.summary(), "mix": result.manifest.get("mix")})
+        return
+    if quiet:
+        return
+    _render_split(result)
+    m = result.manifest.get("mix") or {}
+    c = m.get("counts")
+    if c:
+        typer.echo(f"mix: {c['read']:,} records read = {c['set_aside']:,} set aside + {c['available']:,} available; "
+                   f"{c['drawn']:,} drawn (seed {m['seed']}):")
+    for s in m.get("sources", []):
+        target = f"{s.get('tokens_drawn', 0):,} tokens, " if "tokens_drawn" in s else ""
+        typer.echo(
+            f"  {s['path']}: weight {s['weight']:g}: {s['read']:,} read, {sum(s['set_aside'].values()):,} set aside, "
+            f"{s['available']:,} available, {s['drawn']:,} drawn ({target}{s['epochs']:g} epochs)"
+        )
 
 
 @app.command()

@@ -81,7 +81,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -188,6 +188,7 @@ class PipelineOptions:
     excluded: str = EXCLUDED_NAME
     contaminated: str = CONTAMINATED_NAME
     near_duplicates: str = NEAR_DUPLICATES_NAME
+    mix: Any = None  # mix.MixInfo: this run writes a drawn mix (`shardkit mix`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
@@ -263,8 +264,9 @@ class PipelineOptions:
     @property
     def sides(self) -> tuple[str, ...]:
         """The side files this plan may write (their keys in the manifest)."""
-        return (*SIDES, *(("near_duplicates",) if self.near_dedup is not None else ()),
-                *(("contaminated",) if self.decontaminate else ()))
+        mixed = {key for key, _ in self.mix.sides} if self.mix is not None else set()
+        return (*SIDES, *(("near_duplicates",) if self.near_dedup is not None or "near_duplicates" in mixed else ()),
+                *(("contaminated",) if self.decontaminate or "contaminated" in mixed else ()))
 
     def params(self, exclude_paths: list[str], decontaminate_paths: list[str] | None = None) -> dict:
         """What the manifest records (and --resume compares); eval paths relative to OUT.
@@ -285,6 +287,7 @@ class PipelineOptions:
             "exclude_key": self.exclude_key if self.exclude else None,
             **({"decontaminate": decontaminate_paths, "ngram": self.ngram} if self.decontaminate else {}),
             **({"near_dedup": self.near_dedup, "shingle": self.shingle} if self.near_dedup is not None else {}),
+            **({"mix": self.mix.params()} if self.mix is not None else {}),
             "to": self.to,
         }
 
@@ -994,6 +997,8 @@ class RecordFlow:
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
         if self.near is not None:
             m["near_dedup"] = self.near.manifest()
+        if self.opts.mix is not None:
+            m.update(self._mix_manifest(complete))
         if self.ngram_index is not None:
             sources = [{**s.to_dict(), "path": rel}
                        for s, rel in zip(self.ngram_index.sources, self.decontaminate_paths, strict=True)]
@@ -1009,6 +1014,27 @@ class RecordFlow:
         if not complete:
             m["resume"] = {"mode": "restart"}  # --resume deletes what this lists and runs again
         return m
+
+    def _mix_manifest(self, complete: bool) -> dict:
+        """A mix's sources (instead of the drawn file this run read) and its `mix` section."""
+        mix = self.opts.mix
+        sources = [{**s, "path": self.run.source_path(inspect_input(s["path"]))} for s in mix.sources]
+        drawn = sum(s["drawn"] for s in sources)
+        counts = {"read": sum(s["read"] for s in sources), "set_aside": sum(sum(s["set_aside"].values()) for s in sources),
+                  "available": sum(s["available"] for s in sources), "drawn": drawn}
+        if complete and self.run.counts()["written"] != drawn:
+            raise ConservationError(f"internal error: the mix drew {drawn} records but {self.run.counts()['written']} "
+                                    "were written; please report it")
+        return {"sources": [{k: s[k] for k in ("path", "bytes", "sha256", "read")} for s in sources],
+                "mix": {"seed": mix.seed, "target": mix.target, "counts": counts, "sources": sources}}
+
+    def preload_sides(self) -> None:
+        """A mix: what the filter stage set aside, per source, into this run's side files."""
+        for key, path in self.opts.mix.sides:
+            side = getattr(self.run, key)
+            with open(path, "rb") as f:
+                for line in f:
+                    side.add(orjson.loads(line))
 
     def finish_warnings(self, sides: dict) -> None:
         for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded"),
@@ -1077,6 +1103,8 @@ class RecordFlow:
         if self.opts.split.format == "parquet" and not self.scouting:
             run.schema = self._infer_schema()
         steps = self._steps()
+        if self.opts.mix is not None and not self.scouting:
+            self.preload_sides()
         if self.scouting:
             self.sink = _SchemaSink(run, self.scout_builder)
         elif self.opts.shuffle:

@@ -1,0 +1,326 @@
+"""`shardkit mix`: a training mix drawn from weighted sources, recorded in the manifest.
+
+    shardkit mix chat.jsonl=3 code.jsonl=1 -o OUT --records 100000 --seed 7 -n 50000
+
+How a mix is made, in three stages, each a plain run of the split pipeline:
+
+1. **Filter each source.** Every filter of the plan (--validate, --dedup, --near-dedup,
+   --exclude, --decontaminate, --to) runs on each source alone, into a work folder: what
+   it sets aside goes to that source's side files, the rest is the source's *available*
+   records. Per source: read = set aside + available (checked).
+2. **Draw.** The target (--records N, or --tokens N counted with --tokenizer, after the
+   model's chat template when it has one) is shared out in proportion to the weights (the
+   largest remainders get the odd records). Each source is drawn without replacement, in
+   an order shuffled by the seed, until it is used up; then again in a new order (an
+   *epoch*) as often as its share needs (upsampling). Copies drawn by upsampling are not
+   duplicates: the filters ran before the draw. Written = the sum drawn (checked).
+3. **Write.** The drawn records are shuffled together by the seed (the external shuffle:
+   memory does not grow with the mix) and cut into shards in the plan's format, on the
+   plan's executor and store; the sources' side files become OUT's side files.
+
+The manifest's ``mix`` section records the seed, the target and, per source: path, bytes,
+sha256, weight, records read, set aside (by reason), available, drawn, epochs and tokens
+drawn; its ``sources`` are the mix's sources. Same seed and inputs: the same bytes on every
+engine. Not yet: --holdout (split the mix with --holdout afterwards) and --resume (rerun
+with --overwrite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import tempfile
+import tomllib
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shardkit.core import objects
+from shardkit.core.errors import DataError, InputError, UsageError
+from shardkit.core.io import inspect_input
+from shardkit.pipeline.run import split_local
+from shardkit.pipeline.shard import SplitResult
+from shardkit.pipeline.transform import ConservationError, PipelineOptions
+
+__all__ = ["MixInfo", "MixSource", "mix", "parse_sources", "share_out"]
+
+_HUGE = 1 << 62  # one shard per source in the filter stage
+_SIDE_KEYS = ("rejects", "duplicates", "excluded", "near_duplicates", "contaminated")
+
+
+@dataclass(frozen=True)
+class MixSource:
+    path: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class MixInfo:
+    """What the write stage records in the manifest (picklable: it travels to executors)."""
+
+    seed: int
+    target: dict
+    sources: tuple[dict, ...]
+    sides: tuple[tuple[str, str], ...]  # (side key, a source's side file) merged into OUT's
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "target": self.target,
+                "sources": [{"path": s["path"], "weight": s["weight"]} for s in self.sources]}
+
+
+# ------------------------------------------------------------------ sources and weights
+
+
+def parse_sources(specs: Sequence[str], weights_file: str | os.PathLike | None = None) -> list[MixSource]:
+    """`PATH=WEIGHT` (or PATH, with its weight in --weights FILE: a TOML table of path =
+    weight, at the top level or under [weights])."""
+    table: dict[str, Any] = {}
+    if weights_file is not None:
+        try:
+            data = tomllib.loads(Path(weights_file).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise InputError(f"{weights_file}: cannot read the weights: {e.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{weights_file}: not valid TOML: {e}") from None
+        table = data.get("weights", data) if isinstance(data.get("weights"), dict) else data
+    if not specs:
+        specs = list(table)
+    if not specs:
+        raise UsageError("give at least one source: PATH=WEIGHT, or a --weights file that lists them")
+    out: list[MixSource] = []
+    for spec in specs:
+        path, weight = spec, table.get(spec)
+        if "=" in spec:
+            head, _, tail = spec.rpartition("=")
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                path, weight = spec, table.get(spec)
+        if weight is None:
+            raise UsageError(f"{spec}: no weight: write {spec}=WEIGHT, or list it in --weights FILE")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            raise UsageError(f"{path}: the weight must be a number above 0 (got {weight!r})")
+        out.append(MixSource(path, float(weight)))
+    paths = [s.path for s in out]
+    if len(set(paths)) != len(paths):
+        raise UsageError("a source is given twice; give each once, with its weight")
+    return out
+
+
+def share_out(total: int, weights: Sequence[float]) -> list[int]:
+    """`total` shared in proportion to `weights`: floors, then one more to the largest
+    remainders (ties: the earlier source)."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    shares = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+# ------------------------------------------------------------------ the draw
+
+
+def _order(n: int, seed: int, source: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"shardkit-mix:{seed}:{source}:{epoch}").shuffle(order)
+    return order
+
+
+def draw(n: int, seed: int, source: int, *, records: int | None = None, budget: int | None = None,
+         tokens: Sequence[int] | None = None) -> Iterator[tuple[int, int]]:
+    """(epoch, record index) of a source's draws: epoch after epoch, each a new order of all
+    `n` records, until `records` are drawn, or until the drawn `tokens` reach `budget`."""
+    if n == 0:
+        return
+    drawn = spent = 0
+    epoch = 0
+    while True:
+        for k in _order(n, seed, source, epoch):
+            if records is not None and drawn >= records:
+                return
+            if budget is not None and spent >= budget:
+                return
+            yield epoch, k
+            drawn += 1
+            if tokens is not None:
+                spent += tokens[k]
+        epoch += 1
+
+
+def _line_offsets(path: Path) -> array:
+    offsets = array("Q")
+    pos = 0
+    with open(path, "rb") as f:
+        for line in f:
+            offsets.append(pos)
+            pos += len(line)
+    offsets.append(pos)
+    return offsets
+
+
+def _count_tokens(path: Path, tokenizer_path: str) -> tuple[array, str | None]:
+    """Tokens of each record of a filtered source (after the chat template, when the model has one)."""
+    from shardkit.records.template import TemplateError, chat_view, load_chat_template
+    from shardkit.records.tokens import count_tokens, load_tokenizer, record_text
+    from shardkit.records.validate import detect_kind
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    template = load_chat_template(tokenizer_path)
+    counts = array("I")
+    texts: list[str] = []
+    with open(path, "rb") as f:
+        for line in f:
+            obj = orjson.loads(line)
+            kind = detect_kind(obj)
+            view = chat_view(obj, kind) if template is not None else None
+            text = None
+            if view is not None:
+                try:
+                    text = template.render(view[0], tools=view[1])
+                except TemplateError:
+                    text = None
+            texts.append(text if text is not None else record_text(obj, kind))
+            if len(texts) >= 1000:
+                counts.extend(count_tokens(tokenizer, texts))
+                texts = []
+    counts.extend(count_tokens(tokenizer, texts))
+    return counts, template.name if template is not None else None
+
+
+# ------------------------------------------------------------------ the run
+
+
+def mix(
+    sources: Sequence[MixSource],
+    out: str | os.PathLike,
+    plan: PipelineOptions,
+    *,
+    seed: int,
+    records: int | None = None,
+    tokens: int | None = None,
+    tokenizer: str | None = None,
+    engine: str | None = None,
+    jobs: int | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress=None,
+    warn=None,
+) -> SplitResult:
+    """Draw a mix of `sources` into shards in `out` (see the module docstring)."""
+    from shardkit.pipeline.driver import split
+
+    if (records is None) == (tokens is None):
+        raise UsageError("say how big the mix is: --records N or --tokens N (one of them)")
+    for flag, value in (("--records", records), ("--tokens", tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{flag} must be a whole number >= 1 (got {value!r})")
+    if tokens is not None and tokenizer is None:
+        raise UsageError("--tokens needs --tokenizer DIR (the tokens are counted with it)")
+    if plan.holdout is not None:
+        raise UsageError("mix does not take --holdout yet: split the mix with --holdout afterwards")
+    if plan.shuffle:
+        raise UsageError("a mix is always shuffled by --seed: leave out --shuffle")
+    if not sources:
+        raise UsageError("give at least one source")
+    for s in sources:
+        inspect_input(s.path)  # a missing source fails before any work
+    out_text = os.fspath(out)
+    parent = tempfile.gettempdir() if objects.is_url(out_text) else str(Path(out_text).resolve().parent)
+    work = Path(tempfile.mkdtemp(prefix=".shardkit-mix-", dir=parent))
+    try:
+        infos, sides, available = _filter_sources(sources, work, plan, jobs)
+        target: dict = {"records": records} if records is not None else {"tokens": tokens, "tokenizer": str(tokenizer)}
+        drawn_path = work / "mix.jsonl"
+        _draw_all(sources, infos, available, drawn_path, seed=seed, records=records, tokens=tokens,
+                  tokenizer=tokenizer, target=target)
+        info = MixInfo(seed=seed, target=target, sources=tuple(infos), sides=tuple(sides))
+        final = PipelineOptions(
+            split=dataclasses.replace(plan.split, check=None, max_errors=None, max_reject_ratio=None),
+            name=plan.name, shuffle=True, seed=seed, shuffle_memory=plan.shuffle_memory, mix=info,
+        )
+        return split([str(drawn_path)], out, final, engine=engine, jobs=jobs, overwrite=overwrite, dry_run=dry_run,
+                     progress=progress, warn=warn)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _filter_sources(sources: Sequence[MixSource], work: Path, plan: PipelineOptions, jobs: int | None):
+    """Stage 1: each source through the plan's filters; (infos, side files, available file)."""
+    sub = dataclasses.replace(
+        plan, shuffle=False, seed=0, holdout=None, holdout_key=None, name=None,
+        split=dataclasses.replace(plan.split, max_records=_HUGE, max_bytes=None, num_shards=None, format="jsonl",
+                                  parquet=None, name="{stem}-{index:05d}.jsonl", rejects="rejects.jsonl",
+                                  allow_empty=True),
+    )
+    infos: list[dict] = []
+    sides: list[tuple[str, str]] = []
+    available: list[Path | None] = []
+    for i, source in enumerate(sources):
+        folder = work / f"source-{i:03d}"
+        result = split_local([source.path], folder, sub, jobs=jobs)
+        m = result.manifest
+        c = m["counts"]
+        set_aside = {k: c[k] for k in ("rejected", "duplicates", "excluded", "blank")}
+        if c["read"] != sum(set_aside.values()) + c["written"]:
+            raise ConservationError(f"internal error: {source.path}: read {c['read']} != set aside "
+                                    f"{sum(set_aside.values())} + available {c['written']}; please report it")
+        (src,) = m["sources"]
+        infos.append({"path": source.path, "bytes": src.get("bytes"), "sha256": src.get("sha256"),
+                      "weight": source.weight, "read": c["read"], "set_aside": set_aside,
+                      "available": c["written"]})
+        for key in _SIDE_KEYS:
+            entry = m.get(key)
+            if isinstance(entry, dict) and entry.get("records"):
+                sides.append((key, str(folder / entry["path"])))
+        files = m["files"]
+        available.append(folder / files[0]["path"] if files else None)
+    return infos, sides, available
+
+
+def _draw_all(sources, infos, available, drawn_path: Path, *, seed, records, tokens, tokenizer, target) -> None:
+    """Stage 2: each source's draws, written source after source to `drawn_path`."""
+    weights = [s.weight for s in sources]
+    counts: list[array | None] = [None] * len(sources)
+    if tokens is not None:
+        for i, path in enumerate(available):
+            if path is not None:
+                counts[i], template = _count_tokens(path, tokenizer)
+                target["chat_template"] = template
+    quotas = share_out(records if records is not None else tokens, weights)
+    with open(drawn_path, "wb") as out:
+        for i, path in enumerate(available):
+            info, quota = infos[i], quotas[i]
+            n = info["available"]
+            if quota and not n:
+                raise DataError(f"{sources[i].path}: no record left after the filters, but its weight asks for "
+                                f"{quota:,} {'records' if records is not None else 'tokens'}")
+            info["share"] = quota
+            drawn = spent = 0
+            if n:
+                offsets = _line_offsets(path)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    for _epoch, k in draw(n, seed, i, records=quota if records is not None else None,
+                                         budget=quota if tokens is not None else None, tokens=counts[i]):
+                        out.write(os.pread(fd, offsets[k + 1] - offsets[k], offsets[k]))
+                        drawn += 1
+                        if counts[i] is not None:
+                            spent += counts[i][k]
+                finally:
+                    os.close(fd)
+            info["drawn"] = drawn
+            info["epochs"] = round(drawn / n, 4) if n else 0
+            info["full_epochs"] = drawn // n if n else 0
+            if tokens is not None:
+                info["tokens_drawn"] = spent
+        out.flush()
+        os.fsync(out.fileno())
