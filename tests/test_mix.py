@@ -82,7 +82,7 @@ def test_mix_draws_in_proportion_upsamples_and_records_the_draw(tmp_path, source
     assert (by_path["a.jsonl"]["read"], by_path["a.jsonl"]["available"], by_path["a.jsonl"]["drawn"]) == (10, 10, 30)
     assert (by_path["a.jsonl"]["full_epochs"], by_path["a.jsonl"]["epochs"], by_path["a.jsonl"]["weight"]) == (3, 3.0, 1.0)
     assert (by_path["b.jsonl"]["drawn"], by_path["b.jsonl"]["full_epochs"], by_path["b.jsonl"]["epochs"]) == (30, 0, 0.75)
-    assert mix["counts"] == {"read": 50, "set_aside": 0, "available": 50, "drawn": 60}
+    assert mix["counts"] == {"read": 50, "set_aside": 0, "available": 50, "held_out": 0, "drawn": 60}
     rows = shard_records(out)
     assert len(rows) == 60 == m["counts"]["written"] and [f["records"] for f in m["files"]] == [25, 25, 10]
     seen = Counter(r["messages"][0]["content"] for r in rows)
@@ -166,3 +166,31 @@ def test_mix_refusals(tmp_path, sources):
     empty = write(tmp_path / "empty.jsonl", [b"{bad"])
     proc = run_cli("mix", f"{empty}=1", f"{a}=1", "-o", str(tmp_path / "y"), "--records", "5", "-n", "10", "--validate", "chat")
     assert proc.returncode == 1 and b"no record left after the filters" in proc.stderr
+
+
+def test_holdout_applies_to_each_source_before_the_draw(tmp_path, sources):
+    a, b = sources
+    out = tmp_path / "mix"
+    proc = run_cli("mix", f"{a}=1", f"{b}=1", "-o", str(out), "--records", "60", "--seed", "7", "-n", "25",
+                   "--holdout", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    # the records `split --holdout 0.2` holds out of each source, by the same stable hash
+    held = set()
+    for src in (a, b):
+        ref = tmp_path / f"ref-{src.stem}"
+        assert run_cli("split", str(src), "-o", str(ref), "-n", "1000", "--holdout", "0.2").returncode == 0
+        for f in ref.glob("*-validation-*.jsonl"):
+            held |= {orjson.loads(x)["messages"][0]["content"] for x in f.read_bytes().splitlines()}
+    assert held
+    train = [r["messages"][0]["content"] for f in sorted(out.glob("part-train-*.jsonl"))
+             for r in map(orjson.loads, f.read_bytes().splitlines())]
+    validation = [r["messages"][0]["content"] for f in sorted(out.glob("part-validation-*.jsonl"))
+                  for r in map(orjson.loads, f.read_bytes().splitlines())]
+    assert sorted(validation) == sorted(held)  # each held-out record once, never upsampled
+    assert not held & set(train) and len(train) == 60
+    c = m["mix"]["counts"]
+    assert (c["read"], c["held_out"], c["available"], c["drawn"]) == (50, len(held), 50 - len(held), 60)
+    assert (m["counts"]["train"], m["counts"]["validation"]) == (60, len(held))
+    for s in m["mix"]["sources"]:
+        assert s["read"] == sum(s["set_aside"].values()) + s["held_out"] + s["available"]

@@ -532,6 +532,9 @@ def mix(
     decontaminate: Annotated[list[Path] | None, typer.Option("--decontaminate", rich_help_panel="Filter", help="Set aside records sharing a word --ngram with this eval file (repeatable).", show_default=False)] = None,
     ngram: Annotated[int, typer.Option("--ngram", rich_help_panel="Filter", help="The n-gram length for --decontaminate.", min=1, max=64)] = 13,
     to: Annotated[str | None, typer.Option("--to", rich_help_panel="Filter", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
+    holdout: Annotated[float | None, typer.Option("--holdout", rich_help_panel="Filter", help="Hold out this fraction of each source (stable hash, before the draw) for validation shards; held-out records are never drawn or upsampled.", min=0.0, max=1.0, show_default=False)] = None,
+    holdout_key: Annotated[str | None, typer.Option("--holdout-key", rich_help_panel="Filter", help="What --holdout hashes: first-user (default), prompt, record or a FIELD.", show_default=False)] = None,
+    holdout_seed: Annotated[int, typer.Option("--holdout-seed", rich_help_panel="Filter", help="Seed of the holdout hash.")] = 0,
     fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Format", help="Shard format: jsonl or parquet.")] = "jsonl",
     compression: Annotated[str | None, typer.Option("--compression", rich_help_panel="Format", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
     shuffle_memory: Annotated[str, typer.Option("--shuffle-memory", rich_help_panel="Run", help="Memory for one shuffle bucket.")] = "256MB",
@@ -559,7 +562,8 @@ def mix(
             name=name or "{stem}-{index:05d}.jsonl", rejects="rejects.jsonl", validate=validate, max_tokens=max_tokens,
             tokenizer=tokenizer if validate is not None and max_tokens is not None else None, max_line_bytes="16MiB",
             fmt=fmt, compression=compression, row_group_bytes=None, schema_from=None, on_conflict="json-string",
-            shuffle=False, seed=None, shuffle_memory=shuffle_memory, holdout=None, holdout_key=None, holdout_seed=0,
+            shuffle=False, seed=None, shuffle_memory=shuffle_memory, holdout=holdout, holdout_key=holdout_key,
+            holdout_seed=holdout_seed,
             dedup=dedup, exclude=exclude, exclude_key=exclude_key, decontaminate=decontaminate, ngram=ngram,
             near_dedup=near_dedup, shingle=shingle, to=to, max_errors=None, max_reject_ratio=None,
             allow_empty=False, record_plan=True,
@@ -578,13 +582,15 @@ def mix(
     m = result.manifest.get("mix") or {}
     c = m.get("counts")
     if c:
-        typer.echo(f"mix: {c['read']:,} records read = {c['set_aside']:,} set aside + {c['available']:,} available; "
+        held = f" + {c['held_out']:,} held out" if c.get("held_out") else ""
+        typer.echo(f"mix: {c['read']:,} records read = {c['set_aside']:,} set aside{held} + {c['available']:,} available; "
                    f"{c['drawn']:,} drawn (seed {m['seed']}):")
     for s in m.get("sources", []):
         target = f"{s.get('tokens_drawn', 0):,} tokens, " if "tokens_drawn" in s else ""
+        held = f"{s['held_out']:,} held out, " if "held_out" in s else ""
         typer.echo(
             f"  {s['path']}: weight {s['weight']:g}: {s['read']:,} read, {sum(s['set_aside'].values()):,} set aside, "
-            f"{s['available']:,} available, {s['drawn']:,} drawn ({target}{s['epochs']:g} epochs)"
+            f"{held}{s['available']:,} available, {s['drawn']:,} drawn ({target}{s['epochs']:g} epochs)"
         )
 
 

@@ -7,7 +7,8 @@ How a mix is made, in three stages, each a plain run of the split pipeline:
 1. **Filter each source.** Every filter of the plan (--validate, --dedup, --near-dedup,
    --exclude, --decontaminate, --to) runs on each source alone, into a work folder: what
    it sets aside goes to that source's side files, the rest is the source's *available*
-   records. Per source: read = set aside + available (checked).
+   records (and, with --holdout, its held-out ones). Per source: read = set aside +
+   available + held out (checked).
 2. **Draw.** The target (--records N, or --tokens N counted with --tokenizer, after the
    model's chat template when it has one) is shared out in proportion to the weights (the
    largest remainders get the odd records). Each source is drawn without replacement, in
@@ -21,8 +22,10 @@ How a mix is made, in three stages, each a plain run of the split pipeline:
 The manifest's ``mix`` section records the seed, the target and, per source: path, bytes,
 sha256, weight, records read, set aside (by reason), available, drawn, epochs and tokens
 drawn; its ``sources`` are the mix's sources. Same seed and inputs: the same bytes on every
-engine. Not yet: --holdout (split the mix with --holdout afterwards) and --resume (rerun
-with --overwrite).
+engine. With --holdout, each source is split first
+(by the same stable hash as `split --holdout`): its held-out records go to the validation
+shards as they are, never drawn or upsampled; the draw takes from the rest. Not yet:
+--resume (rerun with --overwrite).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class MixInfo:
     target: dict
     sources: tuple[dict, ...]
     sides: tuple[tuple[str, str], ...]  # (side key, a source's side file) merged into OUT's
+    holdout: dict | None = None  # --holdout: each source's held-out records go to validation as they are
 
     def params(self) -> dict:
         return {"seed": self.seed, "target": self.target,
@@ -225,8 +229,6 @@ def mix(
             raise UsageError(f"{flag} must be a whole number >= 1 (got {value!r})")
     if tokens is not None and tokenizer is None:
         raise UsageError("--tokens needs --tokenizer DIR (the tokens are counted with it)")
-    if plan.holdout is not None:
-        raise UsageError("mix does not take --holdout yet: split the mix with --holdout afterwards")
     if plan.shuffle:
         raise UsageError("a mix is always shuffled by --seed: leave out --shuffle")
     if not sources:
@@ -237,17 +239,29 @@ def mix(
     parent = tempfile.gettempdir() if objects.is_url(out_text) else str(Path(out_text).resolve().parent)
     work = Path(tempfile.mkdtemp(prefix=".shardkit-mix-", dir=parent))
     try:
-        infos, sides, available = _filter_sources(sources, work, plan, jobs)
+        infos, sides, available, held_out = _filter_sources(sources, work, plan, jobs)
         target: dict = {"records": records} if records is not None else {"tokens": tokens, "tokenizer": str(tokenizer)}
         drawn_path = work / "mix.jsonl"
         _draw_all(sources, infos, available, drawn_path, seed=seed, records=records, tokens=tokens,
                   tokenizer=tokenizer, target=target)
-        info = MixInfo(seed=seed, target=target, sources=tuple(infos), sides=tuple(sides))
+        inputs = [str(drawn_path)]
+        if plan.holdout is not None:  # the held-out records, as they are: never drawn, never upsampled
+            validation = work / "validation.jsonl"
+            with open(validation, "wb") as f:
+                for path in held_out:
+                    if path is not None:
+                        with open(path, "rb") as part:
+                            shutil.copyfileobj(part, f, 1 << 20)
+            inputs.append(str(validation))
+        info = MixInfo(seed=seed, target=target, sources=tuple(infos), sides=tuple(sides),
+                       holdout=None if plan.holdout is None else
+                       {"fraction": plan.holdout, "key": plan.holdout_key_used, "seed": plan.holdout_seed})
         final = PipelineOptions(
             split=dataclasses.replace(plan.split, check=None, max_errors=None, max_reject_ratio=None),
             name=plan.name, shuffle=True, seed=seed, shuffle_memory=plan.shuffle_memory, mix=info,
+            holdout=plan.holdout, holdout_key=plan.holdout_key, holdout_seed=plan.holdout_seed,
         )
-        return split([str(drawn_path)], out, final, engine=engine, jobs=jobs, overwrite=overwrite, dry_run=dry_run,
+        return split(inputs, out, final, engine=engine, jobs=jobs, overwrite=overwrite, dry_run=dry_run,
                      progress=progress, warn=warn)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -256,7 +270,7 @@ def mix(
 def _filter_sources(sources: Sequence[MixSource], work: Path, plan: PipelineOptions, jobs: int | None):
     """Stage 1: each source through the plan's filters; (infos, side files, available file)."""
     sub = dataclasses.replace(
-        plan, shuffle=False, seed=0, holdout=None, holdout_key=None, name=None,
+        plan, shuffle=False, seed=0, name=None,
         split=dataclasses.replace(plan.split, max_records=_HUGE, max_bytes=None, num_shards=None, format="jsonl",
                                   parquet=None, name="{stem}-{index:05d}.jsonl", rejects="rejects.jsonl",
                                   allow_empty=True),
@@ -264,26 +278,29 @@ def _filter_sources(sources: Sequence[MixSource], work: Path, plan: PipelineOpti
     infos: list[dict] = []
     sides: list[tuple[str, str]] = []
     available: list[Path | None] = []
+    held_out: list[Path | None] = []
     for i, source in enumerate(sources):
         folder = work / f"source-{i:03d}"
         result = split_local([source.path], folder, sub, jobs=jobs)
         m = result.manifest
         c = m["counts"]
         set_aside = {k: c[k] for k in ("rejected", "duplicates", "excluded", "blank")}
-        if c["read"] != sum(set_aside.values()) + c["written"]:
+        if c["read"] != sum(set_aside.values()) + c["train"] + c["validation"]:
             raise ConservationError(f"internal error: {source.path}: read {c['read']} != set aside "
-                                    f"{sum(set_aside.values())} + available {c['written']}; please report it")
+                                    f"{sum(set_aside.values())} + available {c['train']} + held out {c['validation']}; "
+                                    "please report it")
         (src,) = m["sources"]
         infos.append({"path": source.path, "bytes": src.get("bytes"), "sha256": src.get("sha256"),
                       "weight": source.weight, "read": c["read"], "set_aside": set_aside,
-                      "available": c["written"]})
+                      "available": c["train"], **({"held_out": c["validation"]} if plan.holdout is not None else {})})
         for key in _SIDE_KEYS:
             entry = m.get(key)
             if isinstance(entry, dict) and entry.get("records"):
                 sides.append((key, str(folder / entry["path"])))
-        files = m["files"]
-        available.append(folder / files[0]["path"] if files else None)
-    return infos, sides, available
+        by_split = {f.get("split", "train"): folder / f["path"] for f in m["files"]}
+        available.append(by_split.get("train"))
+        held_out.append(by_split.get("validation"))
+    return infos, sides, available, held_out
 
 
 def _draw_all(sources, infos, available, drawn_path: Path, *, seed, records, tokens, tokenizer, target) -> None:

@@ -462,6 +462,14 @@ class _Dedup:
         return False
 
 
+class _MixSplit:
+    """A mix's write stage: its second input holds the held-out records (`mix.py`)."""
+
+    def __call__(self, rec: _Record) -> bool:
+        rec.split = VALIDATION if rec.source == 1 else TRAIN
+        return True
+
+
 class _Holdout:
     """--holdout F: validation iff a stable hash of (seed, key) falls under F."""
 
@@ -1020,13 +1028,17 @@ class RecordFlow:
         mix = self.opts.mix
         sources = [{**s, "path": self.run.source_path(inspect_input(s["path"]))} for s in mix.sources]
         drawn = sum(s["drawn"] for s in sources)
+        held = sum(s.get("held_out", 0) for s in sources)
         counts = {"read": sum(s["read"] for s in sources), "set_aside": sum(sum(s["set_aside"].values()) for s in sources),
-                  "available": sum(s["available"] for s in sources), "drawn": drawn}
-        if complete and self.run.counts()["written"] != drawn:
-            raise ConservationError(f"internal error: the mix drew {drawn} records but {self.run.counts()['written']} "
-                                    "were written; please report it")
-        return {"sources": [{k: s[k] for k in ("path", "bytes", "sha256", "read")} for s in sources],
-                "mix": {"seed": mix.seed, "target": mix.target, "counts": counts, "sources": sources}}
+                  "available": sum(s["available"] for s in sources), "held_out": held, "drawn": drawn}
+        written = self.run.counts()
+        if complete and (written[TRAIN], written[VALIDATION]) != (drawn, held):
+            raise ConservationError(f"internal error: the mix drew {drawn} records and held out {held}, but "
+                                    f"{written[TRAIN]} train and {written[VALIDATION]} validation were written; please report it")
+        section = {"seed": mix.seed, "target": mix.target, "counts": counts, "sources": sources}
+        if mix.holdout is not None:
+            section["holdout"] = mix.holdout
+        return {"sources": [{k: s[k] for k in ("path", "bytes", "sha256", "read")} for s in sources], "mix": section}
 
     def preload_sides(self) -> None:
         """A mix: what the filter stage set aside, per source, into this run's side files."""
@@ -1089,7 +1101,9 @@ class RecordFlow:
         if o.near_dedup is not None:
             self.near = NearDedup(self, o.near_dedup, o.shingle, 1 if self.scouting else self.run.jobs)
             steps.append(self.near)
-        if o.holdout is not None:
+        if o.holdout is not None and o.mix is not None:
+            steps.append(_MixSplit())  # each source was held out before the draw
+        elif o.holdout is not None:
             self.holdout = _Holdout(self, o.holdout, o.holdout_key_used, o.holdout_seed)
             steps.append(self.holdout)
         if o.split.max_bytes is not None:
