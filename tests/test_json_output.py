@@ -61,6 +61,9 @@ def test_data_commands(work: Path):
     check(run_cli("validate", a, "--kind", "chat", "--max-errors", "1", "--json"), "validate", ok=True, code=0)
     check(run_cli("stats", a, "--json"), "stats", ok=True, code=0)
     check(run_cli("overlap", a, "--against", a, "--json"), "overlap", ok=False, code=1)
+    check(run_cli("overlap", a, "--against", a, "--ngram", "2", "--json"), "overlap", ok=False, code=1)
+    mixed = check(run_cli("mix", f"{a}=1", "-o", work / "mix", "--records", "12", "-n", "5", "--json"), "mix", ok=True, code=0)
+    assert mixed["mix"]["counts"]["drawn"] == 12
     check(run_cli("rotate", work / "logs", "--older-than", "7d", "--compress", "--json"), "rotate", ok=True, code=0)
 
 

@@ -329,3 +329,22 @@ def test_head_and_sample_read_s3(bucket, tmp_path: Path):
     a = run_cli("sample", f"s3://{bucket}/in/chat.jsonl", "-n", "5", "--seed", "3")
     b = run_cli("sample", src, "-n", "5", "--seed", "3")
     assert a.returncode == 0 and a.stdout == b.stdout and len(a.stdout.splitlines()) == 5
+
+
+def test_mix_to_s3_matches_a_local_mix(bucket, tmp_path: Path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    make_chat_jsonl(a, 30, seed=5)
+    make_chat_jsonl(b, 80, seed=6)
+    local = tmp_path / "local"
+    args = (f"{a}=2", f"{b}=1", "--records", "120", "--seed", "9", "-n", "50", "--dedup", "exact")
+    assert run_cli("mix", *args, "-o", local).returncode == 0
+    out = f"s3://{bucket}/mix"
+    r = run_cli("mix", *args, "-o", out)
+    assert r.returncode == 0, r.stderr
+    fs = _fs()
+    m = _manifest(fs, f"{bucket}/mix")
+    mine = orjson.loads((local / "manifest.json").read_bytes())
+    assert [f["sha256"] for f in m["files"]] == [f["sha256"] for f in mine["files"]]
+    assert m["mix"]["counts"] == mine["mix"]["counts"] and m["mix"]["counts"]["drawn"] == 120
+    assert [s["sha256"] for s in m["mix"]["sources"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)]
+    assert run_cli("verify", out).returncode == 0
