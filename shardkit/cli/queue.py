@@ -111,28 +111,79 @@ def queue_status(
     root: RootOpt = None,
     json_output: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when something needs a person (stale leases, dead or quarantined files, low disk, oversize files).")] = False,
-    watch: Annotated[float | None, typer.Option("--watch", help="Refresh every N seconds until Ctrl-C.", show_default=False)] = None,
+    watch: Annotated[float | None, typer.Option("--watch", help="A live table, refreshed every N seconds until Ctrl-C (plain repeated reports when stdout is not a terminal).", min=0.05, show_default=False)] = None,
+    prometheus: Annotated[Path | None, typer.Option("--prometheus", help="Also write the metrics as a Prometheus textfile (node_exporter's textfile collector), atomically; with --watch, at every refresh.", show_default=False)] = None,
 ) -> None:
     """Files, records, bytes and oldest age per state; stale leases; disk; what needs a person.
 
     Example: shardkit queue status --check   (for cron: exit 1 means look)
+
+    Example: shardkit queue status --prometheus /var/lib/node_exporter/textfile/shardkit.prom
     """
     root = _root(root, old_root)
     with exit_on_error():
         q = _open_queue(root)
-        while True:
-            st = q.status()
-            if json_output:
-                print_json(st)
-            else:
-                if watch:
-                    sys.stdout.write("\x1b[H\x1b[2J")
-                _render_status(st)
-            if not watch:
-                break
-            time.sleep(watch)
+        if watch and not json_output and sys.stdout.isatty():
+            st = _watch_live(q, watch, prometheus)
+        else:
+            while True:
+                st = q.status()
+                if prometheus is not None:
+                    _write_metrics(st, prometheus)
+                if json_output:
+                    print_json(st)
+                else:
+                    _render_status(st)
+                if not watch:
+                    break
+                try:
+                    time.sleep(watch)
+                except KeyboardInterrupt:
+                    break
     if check and not st["ok"]:
         raise typer.Exit(1)
+
+
+def _write_metrics(st: dict, path: Path) -> None:
+    from shardkit.queue.metrics import write_prometheus
+
+    write_prometheus(st, path)
+
+
+def _watch_live(q, every: float, prometheus: Path | None) -> dict:
+    """`queue status --watch` on a terminal: one rich table, redrawn in place."""
+    from rich.live import Live
+
+    st = q.status()
+    try:
+        with Live(_status_table(st), refresh_per_second=4, screen=False) as live:
+            while True:
+                if prometheus is not None:
+                    _write_metrics(st, prometheus)
+                time.sleep(every)
+                st = q.status()
+                live.update(_status_table(st))
+    except KeyboardInterrupt:
+        pass
+    return st
+
+
+def _status_table(st: dict):
+    from rich.table import Table
+
+    table = Table(title=f"queue {st['root']}  ({time.strftime('%H:%M:%S')})", title_justify="left")
+    for col, justify in (("state", "left"), ("files", "right"), ("records", "right"), ("bytes", "right"),
+                         ("oldest", "right"), ("attempts", "right")):
+        table.add_column(col, justify=justify)
+    for state, s in st["states"].items():
+        age = _age(s["oldest_age_s"]) if s["oldest_age_s"] is not None else "-"
+        table.add_row(state, f"{s['files']:,}", f"{s['records']:,}", format_size(s["bytes"]), age, f"{s.get('attempts', 0):,}")
+    d = st["disk"]
+    notes = [f"disk free {format_size(d['free'])} of {format_size(d['total'])}; journal {format_size(st['journal_bytes'])}"]
+    notes += [f"needs a person: {p}" for p in st["problems"]] or ["ok"]
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
 
 
 def _render_status(st: dict) -> None:
@@ -156,6 +207,37 @@ def _age(seconds: float) -> str:
         if seconds >= n:
             return f"{seconds / n:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+@queue_app.command("log")
+def queue_log(
+    old_root: RootArg = None,
+    root: RootOpt = None,
+    item: Annotated[str | None, typer.Option("--item", help="Only what happened to this file (a name, or an item id); a file split into shards brings its shards too.", show_default=False)] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only entries at or after this time: an ISO date or time (UTC unless it says), or a duration back from now (30m, 2h, 7d).", show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="Only the last N entries.", min=1, show_default=False)] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """The journal, rotated parts included: every move and delete, oldest first.
+
+    Example: shardkit queue log --item big-2026-12-01.jsonl   (what happened to this file)
+    """
+    root = _root(root, old_root)
+    from shardkit.queue.metrics import journal_log, parse_since
+
+    with exit_on_error():
+        q = _open_queue(root)
+        entries = journal_log(q, item=item, since=parse_since(since) if since else None, limit=limit)
+    if json_output:
+        print_json({"root": str(q.root), "item": item, "since": since, "entries": entries})
+        return
+    for e in entries:
+        moved = f"{e.get('from', '?')} -> {e['to']}" if "to" in e else ""
+        rest = {k: v for k, v in e.items() if k not in ("ts", "op", "name", "from", "to", "id", "tx", "phase")}
+        extra = " ".join(f"{k}={v}" for k, v in rest.items())
+        typer.echo(safe(f"{e.get('ts', '?')}  {e.get('op', '?'):<14} {e.get('name', '-')}  {moved}  {extra}".rstrip()))
+    if not entries:
+        typer.echo("no journal entries" + (f" for {safe(item)}" if item else "") + (f" since {safe(since)}" if since else ""))
 
 
 @queue_app.command("list")

@@ -81,6 +81,7 @@ class Looking:
                 "records": sum((e.item.records or 0) for e in es if e.item),
                 "bytes": sum(e.size for e in es),
                 "oldest_age_s": round(now - min(e.mtime for e in es), 1) if es else None,
+                "attempts": sum((e.item.attempts or 0) for e in es if e.item),
             }
         stale, external = [], []
         for e in (x for x in entries if x.state == "processing"):
