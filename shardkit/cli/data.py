@@ -121,6 +121,7 @@ def split(
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Run", help="Read the inputs and print the shards that would be written; write nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", rich_help_panel="Run", help="Print one JSON summary on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress bar, summary or warnings; errors only.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", rich_help_panel="Run", help="After the run, write an HTML report of the inputs and the run (rejects, duplicates, holdout sizes) here (needs shardkit[report]).", show_default=False)] = None,
 ) -> None:
     """Split JSONL (or Parquet) files into JSONL or Parquet shards of at most N records or SIZE bytes.
 
@@ -160,6 +161,11 @@ def split(
                 jobs=jobs_option(jobs),
                 staging=staging,
             )
+        if report is not None and not dry_run:
+            from shardkit.pipeline.report import build_report, write_report
+
+            write_report(build_report(inputs, manifest=result.manifest, validation=result.validation,
+                                      kind=validate if validate and not validate.endswith(".json") else "auto"), report)
     if json_output:
         print_json(result.summary())
     elif not quiet:
@@ -592,6 +598,35 @@ def mix(
             f"  {s['path']}: weight {s['weight']:g}: {s['read']:,} read, {sum(s['set_aside'].values()):,} set aside, "
             f"{held}{s['available']:,} available, {s['drawn']:,} drawn ({target}{s['epochs']:g} epochs)"
         )
+
+
+@app.command()
+def report(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst) or .json arrays.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (self-contained: opens with no network).", show_default=False)],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Also token histograms (after the model's chat template when it has one).", show_default=False)] = None,
+    kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind for the reject reasons: a kind or auto.")] = "auto",
+    sample: Annotated[int, typer.Option("--sample", help="Records in the sample table.", min=0)] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.")] = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """One HTML page to look at before training: lengths and tokens per kind, turns, reject
+    reasons, duplicates, the longest records and a sample, with the numbers of `stats`.
+
+    Example: shardkit report train.jsonl -o report.html --tokenizer models/Qwen3-0.6B
+    """
+    from shardkit.pipeline.report import build_report, write_report
+
+    with exit_on_error():
+        total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
+        with progress_bar(total, not json_output, "report") as progress:
+            data = build_report(inputs, tokenizer=str(tokenizer) if tokenizer else None, kind=kind, sample=sample,
+                                seed=seed, progress=progress)
+        path = write_report(data, out)
+    if json_output:
+        print_json({"out": str(path), **data})
+    else:
+        typer.echo(f"wrote {path} ({format_size(path.stat().st_size)}): open it in a browser")
 
 
 @app.command()

@@ -194,6 +194,7 @@ def compute_stats(
     shingle: int = DEFAULT_SHINGLE,
     examples: int = 3,
     progress: Callable[[int], None] | None = None,
+    extras: bool = False,
 ) -> dict:
     """Statistics for each input and overall; see the module docstring for definitions.
 
@@ -216,7 +217,7 @@ def compute_stats(
     tallies = [
         scan_input(index, spec, columns, tokenizer, examples, progress, template) for index, spec in enumerate(specs)
     ]
-    return stats_report(columns, tallies, examples, tokenizer_path, seq_len, near_dup)
+    return stats_report(columns, tallies, examples, tokenizer_path, seq_len, near_dup, extras)
 
 
 def check_seq_len(seq_len: int | None, tokenizer_path: str | None) -> None:
@@ -388,12 +389,13 @@ def _exchanges(turns: object, key: str, users: tuple, assistants: tuple) -> tupl
 
 def stats_report(
     columns: StatsColumns, tallies: list[_InputTally], examples: int, tokenizer_path: str | None,
-    seq_len: int | None = None, near_dup: float | None = None,
+    seq_len: int | None = None, near_dup: float | None = None, extras: bool = False,
 ) -> dict:
     import polars as pl
 
     near = near_duplicates(columns, tallies, near_dup, examples) if near_dup is not None else None
     frame = columns.drain_to_frame(pl)
+    more = _extras(pl, frame, [t.display for t in tallies]) if extras else None
     plan = token_plan(frame["tokens"].to_list(), seq_len) if seq_len is not None and "tokens" in frame.columns else None
     names = [t.display for t in tallies]
     inputs = [
@@ -409,6 +411,32 @@ def stats_report(
         **_template_fields(tokenizer_path, tallies),
         **({"token_plan": plan} if plan is not None else {}),
         **({"near_duplicates": near} if near is not None else {}),
+        **({"extras": more} if more is not None else {}),
+    }
+
+
+def _extras(pl: Any, frame: Any, names: list[str], longest: int = 10) -> dict:
+    """What `shardkit report` plots besides the totals: length (and token) histograms per
+    kind, the distribution of turns, the longest records."""
+    by_kind = {}
+    shared = {c: _bin_edges(int(frame[c].min()), int(frame[c].max())) if frame.height else None
+              for c in ("chars", "tokens") if c in frame.columns}  # one set of bins for every kind
+    for code, name in enumerate(_KIND_NAMES):
+        rows = frame.filter(pl.col("kind") == code)
+        if rows.height:
+            by_kind[name] = {
+                "records": rows.height,
+                "chars_histogram": _histogram(pl, rows["chars"], shared["chars"]),
+                **({"tokens_histogram": _histogram(pl, rows["tokens"], shared["tokens"])} if "tokens" in rows.columns else {}),
+            }
+    turns = frame.filter(pl.col("turns") != _NA)["turns"].value_counts().sort("turns")
+    top = frame.sort(["chars", "file", "line"], descending=[True, False, False]).head(longest)
+    return {
+        "by_kind": by_kind,
+        "turns": [[int(t), int(n)] for t, n in zip(turns["turns"].to_list(), turns["count"].to_list(), strict=True)],
+        "longest": [{"file": names[f], "line": int(line), "kind": _KIND_NAMES[k], "chars": int(c)}
+                    for f, line, k, c in zip(top["file"].to_list(), top["line"].to_list(), top["kind"].to_list(),
+                                              top["chars"].to_list(), strict=True)],
     }
 
 
@@ -597,11 +625,13 @@ def _duplicates(pl: Any, rows: Any, names: list[str], examples: int) -> dict:
     }
 
 
-def _histogram(pl: Any, values: Any) -> list[tuple[int, int, int]]:
-    """(low, high, count) bins over [low, high), empty bins included, counts summing to len."""
+def _histogram(pl: Any, values: Any, edges: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(low, high, count) bins over [low, high), empty bins included, counts summing to len;
+    `edges` (covering every value) to share bins between histograms."""
     if values.len() == 0:
         return []
-    edges = _bin_edges(int(values.min()), int(values.max()))
+    if edges is None:
+        edges = _bin_edges(int(values.min()), int(values.max()))
     index = pl.Series("edge", edges, dtype=pl.UInt64).search_sorted(values.cast(pl.UInt64), side="right")
     counts = index.value_counts()
     by_bin = dict(zip(counts[index.name].to_list(), counts["count"].to_list(), strict=True))
