@@ -3,6 +3,7 @@ docs/schemas/, errors included (issue 18.4). The commands run for real, as a use
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -64,6 +65,8 @@ def test_data_commands(work: Path):
     check(run_cli("overlap", a, "--against", a, "--ngram", "2", "--json"), "overlap", ok=False, code=1)
     mixed = check(run_cli("mix", f"{a}=1", "-o", work / "mix", "--records", "12", "-n", "5", "--json"), "mix", ok=True, code=0)
     assert mixed["mix"]["counts"]["drawn"] == 12
+    if importlib.util.find_spec("plotly"):
+        check(run_cli("report", a, "-o", work / "r.html", "--json"), "report", ok=True, code=0)
     check(run_cli("rotate", work / "logs", "--older-than", "7d", "--compress", "--json"), "rotate", ok=True, code=0)
 
 
@@ -80,6 +83,8 @@ def test_queue_commands(work: Path):
     q = ("--root", root)
     ingest = check(run_cli("queue", "ingest", *q, "--json"), "queue ingest", ok=True, code=0)
     assert sorted(r["name"] for r in ingest["routed"]) == ["one.jsonl", "two.jsonl"]
+    log = check(run_cli("queue", "log", *q, "--item", "one.jsonl", "--json"), "queue log", ok=True, code=0)
+    assert [e["op"] for e in log["entries"]] == ["ingest"]
     check(run_cli("queue", "status", *q, "--json"), "queue status", ok=True, code=0)
     listed = check(run_cli("queue", "list", *q, "--json"), "queue list", ok=True, code=0)
     assert len(listed["files"]) == 2
