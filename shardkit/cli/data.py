@@ -84,7 +84,7 @@ def split(
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", rich_help_panel="Check", help="tokenizer.json or a model folder holding one, for --max-tokens.", show_default=False)] = None,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", rich_help_panel="Check", help="With --validate: longer lines are invalid and not decoded.")] = "16MiB",
     jobs: Annotated[str, typer.Option("--jobs", "-j", rich_help_panel="Run", help="Worker processes (for --validate, or per file with --engine): a number or auto (all cores for inputs over 32 MiB).")] = "auto",
-    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Format", help="Shard format: jsonl (byte-exact copies) or parquet (schema from the whole input).")] = "jsonl",
+    fmt: Annotated[str | None, typer.Option("--format", "-f", rich_help_panel="Format", help="Shard format: jsonl (byte-exact copies) or parquet (schema from the whole input). Default: jsonl; parquet with --tokenize.", show_default=False)] = None,
     compression: Annotated[str | None, typer.Option("--compression", rich_help_panel="Format", help="Parquet page codec: zstd (default), snappy, gzip, none.", show_default=False)] = None,
     row_group_bytes: Annotated[str | None, typer.Option("--row-group-bytes", rich_help_panel="Format", help="Parquet row groups of about SIZE uncompressed (default 64MiB).", show_default=False)] = None,
     schema_from: Annotated[Path | None, typer.Option("--schema-from", rich_help_panel="Format", help="Use the schema of this Parquet file (e.g. last week's shards); skip inference.", show_default=False)] = None,
@@ -102,6 +102,9 @@ def split(
     near_dedup: Annotated[float | None, typer.Option("--near-dedup", rich_help_panel="Transform", help="Set aside records whose estimated Jaccard similarity (MinHash over word --shingle-grams, LSH) to an earlier kept record is >= THRESHOLD (e.g. 0.8) into near-duplicates.jsonl, each with the record it resembles (needs shardkit[neardup]).", min=0.0, max=1.0, show_default=False)] = None,
     shingle: Annotated[int, typer.Option("--shingle", rich_help_panel="Transform", help="Words per shingle for --near-dedup.", min=1, max=64)] = 5,
     to: Annotated[str | None, typer.Option("--to", rich_help_panel="Transform", help="chat: convert alpaca, sharegpt and prompt/completion records to chat messages.", show_default=False)] = None,
+    tokenize: Annotated[Path | None, typer.Option("--tokenize", rich_help_panel="Transform", help="Write token rows instead of records: input_ids and labels (-100 outside the assistant turns), rendered with this model folder's chat template and tokenizer (needs shardkit[tokens]).", show_default=False)] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", rich_help_panel="Transform", help="With --tokenize: the longest row, in tokens.", min=1, show_default=False)] = None,
+    overflow: Annotated[str, typer.Option("--overflow", rich_help_panel="Transform", help="With --tokenize, a record longer than --seq-len: reject (to the rejects file), truncate, or drop (to excluded.jsonl).")] = "reject",
     on_conflict: Annotated[str, typer.Option("--on-conflict", rich_help_panel="Format", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     engine: Annotated[
         str | None, typer.Option("--engine", rich_help_panel="Run", help="Run on an executor: local (a process pool) or ray (Ray tasks; RAY_ADDRESS names a cluster). Same shards and manifest as without it. Without --shuffle/--holdout/--dedup/--exclude/--to: one task per input file, --jobs workers; with them: the whole plan as one task.", show_default=False)
@@ -144,6 +147,7 @@ def split(
             dedup=dedup, exclude=exclude, exclude_key=exclude_key, decontaminate=decontaminate, ngram=ngram,
             near_dedup=near_dedup, shingle=shingle, to=to, max_errors=max_errors,
             max_reject_ratio=max_reject_ratio, allow_empty=allow_empty,
+            tokenize=str(tokenize) if tokenize else None, seq_len=seq_len, overflow=overflow,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -175,12 +179,17 @@ def split(
 def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, validate, max_tokens, tokenizer,
                 max_line_bytes, fmt, compression, row_group_bytes, schema_from, on_conflict, shuffle, seed,
                 shuffle_memory, holdout, holdout_key, holdout_seed, dedup, exclude, exclude_key, decontaminate,
-                ngram, near_dedup, shingle, to, max_errors, max_reject_ratio, allow_empty, record_plan=False):
+                ngram, near_dedup, shingle, to, max_errors, max_reject_ratio, allow_empty, record_plan=False,
+                tokenize=None, seq_len=None, overflow="reject"):
     """The plan `split` (and `mix`) options describe: SplitOptions, or PipelineOptions when a
     record stage is asked for (or `record_plan`)."""
     from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
     from shardkit.records.check import CheckOptions
 
+    if fmt is None:
+        fmt = "parquet" if tokenize else "jsonl"
+    if tokenize is None and (seq_len is not None or overflow != "reject"):
+        raise UsageError("--seq-len and --overflow go with --tokenize MODEL_DIR")
     check = None
     if validate is not None:
         check = CheckOptions.from_spec(
@@ -202,7 +211,8 @@ def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, 
     elif compression not in (None, "none") or row_group_bytes or schema_from or on_conflict != "json-string":
         raise UsageError("--compression, --row-group-bytes, --schema-from and --on-conflict apply to --format parquet "
                          "(JSONL shards are plain, byte-exact copies)")
-    pipeline = record_plan or bool(shuffle or holdout is not None or dedup or exclude or decontaminate or near_dedup is not None or to)
+    pipeline = record_plan or bool(shuffle or holdout is not None or dedup or exclude or decontaminate
+                                   or near_dedup is not None or to or tokenize)
     if seed is not None and not shuffle:
         raise UsageError("--seed goes with --shuffle (the holdout has its own --holdout-seed)")
     options = SplitOptions(
@@ -228,7 +238,7 @@ def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, 
             holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
             exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
             decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
-            near_dedup=near_dedup, shingle=shingle,
+            near_dedup=near_dedup, shingle=shingle, tokenize=tokenize, seq_len=seq_len, overflow=overflow,
         )
     return options
 
@@ -627,6 +637,42 @@ def report(
         print_json({"out": str(path), **data})
     else:
         typer.echo(f"wrote {path} ({format_size(path.stat().st_size)}): open it in a browser")
+
+
+@app.command()
+def detokenize(
+    shard: Annotated[Path, typer.Argument(help="A tokenized shard (split --tokenize): .parquet or .jsonl.", show_default=False)],
+    row: Annotated[int, typer.Option("--row", help="Which row (from 0).", min=0)] = 0,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="The model folder (default: the one the manifest beside the shard names).", show_default=False)] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Print a tokenized row back as text, the tokens with no loss (labels -100) marked ⟦like this⟧.
+
+    Example: shardkit detokenize shards/part-00000.parquet --row 3
+    """
+    from shardkit.pipeline.tokenstage import read_row, segments
+    from shardkit.records.tokens import load_tokenizer
+
+    with exit_on_error():
+        model = tokenizer
+        if model is None:
+            manifest = shard.parent / "manifest.json"
+            try:
+                recorded = orjson.loads(manifest.read_bytes()).get("tokenize", {}).get("model")
+            except (OSError, orjson.JSONDecodeError):
+                recorded = None
+            if not recorded:
+                raise UsageError(f"{shard}: no manifest beside it names the tokenizer; give --tokenizer MODEL_DIR")
+            model = Path(recorded) if Path(recorded).is_absolute() else shard.parent / recorded
+        ids, labels, rows = read_row(shard, row)
+        parts = segments(load_tokenizer(model), ids, labels)
+    learned = sum(1 for x in labels if x != -100)
+    if json_output:
+        print_json({"shard": str(shard), "row": row, "rows": rows, "tokens": len(ids), "label_tokens": learned,
+                    "segments": [{"loss": loss, "text": text} for loss, text in parts]})
+        return
+    typer.echo(f"{shard} row {row} of {rows}: {len(ids):,} tokens, {learned:,} with a loss; no loss ⟦marked⟧")
+    typer.echo("".join(text if loss else f"⟦{text}⟧" for loss, text in parts))
 
 
 @app.command()

@@ -34,7 +34,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardkit.core import faults
+from shardkit.core import faults, objects
 from shardkit.core.blocks import BlockReader
 from shardkit.core.errors import ConflictError, DataError, Interrupted, UsageError
 from shardkit.core.io import (
@@ -302,6 +302,13 @@ class Run:
         refuse_unless_gates_pass(self.out, final, self.opts.split, dry_run=self.dry_run, write=self.save)
         self.save(final)
         return final
+
+    def model_path(self, model: str) -> str:
+        """How the manifest names a model folder: relative to OUT, as the sources are (absolute
+        when OUT is an object store)."""
+        if self.absolute_sources or objects.is_url(model):
+            return model if objects.is_url(model) else os.path.abspath(model)
+        return os.path.relpath(os.path.abspath(model), os.path.abspath(self.out))
 
     def side_files(self) -> list[RejectsFile]:
         """The side files of this plan (rejects, duplicates, excluded[, contaminated])."""

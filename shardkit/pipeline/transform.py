@@ -108,10 +108,12 @@ from shardkit.pipeline.shard import (
     rejects_outside,
     shard_quota,
 )
+from shardkit.pipeline.tokenstage import OVERFLOW, TokenizeStep, token_schema
 from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
 from shardkit.records.minhash import DEFAULT_SHINGLE, lsh_params
 from shardkit.records.ngrams import DEFAULT_NGRAM
+from shardkit.records.tokenize import check_seq_len
 from shardkit.store.manifest import check_rel_name
 from shardkit.store.outdir import unlink_if_exists
 
@@ -189,6 +191,9 @@ class PipelineOptions:
     contaminated: str = CONTAMINATED_NAME
     near_duplicates: str = NEAR_DUPLICATES_NAME
     mix: Any = None  # mix.MixInfo: this run writes a drawn mix (`shardkit mix`)
+    tokenize: str | None = None  # a model folder: records become input_ids/labels rows
+    seq_len: int | None = None
+    overflow: str = "reject"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
@@ -197,6 +202,14 @@ class PipelineOptions:
             raise UsageError(f"--ngram must be a whole number from 1 to 64 (got {self.ngram!r})")
         if self.near_dedup is not None:
             lsh_params(self.near_dedup)  # the threshold's range, and datasketch installed
+        if self.tokenize is not None and self.seq_len is None:
+            raise UsageError("--tokenize needs --seq-len L (the longest row a trainer takes)")
+        if self.seq_len is not None:
+            if self.tokenize is None:
+                raise UsageError("--seq-len goes with --tokenize MODEL_DIR")
+            check_seq_len(self.seq_len)
+        if self.overflow not in OVERFLOW:
+            raise UsageError(f"--overflow must be one of {', '.join(OVERFLOW)} (got {self.overflow!r})")
         if isinstance(self.shingle, bool) or not isinstance(self.shingle, int) or not 1 <= self.shingle <= 64:
             raise UsageError(f"--shingle must be a whole number from 1 to 64 (got {self.shingle!r})")
         if self.shuffle_memory < MIN_SHUFFLE_MEMORY:
@@ -232,7 +245,7 @@ class PipelineOptions:
     def streams(self) -> bool:
         """No record stage: runs of lines go to the shards whole (`cutter.StreamFlow`)."""
         return not (self.shuffle or self.holdout is not None or self.dedup or self.exclude or self.decontaminate
-                    or self.near_dedup is not None or self.to)
+                    or self.near_dedup is not None or self.to or self.tokenize)
 
     def spans_inputs(self, inputs: int) -> bool:
         """--num-shards N over several inputs with no record stage: N shards in total, cut
@@ -288,6 +301,8 @@ class PipelineOptions:
             **({"decontaminate": decontaminate_paths, "ngram": self.ngram} if self.decontaminate else {}),
             **({"near_dedup": self.near_dedup, "shingle": self.shingle} if self.near_dedup is not None else {}),
             **({"mix": self.mix.params()} if self.mix is not None else {}),
+            **({"tokenize": {"model": self.tokenize, "seq_len": self.seq_len, "overflow": self.overflow}}
+               if self.tokenize is not None else {}),
             "to": self.to,
         }
 
@@ -976,6 +991,7 @@ class RecordFlow:
         self.duplicates, self.excluded, self.contaminated = run.duplicates, run.excluded, run.contaminated
         self.near_duplicates = run.near_duplicates
         self.near: NearDedup | None = None
+        self.tokens: TokenizeStep | None = None
         self.eval_index: EvalIndex | None = None
         self.ngram_index: NgramIndex | None = None
         self.decontaminate_paths = [run.source_path(inspect_input(p)) for p in run.opts.decontaminate]
@@ -1005,6 +1021,8 @@ class RecordFlow:
             m["exclude"] = {"key": self.eval_index.key, "sources": sources}
         if self.near is not None:
             m["near_dedup"] = self.near.manifest()
+        if self.tokens is not None:
+            m["tokenize"] = self.tokens.manifest(self.run.model_path(self.opts.tokenize))
         if self.opts.mix is not None:
             m.update(self._mix_manifest(complete))
         if self.ngram_index is not None:
@@ -1106,6 +1124,9 @@ class RecordFlow:
         elif o.holdout is not None:
             self.holdout = _Holdout(self, o.holdout, o.holdout_key_used, o.holdout_seed)
             steps.append(self.holdout)
+        if o.tokenize is not None:  # last: the steps before look at the record as it came
+            self.tokens = TokenizeStep(self, o.tokenize, o.seq_len, o.overflow)
+            steps.append(self.tokens)
         if o.split.max_bytes is not None:
             steps.append(_SizeGate(self, o.split.max_bytes, o.split.oversize))
         return steps
@@ -1115,7 +1136,7 @@ class RecordFlow:
     def process(self) -> None:
         run = self.run
         if self.opts.split.format == "parquet" and not self.scouting:
-            run.schema = self._infer_schema()
+            run.schema = token_schema() if self.opts.tokenize is not None else self._infer_schema()
         steps = self._steps()
         if self.opts.mix is not None and not self.scouting:
             self.preload_sides()
@@ -1131,6 +1152,8 @@ class RecordFlow:
             records = self._read(i)
             if self.near is not None and not self.opts.to:
                 records = self.near.prefetch(records)
+            if self.tokens is not None:
+                records = self.tokens.prefetch(records)
             for rec in records:
                 for step in steps:
                     if not step(rec):

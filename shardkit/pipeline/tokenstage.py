@@ -1,0 +1,141 @@
+"""split --tokenize MODEL_DIR --seq-len L: records become `input_ids` and `labels` rows.
+
+The step runs last among the record steps (after dedup, exclusion and the holdout, which
+look at the record as it came), so it composes with every other option: format (Parquet
+shards get a fixed schema, input_ids and labels as list<int32>, with no schema pass),
+shuffle, holdout, dedup, engine and store. Records are tokenized ahead in batches, the
+tokenizer's own threads on all cores; the flow goes on in input order.
+
+Records longer than L tokens: --overflow reject (default: to the rejects file with the count),
+truncate (cut to L) or drop (to excluded.jsonl with the count). A record with no token
+to learn from within L (every assistant token beyond it, or none at all) is always rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shardkit.core.errors import InputError, UsageError
+from shardkit.records.tokenize import IGNORE, TokenModel
+
+__all__ = ["OVERFLOW", "TokenizeStep", "read_row", "segments", "token_schema"]
+
+OVERFLOW = ("reject", "truncate", "drop")
+BATCH = 512
+
+
+def token_schema():
+    """The Parquet schema of tokenized shards (as `parquet.InferredSchema`)."""
+    import pyarrow as pa
+
+    from shardkit.pipeline.parquet import InferredSchema
+
+    return InferredSchema(pa.schema([pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32()))]))
+
+
+class TokenizeStep:
+    def __init__(self, flow: Any, model: str, seq_len: int, overflow: str) -> None:
+        self.flow = flow
+        self.model = TokenModel(model)
+        self.seq_len, self.overflow = seq_len, overflow
+        self.pending: dict[int, Any] = {}
+        self.totals = {"records": 0, "input": 0, "label": 0, "padding": 0, "truncated": 0}
+
+    def manifest(self, model_path: str) -> dict:
+        return {**self.model.describe(), "model": model_path, "seq_len": self.seq_len, "overflow": self.overflow,
+                "pack": False, "tokens": dict(self.totals)}
+
+    def prefetch(self, records: Iterator[Any]) -> Iterator[Any]:
+        batch: list = []
+        for rec in records:
+            batch.append(rec)
+            if len(batch) == BATCH:
+                yield from self._encoded(batch)
+                batch = []
+        yield from self._encoded(batch)
+
+    def _encoded(self, batch: list) -> Iterator[Any]:
+        if not batch:
+            return
+        results = self.model.encode([rec.obj() for rec in batch])
+        for rec, result in zip(batch, results, strict=True):
+            self.pending[id(rec)] = result
+            yield rec
+            self.pending.pop(id(rec), None)
+
+    def __call__(self, rec: Any) -> bool:
+        result = self.pending.pop(id(rec), None)
+        if result is None:
+            (result,) = self.model.encode([rec.obj()])
+        if type(result) is tuple:  # (code, reason): a Tokenized is a NamedTuple, not a plain tuple
+            self.flow.reject(rec, *result)
+            return False
+        ids, labels = result.input_ids, result.labels
+        limit = self.seq_len
+        if len(ids) > limit:
+            if self.overflow == "reject":
+                self.flow.reject(rec, "too_many_tokens", f"{len(ids):,} tokens after the chat template, over --seq-len {limit:,}")
+                return False
+            if self.overflow == "drop":
+                entry = self.flow.side_entry(rec, "overflow", f"{len(ids):,} tokens after the chat template, over --seq-len {limit:,}")
+                entry["tokens"] = len(ids)
+                self.flow.excluded.add(entry)
+                self.flow.tallies[rec.source].excluded += 1
+                return False
+            ids, labels = ids[:limit], labels[:limit]
+            self.totals["truncated"] += 1
+        kept = sum(1 for x in labels if x != IGNORE)
+        if not kept:
+            where = f"within --seq-len {limit:,}" if len(result.input_ids) > limit else "at all"
+            self.flow.reject(rec, "no_loss", f"no token to learn from {where} ({len(result.input_ids):,} tokens; "
+                                             "every assistant token is masked or cut)")
+            return False
+        self.totals["records"] += 1
+        self.totals["input"] += len(ids)
+        self.totals["label"] += kept
+        rec.replace({"input_ids": ids, "labels": labels})
+        return True
+
+
+# ------------------------------------------------------------------ reading a row back
+
+
+def read_row(path: str | Path, row: int) -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, rows in the file) of row `row` of a tokenized shard (Parquet or JSONL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if row < 0:
+        raise UsageError(f"--row must be 0 or more (got {row})")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path, columns=["input_ids", "labels"])
+        except Exception as e:  # pyarrow raises its own types for a bad or foreign file
+            raise InputError(f"{path}: not a tokenized Parquet shard (input_ids, labels): {e}") from None
+        if row >= table.num_rows:
+            raise UsageError(f"{path}: has {table.num_rows} row(s); --row {row} is beyond them")
+        return table["input_ids"][row].as_py(), table["labels"][row].as_py(), table.num_rows
+    lines = path.read_bytes().splitlines()
+    if row >= len(lines):
+        raise UsageError(f"{path}: has {len(lines)} row(s); --row {row} is beyond them")
+    obj = orjson.loads(lines[row])
+    if not isinstance(obj, dict) or "input_ids" not in obj or "labels" not in obj:
+        raise InputError(f"{path}:{row + 1}: not a tokenized row (input_ids, labels)")
+    return obj["input_ids"], obj["labels"], len(lines)
+
+
+def segments(tokenizer: Any, ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
+    """The row as text, in runs: (learned, text) where `learned` is False for masked tokens."""
+    out: list[tuple[bool, str]] = []
+    start = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != IGNORE) != (labels[start] != IGNORE):
+            out.append((labels[start] != IGNORE, tokenizer.decode(ids[start:k], skip_special_tokens=False)))
+            start = k
+    return out
