@@ -88,7 +88,7 @@ class TokenizeStep:
                 return False
             ids, labels = ids[:limit], labels[:limit]
             self.totals["truncated"] += 1
-        kept = sum(1 for x in labels if x != IGNORE)
+        kept = len(labels) - labels.count(IGNORE)
         if not kept:
             where = f"within --seq-len {limit:,}" if len(result.input_ids) > limit else "at all"
             self.flow.reject(rec, "no_loss", f"no token to learn from {where} ({len(result.input_ids):,} tokens; "
