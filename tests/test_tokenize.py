@@ -188,7 +188,7 @@ def test_detokenize_marks_what_has_no_loss(model, tmp_path):
 def test_refusals(model, tmp_path):
     src = write(tmp_path / "chat.jsonl", CHATS)
     for args, message in ((("--tokenize", str(model)), b"--tokenize needs --seq-len"),
-                          (("--seq-len", "10"), b"--seq-len and --overflow go with --tokenize"),
+                          (("--seq-len", "10"), b"--seq-len, --overflow and --pack go with --tokenize"),
                           (("--tokenize", str(model), "--seq-len", "10", "--overflow", "squash"), b"--overflow must be one of")):
         proc = run_cli("split", str(src), "-o", str(tmp_path / "x"), "-n", "10", *args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
@@ -198,3 +198,42 @@ def test_refusals(model, tmp_path):
                    "--allow-empty").returncode == 0
     codes = {orjson.loads(x)["code"] for x in (out / "rejects.jsonl").read_bytes().splitlines()}
     assert codes == {"no_template"}
+
+
+def test_packed_rows_hold_whole_examples_with_positions_restarting(model, tmp_path):
+    src = write(tmp_path / "chat.jsonl", [*CHATS, TEXT, ALPACA] * 6)
+    flat, packed = tmp_path / "flat", tmp_path / "packed"
+    assert run_cli("split", str(src), "-o", str(flat), "-n", "1000", "--tokenize", str(model), "--seq-len", "160").returncode == 0
+    proc = run_cli("split", str(src), "-o", str(packed), "-n", "4", "--tokenize", str(model), "--seq-len", "160", "--pack")
+    assert proc.returncode == 0, proc.stderr
+    examples = rows(flat)
+    got = rows(packed)
+    assert len(got) < len(examples)
+    unpacked = []
+    for row in got:
+        n = len(row["input_ids"])
+        assert n <= 160 and sum(row["seq_lens"]) == n == len(row["labels"]) == len(row["position_ids"])
+        start = 0
+        for length in row["seq_lens"]:
+            assert row["position_ids"][start : start + length] == list(range(length))  # restarts per example
+            assert row["labels"][start] == -100  # nothing learned across examples
+            unpacked.append((row["input_ids"][start : start + length], row["labels"][start + 1 : start + length]))
+            start += length
+    # whole examples, in order, none split or lost; greedy: the next example would not have fit
+    assert [ids for ids, _ in unpacked] == [e["input_ids"] for e in examples]
+    assert [labels for _, labels in unpacked] == [e["labels"][1:] for e in examples]
+    for this, nxt in zip(got, got[1:], strict=False):
+        assert len(this["input_ids"]) + nxt["seq_lens"][0] > 160
+    m = json.loads((packed / "manifest.json").read_text())
+    t = m["tokenize"]
+    assert (t["pack"], t["rows"], t["examples"], m["counts"]["written"]) == (True, len(got), len(examples), len(examples))
+    assert t["tokens"]["padding"] == sum(160 - len(r["input_ids"]) for r in got)
+    assert sum(f["examples"] for f in m["files"]) == len(examples) and [f["records"] for f in m["files"]][0] == 4
+    assert run_cli("verify", str(packed)).returncode == 0
+    engine = tmp_path / "engine"
+    assert run_cli("split", str(src), "-o", str(engine), "-n", "4", "--tokenize", str(model), "--seq-len", "160", "--pack",
+                   "--engine", "local").returncode == 0
+    for f in m["files"]:
+        assert (packed / f["path"]).read_bytes() == (engine / f["path"]).read_bytes()
+    schema = pq.read_schema(packed / m["files"][0]["path"])
+    assert schema.names == ["input_ids", "labels", "position_ids", "seq_lens"]

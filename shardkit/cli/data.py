@@ -105,6 +105,7 @@ def split(
     tokenize: Annotated[Path | None, typer.Option("--tokenize", rich_help_panel="Transform", help="Write token rows instead of records: input_ids and labels (-100 outside the assistant turns), rendered with this model folder's chat template and tokenizer (needs shardkit[tokens]).", show_default=False)] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", rich_help_panel="Transform", help="With --tokenize: the longest row, in tokens.", min=1, show_default=False)] = None,
     overflow: Annotated[str, typer.Option("--overflow", rich_help_panel="Transform", help="With --tokenize, a record longer than --seq-len: reject (to the rejects file), truncate, or drop (to excluded.jsonl).")] = "reject",
+    pack: Annotated[bool, typer.Option("--pack", rich_help_panel="Transform", help="With --tokenize: lay examples whole into rows of at most --seq-len tokens, with position_ids restarting per example and seq_lens (flash-attention varlen / DataCollatorWithFlattening layout); -n counts rows.")] = False,
     on_conflict: Annotated[str, typer.Option("--on-conflict", rich_help_panel="Format", help="Parquet: a field with two incompatible types: json-string (store it as JSON text, warn) or error.")] = "json-string",
     engine: Annotated[
         str | None, typer.Option("--engine", rich_help_panel="Run", help="Run on an executor: local (a process pool) or ray (Ray tasks; RAY_ADDRESS names a cluster). Same shards and manifest as without it. Without --shuffle/--holdout/--dedup/--exclude/--to: one task per input file, --jobs workers; with them: the whole plan as one task.", show_default=False)
@@ -147,7 +148,7 @@ def split(
             dedup=dedup, exclude=exclude, exclude_key=exclude_key, decontaminate=decontaminate, ngram=ngram,
             near_dedup=near_dedup, shingle=shingle, to=to, max_errors=max_errors,
             max_reject_ratio=max_reject_ratio, allow_empty=allow_empty,
-            tokenize=str(tokenize) if tokenize else None, seq_len=seq_len, overflow=overflow,
+            tokenize=str(tokenize) if tokenize else None, seq_len=seq_len, overflow=overflow, pack=pack,
         )
         total = sum(os.path.getsize(p) for p in inputs if p != "-" and os.path.isfile(p)) or None
         signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -180,7 +181,7 @@ def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, 
                 max_line_bytes, fmt, compression, row_group_bytes, schema_from, on_conflict, shuffle, seed,
                 shuffle_memory, holdout, holdout_key, holdout_seed, dedup, exclude, exclude_key, decontaminate,
                 ngram, near_dedup, shingle, to, max_errors, max_reject_ratio, allow_empty, record_plan=False,
-                tokenize=None, seq_len=None, overflow="reject"):
+                tokenize=None, seq_len=None, overflow="reject", pack=False):
     """The plan `split` (and `mix`) options describe: SplitOptions, or PipelineOptions when a
     record stage is asked for (or `record_plan`)."""
     from shardkit.pipeline.shard import DEFAULT_NAME, SplitOptions
@@ -188,8 +189,8 @@ def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, 
 
     if fmt is None:
         fmt = "parquet" if tokenize else "jsonl"
-    if tokenize is None and (seq_len is not None or overflow != "reject"):
-        raise UsageError("--seq-len and --overflow go with --tokenize MODEL_DIR")
+    if tokenize is None and (seq_len is not None or overflow != "reject" or pack):
+        raise UsageError("--seq-len, --overflow and --pack go with --tokenize MODEL_DIR")
     check = None
     if validate is not None:
         check = CheckOptions.from_spec(
@@ -238,7 +239,7 @@ def _split_plan(*, max_records, max_bytes, num_shards, oversize, name, rejects, 
             holdout_key=holdout_key, holdout_seed=holdout_seed, dedup=dedup,
             exclude=tuple(str(p) for p in exclude or ()), exclude_key=exclude_key, to=to,
             decontaminate=tuple(str(p) for p in decontaminate or ()), ngram=ngram,
-            near_dedup=near_dedup, shingle=shingle, tokenize=tokenize, seq_len=seq_len, overflow=overflow,
+            near_dedup=near_dedup, shingle=shingle, tokenize=tokenize, seq_len=seq_len, overflow=overflow, pack=pack,
         )
     return options
 

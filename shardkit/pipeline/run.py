@@ -230,7 +230,9 @@ class Run:
 
     def counts(self) -> dict:
         t = self.tallies
-        by_split = {s: sum(f["records"] for f in self.files if f.get("split", TRAIN) == s) for s in (TRAIN, VALIDATION)}
+        # records, not rows: a packed token shard (split --tokenize --pack) holds several per row
+        by_split = {s: sum(f.get("examples", f["records"]) for f in self.files if f.get("split", TRAIN) == s)
+                    for s in (TRAIN, VALIDATION)}
         blank = sum(x.blank for x in t)
         return {
             "read": sum(x.records for x in t) + blank,

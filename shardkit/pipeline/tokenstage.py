@@ -28,13 +28,77 @@ OVERFLOW = ("reject", "truncate", "drop")
 BATCH = 512
 
 
-def token_schema():
+def token_schema(pack: bool = False):
     """The Parquet schema of tokenized shards (as `parquet.InferredSchema`)."""
     import pyarrow as pa
 
     from shardkit.pipeline.parquet import InferredSchema
 
-    return InferredSchema(pa.schema([pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32()))]))
+    names = ["input_ids", "labels", *(["position_ids", "seq_lens"] if pack else [])]
+    return InferredSchema(pa.schema([pa.field(name, pa.list_(pa.int32())) for name in names]))
+
+
+class TokenRows:
+    """A shard writer's rows: one per example, or with --pack examples laid whole, in the
+    order they come, into rows of at most `seq_len` tokens, with `position_ids` restarting
+    at 0 for each example and `seq_lens` (the layout of HF's DataCollatorWithFlattening and
+    flash-attention's varlen kernels). In a packed row the first token of each example has
+    no loss (label -100), as that collator does: nothing is learned across examples.
+    Counts per shard: examples, tokens (input, label) and padding (to seq_len per row)."""
+
+    def __init__(self, seq_len: int, pack: bool) -> None:
+        self.seq_len, self.pack = seq_len, pack
+        self._reset_row()
+        self._reset_shard()
+
+    def _reset_row(self) -> None:
+        self.ids: list[int] = []
+        self.labels: list[int] = []
+        self.positions: list[int] = []
+        self.lens: list[int] = []
+        self.line: int | None = None
+
+    def _reset_shard(self) -> None:
+        self.examples = self.input = self.label = self.padding = 0
+
+    def add(self, data: bytes, line: int | None) -> list[tuple[bytes, int | None]]:
+        row = orjson.loads(data)
+        ids, labels = row["input_ids"], row["labels"]
+        if not self.pack:
+            self._count(1, ids, labels)
+            return [(data, line)]
+        out = self.flush() if self.lens and len(self.ids) + len(ids) > self.seq_len else []
+        if not self.lens:
+            self.line = line
+        self.ids += ids
+        if labels:
+            self.labels.append(IGNORE)
+            self.labels += labels[1:]
+        self.positions += range(len(ids))
+        self.lens.append(len(ids))
+        return out
+
+    def flush(self) -> list[tuple[bytes, int | None]]:
+        if not self.lens:
+            return []
+        row = orjson.dumps({"input_ids": self.ids, "labels": self.labels, "position_ids": self.positions,
+                            "seq_lens": self.lens}) + b"\n"
+        self._count(len(self.lens), self.ids, self.labels)
+        line = self.line
+        self._reset_row()
+        return [(row, line)]
+
+    def _count(self, examples: int, ids: list[int], labels: list[int]) -> None:
+        self.examples += examples
+        self.input += len(ids)
+        self.label += len(labels) - labels.count(IGNORE)
+        self.padding += self.seq_len - len(ids)
+
+    def shard_totals(self) -> dict:
+        """What the manifest lists for the shard just written (then counting starts again)."""
+        d = {"examples": self.examples, "tokens": {"input": self.input, "label": self.label, "padding": self.padding}}
+        self._reset_shard()
+        return d
 
 
 class TokenizeStep:
@@ -45,9 +109,13 @@ class TokenizeStep:
         self.pending: dict[int, Any] = {}
         self.totals = {"records": 0, "input": 0, "label": 0, "padding": 0, "truncated": 0}
 
-    def manifest(self, model_path: str) -> dict:
+    def manifest(self, model_path: str, files: list[dict], pack: bool = False) -> dict:
+        """The tokenizer (sha256 of tokenizer.json and of the template), L, packing and the
+        token totals over the shards written (input, label, padding to L per row)."""
+        totals = {k: sum(f.get("tokens", {}).get(k, 0) for f in files) for k in ("input", "label", "padding")}
         return {**self.model.describe(), "model": model_path, "seq_len": self.seq_len, "overflow": self.overflow,
-                "pack": False, "tokens": dict(self.totals)}
+                "pack": pack, "rows": sum(f["records"] for f in files), "examples": sum(f.get("examples", 0) for f in files),
+                "truncated": self.totals["truncated"], "tokens": totals}
 
     def prefetch(self, records: Iterator[Any]) -> Iterator[Any]:
         batch: list = []

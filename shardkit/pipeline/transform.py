@@ -108,7 +108,7 @@ from shardkit.pipeline.shard import (
     rejects_outside,
     shard_quota,
 )
-from shardkit.pipeline.tokenstage import OVERFLOW, TokenizeStep, token_schema
+from shardkit.pipeline.tokenstage import OVERFLOW, TokenizeStep, TokenRows, token_schema
 from shardkit.records.check import Bad, reason_of
 from shardkit.records.convert import MAPPING, to_chat
 from shardkit.records.minhash import DEFAULT_SHINGLE, lsh_params
@@ -194,6 +194,7 @@ class PipelineOptions:
     tokenize: str | None = None  # a model folder: records become input_ids/labels rows
     seq_len: int | None = None
     overflow: str = "reject"
+    pack: bool = False  # --pack: examples laid whole into rows of at most seq_len tokens
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(os.fspath(p) for p in self.exclude))
@@ -208,6 +209,8 @@ class PipelineOptions:
             if self.tokenize is None:
                 raise UsageError("--seq-len goes with --tokenize MODEL_DIR")
             check_seq_len(self.seq_len)
+        if self.pack and self.tokenize is None:
+            raise UsageError("--pack goes with --tokenize MODEL_DIR --seq-len L")
         if self.overflow not in OVERFLOW:
             raise UsageError(f"--overflow must be one of {', '.join(OVERFLOW)} (got {self.overflow!r})")
         if isinstance(self.shingle, bool) or not isinstance(self.shingle, int) or not 1 <= self.shingle <= 64:
@@ -301,7 +304,8 @@ class PipelineOptions:
             **({"decontaminate": decontaminate_paths, "ngram": self.ngram} if self.decontaminate else {}),
             **({"near_dedup": self.near_dedup, "shingle": self.shingle} if self.near_dedup is not None else {}),
             **({"mix": self.mix.params()} if self.mix is not None else {}),
-            **({"tokenize": {"model": self.tokenize, "seq_len": self.seq_len, "overflow": self.overflow}}
+            **({"tokenize": {"model": self.tokenize, "seq_len": self.seq_len, "overflow": self.overflow,
+                             **({"pack": True} if self.pack else {})}}
                if self.tokenize is not None else {}),
             "to": self.to,
         }
@@ -591,14 +595,24 @@ class _ShardWriter:
         self.pending: list = []
         self.pending_bytes = 0
         self.pending_line = 0  # line of the first pending record (Parquet's error messages)
+        plan = p.opts
+        self.rows = TokenRows(plan.seq_len, plan.pack) if plan.tokenize is not None else None
 
     def name(self) -> str:
         return self.p.opts.shard_name(self.stem, self.split, self.index)
 
     def add(self, data, size: int, line: int | None = None) -> None:
-        """One record (its bytes, or None in a dry run) of `size` bytes."""
+        """One record (its bytes, or None in a dry run) of `size` bytes; with --tokenize
+        --pack, one example, laid into the current row (whole rows go to the shard)."""
+        if self.rows is None or data is None:
+            self._add(data, size, line)
+            return
+        for row, row_line in self.rows.add(data, line):
+            self._add(row, len(row), row_line)
+
+    def _add(self, data, size: int, line: int | None) -> None:
         if self.records and self._full(size):
-            self.commit()
+            self._commit()
         if not self.records:
             self.first_line = line
             if not self.p.dry_run:
@@ -636,6 +650,13 @@ class _ShardWriter:
             self.pending_bytes = 0
 
     def commit(self) -> None:
+        """The end of the stream: the last (partial) row too, then the shard."""
+        if self.rows is not None:
+            for row, row_line in self.rows.flush():
+                self._add(row, len(row), row_line)
+        self._commit()
+
+    def _commit(self) -> None:
         if not self.records:
             return
         self.flush()
@@ -651,7 +672,7 @@ class _ShardWriter:
                 "compression": self.p.opts.split.parquet.compression if parquet else None,
                 "records": self.records, "bytes": size, "sha256": sha,
                 "source": self.source, "first_line": self.first_line, "last_line": self.last_line,
-                "split": self.split,
+                "split": self.split, **(self.rows.shard_totals() if self.rows is not None else {}),
             })
         self.index += 1
         self.records = self.bytes = 0
@@ -1022,7 +1043,7 @@ class RecordFlow:
         if self.near is not None:
             m["near_dedup"] = self.near.manifest()
         if self.tokens is not None:
-            m["tokenize"] = self.tokens.manifest(self.run.model_path(self.opts.tokenize))
+            m["tokenize"] = self.tokens.manifest(self.run.model_path(self.opts.tokenize), self.run.files, self.opts.pack)
         if self.opts.mix is not None:
             m.update(self._mix_manifest(complete))
         if self.ngram_index is not None:
@@ -1136,7 +1157,7 @@ class RecordFlow:
     def process(self) -> None:
         run = self.run
         if self.opts.split.format == "parquet" and not self.scouting:
-            run.schema = token_schema() if self.opts.tokenize is not None else self._infer_schema()
+            run.schema = token_schema(self.opts.pack) if self.opts.tokenize is not None else self._infer_schema()
         steps = self._steps()
         if self.opts.mix is not None and not self.scouting:
             self.preload_sides()
