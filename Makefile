@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python bench/scaleout.py
 	$(BIN)/python bench/template.py
 	$(BIN)/python bench/neardup.py
+	$(BIN)/python bench/tokenized.py
 	$(BIN)/python bench/startup.py
 
 bench-quick: venv
@@ -59,6 +60,7 @@ bench-quick: venv
 	$(BIN)/python bench/scaleout.py --quick --runs 1
 	$(BIN)/python bench/template.py --quick --runs 1
 	$(BIN)/python bench/neardup.py --quick --runs 1
+	$(BIN)/python bench/tokenized.py --quick --runs 1
 	$(BIN)/python bench/startup.py --quick
 
 # The reliability suite with 500 crash trials per command, 30 s races, 3000 fuzz examples

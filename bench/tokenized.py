@@ -7,7 +7,7 @@ the structure it needs, writes Parquet shards (sha256, fsync) and the manifest.
 
 Contenders, run alternately (the order rotates each round), after an untimed warm-up read:
 
-  (k1) shardkit split IN -o OUT -n 50000 --tokenize DIR --seq-len 32768 --jobs 1
+  (k1) shardkit split IN -o OUT -n 50000 --tokenize DIR --seq-len 32768 --pack --jobs 1
   (l)  the plain loop
 
     .venv/bin/python bench/tokenized.py [--runs 3] [--records 100000] [--quick]
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def split(out) -> list[str]:
         return [args.shardkit, "split", str(src), "-o", str(out), "-n", "50000", "--tokenize", str(model),
-                "--seq-len", str(SEQ_LEN), "--jobs", "1", "--quiet"]
+                "--seq-len", str(SEQ_LEN), "--pack", "--jobs", "1", "--quiet"]
 
-    cs = [("shardkit_1job", "(k1) split --tokenize -j 1", True), ("loop", "(l) render + spans + encode_batch loop", False)]
+    cs = [("shardkit_1job", "(k1) split --tokenize --pack -j 1", True), ("loop", "(l) render + spans + encode_batch loop", False)]
     runs: dict[str, list] = {k: [] for k, _, _ in cs}
     written: dict[str, int] = {}
     for r in range(args.runs):
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     met = {"shardkit_1job_over_loop": ratio <= TARGETS["ratio_1job_max"]}
     print(f"target shardkit_1job_over_loop: {ratio} -> {'met' if met['shardkit_1job_over_loop'] else 'MISSED'}")
     path = write_result("tokenize-quick" if args.quick else "tokenize", {
-        "params": {"records": records, "seed": SEED, "runs": args.runs, "seq_len": SEQ_LEN, "pack": False,
+        "params": {"records": records, "seed": SEED, "runs": args.runs, "seq_len": SEQ_LEN, "pack": True,
                    "tokenizer": "byte-level BPE, 32k vocab (bench/template.py's)"},
         "file": {"path": str(src.relative_to(ROOT)), "bytes": src.stat().st_size},
         "commands": {"shardkit": split("OUT"), "loop": [args.python, "-c", "LOOP (see bench/tokenized.py)"]},

@@ -348,3 +348,22 @@ def test_mix_to_s3_matches_a_local_mix(bucket, tmp_path: Path):
     assert m["mix"]["counts"] == mine["mix"]["counts"] and m["mix"]["counts"]["drawn"] == 120
     assert [s["sha256"] for s in m["mix"]["sources"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)]
     assert run_cli("verify", out).returncode == 0
+
+
+def test_tokenized_packed_shards_to_s3_match_local(bucket, tmp_path: Path):
+    pytest.importorskip("tokenizers")
+    from chatmodel import make_model
+
+    model = make_model(tmp_path / "model")
+    src = tmp_path / "chat.jsonl"
+    make_chat_jsonl(src, 60, seed=8)
+    args = ("-n", "5", "--tokenize", str(model), "--seq-len", "4096", "--overflow", "truncate", "--pack")
+    local = tmp_path / "local"
+    assert run_cli("split", src, "-o", local, *args).returncode == 0
+    out = f"s3://{bucket}/tokens"
+    r = run_cli("split", src, "-o", out, *args)
+    assert r.returncode == 0, r.stderr
+    m = _manifest(_fs(), f"{bucket}/tokens")
+    mine = orjson.loads((local / "manifest.json").read_bytes())
+    assert [f["sha256"] for f in m["files"]] == [f["sha256"] for f in mine["files"]]
+    assert m["tokenize"]["tokens"] == mine["tokenize"]["tokens"] and m["tokenize"]["pack"] is True

@@ -91,9 +91,9 @@ class TokenModel:
 
 
 def _labelled(encoding: Any, spans: Any) -> Tokenized:
-    ids = list(encoding.ids)
+    ids = encoding.ids  # a new list on every access
     if spans is None:
-        return Tokenized(ids, list(ids), len(ids))
+        return Tokenized(ids, encoding.ids, len(ids))
     labels = [IGNORE] * len(ids)
     count = 0
     char_to_token = encoding.char_to_token
