@@ -11,6 +11,7 @@ workers counted once) as ``tree_pss_mb``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import hashlib
@@ -310,3 +311,27 @@ def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def peer_args(doc: str, records: int, quick_records: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options every shardkit-against-a-peer bench takes: --runs, --records, --quick,
+    --shardkit, --python (`records` is the record count to use, --quick included)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
+    ap.add_argument("--records", type=int, default=records, help=f"records (default {records:,})")
+    ap.add_argument("--quick", action="store_true", help=f"{quick_records:,} records, smoke test")
+    ap.add_argument("--shardkit", default=str(ROOT / ".venv/bin/shardkit"), help="executable")
+    ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="interpreter for the peer")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.records = quick_records
+    return args
+
+
+def timings(runs: dict[str, list]) -> tuple[dict[str, float], dict[str, float], dict]:
+    """(median seconds, peak memory MB, the result fields) of each contender's runs."""
+    med = {k: median(x["elapsed_s"] for x in v) for k, v in runs.items()}
+    mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
+    fields = {"runs": runs, "median_s": {k: round(v, 4) for k, v in med.items()},
+              "memory_mb": {k: round(v, 2) for k, v in mem.items()}}
+    return med, mem, fields

@@ -21,12 +21,22 @@ Writes bench/results/neardup.json (neardup-quick.json with --quick).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 
-from common import DATA, ROOT, dataset, fmt_table, fresh_dir, measure, median, warm, write_result
+from common import (
+    DATA,
+    ROOT,
+    dataset,
+    fmt_table,
+    fresh_dir,
+    measure,
+    peer_args,
+    timings,
+    warm,
+    write_result,
+)
 
 RECORDS, QUICK_RECORDS, SEED, THRESHOLD = 100_000, 5_000, 1, 0.8
 TARGETS = {"ratio_1job_max": 1.0, "ratio_2jobs_max": 0.7, "memory_mb_max": 512.0}  # issue 21
@@ -87,13 +97,8 @@ def planted(records: int) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} records, smoke test")
-    ap.add_argument("--shardkit", default=str(ROOT / ".venv/bin/shardkit"), help="executable")
-    ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="interpreter for the loop")
-    args = ap.parse_args(argv)
-    records = QUICK_RECORDS if args.quick else RECORDS
+    args = peer_args(__doc__, RECORDS, QUICK_RECORDS, argv)
+    records = args.records
     src, _ = planted(records)
 
     def split(jobs: str, out) -> list[str]:
@@ -115,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     found[key] = json.loads((out / "manifest.json").read_text())["counts"]["duplicates"]
             runs[key].append({**m.raw(), "memory_mb": round(m.memory_mb, 2)})
             print(f"round {r + 1}/{args.runs}  {label:<42} {m.elapsed_s:8.3f} s {m.memory_mb:7.1f} MB", file=sys.stderr)
-    med = {k: median(x["elapsed_s"] for x in v) for k, v in runs.items()}
-    mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
+    med, mem, fields = timings(runs)
     rows = [[label, f"{med[k]:.3f}", f"{min(x['elapsed_s'] for x in runs[k]):.3f}", f"{mem[k]:.1f}",
              f"{med[k] / med['datasketch']:.2f}"] for k, label, _ in cs]
     print(fmt_table(["contender", "median s", "min s", "peak memory MB", "/ (d)"], rows))
@@ -135,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "file": {"path": str(src.relative_to(ROOT)), "bytes": src.stat().st_size},
         "commands": {"shardkit": split("J", "OUT"), "datasketch": [args.python, "-c", "LOOP (see bench/neardup.py)"]},
         "near_duplicates_found": found,
-        "runs": runs,
-        "median_s": {k: round(v, 4) for k, v in med.items()},
-        "memory_mb": {k: round(v, 2) for k, v in mem.items()},
+        **fields,
         "ratios": ratios, "targets": TARGETS, "targets_met": met,
     })
     print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)

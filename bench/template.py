@@ -22,12 +22,21 @@ Writes bench/results/template.json (template-quick.json with --quick).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from common import DATA, ROOT, dataset, fmt_table, measure, median, warm, write_result
+from common import (
+    DATA,
+    ROOT,
+    dataset,
+    fmt_table,
+    measure,
+    peer_args,
+    timings,
+    warm,
+    write_result,
+)
 
 RECORDS, QUICK_RECORDS, SEED = 20_000, 2_000, 1
 LIMIT = 4096
@@ -102,14 +111,8 @@ def model_folder(data: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
-    ap.add_argument("--records", type=int, default=RECORDS, help=f"records (default {RECORDS:,})")
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} records, smoke test")
-    ap.add_argument("--shardkit", default=str(ROOT / ".venv/bin/shardkit"), help="executable")
-    ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="interpreter for the loop")
-    args = ap.parse_args(argv)
-    records = QUICK_RECORDS if args.quick else args.records
+    args = peer_args(__doc__, RECORDS, QUICK_RECORDS, argv)
+    records = args.records
     src = dataset(records, SEED, users=True)
     model = model_folder(src)
     sk = [args.shardkit, "validate", str(src), "--kind", "chat", "--tokenizer", str(model),
@@ -128,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.exit(f"{label} exited {m.returncode}:\n{m.stderr}")
             runs[key].append({**m.raw(), "memory_mb": round(m.memory_mb, 2)})
             print(f"round {r + 1}/{args.runs}  {label:<40} {m.elapsed_s:7.3f} s {m.memory_mb:7.1f} MB", file=sys.stderr)
-    med = {k: median(x["elapsed_s"] for x in v) for k, v in runs.items()}
-    mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
+    med, mem, fields = timings(runs)
     rows = [[label, f"{med[k]:.3f}", f"{min(x['elapsed_s'] for x in runs[k]):.3f}", f"{mem[k]:.1f}",
              f"{med[k] / med['loop']:.2f}"] for k, label, _ in cs]
     print(fmt_table(["contender", "median s", "min s", "peak memory MB", "/ (l)"], rows))
@@ -144,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                    "tokenizer": "byte-level BPE, 32k vocab, trained on the first 5,000 records", "template": CHATML},
         "file": {"path": str(src.relative_to(ROOT)), "bytes": src.stat().st_size},
         "commands": {k: cmd for k, _, cmd in cs},
-        "runs": runs,
-        "median_s": {k: round(v, 4) for k, v in med.items()},
-        "memory_mb": {k: round(v, 2) for k, v in mem.items()},
+        **fields,
         "ratios": ratios, "targets": TARGETS, "targets_met": met,
     })
     print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)

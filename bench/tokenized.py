@@ -18,11 +18,20 @@ would hide the standard library module of that name from the scripts here.)
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from common import ROOT, dataset, fmt_table, fresh_dir, measure, median, warm, write_result
+from common import (
+    ROOT,
+    dataset,
+    fmt_table,
+    fresh_dir,
+    measure,
+    peer_args,
+    timings,
+    warm,
+    write_result,
+)
 from template import model_folder
 
 RECORDS, QUICK_RECORDS, SEED, SEQ_LEN = 100_000, 2_000, 1, 32768
@@ -69,14 +78,8 @@ print(labelled)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per contender (default 3)")
-    ap.add_argument("--records", type=int, default=RECORDS, help=f"records (default {RECORDS:,})")
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} records, smoke test")
-    ap.add_argument("--shardkit", default=str(ROOT / ".venv/bin/shardkit"), help="executable")
-    ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="interpreter for the loop")
-    args = ap.parse_args(argv)
-    records = QUICK_RECORDS if args.quick else args.records
+    args = peer_args(__doc__, RECORDS, QUICK_RECORDS, argv)
+    records = args.records
     src = dataset(records, SEED, users=True)
     model = model_folder(dataset(20_000, SEED, users=True))  # the tokenizer bench/template.py trains
 
@@ -96,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     written[key] = json.loads((out / "manifest.json").read_text())["counts"]["written"]
             runs[key].append({**m.raw(), "memory_mb": round(m.memory_mb, 2)})
             print(f"round {r + 1}/{args.runs}  {label:<40} {m.elapsed_s:8.3f} s {m.memory_mb:7.1f} MB", file=sys.stderr)
-    med = {k: median(x["elapsed_s"] for x in v) for k, v in runs.items()}
-    mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
+    med, mem, fields = timings(runs)
     rows = [[label, f"{med[k]:.3f}", f"{records / med[k]:,.0f}", f"{mem[k]:.1f}", f"{med[k] / med['loop']:.2f}"]
             for k, label, _ in cs]
     print(fmt_table(["contender", "median s", "records/s", "peak memory MB", "/ (l)"], rows))

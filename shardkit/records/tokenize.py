@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from shardkit.core.errors import UsageError
 from shardkit.records.template import TemplateError, chat_view, load_chat_template
-from shardkit.records.tokens import load_tokenizer, record_text
+from shardkit.records.tokens import load_tokenizer, record_text, span_tokens
 from shardkit.records.validate import detect_kind
 
 __all__ = ["IGNORE", "TokenModel", "Tokenized"]
@@ -96,12 +96,7 @@ def _labelled(encoding: Any, spans: Any) -> Tokenized:
         return Tokenized(ids, encoding.ids, len(ids))
     labels = [IGNORE] * len(ids)
     count = 0
-    char_to_token = encoding.char_to_token
-    for start, end in spans:
-        k0 = next((k for pos in range(start, end) if (k := char_to_token(pos)) is not None), None)
-        if k0 is None:
-            continue
-        k1 = next(k for pos in range(end - 1, start - 1, -1) if (k := char_to_token(pos)) is not None)
+    for k0, k1 in span_tokens(encoding, spans):
         labels[k0 : k1 + 1] = ids[k0 : k1 + 1]
         count += k1 - k0 + 1
     return Tokenized(ids, labels, count)

@@ -26,6 +26,7 @@ __all__ = [
     "loses_everything",
     "count_tokens",
     "load_tokenizer",
+    "span_tokens",
     "record_text",
     "text_parts",
 ]
@@ -162,17 +163,22 @@ def count_spans(tokenizer: Any, texts: list[str], spans: list[tuple[tuple[int, i
         if text_spans is None:
             out.append(TokenCount(n, None, -1))
             continue
-        assistant, first = 0, -1
-        char_to_token = encoding.char_to_token
-        for start, end in text_spans:
-            k0 = next((k for pos in range(start, end) if (k := char_to_token(pos)) is not None), None)
-            if k0 is None:
-                continue  # the span holds no token (empty, or only what the normalizer drops)
-            k1 = next(k for pos in range(end - 1, start - 1, -1) if (k := char_to_token(pos)) is not None)
-            assistant += k1 - k0 + 1
-            if first < 0:
-                first = k0
-        out.append(TokenCount(n, assistant, first))
+        ranges = span_tokens(encoding, text_spans)
+        out.append(TokenCount(n, sum(k1 - k0 + 1 for k0, k1 in ranges), ranges[0][0] if ranges else -1))
+    return out
+
+
+def span_tokens(encoding: Any, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (first, last) token of each character span of an encoded text; a token that
+    straddles a span's edge is inside it; a span holding no token is left out."""
+    out = []
+    char_to_token = encoding.char_to_token
+    for start, end in spans:
+        k0 = next((k for pos in range(start, end) if (k := char_to_token(pos)) is not None), None)
+        if k0 is None:
+            continue  # the span holds no token (empty, or only what the normalizer drops)
+        k1 = next(k for pos in range(end - 1, start - 1, -1) if (k := char_to_token(pos)) is not None)
+        out.append((k0, k1))
     return out
 
 
