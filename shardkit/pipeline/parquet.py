@@ -86,7 +86,7 @@ from shardkit.core.io import started_pool
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 ON_CONFLICT = ("json-string", "error")
 DEFAULT_ROW_GROUP_BYTES = 64 * 2**20
-PARSE_CHUNK_BYTES = 8 * 2**20  # JSON bytes per pyarrow call; its 1 MiB blocks parse in parallel
+PARSE_CHUNK_BYTES = 4 * 2**20  # JSON bytes per pyarrow call; its 1 MiB blocks parse in parallel (4 MiB: 0.1 s faster and 40-60 MB less than 8 on the 100k bench files, 2026-12-07)
 _ARROW_BLOCK = 2**20
 
 META_VERSION = "shardkit.version"
