@@ -9,7 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from test_queue import GOOD, OLD, make_queue, pend, states
+import pytest
+from test_queue import GOOD, OLD, journal, make_queue, pend, states
 
 from shardkit.queue.doctor import doctor
 from shardkit.queue.state import STATES, Queue
@@ -201,4 +202,31 @@ def test_prune_leaves_a_file_whose_complete_is_still_saving_its_record(tmp_path:
     assert plan.deleted == 1
     item = Queue(q.root).load_item(c.lease.id)
     assert item.state == "deleted"
+    assert doctor(Queue(q.root)).ok
+
+
+@pytest.mark.parametrize("loser_id", ["0" * 32, "f" * 32])  # before and after the claimed one, by name
+def test_complete_moves_the_claimed_record_not_a_losing_claimers_fresh_one(tmp_path: Path, loser_id: str) -> None:
+    """Seen once in the race test: a claimer that found no record for a pending file (its
+    record one step behind a retry) saved a fresh one, already "processing", just before
+    its rename lost to another worker's claim. The winner's complete then picked that fresh
+    record by name and completed it: the claimed item stayed "processing" with no file, and
+    doctor reported it. The lease names the claimed item; complete moves that one, and a
+    listing prefers the record with a history."""
+    from shardkit.queue.model import Item
+
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    claim = q.claim("w1")
+    claimed_id = q.lease("a.jsonl").id
+    loser = Item(id=loser_id, name="a.jsonl", state="processing", bytes=1, priority="normal")
+    loser.history.append({"ts": "2026-12-07T03:48:53Z", "op": "adopt", "to": "normal"})
+    q.save_item(loser)  # the losing claimer's fresh record, not yet unlinked
+    (entry,) = Queue(q.root).entries(["processing"])
+    assert entry.item.id == claimed_id  # the established record wins the listing
+    done = claim.complete()
+    assert done.state == "completed" and done.item.id == claimed_id
+    assert [e["id"] for e in journal(q) if e["op"] == "complete"] == [claimed_id]
+    assert q.load_item(claimed_id).state == "completed"
+    os.unlink(q._item_path(loser.id))  # the loser cleans up after its failed rename
     assert doctor(Queue(q.root)).ok

@@ -109,6 +109,14 @@ class Claims:
                 f"{entry.name}: the lease was taken over or released (token does not match); "
                 "another worker owns this file now"
             )
+        if lease is not None and (entry.item is None or entry.item.id != lease.id):
+            # The lease names the item that was claimed. Another record of this name (one a
+            # losing claimer saved just before its rename failed) must not be the one moved:
+            # that left the claimed item in processing for ever (seen once in the race test).
+            claimed = self.load_item(lease.id)
+            if claimed is not None and claimed.name == entry.name:
+                claimed.state = entry.state
+                entry.item = claimed
         return entry, lease
 
     def heartbeat(self, path_or_name: str, token: str | None = None) -> Lease:

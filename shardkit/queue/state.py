@@ -161,7 +161,16 @@ class Queue(Claims, Operations, Looking):
         return [copy.deepcopy(item) for _, item in seen.values()]
 
     def _index(self) -> dict[tuple[str, str], Item]:
-        return {(i.state, i.name): i for i in self.items()}
+        """(state, name) -> record. Two records of one file are possible for a moment: a
+        claimer that found no record saves a fresh one (its history only "adopt") just before
+        a rename that may fail; the established record, with a history, wins."""
+        index: dict[tuple[str, str], Item] = {}
+        for i in self.items():
+            key = (i.state, i.name)
+            other = index.get(key)
+            if other is None or _settled_first(i) < _settled_first(other):
+                index[key] = i
+        return index
 
     def entries(self, states: Iterable[str] = STATES) -> list[Entry]:
         """Every data file in the given state folders, with its record (if any).
@@ -202,7 +211,8 @@ class Queue(Claims, Operations, Looking):
                 break
             time.sleep(delay)
             items = self.items()
-            entry.item = next((i for i in items if i.state == entry.state and i.name == entry.name), None)
+            same = [i for i in items if i.state == entry.state and i.name == entry.name]
+            entry.item = min(same, key=_settled_first) if same else None
             if entry.item is None and k >= 1 and self._record_behind(entry, items) is None:
                 break  # twice nothing of this name (a readdir racing a save is looked past once)
         if entry.item is None:  # after the wait: a record left behind by a mover that died
@@ -316,6 +326,12 @@ class Queue(Claims, Operations, Looking):
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
     # ----- leases
+
+
+def _settled_first(item: Item) -> tuple[int, str, str]:
+    """Sorts the most settled record of a file first: the longer history, then the older,
+    then by id (so every process picks the same one)."""
+    return (-len(item.history), item.created_at or "", item.id)
 
 
 def is_queue_root(path: Path) -> bool:
