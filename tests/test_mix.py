@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 
 import orjson
@@ -194,3 +195,21 @@ def test_holdout_applies_to_each_source_before_the_draw(tmp_path, sources):
     assert (m["counts"]["train"], m["counts"]["validation"]) == (60, len(held))
     for s in m["mix"]["sources"]:
         assert s["read"] == sum(s["set_aside"].values()) + s["held_out"] + s["available"]
+
+
+def test_a_killed_mixs_work_folder_is_removed_by_the_next(tmp_path, sources):
+    import subprocess
+    import sys
+
+    a, b = sources
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / ".shardkit-mix-killed"
+    (stale / "source-000").mkdir(parents=True)
+    (stale / "owner").write_text(dead.stdout.strip())  # that process has exited
+    live = tmp_path / ".shardkit-mix-running"
+    live.mkdir()
+    (live / "owner").write_text(str(os.getpid()))  # this one runs: left alone
+    proc = run_cli("mix", f"{a}=1", "-o", str(tmp_path / "mix"), "--records", "5", "-n", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.glob(".shardkit-mix-*")) == [".shardkit-mix-running"]

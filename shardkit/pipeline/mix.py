@@ -25,7 +25,8 @@ drawn; its ``sources`` are the mix's sources. Same seed and inputs: the same byt
 engine. With --holdout, each source is split first
 (by the same stable hash as `split --holdout`): its held-out records go to the validation
 shards as they are, never drawn or upsampled; the draw takes from the rest. Not yet:
---resume (rerun with --overwrite).
+--resume (rerun with --overwrite). A killed mix's work folder (``.shardkit-mix-*`` beside
+OUT) is removed by the next mix there, once its owner process is gone.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import orjson
 
 from shardkit.core import objects
 from shardkit.core.errors import DataError, InputError, UsageError
-from shardkit.core.io import inspect_input
+from shardkit.core.io import inspect_input, pid_alive
 from shardkit.pipeline.run import split_local
 from shardkit.pipeline.shard import SplitResult
 from shardkit.pipeline.transform import ConservationError, PipelineOptions
@@ -55,6 +56,7 @@ from shardkit.pipeline.transform import ConservationError, PipelineOptions
 __all__ = ["MixInfo", "MixSource", "mix", "parse_sources", "share_out"]
 
 _HUGE = 1 << 62  # one shard per source in the filter stage
+_WORK_PREFIX = ".shardkit-mix-"  # the work folder beside OUT: filtered sources, the draw
 _SIDE_KEYS = ("rejects", "duplicates", "excluded", "near_duplicates", "contaminated")
 
 
@@ -237,7 +239,9 @@ def mix(
         inspect_input(s.path)  # a missing source fails before any work
     out_text = os.fspath(out)
     parent = tempfile.gettempdir() if objects.is_url(out_text) else str(Path(out_text).resolve().parent)
-    work = Path(tempfile.mkdtemp(prefix=".shardkit-mix-", dir=parent))
+    _remove_stale_work(Path(parent))
+    work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent))
+    (work / "owner").write_text(str(os.getpid()))
     try:
         infos, sides, available, held_out = _filter_sources(sources, work, plan, jobs)
         target: dict = {"records": records} if records is not None else {"tokens": tokens, "tokenizer": str(tokenizer)}
@@ -265,6 +269,17 @@ def mix(
                      progress=progress, warn=warn)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work(parent: Path) -> None:
+    """Work folders of mixes killed before they cleaned up (their owner process is gone)."""
+    for folder in parent.glob(f"{_WORK_PREFIX}*"):
+        try:
+            owner = int((folder / "owner").read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge (a folder being made, or not a mix's)
+        if not pid_alive(owner) and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _filter_sources(sources: Sequence[MixSource], work: Path, plan: PipelineOptions, jobs: int | None):
