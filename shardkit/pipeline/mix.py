@@ -51,7 +51,7 @@ from shardkit.core.errors import DataError, InputError, UsageError
 from shardkit.core.io import inspect_input, pid_alive
 from shardkit.pipeline.run import split_local
 from shardkit.pipeline.shard import SplitResult
-from shardkit.pipeline.transform import ConservationError, PipelineOptions
+from shardkit.pipeline.transform import TRAIN, VALIDATION, ConservationError, PipelineOptions
 
 __all__ = ["MixInfo", "MixSource", "mix", "parse_sources", "share_out"]
 
@@ -79,6 +79,31 @@ class MixInfo:
     def params(self) -> dict:
         return {"seed": self.seed, "target": self.target,
                 "sources": [{"path": s["path"], "weight": s["weight"]} for s in self.sources]}
+
+    def manifest(self, run: Any, complete: bool) -> dict:
+        """The write stage's manifest fields: the mix's sources (instead of the drawn file it
+        read) and the `mix` section; when complete, written = drawn + held out, checked."""
+        sources = [{**s, "path": run.source_path(inspect_input(s["path"]))} for s in self.sources]
+        drawn = sum(s["drawn"] for s in sources)
+        held = sum(s.get("held_out", 0) for s in sources)
+        counts = {"read": sum(s["read"] for s in sources), "set_aside": sum(sum(s["set_aside"].values()) for s in sources),
+                  "available": sum(s["available"] for s in sources), "held_out": held, "drawn": drawn}
+        written = run.counts()
+        if complete and (written[TRAIN], written[VALIDATION]) != (drawn, held):
+            raise ConservationError(f"internal error: the mix drew {drawn} records and held out {held}, but "
+                                    f"{written[TRAIN]} train and {written[VALIDATION]} validation were written; please report it")
+        section = {"seed": self.seed, "target": self.target, "counts": counts, "sources": sources}
+        if self.holdout is not None:
+            section["holdout"] = self.holdout
+        return {"sources": [{k: s[k] for k in ("path", "bytes", "sha256", "read")} for s in sources], "mix": section}
+
+    def preload(self, run: Any) -> None:
+        """What the filter stage set aside, per source, into the write stage's side files."""
+        for key, path in self.sides:
+            side = getattr(run, key)
+            with open(path, "rb") as f:
+                for line in f:
+                    side.add(orjson.loads(line))
 
 
 # ------------------------------------------------------------------ sources and weights

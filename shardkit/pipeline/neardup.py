@@ -48,8 +48,9 @@ class NearDedup:
     # ----- the map stage
 
     def prefetch(self, records: Iterator[Any]) -> Iterator[Any]:
-        """The records as they come, their signatures computed ahead on the pool."""
-        if self.jobs == 1:
+        """The records as they come, their signatures computed ahead on the pool (not with
+        --to: a converted record is signed as it is written, in the step)."""
+        if self.jobs == 1 or self.flow.opts.to:
             yield from records
             return
         if self.pool is None:

@@ -1013,6 +1013,7 @@ class RecordFlow:
         self.near_duplicates = run.near_duplicates
         self.near: NearDedup | None = None
         self.tokens: TokenizeStep | None = None
+        self.steps: list[Callable[[_Record], bool]] = []
         self.eval_index: EvalIndex | None = None
         self.ngram_index: NgramIndex | None = None
         self.decontaminate_paths = [run.source_path(inspect_input(p)) for p in run.opts.decontaminate]
@@ -1038,18 +1039,16 @@ class RecordFlow:
         if self.opts.to == "chat":
             m["roles"] = MAPPING
         if self.eval_index is not None:
-            sources = [{**s.to_dict(), "path": rel} for s, rel in zip(self.eval_index.sources, self.exclude_paths, strict=True)]
-            m["exclude"] = {"key": self.eval_index.key, "sources": sources}
+            m["exclude"] = {"key": self.eval_index.key, "sources": _eval_sources(self.eval_index, self.exclude_paths)}
         if self.near is not None:
             m["near_dedup"] = self.near.manifest()
         if self.tokens is not None:
             m["tokenize"] = self.tokens.manifest(self.run.model_path(self.opts.tokenize), self.run.files, self.opts.pack)
         if self.opts.mix is not None:
-            m.update(self._mix_manifest(complete))
+            m.update(self.opts.mix.manifest(self.run, complete))
         if self.ngram_index is not None:
-            sources = [{**s.to_dict(), "path": rel}
-                       for s, rel in zip(self.ngram_index.sources, self.decontaminate_paths, strict=True)]
-            m["decontaminate"] = {"ngram": self.ngram_index.n, "eval_ngrams": len(self.ngram_index), "sources": sources}
+            m["decontaminate"] = {"ngram": self.ngram_index.n, "eval_ngrams": len(self.ngram_index),
+                                  "sources": _eval_sources(self.ngram_index, self.decontaminate_paths)}
         if self.holdout is not None:
             m["holdout"] = {"key": self.holdout.key, "fraction": self.opts.holdout,
                             "seed": self.opts.holdout_seed, "prompt_overlap": self.holdout.prompt_overlap()}
@@ -1061,31 +1060,6 @@ class RecordFlow:
         if not complete:
             m["resume"] = {"mode": "restart"}  # --resume deletes what this lists and runs again
         return m
-
-    def _mix_manifest(self, complete: bool) -> dict:
-        """A mix's sources (instead of the drawn file this run read) and its `mix` section."""
-        mix = self.opts.mix
-        sources = [{**s, "path": self.run.source_path(inspect_input(s["path"]))} for s in mix.sources]
-        drawn = sum(s["drawn"] for s in sources)
-        held = sum(s.get("held_out", 0) for s in sources)
-        counts = {"read": sum(s["read"] for s in sources), "set_aside": sum(sum(s["set_aside"].values()) for s in sources),
-                  "available": sum(s["available"] for s in sources), "held_out": held, "drawn": drawn}
-        written = self.run.counts()
-        if complete and (written[TRAIN], written[VALIDATION]) != (drawn, held):
-            raise ConservationError(f"internal error: the mix drew {drawn} records and held out {held}, but "
-                                    f"{written[TRAIN]} train and {written[VALIDATION]} validation were written; please report it")
-        section = {"seed": mix.seed, "target": mix.target, "counts": counts, "sources": sources}
-        if mix.holdout is not None:
-            section["holdout"] = mix.holdout
-        return {"sources": [{k: s[k] for k in ("path", "bytes", "sha256", "read")} for s in sources], "mix": section}
-
-    def preload_sides(self) -> None:
-        """A mix: what the filter stage set aside, per source, into this run's side files."""
-        for key, path in self.opts.mix.sides:
-            side = getattr(self.run, key)
-            with open(path, "rb") as f:
-                for line in f:
-                    side.add(orjson.loads(line))
 
     def finish_warnings(self, sides: dict) -> None:
         for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded"),
@@ -1158,9 +1132,9 @@ class RecordFlow:
         run = self.run
         if self.opts.split.format == "parquet" and not self.scouting:
             run.schema = token_schema(self.opts.pack) if self.opts.tokenize is not None else self._infer_schema()
-        steps = self._steps()
+        steps = self.steps = self._steps()
         if self.opts.mix is not None and not self.scouting:
-            self.preload_sides()
+            self.opts.mix.preload(self.run)
         if self.scouting:
             self.sink = _SchemaSink(run, self.scout_builder)
         elif self.opts.shuffle:
@@ -1171,10 +1145,9 @@ class RecordFlow:
             self.sink.start_input(i)
             tally = self.tallies[i]
             records = self._read(i)
-            if self.near is not None and not self.opts.to:
-                records = self.near.prefetch(records)
-            if self.tokens is not None:
-                records = self.tokens.prefetch(records)
+            for step in steps:  # a step that works in batches (on all cores) reads ahead
+                if hasattr(step, "prefetch"):
+                    records = step.prefetch(records)
             for rec in records:
                 for step in steps:
                     if not step(rec):
@@ -1185,8 +1158,7 @@ class RecordFlow:
             self.sink.end_input()
             if tally.blank:
                 self.warn(f"{spec.display}: {tally.blank} blank line(s) skipped")
-        if self.near is not None:
-            self.near.close()
+        self._close_steps()
         self.sink.finish()
 
     def _infer_schema(self):
@@ -1220,50 +1192,10 @@ class RecordFlow:
         ones (--validate) rejected here."""
         with self.run.opened(i) as stream:
             if self.run.arrays[i]:
-                yield from self._array_records(i, stream)
+                yield from _array_records(self, i, stream)
                 return
             for block, bad in self.run.blocks(i, stream):
                 yield from self._block_records(i, block, bad)
-
-    def _array_records(self, i: int, stream) -> Iterator[_Record]:
-        """The elements of a JSON-array input as records: each one compact JSON on a line of
-        its own, its line the one where it starts; side files keep its original bytes."""
-        display, progress = self.specs[i].display, self.run.progress
-        batch: list[tuple[int, int, bytes]] = []
-        seen = 0
-        try:
-            for element in JsonArraySource(stream):
-                batch.append(element)
-                if len(batch) >= ARRAY_BATCH:
-                    yield from self._array_batch(i, batch)
-                    batch = []
-                    if progress:
-                        progress(stream.raw_bytes - seen)
-                        seen = stream.raw_bytes
-            yield from self._array_batch(i, batch)
-        except DataError as e:
-            raise DataError(f"{display}: {e}") from None
-        while stream.read(1 << 20):  # the source's hash and size cover its last byte
-            pass
-        if progress:
-            progress(stream.raw_bytes - seen)
-
-    def _array_batch(self, i: int, batch: list[tuple[int, int, bytes]]) -> Iterator[_Record]:
-        run, tally = self.run, self.tallies[i]
-        bad: dict[int, Bad] = {}
-        if run.checks is not None and batch:
-            verdict = run.checks.local.check_records(batch, self.specs[i].display)
-            run.report.merge(verdict.report)
-            bad = {b.start: b for b in verdict.bad}
-        for line, offset, raw in batch:
-            tally.records += 1
-            b = bad.get(offset)
-            if b is not None:
-                run.reject(i, line, offset, b.code, b.reason, raw)
-                continue
-            rec = _Record(i, line, offset, compact(raw) + NL)
-            rec.original = raw
-            yield rec
 
     def _block_records(self, i: int, block, bad: list) -> Iterator[_Record]:
         tally = self.tallies[i]
@@ -1287,9 +1219,13 @@ class RecordFlow:
                 pos, line = nxt, line + 1
         tally.blank += trailing
 
+    def _close_steps(self) -> None:
+        for step in self.steps:
+            if hasattr(step, "close"):
+                step.close()
+
     def abort(self) -> None:
-        if self.near is not None:
-            self.near.close()
+        self._close_steps()
         with suppress(OSError):
             if self.sink is not None:
                 self.sink.abort()
@@ -1299,6 +1235,55 @@ class RecordFlow:
             with suppress(OSError):
                 side.close()
                 unlink_if_exists(side.partial)  # useless to a rerun, which starts from scratch
+
+
+def _eval_sources(index, paths: list[str]) -> list[dict]:
+    """An eval index's inputs for the manifest, each named as OUT names it."""
+    return [{**s.to_dict(), "path": rel} for s, rel in zip(index.sources, paths, strict=True)]
+
+
+# The elements of a JSON-array input, for RecordFlow._read (a flow's helpers, kept out of the class).
+
+def _array_records(flow: RecordFlow, i: int, stream) -> Iterator[_Record]:
+    """The elements of a JSON-array input as records: each one compact JSON on a line of
+    its own, its line the one where it starts; side files keep its original bytes."""
+    display, progress = flow.specs[i].display, flow.run.progress
+    batch: list[tuple[int, int, bytes]] = []
+    seen = 0
+    try:
+        for element in JsonArraySource(stream):
+            batch.append(element)
+            if len(batch) >= ARRAY_BATCH:
+                yield from _array_batch(flow, i, batch)
+                batch = []
+                if progress:
+                    progress(stream.raw_bytes - seen)
+                    seen = stream.raw_bytes
+        yield from _array_batch(flow, i, batch)
+    except DataError as e:
+        raise DataError(f"{display}: {e}") from None
+    while stream.read(1 << 20):  # the source's hash and size cover its last byte
+        pass
+    if progress:
+        progress(stream.raw_bytes - seen)
+
+
+def _array_batch(flow: RecordFlow, i: int, batch: list[tuple[int, int, bytes]]) -> Iterator[_Record]:
+    run, tally = flow.run, flow.tallies[i]
+    bad: dict[int, Bad] = {}
+    if run.checks is not None and batch:
+        verdict = run.checks.local.check_records(batch, flow.specs[i].display)
+        run.report.merge(verdict.report)
+        bad = {b.start: b for b in verdict.bad}
+    for line, offset, raw in batch:
+        tally.records += 1
+        b = bad.get(offset)
+        if b is not None:
+            run.reject(i, line, offset, b.code, b.reason, raw)
+            continue
+        rec = _Record(i, line, offset, compact(raw) + NL)
+        rec.original = raw
+        yield rec
 
 
 __all__ += ["TEMP_DIR", "RecordFlow", "holdout_split", "input_check", "shard_file_name"]

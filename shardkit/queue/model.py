@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,25 @@ def is_regular(st: os.stat_result) -> bool:
     import stat as _stat
 
     return _stat.S_ISREG(st.st_mode)
+
+
+def settled_first(item: Item) -> tuple[int, str, str]:
+    """Sorts the most settled record of a file first: the longer history, then the older,
+    then by id (so every process picks the same one)."""
+    return (-len(item.history), item.created_at or "", item.id)
+
+
+def index_by_place(items: Iterable[Item]) -> dict[tuple[str, str], Item]:
+    """(state, name) -> record. Two records of one file exist for a moment when a claimer
+    that found none saves a fresh one (history only "adopt") just before a rename that may
+    fail; the settled record wins, in every process."""
+    index: dict[tuple[str, str], Item] = {}
+    for item in items:
+        key = (item.state, item.name)
+        other = index.get(key)
+        if other is None or settled_first(item) < settled_first(other):
+            index[key] = item
+    return index
 
 
 def new_id() -> str:

@@ -46,6 +46,7 @@ from shardkit.queue.model import (
     Item,
     Lease,
     PrunePlan,
+    index_by_place,
     is_data_name,
     is_quarantine_side_name,
     is_regular,
@@ -54,6 +55,7 @@ from shardkit.queue.model import (
     open_by_any_process,
     process_alive,
     process_start,
+    settled_first,
     side_file_name,
 )
 from shardkit.queue.operations import Operations
@@ -161,16 +163,7 @@ class Queue(Claims, Operations, Looking):
         return [copy.deepcopy(item) for _, item in seen.values()]
 
     def _index(self) -> dict[tuple[str, str], Item]:
-        """(state, name) -> record. Two records of one file are possible for a moment: a
-        claimer that found no record saves a fresh one (its history only "adopt") just before
-        a rename that may fail; the established record, with a history, wins."""
-        index: dict[tuple[str, str], Item] = {}
-        for i in self.items():
-            key = (i.state, i.name)
-            other = index.get(key)
-            if other is None or _settled_first(i) < _settled_first(other):
-                index[key] = i
-        return index
+        return index_by_place(self.items())
 
     def entries(self, states: Iterable[str] = STATES) -> list[Entry]:
         """Every data file in the given state folders, with its record (if any).
@@ -212,7 +205,7 @@ class Queue(Claims, Operations, Looking):
             time.sleep(delay)
             items = self.items()
             same = [i for i in items if i.state == entry.state and i.name == entry.name]
-            entry.item = min(same, key=_settled_first) if same else None
+            entry.item = min(same, key=settled_first) if same else None
             if entry.item is None and k >= 1 and self._record_behind(entry, items) is None:
                 break  # twice nothing of this name (a readdir racing a save is looked past once)
         if entry.item is None:  # after the wait: a record left behind by a mover that died
@@ -326,12 +319,6 @@ class Queue(Claims, Operations, Looking):
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
     # ----- leases
-
-
-def _settled_first(item: Item) -> tuple[int, str, str]:
-    """Sorts the most settled record of a file first: the longer history, then the older,
-    then by id (so every process picks the same one)."""
-    return (-len(item.history), item.created_at or "", item.id)
 
 
 def is_queue_root(path: Path) -> bool:
