@@ -251,3 +251,43 @@ def test_ray_driver_settings_last_only_for_init_and_never_override_the_user(monk
         assert os.environ["SHARDKIT_TEST_B"] == "user"
     assert "SHARDKIT_TEST_A" not in os.environ
     assert os.environ["SHARDKIT_TEST_B"] == "user"
+
+
+def test_this_sessions_record_stages_write_the_same_files_on_ray(tmp_path: Path, ray_runtime):
+    """--near-dedup, --decontaminate and --tokenize --pack are record stages: on ray the
+    plan runs as one task and writes exactly the inline run's files (issues 21, 23)."""
+    pytest.importorskip("datasketch")
+    pytest.importorskip("tokenizers")
+    from chatmodel import make_model
+
+    from shardkit.pipeline.transform import PipelineOptions
+
+    src = tmp_path / "chat.jsonl"
+    data = make_chat_jsonl(src, 300, seed=11, max_len=300)
+    lines = data.splitlines(keepends=True)
+    src.write_bytes(b"".join(lines) + b"".join(lines[:20]))  # copies for near-dedup to find
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_bytes(b"".join(lines[100:110]))
+    model = make_model(tmp_path / "model")
+    plans = {
+        "filters": PipelineOptions(split=SplitOptions(max_records=80), near_dedup=0.8, decontaminate=(str(eval_file),)),
+        "tokens": PipelineOptions(split=SplitOptions(max_records=20, format="parquet", parquet=_parquet()),
+                                  tokenize=str(model), seq_len=4096, overflow="truncate", pack=True),
+    }
+    for name, plan in plans.items():
+        inline = split([str(src)], tmp_path / f"{name}-inline", plan)
+        on_ray = split([str(src)], tmp_path / f"{name}-ray", plan, engine="ray", jobs=2)
+        assert inline.manifest["counts"] == on_ray.manifest["counts"]
+        _same_run(tmp_path / f"{name}-inline", tmp_path / f"{name}-ray")
+    from shardkit.records.ngrams import record_words
+
+    long_enough = sum(1 for line in lines[100:110] if len(record_words(orjson.loads(line))) >= 13)
+    m = orjson.loads((tmp_path / "filters-ray" / "manifest.json").read_bytes())
+    assert m["counts"]["duplicates"] >= 20  # the 20 copies (exact, so near too)
+    assert m["counts"]["excluded"] >= long_enough > 0  # each eval record long enough to have a 13-gram
+
+
+def _parquet():
+    from shardkit.pipeline.parquet import ParquetOptions
+
+    return ParquetOptions()
