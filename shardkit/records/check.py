@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -199,48 +200,61 @@ class Checker:
         seen: dict[int, int] = {}
         bulk: dict[int, list] = {}
         cap = self.options.examples
-        pos, line = 0, first_line
         blank_first = _BLANK_FIRST
-        for raw in data.split(b"\n")[:-1]:
-            end = pos + len(raw) + 1
-            if gate is not None and len(raw) <= max_line:
-                # the hot path of Validator.check, inlined: decode, gate, count
-                try:
-                    obj = loads(raw)
-                except decode_error:
-                    obj = None
-                if type(obj) is dict:
-                    kind = gate(obj)
-                    if kind is not None:
-                        clean[kind] = clean.get(kind, 0) + 1
-                        pos, line = end, line + 1
-                        continue
-                    # parsed once: the extra-keys gate, else the explainer on the decoded record
-                    res = gate_extra(obj)
-                    if res is not None:
-                        k = seen.get(id(res), 0)
-                        if k >= cap:
-                            b = bulk.get(id(res))
-                            if b is None:
-                                bulk[id(res)] = [res, 1]
-                            else:
-                                b[1] += 1
-                            pos, line = end, line + 1
-                            continue
-                        seen[id(res)] = k + 1
-                    else:
-                        res = check_decoded(raw, obj)
-                    entries.append((line, pos, end, res))
-                    pos, line = end, line + 1
-                    continue
-            if not raw or (raw[0] in blank_first and not raw.strip()):
-                report.add_blank(display, line)
+        # Lines as (index, start, end, code): code -1 is a line to check here, code k > 0 a
+        # line the compiled gate passed whose result is shared[k - 1] (clean ones it counted).
+        scan = self.validator.raw_scanner() if gate is not None else None
+        if scan is not None:
+            shared: list[RecordResult] = []
+            n_clean, n_lines, events = scan(data, max_line, partial(_shape_code, self.validator, shared))
+            if n_clean:
+                clean["chat"] = n_clean
+        else:
+            shared, n_lines, events = [], *_every_line(data)
+        for index, pos, end, code in events:
+            line = first_line + index
+            if code > 0:
+                res = shared[code - 1]
             else:
-                entries.append((line, pos, end, check(raw)))
-            pos, line = end, line + 1
+                raw = data[pos : end - 1]
+                if gate is None or len(raw) > max_line:
+                    res = None
+                else:  # the hot path of Validator.check, inlined: decode, gate, count
+                    try:
+                        obj = loads(raw)
+                    except decode_error:
+                        obj = None
+                    if type(obj) is dict:
+                        kind = gate(obj)
+                        if kind is not None:
+                            clean[kind] = clean.get(kind, 0) + 1
+                            continue
+                        # parsed once: the extra-keys gate, else the explainer on the decoded record
+                        res = gate_extra(obj)
+                        if res is None:
+                            entries.append((line, pos, end, check_decoded(raw, obj)))
+                            continue
+                    else:
+                        res = None
+                if res is None:
+                    if not raw or (raw[0] in blank_first and not raw.strip()):
+                        report.add_blank(display, line)
+                    else:
+                        entries.append((line, pos, end, check(raw)))
+                    continue
+            k = seen.get(id(res), 0)
+            if k >= cap:
+                b = bulk.get(id(res))
+                if b is None:
+                    bulk[id(res)] = [res, 1]
+                else:
+                    b[1] += 1
+                continue
+            seen[id(res)] = k + 1
+            entries.append((line, pos, end, res))
         for kind, n in clean.items():
             report.add_clean(display, kind, n)
-        verdict = self._finish(report, entries, display, line - first_line)
+        verdict = self._finish(report, entries, display, n_lines)
         for res, n in bulk.values():  # after the entries: their examples came first
             report.add_many(display, res, n)
         return verdict
@@ -353,6 +367,29 @@ class Checker:
 class RangeVerdict(NamedTuple):
     verdict: Verdict
     raws: list[bytes]  # the bad records' bytes, when asked for
+
+
+def _every_line(data: bytes) -> tuple[int, list[tuple[int, int, int, int]]]:
+    """(lines, events) as the compiled gate gives them, every line to be checked here."""
+    events = []
+    pos = 0
+    for index, raw in enumerate(data.split(b"\n")[:-1]):
+        end = pos + len(raw) + 1
+        events.append((index, pos, end, -1))
+        pos = end
+    return len(events), events
+
+
+def _shape_code(validator: Validator, shared: list, keys: tuple[str, ...]) -> int:
+    """The compiled gate's question for a new set of top-level keys: 0 clean, -1 check the
+    record here, k > 0 for the shared result shared[k - 1]."""
+    verdict = validator.shape_verdict(keys)
+    if verdict is True:
+        return 0
+    if verdict is None or verdict is False:
+        return -1
+    shared.append(verdict)
+    return len(shared)
 
 
 def _line_start_at(f, start: int) -> int:

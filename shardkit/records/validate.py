@@ -65,6 +65,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import KW_ONLY, dataclass, field
@@ -93,6 +94,13 @@ from shardkit.records.tools import (
     check_sharegpt_tools,
     has_tool_traffic,
 )
+
+try:  # the chat gate in C (setup.py builds it; optional: without a compiler, Python's gate)
+    if os.environ.get("SHARDKIT_PURE_PYTHON"):
+        raise ImportError("SHARDKIT_PURE_PYTHON is set")
+    from shardkit.records import _chatscan
+except ImportError:
+    _chatscan = None
 
 __all__ = [
     "CODES",
@@ -1331,11 +1339,17 @@ class Validator:
         `source`, `lang`...), as real exports do: its result (kind chat, one unknown-key
         warning per key, `obj` None), made once per set of such keys; None otherwise (then
         call `check_decoded`). What `check` gives, but for `obj` (the property tests compare)."""
+        cached = self._extra_result(obj)
+        return cached if cached is not None and _gate_chat_messages(obj["messages"]) == "chat" else None
+
+    def _extra_result(self, obj: dict) -> RecordResult | None:
         shape = tuple(obj)  # the keys in order: what the result depends on, besides the messages
         cached = self._extra.get(shape)
         if cached is None:
             if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
-                return None  # ("messages" present: detect_kind says chat, so auto is chat here)
+                return None
+            if self.kind == "auto" and detect_kind(obj) != "chat":
+                return None  # messages beside chosen or rejected: a preference record
             if "tools" in obj or "functions" in obj or "images" in obj or obj.keys() <= _FAST_CHAT_KEYS:
                 return None
             issues: list[Issue] = []
@@ -1343,7 +1357,29 @@ class Validator:
             cached = RecordResult(None, "chat", _cap(issues), True)
             if len(self._extra) < 1024:  # a file whose records all invent keys: no unbounded cache
                 self._extra[shape] = cached
-        return cached if _gate_chat_messages(obj["messages"]) == "chat" else None
+        return cached
+
+    def shape_verdict(self, keys: tuple[str, ...]) -> RecordResult | bool | None:
+        """For a record whose `messages` pass the chat gate, known only by its top-level keys
+        (in order, no repeats): True when `gate` accepts it, the shared result `gate_extra`
+        gives, or None when it needs `check_decoded`. The compiled gate (`raw_scanner`) asks
+        this once per set of keys, instead of decoding every record."""
+        obj = dict.fromkeys(keys)
+        if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
+            return None
+        if self.kind == "auto" and detect_kind(obj) != "chat":
+            return None
+        if len(obj) == 1 or obj.keys() <= _FAST_CHAT_KEYS:
+            return True
+        return self._extra_result(obj)
+
+    def raw_scanner(self):
+        """The compiled chat gate over raw lines (`_chatscan.scan_chat`), when it was built
+        and applies here (kind chat or auto, the default depth, no duplicate-key check);
+        else None. See `shape_verdict`."""
+        if _chatscan is None or self._gate is _gate_none or self.kind not in ("chat", "auto"):
+            return None
+        return _chatscan.scan_chat
 
     def check_decoded(self, raw: bytes, obj: object) -> RecordResult:
         """`check` for a line already decoded (`obj`): each record is parsed once."""

@@ -1,0 +1,769 @@
+/*
+ * shardkit.records._chatscan: the chat gate over raw JSONL bytes, in one C pass.
+ *
+ * scan_chat(data, max_line, resolve) -> (clean, lines, events)
+ *
+ * For every line of `data` (each ending in b"\n"; bytes after the last newline are
+ * ignored) it decides, without building a Python object, whether the line is certainly
+ * a clean chat record: valid JSON (as orjson reads it), top-level keys unique and with
+ * no escapes, a non-empty `messages` array whose every message passes the same test as
+ * validate.py's `_gate_chat_messages` (role user/assistant, system first only; content a
+ * non-blank string with no "{{" and no "<image>", or a non-empty list of text parts;
+ * extra keys only name (string), weight and loss_weight (numbers)), and at least one
+ * assistant turn.
+ *
+ * This is a strict gate: anything it is not sure of (an escape that decodes to '{' or
+ * '<', a \u escape right after '{' or within "<image>", an exponent, a number of 19
+ * digits or more, nesting deeper than 64, more than 16 top-level keys...) is "slow" and
+ * goes to the Python path, which is the source of truth.
+ * It never calls a line clean that the Python gate would not call clean
+ * (tests/test_chatscan.py checks this, line by line, on generated and hostile inputs).
+ *
+ * A line that passes is reported by the tuple of its top-level keys (its "shape"):
+ * `resolve(keys)` is called once per new shape and returns 0 (clean: counted here),
+ * a positive code (returned in an event), or -1 (slow). Events, in line order, are
+ * (line index, start, end, code): code -1 for a slow line, else resolve's code; start
+ * and end are the line's bytes [start, end), newline included.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_DEPTH 64
+#define MAX_KEYS 16
+#define MAX_SHAPES 64
+#define MAX_SIG 1024
+#define MAX_INT_DIGITS 18
+#define MAX_FRAC_DIGITS 40
+
+typedef const unsigned char *ptr;
+
+typedef struct {
+    ptr p;
+    ptr end;
+} Cur;
+
+/* bytes that stop a run inside a string: '"', '\\', controls, non-ASCII (plain); and
+   also '{' and '<' inside message text (content), where placeholders are looked for */
+static unsigned char plain_stop[256];
+static unsigned char content_stop[256];
+
+#define STR_ESC 1     /* the string has an escape */
+#define STR_VISIBLE 2 /* the decoded string has a character that is not whitespace */
+
+/* str.isspace() for one code point (Python 3.11's definition: bidi WS, B, S or Zs);
+   tests/test_chatscan.py compares it with str.isspace over every code point */
+static int is_space_cp(unsigned int c)
+{
+    if (c < 0x80)
+        return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20);
+    return c == 0x85 || c == 0xa0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+/* one UTF-8 sequence starting at a byte >= 0x80: its length (2-4) and code point, or 0
+   when it is not valid UTF-8 (overlong, a surrogate, beyond U+10FFFF, cut short) */
+static int utf8_seq(ptr p, ptr end, unsigned int *cp)
+{
+    unsigned int c = p[0], v;
+    if (c >= 0xC2 && c <= 0xDF) {
+        if (end - p < 2 || (p[1] & 0xC0) != 0x80)
+            return 0;
+        *cp = ((c & 0x1F) << 6) | (p[1] & 0x3F);
+        return 2;
+    }
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (end - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80)
+            return 0;
+        v = ((c & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+        if (v < 0x800 || (v >= 0xD800 && v <= 0xDFFF))
+            return 0;
+        *cp = v;
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (end - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return 0;
+        v = ((c & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+        if (v < 0x10000 || v > 0x10FFFF)
+            return 0;
+        *cp = v;
+        return 4;
+    }
+    return 0;
+}
+
+static int hex4(ptr p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned int c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    return v;
+}
+
+static inline void skip_ws(Cur *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\r' || *c->p == '\n'))
+        c->p++;
+}
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* past the bytes that need no attention inside a string (16 at a time with SSE2) */
+static inline ptr skip_run(ptr p, ptr end, const unsigned char *stop, int content)
+{
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i brace = _mm_set1_epi8('{'), angle = _mm_set1_epi8('<');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        /* signed: below 0x20 is a control byte, negative is a non-ASCII one */
+        __m128i m = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash));
+        m = _mm_or_si128(m, _mm_cmplt_epi8(x, space));
+        if (content)
+            m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(x, brace), _mm_cmpeq_epi8(x, angle)));
+        int bits = _mm_movemask_epi8(m);
+        if (bits)
+            return p + __builtin_ctz((unsigned int)bits);
+        p += 16;
+    }
+#endif
+    while (p < end && !stop[*p])
+        p++;
+    return p;
+}
+
+/* A string at c->p (its opening quote). With `content`, also tracks whether it has a
+   visible character and fails on a possible placeholder ("{{", "<image>"). Returns the
+   STR_ flags, or -1 (slow); [*s, *e) is the raw body between the quotes. */
+static int scan_string(Cur *c, int content, ptr *s, ptr *e)
+{
+    ptr p = c->p + 1, end = c->end;
+    const unsigned char *stop = content ? content_stop : plain_stop;
+    int flags = 0;
+    unsigned int cp;
+    *s = p;
+    for (;;) {
+        if (!content || (flags & STR_VISIBLE)) {
+            p = skip_run(p, end, stop, content);
+        } else {
+            while (p < end && !stop[*p]) {
+                if (*p != ' ')
+                    flags |= STR_VISIBLE;
+                p++;
+            }
+        }
+        if (p >= end)
+            return -1;
+        unsigned int ch = *p;
+        if (ch == '"') {
+            *e = p;
+            c->p = p + 1;
+            return flags;
+        }
+        if (ch == '\\') {
+            flags |= STR_ESC;
+            if (end - p < 2)
+                return -1;
+            switch (p[1]) {
+            case '"': case '\\': case '/':
+                cp = p[1]; p += 2; break;
+            case 'b': cp = 0x08; p += 2; break;
+            case 'f': cp = 0x0c; p += 2; break;
+            case 'n': cp = 0x0a; p += 2; break;
+            case 'r': cp = 0x0d; p += 2; break;
+            case 't': cp = 0x09; p += 2; break;
+            case 'u': {
+                if (end - p < 6)
+                    return -1;
+                int v = hex4(p + 2);
+                if (v < 0)
+                    return -1;
+                p += 6;
+                if (v >= 0xD800 && v <= 0xDBFF) {
+                    if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
+                        return -1;
+                    int w = hex4(p + 2);
+                    if (w < 0xDC00 || w > 0xDFFF)
+                        return -1;
+                    p += 6;
+                    v = 0x10000 + ((v - 0xD800) << 10) + (w - 0xDC00);
+                } else if (v >= 0xDC00 && v <= 0xDFFF) {
+                    return -1;
+                }
+                cp = (unsigned int)v;
+                break;
+            }
+            default:
+                return -1;
+            }
+            if (content) {
+                if (cp == '{' || cp == '<')
+                    return -1; /* a placeholder could be spelled with escapes: Python decides */
+                if (!is_space_cp(cp))
+                    flags |= STR_VISIBLE;
+            }
+            continue;
+        }
+        if (ch < 0x20)
+            return -1;
+        if (ch >= 0x80) {
+            int n = utf8_seq(p, end, &cp);
+            if (!n)
+                return -1;
+            if (content && !is_space_cp(cp))
+                flags |= STR_VISIBLE;
+            p += n;
+            continue;
+        }
+        if (ch == '{') { /* content only: "{{", or '{' then a \u escape, is Python's to judge */
+            if (end - p >= 2 && (p[1] == '{' || (p[1] == '\\' && end - p >= 3 && p[2] == 'u')))
+                return -1;
+            flags |= STR_VISIBLE;
+            p++;
+            continue;
+        }
+        if (ch == '<') { /* content only: "<image>", or a \u escape within it */
+            static const char pat[] = "image>";
+            int i = 0;
+            for (; i < 6 && p + 1 + i < end; i++) {
+                if (p[1 + i] == '\\' && p + 2 + i < end && p[2 + i] == 'u')
+                    return -1; /* \n, \" and the like never spell a letter of "image>" */
+                if (p[1 + i] != (unsigned char)pat[i])
+                    break;
+            }
+            if (i == 6)
+                return -1;
+            flags |= STR_VISIBLE;
+            p++;
+            continue;
+        }
+        return -1;
+    }
+}
+
+static int skip_number(Cur *c)
+{
+    ptr p = c->p, end = c->end, s;
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end)
+        return -1;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        s = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p - s > MAX_INT_DIGITS)
+            return -1;
+    } else {
+        return -1;
+    }
+    if (p < end && *p == '.') {
+        s = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == s || p - s > MAX_FRAC_DIGITS)
+            return -1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E'))
+        return -1; /* an exponent can overflow to infinity, which orjson rejects */
+    c->p = p;
+    return 0;
+}
+
+static int skip_literal(Cur *c, const char *word, size_t n)
+{
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
+        return -1;
+    c->p += n;
+    return 0;
+}
+
+static int skip_value(Cur *c, int depth)
+{
+    ptr s, e;
+    if (c->p >= c->end)
+        return -1;
+    switch (*c->p) {
+    case '"':
+        return scan_string(c, 0, &s, &e) < 0 ? -1 : 0;
+    case '{':
+        if (depth >= MAX_DEPTH)
+            return -1;
+        c->p++;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == '}') {
+            c->p++;
+            return 0;
+        }
+        for (;;) {
+            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) < 0)
+                return -1;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':')
+                return -1;
+            c->p++;
+            skip_ws(c);
+            if (skip_value(c, depth + 1) < 0)
+                return -1;
+            skip_ws(c);
+            if (c->p >= c->end)
+                return -1;
+            if (*c->p == ',') {
+                c->p++;
+                skip_ws(c);
+                continue;
+            }
+            if (*c->p == '}') {
+                c->p++;
+                return 0;
+            }
+            return -1;
+        }
+    case '[':
+        if (depth >= MAX_DEPTH)
+            return -1;
+        c->p++;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ']') {
+            c->p++;
+            return 0;
+        }
+        for (;;) {
+            if (skip_value(c, depth + 1) < 0)
+                return -1;
+            skip_ws(c);
+            if (c->p >= c->end)
+                return -1;
+            if (*c->p == ',') {
+                c->p++;
+                skip_ws(c);
+                continue;
+            }
+            if (*c->p == ']') {
+                c->p++;
+                return 0;
+            }
+            return -1;
+        }
+    case 't':
+        return skip_literal(c, "true", 4);
+    case 'f':
+        return skip_literal(c, "false", 5);
+    case 'n':
+        return skip_literal(c, "null", 4);
+    default:
+        return skip_number(c);
+    }
+}
+
+#define KEY_IS(s, e, lit) ((size_t)((e) - (s)) == sizeof(lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
+
+/* expect ':' between a key and its value */
+static int colon(Cur *c)
+{
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    return 0;
+}
+
+/* after a member: 1 for ',' (more follow), 0 for the closing bracket, -1 otherwise */
+static int next_member(Cur *c, unsigned char close)
+{
+    skip_ws(c);
+    if (c->p >= c->end)
+        return -1;
+    if (*c->p == ',') {
+        c->p++;
+        skip_ws(c);
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 0;
+    }
+    return -1;
+}
+
+/* a fine text: a string, not blank, with no placeholder */
+static int fine_text(Cur *c)
+{
+    ptr s, e;
+    if (c->p >= c->end || *c->p != '"')
+        return -1;
+    int f = scan_string(c, 1, &s, &e);
+    return (f >= 0 && (f & STR_VISIBLE)) ? 0 : -1;
+}
+
+/* {"type": "text", "text": fine text}, nothing else */
+static int check_part(Cur *c)
+{
+    ptr s, e;
+    unsigned int seen = 0, bit;
+    if (c->p >= c->end || *c->p != '{')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    for (;;) {
+        if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) != 0 || colon(c) < 0)
+            return -1;
+        if (KEY_IS(s, e, "type")) {
+            ptr vs, ve;
+            bit = 1;
+            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) != 0 || !KEY_IS(vs, ve, "text"))
+                return -1;
+        } else if (KEY_IS(s, e, "text")) {
+            bit = 2;
+            if (fine_text(c) < 0)
+                return -1;
+        } else {
+            return -1;
+        }
+        if (seen & bit)
+            return -1;
+        seen |= bit;
+        int more = next_member(c, '}');
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    return seen == 3 ? 0 : -1;
+}
+
+static int check_content(Cur *c)
+{
+    if (c->p >= c->end)
+        return -1;
+    if (*c->p == '"')
+        return fine_text(c);
+    if (*c->p != '[')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ']')
+        return -1; /* no parts */
+    for (;;) {
+        if (check_part(c) < 0)
+            return -1;
+        int more = next_member(c, ']');
+        if (more < 0)
+            return -1;
+        if (!more)
+            return 0;
+    }
+}
+
+static int number_value(Cur *c)
+{
+    if (c->p >= c->end || !(*c->p == '-' || (*c->p >= '0' && *c->p <= '9')))
+        return -1;
+    return skip_number(c);
+}
+
+#define ROLE_USER 1
+#define ROLE_ASSISTANT 2
+#define ROLE_SYSTEM 3
+
+/* one message: returns its role, or -1 */
+static int check_message(Cur *c)
+{
+    ptr s, e;
+    unsigned int seen = 0, bit;
+    int role = 0;
+    if (c->p >= c->end || *c->p != '{')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    for (;;) {
+        if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) != 0 || colon(c) < 0)
+            return -1;
+        if (KEY_IS(s, e, "role")) {
+            ptr vs, ve;
+            bit = 1;
+            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) != 0)
+                return -1;
+            if (KEY_IS(vs, ve, "user"))
+                role = ROLE_USER;
+            else if (KEY_IS(vs, ve, "assistant"))
+                role = ROLE_ASSISTANT;
+            else if (KEY_IS(vs, ve, "system"))
+                role = ROLE_SYSTEM;
+            else
+                return -1;
+        } else if (KEY_IS(s, e, "content")) {
+            bit = 2;
+            if (check_content(c) < 0)
+                return -1;
+        } else if (KEY_IS(s, e, "name")) {
+            ptr vs, ve;
+            bit = 4;
+            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) < 0)
+                return -1;
+        } else if (KEY_IS(s, e, "weight")) {
+            bit = 8;
+            if (number_value(c) < 0)
+                return -1;
+        } else if (KEY_IS(s, e, "loss_weight")) {
+            bit = 16;
+            if (number_value(c) < 0)
+                return -1;
+        } else {
+            return -1;
+        }
+        if (seen & bit)
+            return -1; /* a repeated key: orjson keeps the last, Python decides */
+        seen |= bit;
+        int more = next_member(c, '}');
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    return (seen & 3) == 3 ? role : -1;
+}
+
+static int check_messages(Cur *c)
+{
+    int has_assistant = 0;
+    if (c->p >= c->end || *c->p != '[')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    for (Py_ssize_t i = 0;; i++) {
+        int role = check_message(c);
+        if (role < 0 || (role == ROLE_SYSTEM && i != 0))
+            return -1;
+        if (role == ROLE_ASSISTANT)
+            has_assistant = 1;
+        int more = next_member(c, ']');
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    return has_assistant ? 0 : -1;
+}
+
+typedef struct {
+    int n;
+    ptr s[MAX_KEYS];
+    ptr e[MAX_KEYS];
+} Keys;
+
+/* one line: 0 when it passes (its top-level keys in `keys`), -1 otherwise */
+static int check_line(ptr p, ptr end, Keys *keys)
+{
+    Cur c = {p, end};
+    ptr s, e;
+    int has_messages = 0;
+    keys->n = 0;
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{')
+        return -1;
+    c.p++;
+    skip_ws(&c);
+    for (;;) {
+        if (c.p >= c.end || *c.p != '"' || scan_string(&c, 0, &s, &e) != 0 || colon(&c) < 0)
+            return -1;
+        if (keys->n == MAX_KEYS)
+            return -1;
+        for (int k = 0; k < keys->n; k++)
+            if (keys->e[k] - keys->s[k] == e - s && memcmp(keys->s[k], s, e - s) == 0)
+                return -1; /* a repeated key */
+        keys->s[keys->n] = s;
+        keys->e[keys->n] = e;
+        keys->n++;
+        if (KEY_IS(s, e, "messages")) {
+            has_messages = 1;
+            if (check_messages(&c) < 0)
+                return -1;
+        } else if (skip_value(&c, 1) < 0) {
+            return -1;
+        }
+        int more = next_member(&c, '}');
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    skip_ws(&c);
+    return (c.p == c.end && has_messages) ? 0 : -1;
+}
+
+typedef struct {
+    Py_ssize_t len;
+    char sig[MAX_SIG];
+    long code;
+} Shape;
+
+/* the keys as one byte string: each key's length (2 bytes), then the key */
+static Py_ssize_t signature(const Keys *keys, char *out)
+{
+    Py_ssize_t n = 0;
+    for (int k = 0; k < keys->n; k++) {
+        Py_ssize_t len = keys->e[k] - keys->s[k];
+        if (len > 0xFFFF || n + 2 + len > MAX_SIG)
+            return -1;
+        out[n++] = (char)(len >> 8);
+        out[n++] = (char)(len & 0xFF);
+        memcpy(out + n, keys->s[k], len);
+        n += len;
+    }
+    return n;
+}
+
+/* resolve(keys tuple) -> code, cached per shape for this call; -1 on no room. -2 on error */
+static long shape_code(const Keys *keys, Shape *shapes, int *nshapes, PyObject *resolve)
+{
+    char sig[MAX_SIG];
+    Py_ssize_t len = signature(keys, sig);
+    if (len < 0)
+        return -1;
+    for (int i = 0; i < *nshapes; i++)
+        if (shapes[i].len == len && memcmp(shapes[i].sig, sig, len) == 0)
+            return shapes[i].code;
+    if (*nshapes == MAX_SHAPES)
+        return -1;
+    PyObject *tuple = PyTuple_New(keys->n);
+    if (!tuple)
+        return -2;
+    for (int k = 0; k < keys->n; k++) {
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)keys->s[k], keys->e[k] - keys->s[k], "strict");
+        if (!key) {
+            Py_DECREF(tuple);
+            return -2;
+        }
+        PyTuple_SET_ITEM(tuple, k, key);
+    }
+    PyObject *r = PyObject_CallOneArg(resolve, tuple);
+    Py_DECREF(tuple);
+    if (!r)
+        return -2;
+    long code = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (code == -1 && PyErr_Occurred())
+        return -2;
+    if (code < -1)
+        code = -1;
+    Shape *sh = &shapes[(*nshapes)++];
+    sh->len = len;
+    memcpy(sh->sig, sig, len);
+    sh->code = code;
+    return code;
+}
+
+static int add_event(PyObject *events, Py_ssize_t index, Py_ssize_t start, Py_ssize_t end, long code)
+{
+    PyObject *t = Py_BuildValue("(nnnl)", index, start, end, code);
+    if (!t)
+        return -1;
+    int rc = PyList_Append(events, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static PyObject *scan_chat(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t max_line;
+    PyObject *resolve;
+    if (!PyArg_ParseTuple(args, "y*nO:scan_chat", &buf, &max_line, &resolve))
+        return NULL;
+    if (!PyCallable_Check(resolve)) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_TypeError, "resolve must be callable");
+        return NULL;
+    }
+    PyObject *events = PyList_New(0);
+    Shape *shapes = PyMem_Malloc(sizeof(Shape) * MAX_SHAPES);
+    if (!events || !shapes)
+        goto fail;
+    int nshapes = 0;
+    ptr base = (ptr)buf.buf, end = base + buf.len, p = base;
+    Py_ssize_t clean = 0, index = 0;
+    Keys keys;
+    for (;; index++) {
+        ptr nl = memchr(p, '\n', end - p);
+        if (!nl)
+            break;
+        long code = -1;
+        if (nl - p <= max_line && check_line(p, nl, &keys) == 0) {
+            code = shape_code(&keys, shapes, &nshapes, resolve);
+            if (code == -2)
+                goto fail;
+        }
+        if (code == 0)
+            clean++;
+        else if (add_event(events, index, p - base, nl + 1 - base, code) < 0)
+            goto fail;
+        p = nl + 1;
+    }
+    PyMem_Free(shapes);
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(nnN)", clean, index, events);
+fail:
+    PyMem_Free(shapes);
+    Py_XDECREF(events);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
+/* for the tests: the gate's own text test on one JSON string token (bytes, quotes
+   included): 1 fine (visible, no placeholder, valid), 0 not */
+static PyObject *fine_string(PyObject *self, PyObject *arg)
+{
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Cur c = {(ptr)buf.buf, (ptr)buf.buf + buf.len};
+    int ok = fine_text(&c) == 0 && c.p == c.end;
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *is_space(PyObject *self, PyObject *arg)
+{
+    unsigned long cp = PyLong_AsUnsignedLong(arg);
+    if (cp == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(is_space_cp((unsigned int)cp));
+}
+
+static PyMethodDef methods[] = {
+    {"scan_chat", scan_chat, METH_VARARGS,
+     "scan_chat(data, max_line, resolve) -> (clean, lines, events): the chat gate over raw lines."},
+    {"fine_string", fine_string, METH_O, "fine_string(token) -> bool: the gate's text test (tests)."},
+    {"is_space", is_space, METH_O, "is_space(code_point) -> bool: str.isspace for one code point (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_chatscan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__chatscan(void)
+{
+    for (int i = 0; i < 256; i++) {
+        int stop = i == '"' || i == '\\' || i < 0x20 || i >= 0x80;
+        plain_stop[i] = (unsigned char)stop;
+        content_stop[i] = (unsigned char)(stop || i == '{' || i == '<');
+    }
+    return PyModule_Create(&module);
+}
