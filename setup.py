@@ -1,16 +1,17 @@
-"""The one compiled part: the chat gate over raw bytes (shardkit/records/_chatscan.c).
+"""The one compiled part: the chat gate over raw JSONL bytes (shardkit/records/chatgate.c).
 
-It is optional. Without a C compiler the install still succeeds and validate runs the
-same checks in Python, only slower (`shardkit doctor`-style note: `python -c "import
-shardkit.records._chatscan"` tells whether it was built)."""
+It is optional. Without a C compiler the install still succeeds (with a warning) and
+`validate` runs the same checks in Python, about twice as slow on chat data.
+`python -c "import shardkit.records.chatgate"` tells whether it was built;
+SHARDKIT_PURE_PYTHON=1 turns it off for one run."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
-            "shardkit.records._chatscan",
-            sources=["shardkit/records/_chatscan.c"],
+            "shardkit.records.chatgate",
+            sources=["shardkit/records/chatgate.c"],
             extra_compile_args=["-O2"],
             optional=True,  # no compiler: a warning, and the pure-Python gate
         )

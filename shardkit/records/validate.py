@@ -98,9 +98,9 @@ from shardkit.records.tools import (
 try:  # the chat gate in C (setup.py builds it; optional: without a compiler, Python's gate)
     if os.environ.get("SHARDKIT_PURE_PYTHON"):
         raise ImportError("SHARDKIT_PURE_PYTHON is set")
-    from shardkit.records import _chatscan
+    from shardkit.records import chatgate
 except ImportError:
-    _chatscan = None
+    chatgate = None
 
 __all__ = [
     "CODES",
@@ -1374,12 +1374,12 @@ class Validator:
         return self._extra_result(obj)
 
     def raw_scanner(self):
-        """The compiled chat gate over raw lines (`_chatscan.scan_chat`), when it was built
+        """The compiled chat gate over raw lines (`chatgate.scan_chat`), when it was built
         and applies here (kind chat or auto, the default depth, no duplicate-key check);
         else None. See `shape_verdict`."""
-        if _chatscan is None or self._gate is _gate_none or self.kind not in ("chat", "auto"):
+        if chatgate is None or self._gate is _gate_none or self.kind not in ("chat", "auto"):
             return None
-        return _chatscan.scan_chat
+        return chatgate.scan_chat
 
     def check_decoded(self, raw: bytes, obj: object) -> RecordResult:
         """`check` for a line already decoded (`obj`): each record is parsed once."""

@@ -1,4 +1,4 @@
-"""The compiled chat gate (shardkit/records/_chatscan.c) against Python's.
+"""The compiled chat gate (shardkit/records/chatgate.c) against Python's.
 
 The C gate reads raw lines and never builds a record. It is sound only if every line it
 passes is one Python's gate passes with the same result: these tests check that, line by
@@ -11,6 +11,7 @@ runs (the CLI's report and rejects) are the same with and without it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -26,10 +27,12 @@ import shardkit.records.validate as validate_mod
 from shardkit.records.check import Checker, CheckOptions
 from shardkit.records.validate import Validator, _fine_text
 
-_chatscan = pytest.importorskip(
-    "shardkit.records._chatscan",
-    reason="the C gate is not built (no compiler?): `pip install -e .` builds it",
-)
+try:
+    from shardkit.records import chatgate
+except ImportError:
+    if os.environ.get("CI"):  # CI has gcc: a gate that failed to build must not go untested
+        raise
+    pytest.skip("the C gate is not built (no compiler?): `pip install -e .` builds it", allow_module_level=True)
 
 sys.path.insert(0, str(FIXTURES))
 from generate import iter_records  # noqa: E402
@@ -61,7 +64,7 @@ def c_decision(v: Validator, raw: bytes):
         shared.append(verdict)
         return len(shared)
 
-    clean, lines, events = _chatscan.scan_chat(raw + b"\n", 1 << 30, resolve)
+    clean, lines, events = chatgate.scan_chat(raw + b"\n", 1 << 30, resolve)
     assert lines == 1
     if clean:
         assert events == []
@@ -100,7 +103,7 @@ def serializations(obj) -> list[bytes]:
 
 
 def test_is_space_is_str_isspace_for_every_code_point():
-    wrong = [cp for cp in range(0x110000) if _chatscan.is_space(cp) != chr(cp).isspace()]
+    wrong = [cp for cp in range(0x110000) if chatgate.is_space(cp) != chr(cp).isspace()]
     assert wrong == []
 
 
@@ -116,7 +119,7 @@ TEXTS = [
 def test_fine_string_agrees_with_fine_text(text):
     tokens = {orjson.dumps(text), json.dumps(text).encode(), json.dumps(text, ensure_ascii=False).encode()}
     for token in tokens:
-        if _chatscan.fine_string(token):
+        if chatgate.fine_string(token):
             assert _fine_text(text), (token, text)
         elif "{" not in text and "<" not in text:  # the only places it may be stricter
             assert not _fine_text(text), (token, text)
@@ -125,9 +128,9 @@ def test_fine_string_agrees_with_fine_text(text):
 def test_fine_string_is_strict_on_escaped_placeholders():
     """A placeholder spelled with \\u escapes is Python's to judge, never passed."""
     for token in (b'"\\u007b\\u007b"', b'"{\\u007b"', b'"\\u003cimage>"', b'"<\\u0069mage>"', b'"<imag\\u0065>"'):
-        assert not _chatscan.fine_string(token)
-    assert _chatscan.fine_string(b'"{\\"a\\": 1}"')  # '{' then \" is fine: common in code
-    assert _chatscan.fine_string(b'"<\\n"')
+        assert not chatgate.fine_string(token)
+    assert chatgate.fine_string(b'"{\\"a\\": 1}"')  # '{' then \" is fine: common in code
+    assert chatgate.fine_string(b'"<\\n"')
 
 
 # ---------------------------------------------------------------- generated records
@@ -269,7 +272,7 @@ def test_check_lines_same_verdict_with_and_without_the_c_gate(monkeypatch):
         options = CheckOptions(kind=kind, examples=3)
         fast = Checker(options).check_lines(data, 10, "f.jsonl")
         with monkeypatch.context() as m:
-            m.setattr(validate_mod, "_chatscan", None)
+            m.setattr(validate_mod, "chatgate", None)
             assert Checker(options).validator.raw_scanner() is None
             slow = Checker(options).check_lines(data, 10, "f.jsonl")
         assert fast.lines == slow.lines == len(lines)

@@ -1,5 +1,5 @@
 /*
- * shardkit.records._chatscan: the chat gate over raw JSONL bytes, in one C pass.
+ * shardkit.records.chatgate: the chat gate over raw JSONL bytes, in one C pass.
  *
  * scan_chat(data, max_line, resolve) -> (clean, lines, events)
  *
@@ -17,7 +17,7 @@
  * digits or more, nesting deeper than 64, more than 16 top-level keys...) is "slow" and
  * goes to the Python path, which is the source of truth.
  * It never calls a line clean that the Python gate would not call clean
- * (tests/test_chatscan.py checks this, line by line, on generated and hostile inputs).
+ * (tests/test_chatgate.py checks this, line by line, on generated and hostile inputs).
  *
  * A line that passes is reported by the tuple of its top-level keys (its "shape"):
  * `resolve(keys)` is called once per new shape and returns 0 (clean: counted here),
@@ -52,7 +52,7 @@ static unsigned char content_stop[256];
 #define STR_VISIBLE 2 /* the decoded string has a character that is not whitespace */
 
 /* str.isspace() for one code point (Python 3.11's definition: bidi WS, B, S or Zs);
-   tests/test_chatscan.py compares it with str.isspace over every code point */
+   tests/test_chatgate.py compares it with str.isspace over every code point */
 static int is_space_cp(unsigned int c)
 {
     if (c < 0x80)
@@ -756,9 +756,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_chatscan", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "chatgate", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__chatscan(void)
+PyMODINIT_FUNC PyInit_chatgate(void)
 {
     for (int i = 0; i < 256; i++) {
         int stop = i == '"' || i == '\\' || i < 0x20 || i >= 0x80;
