@@ -306,3 +306,74 @@ def test_auto_does_not_take_a_preference_record_for_chat():
     result = Validator("auto").check(raw)
     assert result.kind == "preference" and not result.ok
     assert Validator("chat").check(raw).ok  # --kind chat: checked as chat, chosen unknown
+
+
+# ---------------------------------------------------------------- memory safety
+
+GUARDED = r'''
+import ctypes, mmap, random, sys
+sys.path.insert(0, sys.argv[1])
+from test_chatgate import HOSTILE_OBJECTS, mutations, serializations
+from shardkit.records import chatgate
+
+libc = ctypes.CDLL(None, use_errno=True)
+PAGE = mmap.PAGESIZE
+# a readable region, then a page no one may touch: a line ending right before it makes any
+# read past the end of the buffer a SIGSEGV (a Python bytes object would hide a 1-byte one)
+size = 64 * PAGE
+region = mmap.mmap(-1, size + PAGE)
+anchor = ctypes.c_char.from_buffer(region)
+assert libc.mprotect(ctypes.c_void_p(ctypes.addressof(anchor) + size), PAGE, 0) == 0
+view = memoryview(region)
+rng = random.Random(5)
+n = 0
+for obj in HOSTILE_OBJECTS:
+    for raw in serializations(obj):
+        for case in [raw, *mutations(raw, rng, 30)]:
+            for data in (case, case + b"\n"):
+                if len(data) > size:
+                    continue
+                start = size - len(data)
+                view[start:size] = data
+                chatgate.scan_chat(view[start:size], 1 << 30, lambda keys: 1)
+                chatgate.fine_string(view[start:size])
+                n += 1
+# every prefix of lines dense in escapes, UTF-8, placeholders and numbers: a cut at each byte
+Q = b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":'
+tricky = [  # each trap behind a clean first message, so the scan reaches it at every cut
+    Q + b'"x{y {\\"a\\" <b <ima \\u3000\\ud83d\\ude00 \xe4\xbd\xa0\xf0\x9f\xa4\x96 {"}]}',
+    Q + b'"<imag\\u0065> {\\u007b"}]}',
+    Q + b'[{"type":"text","text":"\xc3\xa9 {x <i"}],"weight":-12.5,"name":"n","loss_weight":0}]}',
+    Q + b'"a"}],"meta":{"a":[true,false,null,-0.25,123456789012345678901,"\\u00e9\\n"]},"id":"x"}',
+]
+for line in tricky:
+    for cut in range(len(line) + 1):
+        for data in (line[:cut], line[:cut] + b"\n"):
+            start = size - len(data)
+            view[start:size] = data
+            chatgate.scan_chat(view[start:size], 1 << 30, lambda keys: 1)
+            n += 1
+# scan_chat reads only whole lines, whose newline stops every look-ahead; the string
+# scanner itself must stop at the end of its buffer: every prefix of tricky tokens
+tokens = [
+    b'"x{y {\\"a\\" <b <ima \\u3000\\ud83d\\ude00 \xe4\xbd\xa0\xf0\x9f\xa4\x96 {"',
+    b'"<imag\\u0065> {\\u007b <\\n {\\n \\/\\b\\f\\r\\t\\\\ \\uD83D\\uDE00 \xc3\xa9\xe2\x80\xa8"',
+]
+for token in tokens:
+    for cut in range(len(token) + 1):
+        view[size - cut:size] = token[:cut]
+        chatgate.fine_string(view[size - cut:size])
+        n += 1
+print(n)
+'''
+
+
+def test_c_gate_never_reads_past_the_buffer(tmp_path: Path):
+    """Every hostile case placed to end exactly at a PROT_NONE page: an over-read of even
+    one byte kills the child with SIGSEGV. (An ASan/UBSan build passed 100k such cases too;
+    see docs/ARCHITECTURE.md.)"""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", GUARDED, str(Path(__file__).parent)], capture_output=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr.decode()[-2000:])
+    assert int(r.stdout) > 10_000
