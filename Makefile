@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 DEMO   := fixtures/generated
 
-.PHONY: venv test lint demo bench bench-quick torture clean
+.PHONY: venv test lint demo bench bench-quick torture fuzz-c clean
 
 venv: $(STAMP)
 
@@ -71,6 +71,16 @@ torture: venv
 	SHARDKIT_TORTURE_REPORT=build/torture-report.jsonl \
 	$(BIN)/python -m pytest tests/reliability -q -p no:cacheprovider; status=$$?; \
 	$(BIN)/python tests/reliability/torture.py build/torture-report.jsonl; exit $$status
+
+# The C chat gate under AddressSanitizer + UBSan, fed the hostile corpus (about a minute).
+ASAN_SO := build/asan/chatgate$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+fuzz-c: venv
+	@mkdir -p build/asan
+	$(CC) -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+		$$($(BIN)/python -c "import sysconfig; print('-I' + sysconfig.get_paths()['include'])") \
+		shardkit/records/chatgate.c -o $(ASAN_SO)
+	PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+		$(BIN)/python tests/fuzz/chatgate_asan.py $(ASAN_SO) 1 20
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/data .pytest_cache .ruff_cache build *.egg-info
