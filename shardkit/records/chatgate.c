@@ -294,86 +294,6 @@ static int skip_literal(Cur *c, const char *word, size_t n)
     return 0;
 }
 
-static int skip_value(Cur *c, int depth)
-{
-    ptr s, e;
-    if (c->p >= c->end)
-        return -1;
-    switch (*c->p) {
-    case '"':
-        return scan_string(c, 0, &s, &e) < 0 ? -1 : 0;
-    case '{':
-        if (depth >= MAX_DEPTH)
-            return -1;
-        c->p++;
-        skip_ws(c);
-        if (c->p < c->end && *c->p == '}') {
-            c->p++;
-            return 0;
-        }
-        for (;;) {
-            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) < 0)
-                return -1;
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':')
-                return -1;
-            c->p++;
-            skip_ws(c);
-            if (skip_value(c, depth + 1) < 0)
-                return -1;
-            skip_ws(c);
-            if (c->p >= c->end)
-                return -1;
-            if (*c->p == ',') {
-                c->p++;
-                skip_ws(c);
-                continue;
-            }
-            if (*c->p == '}') {
-                c->p++;
-                return 0;
-            }
-            return -1;
-        }
-    case '[':
-        if (depth >= MAX_DEPTH)
-            return -1;
-        c->p++;
-        skip_ws(c);
-        if (c->p < c->end && *c->p == ']') {
-            c->p++;
-            return 0;
-        }
-        for (;;) {
-            if (skip_value(c, depth + 1) < 0)
-                return -1;
-            skip_ws(c);
-            if (c->p >= c->end)
-                return -1;
-            if (*c->p == ',') {
-                c->p++;
-                skip_ws(c);
-                continue;
-            }
-            if (*c->p == ']') {
-                c->p++;
-                return 0;
-            }
-            return -1;
-        }
-    case 't':
-        return skip_literal(c, "true", 4);
-    case 'f':
-        return skip_literal(c, "false", 5);
-    case 'n':
-        return skip_literal(c, "null", 4);
-    default:
-        return skip_number(c);
-    }
-}
-
-#define KEY_IS(s, e, lit) ((size_t)((e) - (s)) == sizeof(lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
-
 /* expect ':' between a key and its value */
 static int colon(Cur *c)
 {
@@ -403,6 +323,79 @@ static int next_member(Cur *c, unsigned char close)
     return -1;
 }
 
+/* step inside an object or array: its opening bracket, then whitespace */
+static int enter(Cur *c, unsigned char open)
+{
+    if (c->p >= c->end || *c->p != open)
+        return -1;
+    c->p++;
+    skip_ws(c);
+    return 0;
+}
+
+/* a string with no escape (a key, a role, a part type): its body in [*s, *e) */
+static int plain_string(Cur *c, ptr *s, ptr *e)
+{
+    return (c->p < c->end && *c->p == '"' && scan_string(c, 0, s, e) == 0) ? 0 : -1;
+}
+
+/* a key with no escape, and the colon after it */
+static int plain_key(Cur *c, ptr *s, ptr *e)
+{
+    return (plain_string(c, s, e) == 0 && colon(c) == 0) ? 0 : -1;
+}
+
+/* after an object member's value: mark its key (a repeated key is -1: orjson would keep
+   the last value, Python decides), then next_member */
+static int end_member(Cur *c, unsigned int *seen, unsigned int bit)
+{
+    if (*seen & bit)
+        return -1;
+    *seen |= bit;
+    return next_member(c, '}');
+}
+
+static int skip_value(Cur *c, int depth)
+{
+    ptr s, e;
+    int more;
+    if (c->p >= c->end)
+        return -1;
+    switch (*c->p) {
+    case '"':
+        return scan_string(c, 0, &s, &e) < 0 ? -1 : 0;
+    case '{':
+    case '[': {
+        unsigned char close = *c->p == '{' ? '}' : ']';
+        if (depth >= MAX_DEPTH)
+            return -1;
+        c->p++;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == close) {
+            c->p++;
+            return 0;
+        }
+        do {
+            if (close == '}' && (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) < 0 || colon(c) < 0))  /* escapes allowed */
+                return -1;
+            if (skip_value(c, depth + 1) < 0)
+                return -1;
+        } while ((more = next_member(c, close)) > 0);
+        return more;
+    }
+    case 't':
+        return skip_literal(c, "true", 4);
+    case 'f':
+        return skip_literal(c, "false", 5);
+    case 'n':
+        return skip_literal(c, "null", 4);
+    default:
+        return skip_number(c);
+    }
+}
+
+#define KEY_IS(s, e, lit) ((size_t)((e) - (s)) == sizeof(lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
+
 /* a fine text: a string, not blank, with no placeholder */
 static int fine_text(Cur *c)
 {
@@ -418,17 +411,15 @@ static int check_part(Cur *c)
 {
     ptr s, e;
     unsigned int seen = 0, bit;
-    if (c->p >= c->end || *c->p != '{')
+    if (enter(c, '{') < 0)
         return -1;
-    c->p++;
-    skip_ws(c);
     for (;;) {
-        if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) != 0 || colon(c) < 0)
+        if (plain_key(c, &s, &e) < 0)
             return -1;
         if (KEY_IS(s, e, "type")) {
             ptr vs, ve;
             bit = 1;
-            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) != 0 || !KEY_IS(vs, ve, "text"))
+            if (plain_string(c, &vs, &ve) < 0 || !KEY_IS(vs, ve, "text"))
                 return -1;
         } else if (KEY_IS(s, e, "text")) {
             bit = 2;
@@ -437,10 +428,7 @@ static int check_part(Cur *c)
         } else {
             return -1;
         }
-        if (seen & bit)
-            return -1;
-        seen |= bit;
-        int more = next_member(c, '}');
+        int more = end_member(c, &seen, bit);
         if (more < 0)
             return -1;
         if (!more)
@@ -455,10 +443,8 @@ static int check_content(Cur *c)
         return -1;
     if (*c->p == '"')
         return fine_text(c);
-    if (*c->p != '[')
+    if (enter(c, '[') < 0)
         return -1;
-    c->p++;
-    skip_ws(c);
     if (c->p < c->end && *c->p == ']')
         return -1; /* no parts */
     for (;;) {
@@ -489,17 +475,15 @@ static int check_message(Cur *c)
     ptr s, e;
     unsigned int seen = 0, bit;
     int role = 0;
-    if (c->p >= c->end || *c->p != '{')
+    if (enter(c, '{') < 0)
         return -1;
-    c->p++;
-    skip_ws(c);
     for (;;) {
-        if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &s, &e) != 0 || colon(c) < 0)
+        if (plain_key(c, &s, &e) < 0)
             return -1;
         if (KEY_IS(s, e, "role")) {
             ptr vs, ve;
             bit = 1;
-            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) != 0)
+            if (plain_string(c, &vs, &ve) < 0)
                 return -1;
             if (KEY_IS(vs, ve, "user"))
                 role = ROLE_USER;
@@ -529,10 +513,7 @@ static int check_message(Cur *c)
         } else {
             return -1;
         }
-        if (seen & bit)
-            return -1; /* a repeated key: orjson keeps the last, Python decides */
-        seen |= bit;
-        int more = next_member(c, '}');
+        int more = end_member(c, &seen, bit);
         if (more < 0)
             return -1;
         if (!more)
@@ -544,10 +525,8 @@ static int check_message(Cur *c)
 static int check_messages(Cur *c)
 {
     int has_assistant = 0;
-    if (c->p >= c->end || *c->p != '[')
+    if (enter(c, '[') < 0)
         return -1;
-    c->p++;
-    skip_ws(c);
     for (Py_ssize_t i = 0;; i++) {
         int role = check_message(c);
         if (role < 0 || (role == ROLE_SYSTEM && i != 0))
@@ -577,12 +556,10 @@ static int check_line(ptr p, ptr end, Keys *keys)
     int has_messages = 0;
     keys->n = 0;
     skip_ws(&c);
-    if (c.p >= c.end || *c.p != '{')
+    if (enter(&c, '{') < 0)
         return -1;
-    c.p++;
-    skip_ws(&c);
     for (;;) {
-        if (c.p >= c.end || *c.p != '"' || scan_string(&c, 0, &s, &e) != 0 || colon(&c) < 0)
+        if (plain_key(&c, &s, &e) < 0)
             return -1;
         if (keys->n == MAX_KEYS)
             return -1;
