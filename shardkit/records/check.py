@@ -372,12 +372,14 @@ class RangeVerdict(NamedTuple):
 def _every_line(data: bytes) -> tuple[int, list[tuple[int, int, int, int]]]:
     """(lines, events) as the compiled gate gives them, every line to be checked here."""
     events = []
-    pos = 0
-    for index, raw in enumerate(data.split(b"\n")[:-1]):
-        end = pos + len(raw) + 1
-        events.append((index, pos, end, -1))
-        pos = end
-    return len(events), events
+    append, find = events.append, data.find
+    pos = index = 0
+    nl = find(b"\n")
+    while nl >= 0:
+        append((index, pos, nl + 1, -1))
+        pos, index = nl + 1, index + 1
+        nl = find(b"\n", pos)
+    return index, events
 
 
 def _shape_code(validator: Validator, shared: list, keys: tuple[str, ...]) -> int:
