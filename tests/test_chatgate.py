@@ -105,6 +105,8 @@ def serializations(obj) -> list[bytes]:
 def test_is_space_is_str_isspace_for_every_code_point():
     wrong = [cp for cp in range(0x110000) if chatgate.is_space(cp) != chr(cp).isspace()]
     assert wrong == []
+    with pytest.raises(ValueError):
+        chatgate.is_space(0x110000 + 0x20)
 
 
 TEXTS = [

@@ -23,7 +23,8 @@
  * `resolve(keys)` is called once per new shape and returns 0 (clean: counted here),
  * a positive code (returned in an event), or -1 (slow). Events, in line order, are
  * (line index, start, end, code): code -1 for a slow line, else resolve's code; start
- * and end are the line's bytes [start, end), newline included.
+ * and end are the line's bytes [start, end), newline included. `data` must not change
+ * during the call (check_lines passes bytes).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -672,8 +673,11 @@ static PyObject *scan_chat(PyObject *self, PyObject *args)
     }
     PyObject *events = PyList_New(0);
     Shape *shapes = PyMem_Malloc(sizeof(Shape) * MAX_SHAPES);
-    if (!events || !shapes)
+    if (!events || !shapes) {
+        if (!shapes)
+            PyErr_NoMemory();
         goto fail;
+    }
     int nshapes = 0;
     ptr base = (ptr)buf.buf, end = base + buf.len, p = base;
     Py_ssize_t clean = 0, index = 0;
@@ -722,6 +726,10 @@ static PyObject *is_space(PyObject *self, PyObject *arg)
     unsigned long cp = PyLong_AsUnsignedLong(arg);
     if (cp == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
+    if (cp > 0x10FFFF) {
+        PyErr_SetString(PyExc_ValueError, "not a code point (above 0x10FFFF)");
+        return NULL;
+    }
     return PyBool_FromLong(is_space_cp((unsigned int)cp));
 }
 
