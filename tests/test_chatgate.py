@@ -14,6 +14,7 @@ import json
 import os
 import random
 import sys
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from test_validate import near_valid_records, records
 
 import shardkit.records.validate as validate_mod
-from shardkit.records.check import Checker, CheckOptions
+from shardkit.records.check import Checker, CheckOptions, _shape_code
 from shardkit.records.validate import Validator, _fine_text
 
 try:
@@ -39,39 +40,36 @@ from generate import iter_records  # noqa: E402
 
 
 def python_decision(v: Validator, raw: bytes):
-    """What check_lines' Python path does with one line: "clean", the shared result, or "slow"."""
+    """What check_lines' Python path does with one line: ("clean", kind), the shared
+    result, or "slow"."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return "slow"
     if type(obj) is not dict:
         return "slow"
-    if v.gate(obj) is not None:
-        return "clean"
+    kind = v.gate(obj)
+    if kind is not None:
+        return ("clean", kind)
     shared = v.gate_extra(obj)
     return "slow" if shared is None else shared
 
 
 def c_decision(v: Validator, raw: bytes):
+    """The same from the compiled gate, through check_lines' own resolver."""
     shared: list = []
-
-    def resolve(keys):
-        verdict = v.shape_verdict(keys)
-        if verdict is True:
-            return 0
-        if verdict is None:
-            return -1
-        shared.append(verdict)
-        return len(shared)
-
-    clean, lines, events = chatgate.scan_chat(raw + b"\n", 1 << 30, resolve)
+    zero_kind = "sharegpt" if v.kind == "sharegpt" else "chat"
+    clean, lines, events = v.raw_scanner()(raw + b"\n", 1 << 30, partial(_shape_code, v, shared, zero_kind))
     assert lines == 1
     if clean:
         assert events == []
-        return "clean"
+        return ("clean", zero_kind)
     [(index, start, end, code)] = events
     assert (index, start, end) == (0, 0, len(raw) + 1)
-    return "slow" if code == -1 else shared[code - 1]
+    if code == -1:
+        return "slow"
+    verdict = shared[code - 1]
+    return ("clean", verdict) if type(verdict) is str else verdict
 
 
 def assert_sound(v: Validator, raw: bytes) -> str:
@@ -81,10 +79,10 @@ def assert_sound(v: Validator, raw: bytes) -> str:
         return "slow"
     p = python_decision(v, raw)
     assert p is c or p == c, (raw[:300], c, p)
-    return "clean" if c == "clean" else "shared"
+    return "clean" if type(c) is tuple else "shared"
 
 
-KINDS = ("chat", "auto")
+KINDS = ("chat", "sharegpt", "auto")
 
 
 def serializations(obj) -> list[bytes]:
@@ -185,6 +183,28 @@ HOSTILE_OBJECTS = [
     *({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": t}]} for t in TEXTS),
 ]
 
+def _sg(**top):
+    return {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}], **top}
+
+
+HOSTILE_OBJECTS += [
+    _sg(), _sg(id="x"), _sg(system="s"), _sg(system=" "), _sg(system=""), _sg(system="{{x}}"), _sg(system="<image>"),
+    _sg(system=5), _sg(system=None), _sg(tools="[]"), _sg(tools=[]), _sg(tools={}), _sg(tools=1), _sg(images=["a"]),
+    _sg(meta={}), _sg(messages=[]), _sg(chosen="x"), _sg(system="s", tools="[]", id=3),
+    {"conversations": []}, {"conversations": {}}, {"conversations": "x"},
+    {"conversations": [{"from": "human", "value": "only a question"}]},
+    {"conversations": [{"from": "gpt", "value": "only an answer"}]},
+    {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "weight": 1}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]},
+    {"conversations": [{"value": "q"}, {"from": "gpt", "value": "a"}]},
+    {"conversations": [{"from": "human", "value": ["q"]}, {"from": "gpt", "value": "a"}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "GPT", "value": "a"}]},
+    *({"conversations": [{"from": "human", "value": t}, {"from": "gpt", "value": "a"}]} for t in TEXTS),
+    *({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": t}], "system": t} for t in TEXTS),
+]
+
 SPLICES = [
     b"{", b"}", b"[", b"]", b'"', b"\\", b":", b",", b" ", b"\t", b"\r", b"\x00", b"\x1f", b"\x7f",
     b"\xff", b"\xc0\x80", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x80\xa8", b"\xe3\x80\x80",
@@ -225,7 +245,8 @@ def test_c_gate_is_sound_on_a_hostile_corpus(kind):
         for raw in serializations(obj):
             for case in [raw, *mutations(raw, rng, 60)]:
                 decided[assert_sound(v, case)] += 1
-    assert decided["clean"] > 100 and decided["shared"] > 100 and decided["slow"] > 1000, decided
+    assert decided["clean"] > 100 and decided["slow"] > 1000, decided
+    assert decided["shared"] > 100 or kind == "sharegpt", decided  # ShareGPT has no extra-keys gate
 
 
 @pytest.mark.parametrize("depth", [1, 62, 63, 64, 65, 2000])
@@ -251,22 +272,39 @@ def users_lines(records: int, seed: int) -> list[bytes]:
     return [orjson.dumps(r) for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True)]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_users_data_stays_off_the_python_path(kind):
+def sharegpt_lines(records: int, seed: int) -> list[bytes]:
+    """The same records as LLaMA-Factory's ShareGPT: the system prompt as `system`, turns
+    from human and gpt (the 1% bad keep their unknown role), an id, no `meta`."""
+    out = []
+    for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True):
+        msgs = r["messages"]
+        rec = {"system": msgs.pop(0)["content"]} if msgs and msgs[0]["role"] == "system" else {}
+        rec["conversations"] = [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]} for m in msgs]
+        if "id" in r:
+            rec["id"] = r["id"]
+        out.append(orjson.dumps(rec))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [("chat", users_lines), ("auto", users_lines), ("sharegpt", sharegpt_lines), ("auto", sharegpt_lines)],
+)
+def test_users_data_stays_off_the_python_path(kind, shape):
     """Soundness alone would hold for a gate that passes nothing: on users-shaped records
-    (a `meta` object on each, non-ASCII text, code with escaped quotes, 1% bad) the C
-    gate must decide nearly all of them itself."""
+    (non-ASCII text, code with escaped quotes, 1% bad; chat ones with a `meta` object on
+    each) the C gate must decide nearly all of those of its kind itself."""
     v = Validator(kind)
     decided = {"clean": 0, "shared": 0, "slow": 0}
-    for raw in users_lines(3000, 5):
+    for raw in shape(3000, 5):
         decided[assert_sound(v, raw)] += 1
     assert decided["slow"] < 0.02 * 3000, decided
 
 
 def test_check_lines_same_verdict_with_and_without_the_c_gate(monkeypatch):
     rng = random.Random(7)
-    lines = users_lines(1500, 6)
-    lines += [m for raw in lines[:40] for m in mutations(raw, rng, 5)]
+    lines = users_lines(1500, 6) + sharegpt_lines(500, 7)
+    lines += [m for raw in lines[:40] + lines[-20:] for m in mutations(raw, rng, 5)]
     lines += [b"", b"   ", b"\r", orjson.dumps(_chat(chosen="x")), orjson.dumps(_chat(tools=[]))]
     rng.shuffle(lines)
     data = b"".join(line.replace(b"\n", b"") + b"\n" for line in lines) + b'{"partial'
@@ -337,7 +375,7 @@ for obj in HOSTILE_OBJECTS:
                     continue
                 start = size - len(data)
                 view[start:size] = data
-                chatgate.scan_chat(view[start:size], 1 << 30, lambda keys: 1)
+                chatgate.scan(view[start:size], 1 << 30, lambda keys: 1, 3)
                 chatgate.fine_string(view[start:size])
                 n += 1
 # every prefix of lines dense in escapes, UTF-8, placeholders and numbers: a cut at each byte
@@ -353,7 +391,7 @@ for line in tricky:
         for data in (line[:cut], line[:cut] + b"\n"):
             start = size - len(data)
             view[start:size] = data
-            chatgate.scan_chat(view[start:size], 1 << 30, lambda keys: 1)
+            chatgate.scan(view[start:size], 1 << 30, lambda keys: 1, 3)
             n += 1
 # scan_chat reads only whole lines, whose newline stops every look-ahead; the string
 # scanner itself must stop at the end of its buffer: every prefix of tricky tokens

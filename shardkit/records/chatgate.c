@@ -1,16 +1,21 @@
 /*
- * shardkit.records.chatgate: the chat gate over raw JSONL bytes, in one C pass.
+ * shardkit.records.chatgate: the chat and ShareGPT gates over raw JSONL bytes, in one C pass.
  *
- * scan_chat(data, max_line, resolve) -> (clean, lines, events)
+ * scan(data, max_line, resolve, kinds) -> (clean, lines, events)
  *
  * For every line of `data` (each ending in b"\n"; bytes after the last newline are
  * ignored) it decides, without building a Python object, whether the line is certainly
- * a clean chat record: valid JSON (as orjson reads it), top-level keys unique and with
- * no escapes, a non-empty `messages` array whose every message passes the same test as
- * validate.py's `_gate_chat_messages` (role user/assistant, system first only; content a
- * non-blank string with no "{{" and no "<image>", or a non-empty list of text parts;
- * extra keys only name (string), weight and loss_weight (numbers)), and at least one
- * assistant turn.
+ * a clean record of the kinds asked for (CHAT, SHAREGPT, or both for --kind auto): valid
+ * JSON (as orjson reads it), top-level keys unique and with no escapes, and
+ *   - chat: a non-empty `messages` array whose every message passes the same test as
+ *     validate.py's `_gate_chat_messages` (role user/assistant, system first only; content
+ *     a non-blank string with no "{{" and no "<image>", or a non-empty list of text parts;
+ *     extra keys only name (string), weight and loss_weight (numbers)), with at least one
+ *     assistant turn;
+ *   - ShareGPT: `_gate_sharegpt`'s test: turns of exactly {from: human|gpt, value: such a
+ *     text}, at least one gpt turn; `system` a string with no placeholder, `tools` a string
+ *     or a list.
+ * A key of a kind asked for must pass its test; other keys need only be valid JSON.
  *
  * This is a strict gate: anything it is not sure of (an escape that decodes to '{' or
  * '<', a \u escape right after '{' or within "<image>", an exponent, a number of 19
@@ -543,18 +548,98 @@ static int check_messages(Cur *c)
     return has_assistant ? 0 : -1;
 }
 
+/* one ShareGPT turn: {"from": "human" | "gpt", "value": fine text}, nothing else;
+   returns 1 for gpt, 0 for human, -1 otherwise */
+static int check_turn(Cur *c)
+{
+    ptr s, e, vs, ve;
+    unsigned int seen = 0, bit;
+    int gpt = 0;
+    if (enter(c, '{') < 0)
+        return -1;
+    for (;;) {
+        if (plain_key(c, &s, &e) < 0)
+            return -1;
+        if (KEY_IS(s, e, "from")) {
+            bit = 1;
+            if (plain_string(c, &vs, &ve) < 0)
+                return -1;
+            if (KEY_IS(vs, ve, "gpt"))
+                gpt = 1;
+            else if (!KEY_IS(vs, ve, "human"))
+                return -1; /* system turns and tool traffic: Python's to judge */
+        } else if (KEY_IS(s, e, "value")) {
+            bit = 2;
+            if (fine_text(c) < 0)
+                return -1;
+        } else {
+            return -1;
+        }
+        int more = end_member(c, &seen, bit);
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    return seen == 3 ? gpt : -1;
+}
+
+static int check_conversations(Cur *c)
+{
+    int has_gpt = 0;
+    if (enter(c, '[') < 0)
+        return -1;
+    for (;;) {
+        int gpt = check_turn(c);
+        if (gpt < 0)
+            return -1;
+        has_gpt |= gpt;
+        int more = next_member(c, ']');
+        if (more < 0)
+            return -1;
+        if (!more)
+            break;
+    }
+    return has_gpt ? 0 : -1;
+}
+
+/* the kinds a scan checks (a bit mask): chat `messages`, ShareGPT `conversations` */
+#define KIND_CHAT 1
+#define KIND_SHAREGPT 2
+
 typedef struct {
     int n;
     ptr s[MAX_KEYS];
     ptr e[MAX_KEYS];
 } Keys;
 
+/* the value of one top-level key, by the rules of the kinds checked */
+static int check_member(Cur *c, ptr s, ptr e, int kinds, int *found)
+{
+    ptr vs, ve;
+    if ((kinds & KIND_CHAT) && KEY_IS(s, e, "messages")) {
+        *found = 1;
+        return check_messages(c);
+    }
+    if (kinds & KIND_SHAREGPT) {
+        if (KEY_IS(s, e, "conversations")) {
+            *found = 1;
+            return check_conversations(c);
+        }
+        if (KEY_IS(s, e, "system")) /* a string with no placeholder (blank is fine) */
+            return (c->p < c->end && *c->p == '"' && scan_string(c, 1, &vs, &ve) >= 0) ? 0 : -1;
+        if (KEY_IS(s, e, "tools") && !(c->p < c->end && (*c->p == '"' || *c->p == '[')))
+            return -1; /* a string or a list */
+    }
+    return skip_value(c, 1);
+}
+
 /* one line: 0 when it passes (its top-level keys in `keys`), -1 otherwise */
-static int check_line(ptr p, ptr end, Keys *keys)
+static int check_line(ptr p, ptr end, Keys *keys, int kinds)
 {
     Cur c = {p, end};
     ptr s, e;
-    int has_messages = 0;
+    int found = 0;
     keys->n = 0;
     skip_ws(&c);
     if (enter(&c, '{') < 0)
@@ -570,13 +655,8 @@ static int check_line(ptr p, ptr end, Keys *keys)
         keys->s[keys->n] = s;
         keys->e[keys->n] = e;
         keys->n++;
-        if (KEY_IS(s, e, "messages")) {
-            has_messages = 1;
-            if (check_messages(&c) < 0)
-                return -1;
-        } else if (skip_value(&c, 1) < 0) {
+        if (check_member(&c, s, e, kinds, &found) < 0)
             return -1;
-        }
         int more = next_member(&c, '}');
         if (more < 0)
             return -1;
@@ -584,7 +664,7 @@ static int check_line(ptr p, ptr end, Keys *keys)
             break;
     }
     skip_ws(&c);
-    return (c.p == c.end && has_messages) ? 0 : -1;
+    return (c.p == c.end && found) ? 0 : -1;
 }
 
 typedef struct {
@@ -659,12 +739,13 @@ static int add_event(PyObject *events, Py_ssize_t index, Py_ssize_t start, Py_ss
     return rc;
 }
 
-static PyObject *scan_chat(PyObject *self, PyObject *args)
+static PyObject *scan(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
     Py_ssize_t max_line;
     PyObject *resolve;
-    if (!PyArg_ParseTuple(args, "y*nO:scan_chat", &buf, &max_line, &resolve))
+    int kinds;
+    if (!PyArg_ParseTuple(args, "y*nOi:scan", &buf, &max_line, &resolve, &kinds))
         return NULL;
     if (!PyCallable_Check(resolve)) {
         PyBuffer_Release(&buf);
@@ -687,7 +768,7 @@ static PyObject *scan_chat(PyObject *self, PyObject *args)
         if (!nl)
             break;
         long code = -1;
-        if (nl - p <= max_line && check_line(p, nl, &keys) == 0) {
+        if (nl - p <= max_line && check_line(p, nl, &keys, kinds) == 0) {
             code = shape_code(&keys, shapes, &nshapes, resolve);
             if (code == -2)
                 goto fail;
@@ -734,8 +815,8 @@ static PyObject *is_space(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef methods[] = {
-    {"scan_chat", scan_chat, METH_VARARGS,
-     "scan_chat(data, max_line, resolve) -> (clean, lines, events): the chat gate over raw lines."},
+    {"scan", scan, METH_VARARGS,
+     "scan(data, max_line, resolve, kinds) -> (clean, lines, events): the gate over raw lines."},
     {"fine_string", fine_string, METH_O, "fine_string(token) -> bool: the gate's text test (tests)."},
     {"is_space", is_space, METH_O, "is_space(code_point) -> bool: str.isspace for one code point (tests)."},
     {NULL, NULL, 0, NULL},
@@ -750,5 +831,11 @@ PyMODINIT_FUNC PyInit_chatgate(void)
         plain_stop[i] = (unsigned char)stop;
         content_stop[i] = (unsigned char)(stop || i == '{' || i == '<');
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddIntConstant(m, "CHAT", KIND_CHAT) < 0 ||
+              PyModule_AddIntConstant(m, "SHAREGPT", KIND_SHAREGPT) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -53,6 +53,7 @@ from shardkit.records.validate import (
 )
 
 _BLANK_FIRST = frozenset(b" \t\r\n\x0b\x0c")
+_KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 # Below this size a pool costs more (worker start-up, ~0.2 s) than it saves.
 POOL_MIN_BYTES = 32 * 1024 * 1024
 
@@ -181,6 +182,7 @@ class Checker:
             self.validator = Validator(options.kind, max_line_bytes=options.max_line_bytes)
         self.tokenizer = load_tokenizer(options.tokenizer) if options.tokenizer else None
         self.template = load_chat_template(options.tokenizer) if options.tokenizer and options.template else None
+        self._raw_useful = True  # the compiled gate decides most lines (else: skipped from then on)
 
     def check_lines(self, data: bytes, first_line: int, display: str) -> Verdict:
         """Check whole lines (each ending in b"\\n"; blank lines are reported, not checked).
@@ -203,18 +205,24 @@ class Checker:
         blank_first = _BLANK_FIRST
         # Lines as (index, start, end, code): code -1 is a line to check here, code k > 0 a
         # line the compiled gate passed whose result is shared[k - 1] (clean ones it counted).
-        scan = self.validator.raw_scanner() if gate is not None else None
+        scan = self.validator.raw_scanner() if gate is not None and self._raw_useful else None
         if scan is not None:
             shared: list[RecordResult] = []
-            n_clean, n_lines, events = scan(data, max_line, partial(_shape_code, self.validator, shared))
+            zero_kind = "sharegpt" if self.validator.kind == "sharegpt" else "chat"
+            n_clean, n_lines, events = scan(data, max_line, partial(_shape_code, self.validator, shared, zero_kind))
             if n_clean:
-                clean["chat"] = n_clean
+                clean[zero_kind] = n_clean
+            if n_lines >= 64 and 2 * sum(1 for event in events if event[3] < 0) > n_lines:
+                self._raw_useful = False  # mostly other kinds (alpaca under auto...): not worth a scan
         else:
             shared, n_lines, events = [], *_every_line(data)
         for index, pos, end, code in events:
             line = first_line + index
             if code > 0:
                 res = shared[code - 1]
+                if type(res) is str:  # a clean record of another kind than zero_kind's
+                    clean[res] = clean.get(res, 0) + 1
+                    continue
             else:
                 raw = data[pos : end - 1]
                 if gate is None or len(raw) > max_line:
@@ -252,8 +260,8 @@ class Checker:
                 continue
             seen[id(res)] = k + 1
             entries.append((line, pos, end, res))
-        for kind, n in clean.items():
-            report.add_clean(display, kind, n)
+        for kind in sorted(clean, key=_KIND_ORDER.get):  # one order, whichever path counted them
+            report.add_clean(display, kind, clean[kind])
         verdict = self._finish(report, entries, display, n_lines)
         for res, n in bulk.values():  # after the entries: their examples came first
             report.add_many(display, res, n)
@@ -382,14 +390,15 @@ def _every_line(data: bytes) -> tuple[int, list[tuple[int, int, int, int]]]:
     return index, events
 
 
-def _shape_code(validator: Validator, shared: list, keys: tuple[str, ...]) -> int:
-    """The compiled gate's question for a new set of top-level keys: 0 clean, -1 check the
-    record here, k > 0 for the shared result shared[k - 1]."""
+def _shape_code(validator: Validator, shared: list, zero_kind: str, keys: tuple[str, ...]) -> int:
+    """The compiled gate's question for a new set of top-level keys: 0 clean records of
+    `zero_kind` (the gate counts them), -1 check the record here, k > 0 for shared[k - 1]:
+    a shared result, or the kind of other clean records (auto: ShareGPT beside chat)."""
     verdict = validator.shape_verdict(keys)
-    if verdict is True:
-        return 0
-    if verdict is None or verdict is False:
+    if verdict is None:
         return -1
+    if verdict == zero_kind:
+        return 0
     shared.append(verdict)
     return len(shared)
 

@@ -774,6 +774,13 @@ def _gate_none(obj: dict) -> None:
     return None
 
 
+# the kinds the compiled gate checks, by --kind
+_RAW_KINDS = (
+    {"chat": chatgate.CHAT, "sharegpt": chatgate.SHAREGPT, "auto": chatgate.CHAT | chatgate.SHAREGPT}
+    if chatgate is not None
+    else {}
+)
+
 _GATES = {
     "chat": _gate_chat,
     "prompt-completion": _gate_prompt_completion,
@@ -1359,27 +1366,36 @@ class Validator:
                 self._extra[shape] = cached
         return cached
 
-    def shape_verdict(self, keys: tuple[str, ...]) -> RecordResult | bool | None:
-        """For a record whose `messages` pass the chat gate, known only by its top-level keys
-        (in order, no repeats): True when `gate` accepts it, the shared result `gate_extra`
-        gives, or None when it needs `check_decoded`. The compiled gate (`raw_scanner`) asks
-        this once per set of keys, instead of decoding every record."""
+    def shape_verdict(self, keys: tuple[str, ...]) -> RecordResult | str | None:
+        """For a record whose `messages` (or ShareGPT `conversations`) pass the compiled
+        gate, known only by its top-level keys (in order, no repeats): its kind when `gate`
+        accepts it, the shared result `gate_extra` gives, or None when it needs
+        `check_decoded`. The compiled gate (`raw_scanner`) asks this once per set of keys,
+        instead of decoding every record."""
         obj = dict.fromkeys(keys)
-        if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
+        if self._gate is _gate_none:
             return None
-        if self.kind == "auto" and detect_kind(obj) != "chat":
-            return None
-        if len(obj) == 1 or obj.keys() <= _FAST_CHAT_KEYS:
-            return True
-        return self._extra_result(obj)
+        kind = detect_kind(obj) if self.kind == "auto" else self.kind
+        if kind == "chat" and "messages" in obj:
+            if len(obj) == 1 or obj.keys() <= _FAST_CHAT_KEYS:
+                return "chat"
+            return self._extra_result(obj)
+        if kind == "sharegpt" and "conversations" in obj:
+            return "sharegpt" if len(obj) == 1 or obj.keys() <= _FAST_SHAREGPT_KEYS else None
+        return None
 
     def raw_scanner(self):
-        """The compiled chat gate over raw lines (`chatgate.scan_chat`), when it was built
-        and applies here (kind chat or auto, the default depth, no duplicate-key check);
+        """The compiled gate over raw lines (`chatgate.scan` for chat and ShareGPT records),
+        when it was built and applies here (kind chat, sharegpt or auto, the default depth,
+        no duplicate-key check): scan(data, max_line, resolve) -> (clean, lines, events);
         else None. See `shape_verdict`."""
-        if chatgate is None or self._gate is _gate_none or self.kind not in ("chat", "auto"):
+        if chatgate is None or self._gate is _gate_none:
             return None
-        return chatgate.scan_chat
+        kinds = _RAW_KINDS.get(self.kind)
+        if kinds is None:
+            return None
+        scan = chatgate.scan
+        return lambda data, max_line, resolve: scan(data, max_line, resolve, kinds)
 
     def check_decoded(self, raw: bytes, obj: object) -> RecordResult:
         """`check` for a line already decoded (`obj`): each record is parsed once."""

@@ -41,16 +41,16 @@ def main() -> int:
         for raw in base:
             for case in mutations(raw, rng, 10):
                 for data in (case, case + b"\n"):
-                    gate.scan_chat(bytearray(data), 1 << 30, lambda keys: 1)
+                    gate.scan(bytearray(data), 1 << 30, lambda keys: 1, 3)
                     n += 1
                 # the string scanner alone, on a string cut anywhere: it must stop at the
-                # buffer's end (scan_chat's lines end in a newline, which stops every look-ahead)
+                # buffer's end (scan's lines end in a newline, which stops every look-ahead)
                 at = rng.randrange(len(case) + 1)
                 token = b'"' + case[at : at + 17 + rng.randrange(64)]
                 gate.fine_string((ctypes.c_char * len(token)).from_buffer_copy(token))  # no NUL after it
                 n += 1
             junk = b"".join(rng.choice(SPLICES) for _ in range(rng.randrange(40))) + b"\n"
-            gate.scan_chat(bytearray(junk), 1 << 30, lambda keys: 1)
+            gate.scan(bytearray(junk), 1 << 30, lambda keys: 1, 3)
             n += 1
     print(f"chatgate under ASan+UBSan: {n:,} cases, no report")
     return 0
