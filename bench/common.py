@@ -32,6 +32,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 RESULTS = ROOT / "bench" / "results"
@@ -247,6 +249,26 @@ def doubled(src: Path) -> Path:
 
     key = json.loads(src.with_name(src.name + ".meta.json").read_text())["key"] + "x2"
     return _cached(src.with_name(src.stem + "-x2" + src.suffix), key, build)
+
+
+def sharegpt_of(src: Path) -> Path:
+    """Path of a cached ShareGPT copy of a chat file, as LLaMA-Factory writes it: the system
+    prompt as `system`, turns from human and gpt (unknown roles kept), the id, no `meta`."""
+
+    def build(tmp: Path) -> None:
+        with open(src, "rb") as f, open(tmp, "wb") as out:
+            for line in f:
+                r = orjson.loads(line)
+                msgs = r["messages"]
+                rec = {"system": msgs.pop(0)["content"]} if msgs and msgs[0]["role"] == "system" else {}
+                roles = {"user": "human", "assistant": "gpt"}
+                rec["conversations"] = [{"from": roles.get(m["role"], m["role"]), "value": m["content"]} for m in msgs]
+                if "id" in r:
+                    rec["id"] = r["id"]
+                out.write(orjson.dumps(rec) + b"\n")
+
+    key = json.loads(src.with_name(src.name + ".meta.json").read_text())["key"] + "sharegpt"
+    return _cached(src.with_name("sharegpt-" + src.name), key, build)
 
 
 def _first_line(argv: Sequence[str]) -> str | None:

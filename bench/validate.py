@@ -12,6 +12,7 @@ Contenders, run alternately (the order rotates each round), after an untimed war
   (o)  python -c 'for line in f: orjson.loads(line)'       the bare decode loop
   (v2) (v) on the doubled input, to show memory does not grow with input size
   (p), (p1), (po): (v), (v1), (o) on the plain generator's data
+  (g), (g1), (go): (v), (v1), (o) with --kind sharegpt on the users' records as ShareGPT
 
 Memory is the peak of the summed PSS of the whole process tree (parent + workers), sampled
 every 20 ms, or the peak RSS of the largest process if that is higher.
@@ -28,7 +29,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ROOT, dataset, doubled, fmt_table, measure, median, warm, write_result
+from common import (
+    ROOT,
+    dataset,
+    doubled,
+    fmt_table,
+    measure,
+    median,
+    sharegpt_of,
+    warm,
+    write_result,
+)
 
 RECORDS, QUICK_RECORDS, SEED = 100_000, 10_000, 1
 TARGETS = {"time_ratio_max": 0.8, "time_ratio_1job_max": 1.2, "memory_mb_max": 128.0}  # issue 19
@@ -42,11 +53,13 @@ class Contender:
     argv: list[str]
     doubled: bool = False
     users: bool = True
+    sharegpt: bool = False
 
 
 def contenders(shardkit: str, python: str) -> list[Contender]:
     sk = [shardkit, "validate", "{IN}", "--kind", "chat", "--quiet", "--max-reject-ratio", "0.05"]
     loop = [python, "-c", BARE, "{IN}"]
+    sg = [shardkit, "validate", "{IN}", "--kind", "sharegpt", "--quiet", "--max-reject-ratio", "0.05"]
     return [
         Contender("shardkit", "(v) shardkit validate", sk),
         Contender("shardkit_1job", "(v1) shardkit validate -j 1", [*sk, "--jobs", "1"]),
@@ -55,6 +68,9 @@ def contenders(shardkit: str, python: str) -> list[Contender]:
         Contender("plain_shardkit", "(p) validate, plain data", sk, users=False),
         Contender("plain_shardkit_1job", "(p1) validate -j 1, plain data", [*sk, "--jobs", "1"], users=False),
         Contender("plain_orjson_loop", "(po) orjson loop, plain data", loop, users=False),
+        Contender("sharegpt_shardkit", "(g) validate --kind sharegpt", sg, sharegpt=True),
+        Contender("sharegpt_shardkit_1job", "(g1) validate --kind sharegpt -j 1", [*sg, "--jobs", "1"], sharegpt=True),
+        Contender("sharegpt_orjson_loop", "(go) orjson loop, ShareGPT data", loop, sharegpt=True),
     ]
 
 
@@ -71,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
     records = QUICK_RECORDS if args.quick else RECORDS
     single = dataset(records, SEED, users=True)
-    inputs = {(True, False): single, (True, True): doubled(single), (False, False): dataset(records, SEED)}
+    inputs = {(True, False, False): single, (True, True, False): doubled(single),
+              (False, False, False): dataset(records, SEED), (True, False, True): sharegpt_of(single)}
     cs = contenders(args.shardkit, args.python)
     runs: dict[str, list] = {c.key: [] for c in cs}
     for r in range(args.runs):
         for c in cs[r % len(cs) :] + cs[: r % len(cs)]:
-            src = inputs[c.users, c.doubled]
+            src = inputs[c.users, c.doubled, c.sharegpt]
             warm(src)
             m = measure([str(src) if a == "{IN}" else a for a in c.argv], tree=True)
             runs[c.key].append({**m.raw(), "memory_mb": round(m.memory_mb, 2)})
@@ -89,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
     rows = [
         [c.label, f"{med[c.key]:.3f}", f"{min(x['elapsed_s'] for x in runs[c.key]):.3f}", f"{mem[c.key]:.1f}",
-         f"{med[c.key] / med['orjson_loop' if c.users else 'plain_orjson_loop']:.2f}"]
+         f"{med[c.key] / med['sharegpt_orjson_loop' if c.sharegpt else 'orjson_loop' if c.users else 'plain_orjson_loop']:.2f}"]
         for c in cs
     ]
     print(fmt_table(["contender", "median s", "min s", "peak memory MB", "/ (o)"], rows))
@@ -99,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "shardkit_1job_over_orjson_loop": round(med["shardkit_1job"] / med["orjson_loop"], 3),
         "plain_shardkit_over_orjson_loop": round(med["plain_shardkit"] / med["plain_orjson_loop"], 3),
         "plain_shardkit_1job_over_orjson_loop": round(med["plain_shardkit_1job"] / med["plain_orjson_loop"], 3),
+        "sharegpt_shardkit_over_orjson_loop": round(med["sharegpt_shardkit"] / med["sharegpt_orjson_loop"], 3),
+        "sharegpt_shardkit_1job_over_orjson_loop": round(med["sharegpt_shardkit_1job"] / med["sharegpt_orjson_loop"], 3),
         "shardkit_memory_mb": round(mem["shardkit"], 2),
         "doubled_memory_ratio": round(mem["shardkit_doubled"] / mem["shardkit"], 3),
     }
@@ -115,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             "params": {"records": records, "seed": SEED, "runs": args.runs, "shardkit": args.shardkit},
             "files": {
                 k: {"path": str(p.relative_to(ROOT)), "bytes": p.stat().st_size}
-                for k, p in (("users", single), ("users_doubled", inputs[True, True]),
-                             ("plain", inputs[False, False]))
+                for k, p in (("users", single), ("users_doubled", inputs[True, True, False]),
+                             ("plain", inputs[False, False, False]), ("sharegpt", inputs[True, False, True]))
             },
             "commands": {c.key: c.argv for c in cs},
             "runs": runs,
