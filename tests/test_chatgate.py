@@ -174,6 +174,7 @@ HOSTILE_OBJECTS = [
     {"messages": [{"role": "user", "content": []}, {"role": "assistant", "content": "a"}]},
     {"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "a"}]},
     {"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "a"}]},
+    {"messages": [{"role": "user", "content": [{"text": "q"}]}, {"role": "assistant", "content": "a"}]},
     {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}, {"role": "assistant", "content": "a"}]},
     {"messages": [{"role": "user", "content": [{"type": "text", "text": "q", "x": 1}]}, {"role": "assistant", "content": "a"}]},
     {"messages": [{"role": "user", "content": [{"text": "q", "type": "text"}, {"type": "text", "text": "<image>"}]}, {"role": "assistant", "content": "a"}]},

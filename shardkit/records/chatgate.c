@@ -412,35 +412,40 @@ static int fine_text(Cur *c)
     return (f >= 0 && (f & STR_VISIBLE)) ? 0 : -1;
 }
 
-/* {"type": "text", "text": fine text}, nothing else */
-static int check_part(Cur *c)
+/* the members of an object whose keys have no escape: `member` reads each value and
+   returns its key's bit (-1: not a key it takes, or a bad value); a repeated key is -1.
+   Returns the bits of the keys seen, or -1. */
+typedef int (*MemberFn)(Cur *c, ptr key, ptr key_end, void *state);
+
+static int each_member(Cur *c, MemberFn member, void *state)
 {
     ptr s, e;
-    unsigned int seen = 0, bit;
+    unsigned int seen = 0;
     if (enter(c, '{') < 0)
         return -1;
     for (;;) {
-        if (plain_key(c, &s, &e) < 0)
-            return -1;
-        if (KEY_IS(s, e, "type")) {
-            ptr vs, ve;
-            bit = 1;
-            if (plain_string(c, &vs, &ve) < 0 || !KEY_IS(vs, ve, "text"))
-                return -1;
-        } else if (KEY_IS(s, e, "text")) {
-            bit = 2;
-            if (fine_text(c) < 0)
-                return -1;
-        } else {
-            return -1;
-        }
-        int more = end_member(c, &seen, bit);
-        if (more < 0)
-            return -1;
-        if (!more)
-            break;
+        int bit = plain_key(c, &s, &e) < 0 ? -1 : member(c, s, e, state);
+        int more = bit < 0 ? -1 : end_member(c, &seen, (unsigned int)bit);
+        if (more <= 0)
+            return more < 0 ? -1 : (int)seen;
     }
-    return seen == 3 ? 0 : -1;
+}
+
+/* a text part: {"type": "text", "text": fine text}, nothing else */
+static int part_member(Cur *c, ptr s, ptr e, void *state)
+{
+    ptr vs, ve;
+    (void)state;
+    if (KEY_IS(s, e, "type"))
+        return (plain_string(c, &vs, &ve) == 0 && KEY_IS(vs, ve, "text")) ? 1 : -1;
+    if (KEY_IS(s, e, "text"))
+        return fine_text(c) == 0 ? 2 : -1;
+    return -1;
+}
+
+static int check_part(Cur *c)
+{
+    return each_member(c, part_member, NULL) == 3 ? 0 : -1;
 }
 
 static int check_content(Cur *c)
@@ -475,57 +480,36 @@ static int number_value(Cur *c)
 #define ROLE_ASSISTANT 2
 #define ROLE_SYSTEM 3
 
+/* a message: role and content, maybe name (a string), weight and loss_weight (numbers) */
+static int message_member(Cur *c, ptr s, ptr e, void *state)
+{
+    ptr vs, ve;
+    int *role = state;
+    if (KEY_IS(s, e, "role")) {
+        if (plain_string(c, &vs, &ve) < 0)
+            return -1;
+        *role = KEY_IS(vs, ve, "user") ? ROLE_USER
+              : KEY_IS(vs, ve, "assistant") ? ROLE_ASSISTANT
+              : KEY_IS(vs, ve, "system") ? ROLE_SYSTEM : 0;
+        return *role ? 1 : -1;
+    }
+    if (KEY_IS(s, e, "content"))
+        return check_content(c) == 0 ? 2 : -1;
+    if (KEY_IS(s, e, "name")) /* any string, escapes too */
+        return (c->p < c->end && *c->p == '"' && scan_string(c, 0, &vs, &ve) >= 0) ? 4 : -1;
+    if (KEY_IS(s, e, "weight"))
+        return number_value(c) == 0 ? 8 : -1;
+    if (KEY_IS(s, e, "loss_weight"))
+        return number_value(c) == 0 ? 16 : -1;
+    return -1;
+}
+
 /* one message: returns its role, or -1 */
 static int check_message(Cur *c)
 {
-    ptr s, e;
-    unsigned int seen = 0, bit;
     int role = 0;
-    if (enter(c, '{') < 0)
-        return -1;
-    for (;;) {
-        if (plain_key(c, &s, &e) < 0)
-            return -1;
-        if (KEY_IS(s, e, "role")) {
-            ptr vs, ve;
-            bit = 1;
-            if (plain_string(c, &vs, &ve) < 0)
-                return -1;
-            if (KEY_IS(vs, ve, "user"))
-                role = ROLE_USER;
-            else if (KEY_IS(vs, ve, "assistant"))
-                role = ROLE_ASSISTANT;
-            else if (KEY_IS(vs, ve, "system"))
-                role = ROLE_SYSTEM;
-            else
-                return -1;
-        } else if (KEY_IS(s, e, "content")) {
-            bit = 2;
-            if (check_content(c) < 0)
-                return -1;
-        } else if (KEY_IS(s, e, "name")) {
-            ptr vs, ve;
-            bit = 4;
-            if (c->p >= c->end || *c->p != '"' || scan_string(c, 0, &vs, &ve) < 0)
-                return -1;
-        } else if (KEY_IS(s, e, "weight")) {
-            bit = 8;
-            if (number_value(c) < 0)
-                return -1;
-        } else if (KEY_IS(s, e, "loss_weight")) {
-            bit = 16;
-            if (number_value(c) < 0)
-                return -1;
-        } else {
-            return -1;
-        }
-        int more = end_member(c, &seen, bit);
-        if (more < 0)
-            return -1;
-        if (!more)
-            break;
-    }
-    return (seen & 3) == 3 ? role : -1;
+    int seen = each_member(c, message_member, &role);
+    return (seen >= 0 && (seen & 3) == 3) ? role : -1;
 }
 
 static int check_messages(Cur *c)
@@ -548,40 +532,28 @@ static int check_messages(Cur *c)
     return has_assistant ? 0 : -1;
 }
 
-/* one ShareGPT turn: {"from": "human" | "gpt", "value": fine text}, nothing else;
-   returns 1 for gpt, 0 for human, -1 otherwise */
+/* a ShareGPT turn: {"from": "human" | "gpt", "value": fine text}, nothing else (system
+   turns and tool traffic are Python's to judge) */
+static int turn_member(Cur *c, ptr s, ptr e, void *state)
+{
+    ptr vs, ve;
+    int *gpt = state;
+    if (KEY_IS(s, e, "from")) {
+        if (plain_string(c, &vs, &ve) < 0)
+            return -1;
+        *gpt = KEY_IS(vs, ve, "gpt");
+        return (*gpt || KEY_IS(vs, ve, "human")) ? 1 : -1;
+    }
+    if (KEY_IS(s, e, "value"))
+        return fine_text(c) == 0 ? 2 : -1;
+    return -1;
+}
+
+/* one turn: 1 for gpt, 0 for human, -1 otherwise */
 static int check_turn(Cur *c)
 {
-    ptr s, e, vs, ve;
-    unsigned int seen = 0, bit;
     int gpt = 0;
-    if (enter(c, '{') < 0)
-        return -1;
-    for (;;) {
-        if (plain_key(c, &s, &e) < 0)
-            return -1;
-        if (KEY_IS(s, e, "from")) {
-            bit = 1;
-            if (plain_string(c, &vs, &ve) < 0)
-                return -1;
-            if (KEY_IS(vs, ve, "gpt"))
-                gpt = 1;
-            else if (!KEY_IS(vs, ve, "human"))
-                return -1; /* system turns and tool traffic: Python's to judge */
-        } else if (KEY_IS(s, e, "value")) {
-            bit = 2;
-            if (fine_text(c) < 0)
-                return -1;
-        } else {
-            return -1;
-        }
-        int more = end_member(c, &seen, bit);
-        if (more < 0)
-            return -1;
-        if (!more)
-            break;
-    }
-    return seen == 3 ? gpt : -1;
+    return each_member(c, turn_member, &gpt) == 3 ? gpt : -1;
 }
 
 static int check_conversations(Cur *c)
