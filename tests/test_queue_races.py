@@ -230,3 +230,48 @@ def test_complete_moves_the_claimed_record_not_a_losing_claimers_fresh_one(tmp_p
     assert q.load_item(claimed_id).state == "completed"
     os.unlink(q._item_path(loser.id))  # the loser cleans up after its failed rename
     assert doctor(Queue(q.root)).ok
+
+
+def test_doctor_does_not_adopt_a_file_that_moved_on_while_it_looked_for_its_record(tmp_path: Path) -> None:
+    """Seen once in the race test (2026-12-07): doctor listed failed/ just after a fail's
+    rename, before that fail saved its record (so the listing found no record of the file);
+    while doctor then looked for the record, the operator's retry moved the file on. doctor
+    adopted the file anyway: a second record, "says failed, but no such file". A file that
+    left (or whose record showed up) while its record was looked for is not record-less."""
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    q.claim("w").fail(reason="simulated")
+    item = q.entries(["failed"])[0].item
+    assert item is not None and item.state == "failed"
+    behind = q.load_item(item.id)
+    behind.state = "processing"  # as the record was between the fail's rename and its save
+    q.save_item(behind)
+
+    doc_q = Queue(q.root)
+    real_entries, real_record_of = doc_q.entries, doc_q.record_of
+
+    done = set()
+
+    def entries(states=STATES):
+        listed = real_entries(states)
+        if "save" not in done:
+            done.add("save")
+            fixed = q.load_item(item.id)
+            fixed.state = "failed"  # the fail's save lands right after doctor's listing
+            q.save_item(fixed)
+        return listed
+
+    def record_of(entry):
+        if entry.state == "failed" and entry.name == "a.jsonl" and "retry" not in done:
+            done.add("retry")
+            Queue(q.root).retry(all_failed=True)  # the operator's retry, meanwhile
+        return real_record_of(entry)
+
+    doc_q.entries = entries  # type: ignore[method-assign]
+    doc_q.record_of = record_of  # type: ignore[method-assign]
+    doctor(doc_q, repair=True)
+    assert done == {"save", "retry"}  # both races happened
+    assert not [e for e in journal(q) if e["op"] == "adopt"], journal(q)
+    assert [i.id for i in Queue(q.root).items() if i.name == "a.jsonl"] == [item.id]  # one record
+    assert states(q) == {"normal": ["a.jsonl"]}
+    assert doctor(Queue(q.root)).ok

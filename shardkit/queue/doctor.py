@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from shardkit.core.errors import ConflictError
 from shardkit.core.io import TMP_PREFIX
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
 from shardkit.queue.state import (
@@ -168,7 +169,10 @@ def _records(queue: Queue, repair: bool, add) -> None:
             continue  # moved on, or its mover saved its record after the listing
         f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
         if repair:
-            queue.adopt(e)
+            try:
+                queue.adopt(e)
+            except ConflictError:
+                continue  # it moved on (or its record showed up) meanwhile: it had a record after all
             f.repaired = True
         add(f)
 

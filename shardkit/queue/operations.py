@@ -74,7 +74,10 @@ class Operations:
             item = entry.item
             attempts = item.attempts if item else 1
             if item is None and not dry_run:
-                item = self.adopt(entry)
+                try:
+                    item = self.adopt(entry)
+                except ConflictError:
+                    continue  # moved on (or recorded) by another process meanwhile: not ours
                 item.attempts = attempts
             to = "dead" if attempts >= self.settings.max_attempts else (item.priority if item else "normal")
             try:

@@ -214,6 +214,21 @@ class Queue(Claims, Operations, Looking):
                 entry.item.state = entry.state
         return entry.item
 
+    def _still_recordless(self, entry: Entry, own: str) -> bool:
+        """After saving a record for a file that looked record-less: the file is still
+        there, and no other record names it (in that state, or one step behind it). A
+        listing that raced a mover can see a file whose record is a step behind; by the
+        time the record is looked for, the file may have moved on (a retry): adopting it
+        then gave the file a second record (the race test's "record says failed, but no
+        such file"). Checked after the save, so a mover that comes later finds ours."""
+        if not os.path.lexists(entry.path):
+            return False
+        for item in self.items():
+            if item.id != own and item.name == entry.name and item.state in STATE_DIRS and (
+                    item.state == entry.state or not os.path.lexists(self.path(item.state, item.name))):
+                return False
+        return True
+
     def _record_behind(self, entry: Entry, items: list[Item]) -> Item | None:
         """A record of this name whose file is not where it says: this file's record, one
         step behind its move (doctor's record_behind)."""
@@ -240,6 +255,11 @@ class Queue(Claims, Operations, Looking):
                     priority=entry.state if entry.state in PENDING else "normal")
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         self.save_item(item)
+        if entry.state != "inbox" and not self._still_recordless(entry, item.id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._item_path(item.id))
+            raise ConflictError(f"{entry.name}: moved on or recorded by another process while its record "
+                                "was looked for; nothing adopted")
         if journal:
             self.journal.append("adopt", id=item.id, name=item.name, to=entry.state)
         entry.item = item
