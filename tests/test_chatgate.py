@@ -411,7 +411,7 @@ print(n)
 
 def test_c_gate_never_reads_past_the_buffer(tmp_path: Path):
     """Every hostile case placed to end exactly at a PROT_NONE page: an over-read of even
-    one byte kills the child with SIGSEGV. (`make fuzz-c` runs an ASan+UBSan build on 400k
+    one byte kills the child with SIGSEGV. (`make fuzz-c` runs an ASan+UBSan build on 600k
     more cases.)"""
     import subprocess
 
