@@ -275,3 +275,83 @@ def test_doctor_does_not_adopt_a_file_that_moved_on_while_it_looked_for_its_reco
     assert [i.id for i in Queue(q.root).items() if i.name == "a.jsonl"] == [item.id]  # one record
     assert states(q) == {"normal": ["a.jsonl"]}
     assert doctor(Queue(q.root)).ok
+
+
+def _by_hand(q: Queue, state: str, name: str) -> Path:
+    p = q.path(state, name)
+    p.write_bytes(GOOD)
+    os.utime(p, (OLD, OLD))
+    return p
+
+
+def _records(q: Queue, name: str) -> list[str]:
+    return sorted(i.id for i in Queue(q.root).items() if i.name == name)
+
+
+def test_an_adopt_that_backs_off_keeps_a_record_a_claimer_took_from_it(tmp_path: Path) -> None:
+    """doctor saved a record for a file placed by hand, and before its check a claimer
+    listed the file, took that record, moved the file and saved it: doctor's check then
+    fails (the file left), and it must not delete what is now the claimer's record."""
+    q = make_queue(tmp_path)
+    _by_hand(q, "normal", "a.jsonl")
+    doc_q = Queue(q.root)
+    real_check = doc_q._still_recordless
+    got = {}
+
+    def check(entry, own):
+        got["claim"], got["own"] = Queue(q.root).claim("w"), own
+        return real_check(entry, own)
+
+    doc_q._still_recordless = check  # type: ignore[method-assign]
+    doctor(doc_q, repair=True)
+    claim = got["claim"]
+    assert claim is not None and claim.lease.id == got["own"]  # the claimer took doctor's record
+    assert _records(q, "a.jsonl") == [got["own"]]  # still there: one record
+    assert claim.complete().item.id == got["own"]
+    assert doctor(Queue(q.root)).ok
+
+
+def test_two_adopters_that_both_back_off_leave_the_file_reported(tmp_path: Path) -> None:
+    """Two processes adopting one record-less file each see the other's new record and both
+    back off: doctor --repair must not say all is well while the file has no record; its
+    next run adopts it."""
+    from shardkit.queue.model import Item
+
+    q = make_queue(tmp_path)
+    _by_hand(q, "failed", "a.jsonl")
+    doc_q, other = Queue(q.root), Queue(q.root)
+    real_check = doc_q._still_recordless
+
+    def check(entry, own):
+        rival = Item(id="f" * 32, name=entry.name, state=entry.state)
+        rival.history.append({"op": "adopt", "to": entry.state})
+        other.save_item(rival)  # the other adopter's save, then both checks
+        mine_ok = real_check(entry, own)
+        if not other._still_recordless(entry, rival.id):
+            os.unlink(other._item_path(rival.id))
+        return mine_ok
+
+    doc_q._still_recordless = check  # type: ignore[method-assign]
+    rep = doctor(doc_q, repair=True)
+    assert _records(q, "a.jsonl") == []
+    assert not rep.ok and [f.code for f in rep.problems] == ["file_without_record"]
+    assert doctor(Queue(q.root), repair=True).ok  # the next run adopts it
+    assert len(_records(q, "a.jsonl")) == 1 and doctor(Queue(q.root)).ok
+
+
+def test_retry_split_all_passes_over_a_fail_still_saving_its_record(tmp_path: Path) -> None:
+    """`retry --split N --all` stopped (exit 4) at a failed file whose fail had renamed it
+    but not yet saved its record; like `retry --all`, it now leaves that one to the next run."""
+    from shardkit.queue.ingest import resplit
+
+    q = make_queue(tmp_path)
+    pend(q, "a.jsonl")
+    pend(q, "b.jsonl")
+    q.claim("w").fail(reason="x")
+    q.claim("w").fail(reason="x")
+    a = q.find("failed/a.jsonl").item
+    a.state = "processing"  # a's fail is between its rename and its save
+    q.save_item(a)
+    routed = resplit(Queue(q.root), [], 1, all_failed=True)
+    assert [r.name for r in routed] == ["b.jsonl"]
+    assert "a.jsonl" in states(q)["failed"] and _records(q, "a.jsonl") == [a.id]

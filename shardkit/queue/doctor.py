@@ -171,9 +171,12 @@ def _records(queue: Queue, repair: bool, add) -> None:
         if repair:
             try:
                 queue.adopt(e)
+                f.repaired = True
             except ConflictError:
-                continue  # it moved on (or its record showed up) meanwhile: it had a record after all
-            f.repaired = True
+                # it moved on, or its record showed up meanwhile: fine. Still there with no
+                # record (another adopter backed off too): reported, the next run adopts it
+                if not os.path.lexists(e.path) or queue.record_of(e) is not None:
+                    continue
         add(f)
 
 

@@ -399,6 +399,13 @@ def resplit(queue: Queue, names: list[str], max_records: int, *, all_failed: boo
     out = []
     for entry in entries:
         _check_disk(queue, entry)
+        if entry.item is None and not dry_run:
+            try:
+                queue.adopt(entry, journal=False)  # its retry line names the id
+            except ConflictError:
+                if not all_failed:
+                    raise
+                continue  # --all: moved on, or its fail is still saving its record: not ours now
         out.append(_split_in(queue, entry, entry.priority, dry_run, records=entry.item.records if entry.item else None,
                              max_records=max_records, op="retry"))
     return out

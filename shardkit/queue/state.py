@@ -256,8 +256,11 @@ class Queue(Claims, Operations, Looking):
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         self.save_item(item)
         if entry.state != "inbox" and not self._still_recordless(entry, item.id):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._item_path(item.id))
+            mine = self.load_item(item.id)
+            if mine is not None and len(mine.history) == 1 and (mine.state, mine.name) == (entry.state, entry.name):
+                # still only our adopt: not a record a claimer picked up and saved meanwhile
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._item_path(item.id))
             raise ConflictError(f"{entry.name}: moved on or recorded by another process while its record "
                                 "was looked for; nothing adopted")
         if journal:
