@@ -355,3 +355,36 @@ def test_retry_split_all_passes_over_a_fail_still_saving_its_record(tmp_path: Pa
     routed = resplit(Queue(q.root), [], 1, all_failed=True)
     assert [r.name for r in routed] == ["b.jsonl"]
     assert "a.jsonl" in states(q)["failed"] and _records(q, "a.jsonl") == [a.id]
+
+
+def _before_first_save(q: Queue, action) -> list:
+    """Run `action` once, just before `q`'s next record save."""
+    real, done = q.save_item, []
+
+    def save_item(item):
+        if not done:
+            done.append(action())
+        return real(item)
+
+    q.save_item = save_item  # type: ignore[method-assign]
+    return done
+
+
+@pytest.mark.parametrize("mover", ["retry", "claim"])
+def test_a_mover_that_found_no_record_takes_the_one_doctor_just_gave(tmp_path: Path, mover: str) -> None:
+    """A file placed by hand: the mover looked for its record (none), and just before it
+    saved a fresh one, a whole `doctor --repair` adopted the file. The mover must then take
+    doctor's record, not add a second one."""
+    q = make_queue(tmp_path)
+    _by_hand(q, "failed" if mover == "retry" else "normal", "a.jsonl")
+    mq = Queue(q.root)
+    done = _before_first_save(mq, lambda: doctor(Queue(q.root), repair=True))
+    if mover == "retry":
+        mq.retry(all_failed=True)
+    else:
+        assert mq.claim("w") is not None
+    assert done
+    adopted = [e["id"] for e in journal(q) if e["op"] == "adopt"]
+    assert len(adopted) == 1 and _records(q, "a.jsonl") == adopted  # doctor's, and only it
+    assert [e["id"] for e in journal(q) if e["op"] == mover] == adopted
+    assert doctor(Queue(q.root)).ok

@@ -221,13 +221,22 @@ class Queue(Claims, Operations, Looking):
         time the record is looked for, the file may have moved on (a retry): adopting it
         then gave the file a second record (the race test's "record says failed, but no
         such file"). Checked after the save, so a mover that comes later finds ours."""
-        if not os.path.lexists(entry.path):
-            return False
-        for item in self.items():
-            if item.id != own and item.name == entry.name and item.state in STATE_DIRS and (
-                    item.state == entry.state or not os.path.lexists(self.path(item.state, item.name))):
-                return False
-        return True
+        return os.path.lexists(entry.path) and self._other_record(entry, own) is None
+
+    def _other_record(self, entry: Entry, own: str) -> Item | None:
+        """A record besides `own` that names this file: in its state, or one step behind."""
+        others = [item for item in self.items()
+                  if item.id != own and item.name == entry.name and item.state in STATE_DIRS and (
+                      item.state == entry.state or not os.path.lexists(self.path(item.state, item.name)))]
+        return min(others, key=settled_first) if others else None
+
+    def _drop_if_untouched(self, item: Item, state: str, name: str) -> None:
+        """Delete a record this process just made, unless another process has taken it up
+        and saved it since (more history, or another place)."""
+        mine = self.load_item(item.id)
+        if mine is not None and len(mine.history) == 1 and (mine.state, mine.name) == (state, name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._item_path(item.id))
 
     def _record_behind(self, entry: Entry, items: list[Item]) -> Item | None:
         """A record of this name whose file is not where it says: this file's record, one
@@ -256,11 +265,7 @@ class Queue(Claims, Operations, Looking):
         item.history.append({"ts": now_iso(), "op": "adopt", "to": entry.state})
         self.save_item(item)
         if entry.state != "inbox" and not self._still_recordless(entry, item.id):
-            mine = self.load_item(item.id)
-            if mine is not None and len(mine.history) == 1 and (mine.state, mine.name) == (entry.state, entry.name):
-                # still only our adopt: not a record a claimer picked up and saved meanwhile
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._item_path(item.id))
+            self._drop_if_untouched(item, entry.state, entry.name)  # a claimer may have taken it up
             raise ConflictError(f"{entry.name}: moved on or recorded by another process while its record "
                                 "was looked for; nothing adopted")
         if journal:
@@ -296,6 +301,12 @@ class Queue(Claims, Operations, Looking):
             item = entry.item or self.new_item(entry)
             item.state, item.name = to, new_name
             self.save_item(item)
+            other = self._other_record(entry, item.id)
+            if other is not None:
+                # adopted meanwhile by another process (doctor, requeue-stale) since this one
+                # looked: that record is the file's, ours would be a second one
+                self._drop_if_untouched(item, to, new_name)
+                entry.item, item, fresh = other, other, False
         else:
             item = entry.item
         if not target.parent.is_dir():  # e.g. dead/ or held/ in a layout made by hand
