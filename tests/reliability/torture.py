@@ -318,9 +318,15 @@ def crash_trials(w: Workload, base: Path, *, seed_salt: str) -> CrashReport:
     w.set_reference(ref)
     problems = w.check_recovered(ref)
     assert not problems, f"the uninterrupted reference run is already wrong: {problems}"
-    timing = base / "timing"
-    ref_seconds = run(w.prepare(timing), cwd=timing).seconds
-    shutil.rmtree(timing, ignore_errors=True)
+    # the fastest of three timing runs: one run slowed by a neighbour (a Ray runtime still
+    # shutting down after an earlier test) put most kill times past the end of the run
+    # (seen once: 45% of the kills landed, for 60% asked)
+    timings = []
+    for k in range(3):
+        timing = base / f"timing-{k}"
+        timings.append(run(w.prepare(timing), cwd=timing).seconds)
+        shutil.rmtree(timing, ignore_errors=True)
+    ref_seconds = min(timings)
 
     rng = random.Random(f"{SEED}-{seed_salt}")
     lo = startup_seconds() * 0.9
