@@ -256,16 +256,10 @@ def sharegpt_of(src: Path) -> Path:
     prompt as `system`, turns from human and gpt (unknown roles kept), the id, no `meta`."""
 
     def build(tmp: Path) -> None:
+        as_sharegpt = _load_generator().as_sharegpt
         with open(src, "rb") as f, open(tmp, "wb") as out:
             for line in f:
-                r = orjson.loads(line)
-                msgs = r["messages"]
-                rec = {"system": msgs.pop(0)["content"]} if msgs and msgs[0]["role"] == "system" else {}
-                roles = {"user": "human", "assistant": "gpt"}
-                rec["conversations"] = [{"from": roles.get(m["role"], m["role"]), "value": m["content"]} for m in msgs]
-                if "id" in r:
-                    rec["id"] = r["id"]
-                out.write(orjson.dumps(rec) + b"\n")
+                out.write(orjson.dumps(as_sharegpt(orjson.loads(line))) + b"\n")
 
     key = json.loads(src.with_name(src.name + ".meta.json").read_text())["key"] + "sharegpt"
     return _cached(src.with_name("sharegpt-" + src.name), key, build)

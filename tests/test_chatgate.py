@@ -36,7 +36,7 @@ except ImportError:
     pytest.skip("the C gate is not built (no compiler?): `pip install -e .` builds it", allow_module_level=True)
 
 sys.path.insert(0, str(FIXTURES))
-from generate import iter_records  # noqa: E402
+from generate import as_sharegpt, iter_records  # noqa: E402
 
 
 def python_decision(v: Validator, raw: bytes):
@@ -274,17 +274,8 @@ def users_lines(records: int, seed: int) -> list[bytes]:
 
 
 def sharegpt_lines(records: int, seed: int) -> list[bytes]:
-    """The same records as LLaMA-Factory's ShareGPT: the system prompt as `system`, turns
-    from human and gpt (the 1% bad keep their unknown role), an id, no `meta`."""
-    out = []
-    for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True):
-        msgs = r["messages"]
-        rec = {"system": msgs.pop(0)["content"]} if msgs and msgs[0]["role"] == "system" else {}
-        rec["conversations"] = [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]} for m in msgs]
-        if "id" in r:
-            rec["id"] = r["id"]
-        out.append(orjson.dumps(rec))
-    return out
+    """The same records as LLaMA-Factory's ShareGPT (the 1% bad keep their unknown role)."""
+    return [orjson.dumps(as_sharegpt(r)) for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True)]
 
 
 @pytest.mark.parametrize(

@@ -204,8 +204,7 @@ class Queue(Claims, Operations, Looking):
                 break
             time.sleep(delay)
             items = self.items()
-            same = [i for i in items if i.state == entry.state and i.name == entry.name]
-            entry.item = min(same, key=settled_first) if same else None
+            entry.item = self._record_at(entry, items)
             if entry.item is None and k >= 1 and self._record_behind(entry, items) is None:
                 break  # twice nothing of this name (a readdir racing a save is looked past once)
         if entry.item is None:  # after the wait: a record left behind by a mover that died
@@ -225,10 +224,14 @@ class Queue(Claims, Operations, Looking):
 
     def _other_record(self, entry: Entry, own: str) -> Item | None:
         """A record besides `own` that names this file: in its state, or one step behind."""
-        others = [item for item in self.items()
-                  if item.id != own and item.name == entry.name and item.state in STATE_DIRS and (
-                      item.state == entry.state or not os.path.lexists(self.path(item.state, item.name)))]
-        return min(others, key=settled_first) if others else None
+        items = [item for item in self.items() if item.id != own]
+        return self._record_at(entry, items) or self._record_behind(entry, items)
+
+    @staticmethod
+    def _record_at(entry: Entry, items: list[Item]) -> Item | None:
+        """The (most settled) record that puts a file of this name in this state."""
+        same = [i for i in items if i.state == entry.state and i.name == entry.name]
+        return min(same, key=settled_first) if same else None
 
     def _drop_if_untouched(self, item: Item, state: str, name: str) -> None:
         """Delete a record this process just made, unless another process has taken it up

@@ -212,10 +212,9 @@ class Checker:
             n_clean, n_lines, events = scan(data, max_line, partial(_shape_code, self.validator, shared, zero_kind))
             if n_clean:
                 clean[zero_kind] = n_clean
-            if n_lines >= 64 and 2 * sum(1 for event in events if event[3] < 0) > n_lines:
-                self._raw_useful = False  # mostly other kinds (alpaca under auto...): not worth a scan
         else:
             shared, n_lines, events = [], *_every_line(data)
+        n_python = 0  # lines checked here
         for index, pos, end, code in events:
             line = first_line + index
             if code > 0:
@@ -224,6 +223,7 @@ class Checker:
                     clean[res] = clean.get(res, 0) + 1
                     continue
             else:
+                n_python += 1
                 raw = data[pos : end - 1]
                 if gate is None or len(raw) > max_line:
                     res = None
@@ -260,6 +260,8 @@ class Checker:
                 continue
             seen[id(res)] = k + 1
             entries.append((line, pos, end, res))
+        if scan is not None and n_lines >= 64 and 2 * n_python > n_lines:
+            self._raw_useful = False  # mostly other kinds (alpaca under auto...): not worth a scan
         for kind in sorted(clean, key=_KIND_ORDER.get):  # one order, whichever path counted them
             report.add_clean(display, kind, clean[kind])
         verdict = self._finish(report, entries, display, n_lines)
