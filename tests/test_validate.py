@@ -1196,6 +1196,15 @@ def test_random_bytes_never_raise(raw):
     assert result.ok == (not any(i.severity == "error" for i in result.issues))
 
 
+@pytest.mark.parametrize("raw", [b"{\r", b"{\r\n", b"[\r", b'{"a":\r'])
+def test_a_line_cut_before_its_cr_is_invalid_json_not_a_validator_bug(raw):
+    """orjson's error position lies past the text once the CR is stripped (found by the
+    random-bytes property: an IndexError reported as internal_error)."""
+    result = Validator("auto").check(raw)
+    assert [i.code for i in result.issues] == ["invalid_json"], result.issues
+    assert "unexpected end of data" in result.issues[0].message
+
+
 json_scalars = (
     st.none()
     | st.booleans()

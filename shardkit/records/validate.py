@@ -330,7 +330,7 @@ def _nonfinite_at(text: str, exc: orjson.JSONDecodeError) -> tuple[int, str] | N
     if "infinity" in exc.msg.lower():
         number = _OVERFLOWING_NUMBER.match(text, pos)
         return (pos, number.group(0)) if number else None
-    if pos > 0 and text[pos - 1] in "+-":
+    if 0 < pos <= len(text) and text[pos - 1] in "+-":  # pos may lie past a stripped CR
         for literal in _NONFINITE[:3]:
             if text.startswith(literal, pos - 1):
                 return pos - 1, literal
