@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_validate import near_valid_records, records
 
 import shardkit.records.validate as validate_mod
-from shardkit.records.check import Checker, CheckOptions, _shape_code
+from shardkit.records.check import Checker, CheckOptions, _shape_code, zero_kind_of
 from shardkit.records.validate import Validator, _fine_text
 
 try:
@@ -36,7 +36,7 @@ except ImportError:
     pytest.skip("the C gate is not built (no compiler?): `pip install -e .` builds it", allow_module_level=True)
 
 sys.path.insert(0, str(FIXTURES))
-from generate import as_sharegpt, iter_records  # noqa: E402
+from generate import as_alpaca, as_sharegpt, iter_records  # noqa: E402
 
 
 def python_decision(v: Validator, raw: bytes):
@@ -58,7 +58,7 @@ def python_decision(v: Validator, raw: bytes):
 def c_decision(v: Validator, raw: bytes):
     """The same from the compiled gate, through check_lines' own resolver."""
     shared: list = []
-    zero_kind = "sharegpt" if v.kind == "sharegpt" else "chat"
+    zero_kind = zero_kind_of(v.kind)
     clean, lines, events = v.raw_scanner()(raw + b"\n", 1 << 30, partial(_shape_code, v, shared, zero_kind))
     assert lines == 1
     if clean:
@@ -82,7 +82,7 @@ def assert_sound(v: Validator, raw: bytes) -> str:
     return "clean" if type(c) is tuple else "shared"
 
 
-KINDS = ("chat", "sharegpt", "auto")
+KINDS = ("chat", "sharegpt", "alpaca", "prompt-completion", "text", "auto")
 
 
 def serializations(obj) -> list[bytes]:
@@ -206,6 +206,34 @@ HOSTILE_OBJECTS += [
     *({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": t}], "system": t} for t in TEXTS),
 ]
 
+def _alpaca(**top):
+    return {"instruction": "Sum 2 and 2.", "input": "", "output": "4", **top}
+
+
+HOSTILE_OBJECTS += [
+    _alpaca(), _alpaca(meta={"lang": "en", "n": [1, 2.5]}), _alpaca(id=3), _alpaca(system="s"), _alpaca(history=[]),
+    _alpaca(input=" "), _alpaca(input="{{x}}"), _alpaca(input=None), _alpaca(input=5), _alpaca(input=["a"]),
+    _alpaca(prompt="p"), _alpaca(text="t"), _alpaca(messages=[]), _alpaca(chosen="c"),
+    {"instruction": "x", "output": "y"}, {"output": "y", "instruction": "x", "source": "web"},
+    {"instruction": "x"}, {"output": "y"}, {"output": "y", "input": "z"}, {"instruction": 1, "output": "y"},
+    {"instruction": "x", "output": ["y"]}, {"instruction": "x", "output": None},
+    *({"instruction": t, "output": "y"} for t in TEXTS),
+    *({"instruction": "x", "output": t, "meta": 1} for t in TEXTS),
+    *({"instruction": "x", "input": t, "output": "y"} for t in TEXTS),
+    {"prompt": "2+2=", "completion": "4"}, {"prompt": "2+2=", "completion": "4", "meta": {"a": 1}},
+    {"prompt": "q", "completion": "a", "id": 1}, {"prompt": "q", "completion": "a", "metadata": {}},
+    {"prompt": "q"}, {"completion": "a"}, {"prompt": "q", "completion": "a", "label": True},
+    {"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": [{"role": "user", "content": "q"}], "completion": "a"},
+    {"prompt": "q", "completion": 4}, {"prompt": None, "completion": "a"},
+    *({"prompt": t, "completion": "a"} for t in TEXTS),
+    *({"prompt": "q", "completion": t, "source": "x"} for t in TEXTS),
+    {"text": "words"}, {"text": "words", "meta": {"url": "u"}, "url": "u", "source": 3, "title": None, "timestamp": 1},
+    {"text": "words", "lang": "en"}, {"text": "words", "messages": "x"}, {"text": 3}, {"text": None}, {"text": ["a"]},
+    {"text": "w", "instruction": "i"}, {"text": "w", "prompt": "p"},
+    *({"text": t} for t in TEXTS),
+    *({"text": t, "meta": None} for t in TEXTS),
+]
+
 SPLICES = [
     b"{", b"}", b"[", b"]", b'"', b"\\", b":", b",", b" ", b"\t", b"\r", b"\x00", b"\x1f", b"\x7f",
     b"\xff", b"\xc0\x80", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x80\xa8", b"\xe3\x80\x80",
@@ -229,11 +257,11 @@ def mutations(raw: bytes, rng: random.Random, n: int) -> list[bytes]:
         elif op == 3:  # delete a byte
             out.append(raw[:at] + raw[at + 1 :])
         elif op == 4:  # a repeated key, before or after the real one
-            key = rng.choice([b'"role":', b'"content":', b'"messages":', b'"type":', b'"text":'])
+            key = rng.choice([b'"role":', b'"content":', b'"messages":', b'"type":', b'"text":', b'"instruction":', b'"input":', b'"output":', b'"prompt":', b'"completion":'])
             value = rng.choice([b'"assistant",', b'"user",', b'"x",', b"[],", b"1,", b'[{"type":"text","text":"t"}],'])
             out.append(raw.replace(key, key[:-1] + b":" + value + key, 1) if rng.random() < 0.5 else raw.replace(key, key + value[:-1] + b"," + key, 1))
         else:  # a key spelled with an escape
-            out.append(raw.replace(rng.choice([b'"messages"', b'"role"', b'"content"', b'"user"', b'"assistant"']), rng.choice([b'"m\\u0065ssages"', b'"r\\u006fle"', b'"content\\u0000"', b'"us\\u0065r"', b'"assistan\\u0074"']), 1))
+            out.append(raw.replace(rng.choice([b'"messages"', b'"role"', b'"content"', b'"user"', b'"assistant"', b'"output"', b'"text"', b'"prompt"']), rng.choice([b'"m\\u0065ssages"', b'"r\\u006fle"', b'"content\\u0000"', b'"us\\u0065r"', b'"assistan\\u0074"', b'"outp\\u0075t"', b'"t\\u0065xt"', b'"promp\\u0074"']), 1))
     return out
 
 
@@ -247,7 +275,7 @@ def test_c_gate_is_sound_on_a_hostile_corpus(kind):
             for case in [raw, *mutations(raw, rng, 60)]:
                 decided[assert_sound(v, case)] += 1
     assert decided["clean"] > 100 and decided["slow"] > 1000, decided
-    assert decided["shared"] > 100 or kind == "sharegpt", decided  # ShareGPT has no extra-keys gate
+    assert decided["shared"] > 30, decided
 
 
 @pytest.mark.parametrize("depth", [1, 62, 63, 64, 65, 2000])
@@ -278,9 +306,33 @@ def sharegpt_lines(records: int, seed: int) -> list[bytes]:
     return [orjson.dumps(as_sharegpt(r)) for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True)]
 
 
+def alpaca_lines(records: int, seed: int) -> list[bytes]:
+    """The same records as alpaca, `meta` kept (1% bad: no output)."""
+    return [orjson.dumps(as_alpaca(r)) for r in iter_records(records, seed, mean_bytes=1500, max_bytes=8000, users=True)]
+
+
+def prompt_completion_lines(records: int, seed: int) -> list[bytes]:
+    out = []
+    for line in alpaca_lines(records, seed):
+        r = orjson.loads(line)
+        out.append(orjson.dumps({"prompt": r.pop("instruction"), "completion": r.pop("output", None), **r}))
+    return out
+
+
+def text_lines(records: int, seed: int) -> list[bytes]:
+    """Pretraining-style: `text` beside `meta` (a key text records know) and `lang` (one they do not)."""
+    out = []
+    for line in alpaca_lines(records, seed):
+        r = orjson.loads(line)
+        out.append(orjson.dumps({"text": r["instruction"] + "\n" + r.get("output", ""), "meta": r["meta"], "lang": r["meta"]["lang"]}))
+    return out
+
+
 @pytest.mark.parametrize(
     ("kind", "shape"),
-    [("chat", users_lines), ("auto", users_lines), ("sharegpt", sharegpt_lines), ("auto", sharegpt_lines)],
+    [("chat", users_lines), ("auto", users_lines), ("sharegpt", sharegpt_lines), ("auto", sharegpt_lines),
+     ("alpaca", alpaca_lines), ("auto", alpaca_lines), ("prompt-completion", prompt_completion_lines),
+     ("auto", prompt_completion_lines), ("text", text_lines), ("auto", text_lines)],
 )
 def test_users_data_stays_off_the_python_path(kind, shape):
     """Soundness alone would hold for a gate that passes nothing: on users-shaped records
@@ -295,7 +347,7 @@ def test_users_data_stays_off_the_python_path(kind, shape):
 
 def test_check_lines_same_verdict_with_and_without_the_c_gate(monkeypatch):
     rng = random.Random(7)
-    lines = users_lines(1500, 6) + sharegpt_lines(500, 7)
+    lines = users_lines(1500, 6) + sharegpt_lines(500, 7) + alpaca_lines(300, 8) + prompt_completion_lines(300, 9) + text_lines(300, 10)
     lines += [m for raw in lines[:40] + lines[-20:] for m in mutations(raw, rng, 5)]
     lines += [b"", b"   ", b"\r", orjson.dumps(_chat(chosen="x")), orjson.dumps(_chat(tools=[]))]
     rng.shuffle(lines)

@@ -1582,6 +1582,65 @@ def test_chat_with_extra_top_level_keys_fast_path_equals_thorough_path(kind) -> 
     assert hits >= 8  # the shortcut is taken (a test of the shortcut that never takes it proves nothing)
 
 
+_BODIES_BY_KIND = {
+    "alpaca": [
+        {"instruction": "Sum 2 and 2.", "output": "4"},
+        {"instruction": "Sum 2 and 2.", "input": "", "output": "4"},
+        {"instruction": "Sum {{a}}.", "output": "4"},
+        {"instruction": "x", "output": ""},
+        {"instruction": "x", "output": "y", "system": "be brief", "history": [["a", "b"]]},
+        {"instruction": "x", "input": 3, "output": "y"},
+    ],
+    "prompt-completion": [
+        {"prompt": "2+2=", "completion": "4"},
+        {"prompt": "2+2=", "completion": " "},
+        {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]},
+        {"prompt": "x"},
+    ],
+    "text": [{"text": "plain words"}, {"text": ""}, {"text": "a {{slot}}"}, {"text": 5}],
+    "sharegpt": [
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "system": "s"},
+        {"conversations": [{"from": "human", "value": "hi"}]},
+        {"conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "yo"}], "images": ["a"]},
+    ],
+    "preference": [
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q", "chosen": "same", "rejected": "same"},
+        {"prompt": "q", "chosen": "good", "rejected": "bad", "score_chosen": 2},
+    ],
+    "kto": [
+        {"prompt": "q", "completion": "a", "label": True},
+        {"prompt": "q", "completion": "a", "label": "yes"},
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BODIES_BY_KIND))
+@pytest.mark.parametrize("auto", [False, True])
+def test_every_kind_with_extra_top_level_keys_fast_path_equals_thorough_path(kind, auto) -> None:
+    """Records of every kind with unknown top-level keys (a `meta` object, `source`...) take
+    the shared-result shortcut, and it gives the thorough path's result."""
+    import itertools
+
+    extras = [{"meta": {"lang": "en"}}, {"source": "web", "lang": "en"}, {"outputs": 1, "id": 4}, {"meta": None, "tools": 3}, {}]
+    v = Validator("auto" if auto else kind)
+    hits = 0
+    for body, extra in itertools.product(_BODIES_BY_KIND[kind], extras):
+        for record in ({**body, **extra}, {**extra, **body}):  # key order: another cache entry
+            raw = orjson.dumps(record)
+            thorough = v._check_thoroughly(raw, None)
+            assert v.check(raw) == thorough, raw
+            assert v.check_decoded(raw, orjson.loads(raw)) == thorough, raw
+            for _ in range(2):  # the second time from the cache of key sets
+                fast = v.gate_extra(orjson.loads(raw))
+                if fast is not None:
+                    hits += 1
+                    assert (fast.kind, fast.issues, fast.ok) == (thorough.kind, thorough.issues, thorough.ok), raw
+                    assert fast.ok and any(i.code == "unknown_key" for i in fast.issues), raw
+    assert hits >= 8  # the shortcut is taken
+
+
 @pytest.mark.parametrize(
     ("record", "ok", "where"),
     [

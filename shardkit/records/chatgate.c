@@ -1,11 +1,13 @@
 /*
- * shardkit.records.chatgate: the chat and ShareGPT gates over raw JSONL bytes, in one C pass.
+ * shardkit.records.chatgate: the record gates over raw JSONL bytes, in one C pass (chat and
+ * ShareGPT first, hence the name; alpaca, prompt-completion and text too).
  *
  * scan(data, max_line, resolve, kinds) -> (clean, lines, events)
  *
  * For every line of `data` (each ending in b"\n"; bytes after the last newline are
  * ignored) it decides, without building a Python object, whether the line is certainly
- * a clean record of the kinds asked for (CHAT, SHAREGPT, or both for --kind auto): valid
+ * a clean record of the kinds asked for (a mask of CHAT, SHAREGPT, ALPACA, PROMPT_COMPLETION,
+ * TEXT; all of them for --kind auto): valid
  * JSON (as orjson reads it), top-level keys unique and with no escapes, and
  *   - chat: a non-empty `messages` array whose every message passes the same test as
  *     validate.py's `_gate_chat_messages` (role user/assistant, system first only; content
@@ -14,8 +16,12 @@
  *     assistant turn;
  *   - ShareGPT: `_gate_sharegpt`'s test: turns of exactly {from: human|gpt, value: such a
  *     text}, at least one gpt turn; `system` a string with no placeholder, `tools` a string
- *     or a list.
- * A key of a kind asked for must pass its test; other keys need only be valid JSON.
+ *     or a list;
+ *   - alpaca: `instruction` and `output` fine texts (not blank, no "{{", no "<image>"),
+ *     `input` a string with no placeholder (blank is fine);
+ *   - prompt-completion: `prompt` and `completion` fine texts; text: `text` a fine text.
+ * A key of a kind asked for must pass its test; other keys need only be valid JSON. Which
+ * keys a clean record may have, and which it must, is resolve's business (by the shape).
  *
  * This is a strict gate: anything it is not sure of (an escape that decodes to '{' or
  * '<', a \u escape right after '{' or within "<image>", an exponent, a number of 19
@@ -575,9 +581,14 @@ static int check_conversations(Cur *c)
     return has_gpt ? 0 : -1;
 }
 
-/* the kinds a scan checks (a bit mask): chat `messages`, ShareGPT `conversations` */
+/* the kinds a scan checks (a bit mask): chat `messages`, ShareGPT `conversations`, and the
+   kinds of flat string fields */
 #define KIND_CHAT 1
 #define KIND_SHAREGPT 2
+#define KIND_ALPACA 4
+#define KIND_PROMPT_COMPLETION 8
+#define KIND_TEXT 16
+#define KIND_ALL 31
 
 typedef struct {
     int n;
@@ -603,6 +614,14 @@ static int check_member(Cur *c, ptr s, ptr e, int kinds, int *found)
         if (KEY_IS(s, e, "tools") && !(c->p < c->end && (*c->p == '"' || *c->p == '[')))
             return -1; /* a string or a list */
     }
+    if (((kinds & KIND_ALPACA) && (KEY_IS(s, e, "instruction") || KEY_IS(s, e, "output"))) ||
+        ((kinds & KIND_PROMPT_COMPLETION) && (KEY_IS(s, e, "prompt") || KEY_IS(s, e, "completion"))) ||
+        ((kinds & KIND_TEXT) && KEY_IS(s, e, "text"))) {
+        *found = 1;
+        return fine_text(c);
+    }
+    if ((kinds & KIND_ALPACA) && KEY_IS(s, e, "input")) /* a string with no placeholder */
+        return (c->p < c->end && *c->p == '"' && scan_string(c, 1, &vs, &ve) >= 0) ? 0 : -1;
     return skip_value(c, 1);
 }
 
@@ -719,6 +738,11 @@ static PyObject *scan(PyObject *self, PyObject *args)
     int kinds;
     if (!PyArg_ParseTuple(args, "y*nOi:scan", &buf, &max_line, &resolve, &kinds))
         return NULL;
+    if (kinds <= 0 || (kinds & ~KIND_ALL)) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "kinds must be a non-empty mask of CHAT, SHAREGPT, ALPACA, PROMPT_COMPLETION, TEXT");
+        return NULL;
+    }
     if (!PyCallable_Check(resolve)) {
         PyBuffer_Release(&buf);
         PyErr_SetString(PyExc_TypeError, "resolve must be callable");
@@ -805,7 +829,10 @@ PyMODINIT_FUNC PyInit_chatgate(void)
     }
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "CHAT", KIND_CHAT) < 0 ||
-              PyModule_AddIntConstant(m, "SHAREGPT", KIND_SHAREGPT) < 0)) {
+              PyModule_AddIntConstant(m, "SHAREGPT", KIND_SHAREGPT) < 0 ||
+              PyModule_AddIntConstant(m, "ALPACA", KIND_ALPACA) < 0 ||
+              PyModule_AddIntConstant(m, "PROMPT_COMPLETION", KIND_PROMPT_COMPLETION) < 0 ||
+              PyModule_AddIntConstant(m, "TEXT", KIND_TEXT) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -208,7 +208,7 @@ class Checker:
         scan = self.validator.raw_scanner() if gate is not None and self._raw_useful else None
         if scan is not None:
             shared: list[RecordResult] = []
-            zero_kind = "sharegpt" if self.validator.kind == "sharegpt" else "chat"
+            zero_kind = zero_kind_of(self.validator.kind)
             n_clean, n_lines, events = scan(data, max_line, partial(_shape_code, self.validator, shared, zero_kind))
             if n_clean:
                 clean[zero_kind] = n_clean
@@ -261,7 +261,7 @@ class Checker:
             seen[id(res)] = k + 1
             entries.append((line, pos, end, res))
         if scan is not None and n_lines >= 64 and 2 * n_python > n_lines:
-            self._raw_useful = False  # mostly other kinds (alpaca under auto...): not worth a scan
+            self._raw_useful = False  # mostly records the gate leaves to Python: not worth a scan
         for kind in sorted(clean, key=_KIND_ORDER.get):  # one order, whichever path counted them
             report.add_clean(display, kind, clean[kind])
         verdict = self._finish(report, entries, display, n_lines)
@@ -390,6 +390,11 @@ def _every_line(data: bytes) -> tuple[int, list[tuple[int, int, int, int]]]:
         pos, index = nl + 1, index + 1
         nl = find(b"\n", pos)
     return index, events
+
+
+def zero_kind_of(kind: str) -> str:
+    """The kind whose clean records the compiled gate counts itself (code 0), for --kind."""
+    return "chat" if kind == "auto" else kind
 
 
 def _shape_code(validator: Validator, shared: list, zero_kind: str, keys: tuple[str, ...]) -> int:

@@ -562,6 +562,8 @@ _FAST_CHAT_KEYS = frozenset({"messages", "parallel_tool_calls", "id", "metadata"
 _FAST_MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "loss_weight"})
 _FAST_TEXT_PART_KEYS = frozenset({"type", "text"})
 _FAST_SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "id"})
+_FAST_ALPACA_KEYS = frozenset({"instruction", "input", "output", "id"})
+_FAST_PROMPT_COMPLETION_KEYS = frozenset({"prompt", "completion", "id", "metadata"})
 _SHAREGPT_ASSISTANT = frozenset({"gpt", "function_call"})
 
 
@@ -660,7 +662,7 @@ def _gate_prompt_completion(obj: dict) -> str | None:
         prompt = obj["prompt"]
         completion = obj["completion"]
         if (
-            len(obj) != 2
+            (len(obj) != 2 and not obj.keys() <= _FAST_PROMPT_COMPLETION_KEYS)
             or not prompt
             or not completion
             or prompt.isspace()  # AttributeError unless a str
@@ -688,7 +690,7 @@ def _gate_alpaca(obj: dict) -> str | None:
             or ("{" in output and "{{" in output)
             or type(extra) is not str
             or ("{" in extra and "{{" in extra)
-            or (len(obj) != 2 and (len(obj) != 3 or "input" not in obj))
+            or (len(obj) != 2 and not obj.keys() <= _FAST_ALPACA_KEYS)
         ):
             return None
     except (KeyError, AttributeError):
@@ -776,7 +778,14 @@ def _gate_none(obj: dict) -> None:
 
 # the kinds the compiled gate checks, by --kind
 _RAW_KINDS = (
-    {"chat": chatgate.CHAT, "sharegpt": chatgate.SHAREGPT, "auto": chatgate.CHAT | chatgate.SHAREGPT}
+    {
+        "chat": chatgate.CHAT,
+        "sharegpt": chatgate.SHAREGPT,
+        "alpaca": chatgate.ALPACA,
+        "prompt-completion": chatgate.PROMPT_COMPLETION,
+        "text": chatgate.TEXT,
+        "auto": chatgate.CHAT | chatgate.SHAREGPT | chatgate.ALPACA | chatgate.PROMPT_COMPLETION | chatgate.TEXT,
+    }
     if chatgate is not None
     else {}
 )
@@ -789,6 +798,27 @@ _GATES = {
     "text": _gate_text,
     "preference": _gate_preference,
     "kto": _gate_kto,
+}
+
+# for the compiled gate, by kind: the keys a clean record must have, and the keys it may
+# have (those whose values the gate checks, or that the Python gate lets pass unread)
+_SHAPES = {
+    "chat": (frozenset({"messages"}), _FAST_CHAT_KEYS),
+    "sharegpt": (frozenset({"conversations"}), _FAST_SHAREGPT_KEYS),
+    "alpaca": (frozenset({"instruction", "output"}), _FAST_ALPACA_KEYS),
+    "prompt-completion": (frozenset({"prompt", "completion"}), _FAST_PROMPT_COMPLETION_KEYS),
+    "text": (frozenset({"text"}), TEXT_KEYS),
+}
+
+# the top-level keys each kind knows; any other is an unknown_key warning
+_KNOWN_KEYS = {
+    "chat": CHAT_RECORD_KEYS,
+    "prompt-completion": PROMPT_COMPLETION_KEYS,
+    "alpaca": ALPACA_KEYS,
+    "sharegpt": SHAREGPT_KEYS,
+    "text": TEXT_KEYS,
+    "preference": PREFERENCE_KEYS,
+    "kto": KTO_KEYS,
 }
 
 
@@ -1342,33 +1372,41 @@ class Validator:
         return self.check_decoded(raw, obj)
 
     def gate_extra(self, obj: dict) -> RecordResult | None:
-        """The gate for a clean chat record that also has unknown top-level keys (`meta`,
-        `source`, `lang`...), as real exports do: its result (kind chat, one unknown-key
-        warning per key, `obj` None), made once per set of such keys; None otherwise (then
-        call `check_decoded`). What `check` gives, but for `obj` (the property tests compare)."""
-        cached = self._extra_result(obj)
-        return cached if cached is not None and _gate_chat_messages(obj["messages"]) == "chat" else None
+        """The gate for a clean record that also has unknown top-level keys (`meta`,
+        `source`, `lang`...), as real exports do, of any kind: its result (one unknown-key
+        warning per key, `obj` None), made once per set of keys; None otherwise (then call
+        `check_decoded`). The record without those keys must pass its kind's gate: no check
+        of any kind reads a key it does not know, so the warnings are all `check` would
+        find. What `check` gives, but for `obj` (the property tests compare)."""
+        entry = self._extra_entry(obj)
+        if entry is None:
+            return None
+        kind, result, known = entry
+        return result if _GATES[kind]({k: obj[k] for k in known}) == kind else None
 
-    def _extra_result(self, obj: dict) -> RecordResult | None:
-        shape = tuple(obj)  # the keys in order: what the result depends on, besides the messages
-        cached = self._extra.get(shape)
-        if cached is None:
-            if self._gate is _gate_none or "messages" not in obj or self.kind not in ("chat", "auto"):
-                return None
-            if self.kind == "auto" and detect_kind(obj) != "chat":
-                return None  # messages beside chosen or rejected: a preference record
-            if "tools" in obj or "functions" in obj or "images" in obj or obj.keys() <= _FAST_CHAT_KEYS:
-                return None
-            issues: list[Issue] = []
-            _check_unknown_keys(obj, CHAT_RECORD_KEYS, "", issues)
-            cached = RecordResult(None, "chat", _cap(issues), True)
-            if len(self._extra) < 1024:  # a file whose records all invent keys: no unbounded cache
-                self._extra[shape] = cached
-        return cached
+    def _extra_entry(self, obj: dict) -> tuple[str, RecordResult, tuple[str, ...]] | None:
+        """(kind, shared result, its known keys) for a record with unknown top-level keys;
+        None for one without any, or of no kind. Depends on the keys alone: cached by them."""
+        shape = tuple(obj)  # the keys in order: the warnings' order
+        try:
+            return self._extra[shape]
+        except KeyError:
+            pass
+        entry = None
+        kind = detect_kind(obj) if self.kind == "auto" else self.kind
+        if self._gate is not _gate_none and kind is not None:
+            known = _KNOWN_KEYS[kind]
+            if not obj.keys() <= known:
+                issues: list[Issue] = []
+                _check_unknown_keys(obj, known, "", issues)
+                entry = (kind, RecordResult(None, kind, _cap(issues), True), tuple(k for k in shape if k in known))
+        if len(self._extra) < 1024:  # a file whose records all invent keys: no unbounded cache
+            self._extra[shape] = entry
+        return entry
 
     def shape_verdict(self, keys: tuple[str, ...]) -> RecordResult | str | None:
-        """For a record whose `messages` (or ShareGPT `conversations`) pass the compiled
-        gate, known only by its top-level keys (in order, no repeats): its kind when `gate`
+        """For a record whose fields pass the compiled gate (`messages`, ShareGPT
+        `conversations`, alpaca's, prompt-completion's or `text`), known only by its top-level keys (in order, no repeats): its kind when `gate`
         accepts it, the shared result `gate_extra` gives, or None when it needs
         `check_decoded`. The compiled gate (`raw_scanner`) asks this once per set of keys,
         instead of decoding every record."""
@@ -1376,17 +1414,21 @@ class Validator:
         if self._gate is _gate_none:
             return None
         kind = detect_kind(obj) if self.kind == "auto" else self.kind
-        if kind == "chat" and "messages" in obj:
-            if len(obj) == 1 or obj.keys() <= _FAST_CHAT_KEYS:
-                return "chat"
-            return self._extra_result(obj)
-        if kind == "sharegpt" and "conversations" in obj:
-            return "sharegpt" if len(obj) == 1 or obj.keys() <= _FAST_SHAREGPT_KEYS else None
-        return None
+        if kind not in _SHAPES:
+            return None
+        required, fast = _SHAPES[kind]
+        if not obj.keys() >= required:
+            return None
+        if obj.keys() <= fast:
+            return kind
+        entry = self._extra_entry(obj)
+        if entry is None or not fast.issuperset(entry[2]):
+            return None
+        return entry[1]
 
     def raw_scanner(self):
-        """The compiled gate over raw lines (`chatgate.scan` for chat and ShareGPT records),
-        when it was built and applies here (kind chat, sharegpt or auto, the default depth,
+        """The compiled gate over raw lines (`chatgate.scan`), when it was built and
+        applies here (any kind but preference and kto, the default depth,
         no duplicate-key check): scan(data, max_line, resolve) -> (clean, lines, events);
         else None. See `shape_verdict`."""
         if chatgate is None or self._gate is _gate_none:
