@@ -251,18 +251,20 @@ def doubled(src: Path) -> Path:
     return _cached(src.with_name(src.stem + "-x2" + src.suffix), key, build)
 
 
-def sharegpt_of(src: Path) -> Path:
-    """Path of a cached ShareGPT copy of a chat file, as LLaMA-Factory writes it: the system
-    prompt as `system`, turns from human and gpt (unknown roles kept), the id, no `meta`."""
+def converted(src: Path, form: str) -> Path:
+    """Path of a cached copy of a chat file in another record kind, by fixtures/generate.py's
+    `as_<form>`: "sharegpt" as LLaMA-Factory writes it (the system prompt as `system`, turns
+    from human and gpt, unknown roles kept, the id, no `meta`), "alpaca" (first question and
+    last answer, `meta` kept)."""
 
     def build(tmp: Path) -> None:
-        as_sharegpt = _load_generator().as_sharegpt
+        convert = getattr(_load_generator(), f"as_{form}")
         with open(src, "rb") as f, open(tmp, "wb") as out:
             for line in f:
-                out.write(orjson.dumps(as_sharegpt(orjson.loads(line))) + b"\n")
+                out.write(orjson.dumps(convert(orjson.loads(line))) + b"\n")
 
-    key = json.loads(src.with_name(src.name + ".meta.json").read_text())["key"] + "sharegpt"
-    return _cached(src.with_name("sharegpt-" + src.name), key, build)
+    key = json.loads(src.with_name(src.name + ".meta.json").read_text())["key"] + form
+    return _cached(src.with_name(f"{form}-" + src.name), key, build)
 
 
 def _first_line(argv: Sequence[str]) -> str | None:

@@ -13,6 +13,7 @@ Contenders, run alternately (the order rotates each round), after an untimed war
   (v2) (v) on the doubled input, to show memory does not grow with input size
   (p), (p1), (po): (v), (v1), (o) on the plain generator's data
   (g), (g1), (go): (v), (v1), (o) with --kind sharegpt on the users' records as ShareGPT
+  (a), (a1), (ao): (v), (v1), (o) with --kind alpaca on the users' records as alpaca (`meta` kept)
 
 Memory is the peak of the summed PSS of the whole process tree (parent + workers), sampled
 every 20 ms, or the peak RSS of the largest process if that is higher.
@@ -35,8 +36,8 @@ from common import (
     doubled,
     fmt_table,
     measure,
+    converted,
     median,
-    sharegpt_of,
     warm,
     write_result,
 )
@@ -51,26 +52,34 @@ class Contender:
     key: str
     label: str
     argv: list[str]
-    doubled: bool = False
-    users: bool = True
-    sharegpt: bool = False
+    data: str = "users"  # users, doubled, plain, sharegpt, alpaca
+
+    @property
+    def loop(self) -> str:
+        """The bare loop on the same data: what this contender is compared with."""
+        return {"users": "orjson_loop", "doubled": "orjson_loop", "plain": "plain_orjson_loop"}.get(
+            self.data, f"{self.data}_orjson_loop")
 
 
 def contenders(shardkit: str, python: str) -> list[Contender]:
     sk = [shardkit, "validate", "{IN}", "--kind", "chat", "--quiet", "--max-reject-ratio", "0.05"]
     loop = [python, "-c", BARE, "{IN}"]
     sg = [shardkit, "validate", "{IN}", "--kind", "sharegpt", "--quiet", "--max-reject-ratio", "0.05"]
+    al = [shardkit, "validate", "{IN}", "--kind", "alpaca", "--quiet", "--max-reject-ratio", "0.05"]
     return [
         Contender("shardkit", "(v) shardkit validate", sk),
         Contender("shardkit_1job", "(v1) shardkit validate -j 1", [*sk, "--jobs", "1"]),
         Contender("orjson_loop", "(o) bare orjson loop", loop),
-        Contender("shardkit_doubled", "(v2) shardkit validate, 2x input", sk, doubled=True),
-        Contender("plain_shardkit", "(p) validate, plain data", sk, users=False),
-        Contender("plain_shardkit_1job", "(p1) validate -j 1, plain data", [*sk, "--jobs", "1"], users=False),
-        Contender("plain_orjson_loop", "(po) orjson loop, plain data", loop, users=False),
-        Contender("sharegpt_shardkit", "(g) validate --kind sharegpt", sg, sharegpt=True),
-        Contender("sharegpt_shardkit_1job", "(g1) validate --kind sharegpt -j 1", [*sg, "--jobs", "1"], sharegpt=True),
-        Contender("sharegpt_orjson_loop", "(go) orjson loop, ShareGPT data", loop, sharegpt=True),
+        Contender("shardkit_doubled", "(v2) shardkit validate, 2x input", sk, "doubled"),
+        Contender("plain_shardkit", "(p) validate, plain data", sk, "plain"),
+        Contender("plain_shardkit_1job", "(p1) validate -j 1, plain data", [*sk, "--jobs", "1"], "plain"),
+        Contender("plain_orjson_loop", "(po) orjson loop, plain data", loop, "plain"),
+        Contender("sharegpt_shardkit", "(g) validate --kind sharegpt", sg, "sharegpt"),
+        Contender("sharegpt_shardkit_1job", "(g1) validate --kind sharegpt -j 1", [*sg, "--jobs", "1"], "sharegpt"),
+        Contender("sharegpt_orjson_loop", "(go) orjson loop, ShareGPT data", loop, "sharegpt"),
+        Contender("alpaca_shardkit", "(a) validate --kind alpaca", al, "alpaca"),
+        Contender("alpaca_shardkit_1job", "(a1) validate --kind alpaca -j 1", [*al, "--jobs", "1"], "alpaca"),
+        Contender("alpaca_orjson_loop", "(ao) orjson loop, alpaca data", loop, "alpaca"),
     ]
 
 
@@ -87,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
     records = QUICK_RECORDS if args.quick else RECORDS
     single = dataset(records, SEED, users=True)
-    inputs = {(True, False, False): single, (True, True, False): doubled(single),
-              (False, False, False): dataset(records, SEED), (True, False, True): sharegpt_of(single)}
+    inputs = {"users": single, "doubled": doubled(single), "plain": dataset(records, SEED),
+              "sharegpt": converted(single, "sharegpt"), "alpaca": converted(single, "alpaca")}
     cs = contenders(args.shardkit, args.python)
     runs: dict[str, list] = {c.key: [] for c in cs}
     for r in range(args.runs):
         for c in cs[r % len(cs) :] + cs[: r % len(cs)]:
-            src = inputs[c.users, c.doubled, c.sharegpt]
+            src = inputs[c.data]
             warm(src)
             m = measure([str(src) if a == "{IN}" else a for a in c.argv], tree=True)
             runs[c.key].append({**m.raw(), "memory_mb": round(m.memory_mb, 2)})
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = {k: max(x["memory_mb"] for x in v) for k, v in runs.items()}
     rows = [
         [c.label, f"{med[c.key]:.3f}", f"{min(x['elapsed_s'] for x in runs[c.key]):.3f}", f"{mem[c.key]:.1f}",
-         f"{med[c.key] / med['sharegpt_orjson_loop' if c.sharegpt else 'orjson_loop' if c.users else 'plain_orjson_loop']:.2f}"]
+         f"{med[c.key] / med[c.loop]:.2f}"]
         for c in cs
     ]
     print(fmt_table(["contender", "median s", "min s", "peak memory MB", "/ (o)"], rows))
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain_shardkit_1job_over_orjson_loop": round(med["plain_shardkit_1job"] / med["plain_orjson_loop"], 3),
         "sharegpt_shardkit_over_orjson_loop": round(med["sharegpt_shardkit"] / med["sharegpt_orjson_loop"], 3),
         "sharegpt_shardkit_1job_over_orjson_loop": round(med["sharegpt_shardkit_1job"] / med["sharegpt_orjson_loop"], 3),
+        "alpaca_shardkit_over_orjson_loop": round(med["alpaca_shardkit"] / med["alpaca_orjson_loop"], 3),
+        "alpaca_shardkit_1job_over_orjson_loop": round(med["alpaca_shardkit_1job"] / med["alpaca_orjson_loop"], 3),
         "shardkit_memory_mb": round(mem["shardkit"], 2),
         "doubled_memory_ratio": round(mem["shardkit_doubled"] / mem["shardkit"], 3),
     }
@@ -133,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "params": {"records": records, "seed": SEED, "runs": args.runs, "shardkit": args.shardkit},
             "files": {
-                k: {"path": str(p.relative_to(ROOT)), "bytes": p.stat().st_size}
-                for k, p in (("users", single), ("users_doubled", inputs[True, True, False]),
-                             ("plain", inputs[False, False, False]), ("sharegpt", inputs[True, False, True]))
+                k: {"path": str(p.relative_to(ROOT)), "bytes": p.stat().st_size} for k, p in inputs.items()
             },
             "commands": {c.key: c.argv for c in cs},
             "runs": runs,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fuzz the C chat gate built with AddressSanitizer and UndefinedBehaviorSanitizer.
+"""Fuzz the C record gate (chat, ShareGPT, alpaca, prompt-completion, text) built with AddressSanitizer and UndefinedBehaviorSanitizer.
 
 `make fuzz-c` builds shardkit/records/chatgate.c with -fsanitize=address,undefined into
 build/asan/ and runs this under libasan, with PYTHONMALLOC=malloc so every Python buffer is
@@ -34,6 +34,8 @@ def main() -> int:
     gate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gate)
     rng = random.Random(seed)
+    every = gate.CHAT | gate.SHAREGPT | gate.ALPACA | gate.PROMPT_COMPLETION | gate.TEXT
+    KINDS = (gate.CHAT, gate.SHAREGPT, gate.ALPACA, gate.PROMPT_COMPLETION, gate.TEXT, every)
     base = [raw for obj in HOSTILE_OBJECTS for raw in serializations(obj)]
     base += [orjson.dumps(r) for r in iter_records(300, 3, mean_bytes=1500, max_bytes=6000, users=True)]
     n = 0
@@ -41,7 +43,7 @@ def main() -> int:
         for raw in base:
             for case in mutations(raw, rng, 10):
                 for data in (case, case + b"\n"):
-                    gate.scan(bytearray(data), 1 << 30, lambda keys: 1, 3)
+                    gate.scan(bytearray(data), 1 << 30, lambda keys: 1, rng.choice(KINDS))
                     n += 1
                 # the string scanner alone, on a string cut anywhere: it must stop at the
                 # buffer's end (scan's lines end in a newline, which stops every look-ahead)
@@ -50,7 +52,7 @@ def main() -> int:
                 gate.fine_string((ctypes.c_char * len(token)).from_buffer_copy(token))  # no NUL after it
                 n += 1
             junk = b"".join(rng.choice(SPLICES) for _ in range(rng.randrange(40))) + b"\n"
-            gate.scan(bytearray(junk), 1 << 30, lambda keys: 1, 3)
+            gate.scan(bytearray(junk), 1 << 30, lambda keys: 1, rng.choice(KINDS))
             n += 1
     print(f"chatgate under ASan+UBSan: {n:,} cases, no report")
     return 0
