@@ -20,14 +20,14 @@ $(BASE): pyproject.toml setup.py constraints.txt
 	$(BIN)/python -m compileall -q shardkit
 	touch $(BASE) $(GATE)
 
-# The C chat gate, rebuilt in place when its source changes. Never a stale one: the old
+# The C record gate, rebuilt in place when its source changes. Never a stale one: the old
 # build goes first, so a failed build leaves validate on its Python checks, not old code.
 $(GATE): shardkit/records/chatgate.c | $(BASE)
 	rm -f shardkit/records/chatgate.*.so
 	@mkdir -p build
 	$(BIN)/python -m pip install --quiet --no-deps -e . -c constraints.txt 2> build/chatgate.log
 	@$(BIN)/python -c "import shardkit.records.chatgate" 2>/dev/null || \
-		echo "note: the C chat gate did not build (build/chatgate.log); validate runs its checks in Python, about twice as slow"
+		echo "note: the C record gate did not build (build/chatgate.log); validate runs its checks in Python, about twice as slow"
 	touch $(GATE)
 
 # Plus what the tests and benchmarks use: the dev tools, S3 (fsspec, s3fs, moto) and Ray.
@@ -83,7 +83,7 @@ torture: venv
 	$(BIN)/python -m pytest tests/reliability -q -p no:cacheprovider; status=$$?; \
 	$(BIN)/python tests/reliability/torture.py build/torture-report.jsonl; exit $$status
 
-# The C chat gate under AddressSanitizer + UBSan, fed the hostile corpus (about a minute).
+# The C record gate under AddressSanitizer + UBSan, fed the hostile corpus (about 40 s).
 ASAN_SO := build/asan/chatgate$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 fuzz-c: venv
 	@mkdir -p build/asan
