@@ -32,11 +32,11 @@ from pathlib import Path
 
 from common import (
     ROOT,
+    converted,
     dataset,
     doubled,
     fmt_table,
     measure,
-    converted,
     median,
     warm,
     write_result,

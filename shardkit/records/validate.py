@@ -1406,10 +1406,11 @@ class Validator:
 
     def shape_verdict(self, keys: tuple[str, ...]) -> RecordResult | str | None:
         """For a record whose fields pass the compiled gate (`messages`, ShareGPT
-        `conversations`, alpaca's, prompt-completion's or `text`), known only by its top-level keys (in order, no repeats): its kind when `gate`
-        accepts it, the shared result `gate_extra` gives, or None when it needs
-        `check_decoded`. The compiled gate (`raw_scanner`) asks this once per set of keys,
-        instead of decoding every record."""
+        `conversations`, alpaca's, prompt-completion's or `text`), known only by its
+        top-level keys (in order, no repeats): its kind when `gate` accepts it, the shared
+        result `gate_extra` gives, or None when it needs `check_decoded`. The compiled
+        gate (`raw_scanner`) asks this once per set of keys, instead of decoding every
+        record."""
         obj = dict.fromkeys(keys)
         if self._gate is _gate_none:
             return None
