@@ -9,6 +9,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardkit.records.validate import Validator, detect_kind
 
@@ -179,3 +181,38 @@ def test_split_rejects_the_bad_pairs_with_their_reason(tmp_path):
     assert proc.returncode == 0, proc.stderr
     reject = orjson.loads((out / "rejects.jsonl").read_bytes())
     assert reject["line"] == 2 and "identical" in reject["reason"]
+
+
+_WORDY = st.text(alphabet=st.sampled_from(list("ab é中") + [" ", "\t", "\n", "\u3000", "\u00a0", "\x85", "\u2028", "\x1c"]), max_size=12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_WORDY, _WORDY, st.sampled_from(["", " ", "\u3000", "x", "\n\t"]))
+def test_same_words_is_whitespace_normalized_equality(a, b, pad):
+    """The shortcut from the ends answers as the definition does, whitespace of every kind
+    (str.split's) included; `pad` makes pairs that differ only at their ends."""
+    from shardkit.records.preference import same_words
+
+    for x, y in ((a, b), (a, pad + a), (a + pad, a), (pad + a + pad, a.strip())):
+        assert same_words(x, y) == (" ".join(x.split()) == " ".join(y.split())), (x, y)
+
+
+@pytest.mark.parametrize(
+    ("kind", "record", "fast"),
+    [
+        ("preference", {"prompt": "q", "chosen": "good", "rejected": "bad", "id": "7", "metadata": {"a": 1}}, True),
+        ("preference", {"prompt": "q", "chosen": "good", "rejected": "bad", "meta": {"lang": "en"}}, True),
+        ("preference", {"prompt": "q", "chosen": "same  words", "rejected": " same words ", "meta": 1}, False),
+        ("kto", {"prompt": "q", "completion": "a", "label": False, "id": 3, "meta": None}, True),
+    ],
+)
+def test_preference_and_kto_gates_take_an_id_and_unknown_keys(kind, record, fast):
+    """An id, metadata and a `meta` object beside the pair: the fast path gives the
+    explainer's answer; a pair equal but for whitespace never passes it."""
+    v = Validator(kind)
+    raw = orjson.dumps(record)
+    thorough = v._check_thoroughly(raw, None)
+    assert v.check(raw) == thorough
+    shortcut = v.gate(orjson.loads(raw)) or v.gate_extra(orjson.loads(raw))
+    assert (shortcut is not None) is fast
+    assert thorough.ok is fast

@@ -69,9 +69,25 @@ def _same(a: object, b: object) -> str | None:
     if a == b:
         return "identical"
     ta, tb = side_texts(a), side_texts(b)
-    if len(ta) == len(tb) and all(" ".join(x.split()) == " ".join(y.split()) for x, y in zip(ta, tb, strict=True)):
+    if len(ta) == len(tb) and all(same_words(x, y) for x, y in zip(ta, tb, strict=True)):
         return "whitespace"
     return None
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether a and b are equal but for whitespace (`" ".join(a.split())` equals b's).
+
+    Answers from their first and last characters when those already differ (as they do
+    for nearly every real pair), without splitting two long texts into words: the
+    normalized text starts with the first character that is not whitespace and ends
+    with the last."""
+    a0, b0 = a[:1], b[:1]
+    if a0 != b0 and not a0.isspace() and not b0.isspace():
+        return False
+    a1, b1 = a[-1:], b[-1:]
+    if a1 != b1 and not a1.isspace() and not b1.isspace():
+        return False
+    return " ".join(a.split()) == " ".join(b.split())
 
 
 def check_pair(obj: dict, issues: list[Issue]) -> None:

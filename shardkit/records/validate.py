@@ -86,7 +86,7 @@ from shardkit.records.issue import (
     show,
     warning,
 )
-from shardkit.records.preference import PREFERENCE_CODES, check_kto, check_pair
+from shardkit.records.preference import PREFERENCE_CODES, check_kto, check_pair, same_words
 from shardkit.records.tokens import TokenTally
 from shardkit.records.tools import (
     TOOL_CODES,
@@ -564,6 +564,8 @@ _FAST_TEXT_PART_KEYS = frozenset({"type", "text"})
 _FAST_SHAREGPT_KEYS = frozenset({"conversations", "system", "tools", "id"})
 _FAST_ALPACA_KEYS = frozenset({"instruction", "input", "output", "id"})
 _FAST_PROMPT_COMPLETION_KEYS = frozenset({"prompt", "completion", "id", "metadata"})
+_FAST_PREFERENCE_KEYS = frozenset({"prompt", "chosen", "rejected", "id", "metadata"})
+_FAST_KTO_KEYS = frozenset({"prompt", "completion", "label", "id", "metadata"})
 _SHAREGPT_ASSISTANT = frozenset({"gpt", "function_call"})
 
 
@@ -744,12 +746,12 @@ def _gate_text(obj: dict) -> str | None:
 
 
 def _gate_preference(obj: dict) -> str | None:
-    """String prompt, chosen and rejected, nothing else: the explainer takes the rest."""
+    """String prompt, chosen and rejected (and an id, metadata): the explainer takes the rest."""
     try:
         prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
-        if len(obj) != 3 or chosen == rejected or not (_fine_text(prompt) and _fine_text(chosen) and _fine_text(rejected)):
+        if (len(obj) != 3 and not obj.keys() <= _FAST_PREFERENCE_KEYS) or chosen == rejected:
             return None
-        if " ".join(chosen.split()) == " ".join(rejected.split()):
+        if not (_fine_text(prompt) and _fine_text(chosen) and _fine_text(rejected)) or same_words(chosen, rejected):
             return None
     except KeyError:
         return None
@@ -758,7 +760,7 @@ def _gate_preference(obj: dict) -> str | None:
 
 def _gate_kto(obj: dict) -> str | None:
     try:
-        if len(obj) != 3 or type(obj["label"]) is not bool:
+        if (len(obj) != 3 and not obj.keys() <= _FAST_KTO_KEYS) or type(obj["label"]) is not bool:
             return None
         if not (_fine_text(obj["prompt"]) and _fine_text(obj["completion"])):
             return None
