@@ -1,4 +1,4 @@
-"""The one compiled part: the chat gate over raw JSONL bytes (shardkit/records/chatgate.c).
+"""The one compiled part: the record gate over raw JSONL bytes (shardkit/records/chatgate.c).
 
 It is optional. Without a C compiler the install still succeeds (with a warning) and
 `validate` runs the same checks in Python, about twice as slow on chat data.

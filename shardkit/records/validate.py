@@ -95,7 +95,7 @@ from shardkit.records.tools import (
     has_tool_traffic,
 )
 
-try:  # the chat gate in C (setup.py builds it; optional: without a compiler, Python's gate)
+try:  # the record gate in C (setup.py builds it; optional: without a compiler, Python's gate)
     if os.environ.get("SHARDKIT_PURE_PYTHON"):
         raise ImportError("SHARDKIT_PURE_PYTHON is set")
     from shardkit.records import chatgate
