@@ -7,7 +7,7 @@
  * For every line of `data` (each ending in b"\n"; bytes after the last newline are
  * ignored) it decides, without building a Python object, whether the line is certainly
  * a clean record of the kinds asked for (a mask of CHAT, SHAREGPT, ALPACA, PROMPT_COMPLETION,
- * TEXT; all of them for --kind auto): valid
+ * TEXT; ALL of them for --kind auto): valid
  * JSON (as orjson reads it), top-level keys unique and with no escapes, and
  *   - chat: a non-empty `messages` array whose every message passes the same test as
  *     validate.py's `_gate_chat_messages` (role user/assistant, system first only; content
@@ -832,7 +832,8 @@ PyMODINIT_FUNC PyInit_chatgate(void)
               PyModule_AddIntConstant(m, "SHAREGPT", KIND_SHAREGPT) < 0 ||
               PyModule_AddIntConstant(m, "ALPACA", KIND_ALPACA) < 0 ||
               PyModule_AddIntConstant(m, "PROMPT_COMPLETION", KIND_PROMPT_COMPLETION) < 0 ||
-              PyModule_AddIntConstant(m, "TEXT", KIND_TEXT) < 0)) {
+              PyModule_AddIntConstant(m, "TEXT", KIND_TEXT) < 0 ||
+              PyModule_AddIntConstant(m, "ALL", KIND_ALL) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -786,7 +786,7 @@ _RAW_KINDS = (
         "alpaca": chatgate.ALPACA,
         "prompt-completion": chatgate.PROMPT_COMPLETION,
         "text": chatgate.TEXT,
-        "auto": chatgate.CHAT | chatgate.SHAREGPT | chatgate.ALPACA | chatgate.PROMPT_COMPLETION | chatgate.TEXT,
+        "auto": chatgate.ALL,
     }
     if chatgate is not None
     else {}
@@ -1417,9 +1417,10 @@ class Validator:
         if self._gate is _gate_none:
             return None
         kind = detect_kind(obj) if self.kind == "auto" else self.kind
-        if kind not in _SHAPES:
+        shape = _SHAPES.get(kind)
+        if shape is None:
             return None
-        required, fast = _SHAPES[kind]
+        required, fast = shape
         if not obj.keys() >= required:
             return None
         if obj.keys() <= fast:

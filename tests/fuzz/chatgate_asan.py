@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fuzz the C record gate (chat, ShareGPT, alpaca, prompt-completion, text) built with AddressSanitizer and UndefinedBehaviorSanitizer.
+"""Fuzz the C record gate (chat, ShareGPT, alpaca, prompt-completion, text) built with
+AddressSanitizer and UndefinedBehaviorSanitizer.
 
 `make fuzz-c` builds shardkit/records/chatgate.c with -fsanitize=address,undefined into
 build/asan/ and runs this under libasan, with PYTHONMALLOC=malloc so every Python buffer is
@@ -34,8 +35,7 @@ def main() -> int:
     gate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gate)
     rng = random.Random(seed)
-    every = gate.CHAT | gate.SHAREGPT | gate.ALPACA | gate.PROMPT_COMPLETION | gate.TEXT
-    KINDS = (gate.CHAT, gate.SHAREGPT, gate.ALPACA, gate.PROMPT_COMPLETION, gate.TEXT, every)
+    KINDS = (gate.CHAT, gate.SHAREGPT, gate.ALPACA, gate.PROMPT_COMPLETION, gate.TEXT, gate.ALL)
     base = [raw for obj in HOSTILE_OBJECTS for raw in serializations(obj)]
     base += [orjson.dumps(r) for r in iter_records(300, 3, mean_bytes=1500, max_bytes=6000, users=True)]
     n = 0
