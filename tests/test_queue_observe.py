@@ -124,3 +124,25 @@ def test_queue_log_reads_rotated_parts_and_filters(tmp_path):
     assert future.returncode == 0 and b"no journal entries since 2999-01-01" in future.stdout
     bad = run_cli("queue", "log", "--root", root, "--since", "yesterday")
     assert bad.returncode == 2 and b"--since 'yesterday'" in bad.stderr
+
+
+def test_watch_ends_cleanly_whenever_ctrl_c_comes(tmp_path):
+    """Ctrl-C during a refresh (here: just after the metrics file is rewritten, while the
+    report is printed), not only during the sleep between two: the watch ends with exit 0
+    and leaves no temporary metrics file."""
+    root = queue_with_files(tmp_path)
+    for k in range(4):
+        prom = tmp_path / f"m{k}" / "q.prom"
+        prom.parent.mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "shardkit", "queue", "status", "--root", str(root),
+                                 "--watch", "0.05", "--prometheus", str(prom)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not prom.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = prom.stat().st_mtime_ns
+        while prom.stat().st_mtime_ns == first and time.monotonic() < deadline:
+            pass  # the next refresh has just written it
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert [p.name for p in prom.parent.iterdir()] == ["q.prom"]

@@ -1,5 +1,6 @@
 """`shardkit queue ...`: the training queue's commands."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -22,7 +23,7 @@ from shardkit.cli.common import (
     summary,
     warn_printer,
 )
-from shardkit.core.io import format_size
+from shardkit.core.io import deferred_signals, format_size
 
 # ---------------------------------------------------------------- queue
 
@@ -127,18 +128,23 @@ def queue_status(
             st = _watch_live(q, watch, prometheus)
         else:
             while True:
-                st = q.status()
-                if prometheus is not None:
-                    _write_metrics(st, prometheus)
-                if json_output:
-                    print_json(st)
-                else:
-                    _render_status(st)
-                if not watch:
-                    break
                 try:
+                    # a refresh is whole (metrics file, report) even if Ctrl-C comes during it;
+                    # with --watch, Ctrl-C at any moment then ends the watch, exit 0
+                    with deferred_signals() if watch else contextlib.nullcontext():
+                        st = q.status()
+                        if prometheus is not None:
+                            _write_metrics(st, prometheus)
+                        if json_output:
+                            print_json(st)
+                        else:
+                            _render_status(st)
+                    if not watch:
+                        break
                     time.sleep(watch)
                 except KeyboardInterrupt:
+                    if not watch:
+                        raise
                     break
     if check and not st["ok"]:
         raise typer.Exit(1)
@@ -158,10 +164,12 @@ def _watch_live(q, every: float, prometheus: Path | None) -> dict:
     try:
         with Live(_status_table(st), refresh_per_second=4, screen=False) as live:
             while True:
-                if prometheus is not None:
-                    _write_metrics(st, prometheus)
+                with deferred_signals():  # Ctrl-C between refreshes: never half a metrics file
+                    if prometheus is not None:
+                        _write_metrics(st, prometheus)
                 time.sleep(every)
-                st = q.status()
+                with deferred_signals():
+                    st = q.status()
                 live.update(_status_table(st))
     except KeyboardInterrupt:
         pass
