@@ -461,3 +461,58 @@ def test_c_gate_never_reads_past_the_buffer(tmp_path: Path):
     r = subprocess.run([sys.executable, "-c", GUARDED, str(Path(__file__).parent)], capture_output=True, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stderr.decode()[-2000:])
     assert int(r.stdout) > 10_000
+
+
+def test_scan_lets_other_threads_run():
+    """scan releases the GIL while it reads lines (so split --validate checks blocks on
+    threads): a Python thread counting during one scan of ~16 MB gets turns. With a switch
+    interval far longer than the scan, a scan holding the GIL would give it none."""
+    import threading
+
+    line = orjson.dumps({"messages": [{"role": "user", "content": "q " * 200},
+                                      {"role": "assistant", "content": "a " * 300}]}) + b"\n"
+    data = line * ((16 << 20) // len(line))
+    count, stop, started = [0], threading.Event(), threading.Event()
+
+    def spin():
+        started.set()
+        while not stop.is_set():
+            count[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.5)
+    t = threading.Thread(target=spin)
+    try:
+        t.start()
+        started.wait()
+        before = count[0]
+        clean, lines, events = chatgate.scan(data, 1 << 20, lambda keys: 0, chatgate.CHAT)
+        during = count[0] - before
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert (clean, lines, events) == (lines, data.count(b"\n"), [])
+    assert during > 1000, during
+
+
+def test_scan_passes_on_what_resolve_raises_and_keeps_the_events_in_order():
+    good = orjson.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    extra = orjson.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "m": 1})
+    data = b"\n".join([good, b"{bad", extra, good, b"[]", extra]) + b"\n"
+
+    def resolve(keys):
+        return 7 if "m" in keys else 0
+
+    clean, lines, events = chatgate.scan(data, 1 << 20, resolve, chatgate.CHAT)
+    starts = [0]
+    for raw in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(raw))
+    assert (clean, lines) == (2, 6)
+    assert events == [(i, starts[i], starts[i + 1], code) for i, code in ((1, -1), (2, 7), (4, -1), (5, 7))]
+
+    def boom(keys):
+        raise KeyError("from resolve")
+
+    with pytest.raises(KeyError, match="from resolve"):
+        chatgate.scan(data, 1 << 20, boom, chatgate.CHAT)

@@ -20,8 +20,8 @@ from shardkit.core.errors import UsageError
 from shardkit.pipeline.driver import split
 from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions
-from shardkit.records.check import CheckOptions, Checks, ranges
-from shardkit.records.validate import Report
+from shardkit.records.check import Checker, CheckOptions, Checks, ranges
+from shardkit.records.validate import Report, chatgate
 
 GOOD = b'{"messages":[{"role":"user","content":"hi there"},{"role":"assistant","content":"hello"}]}'
 WARN = b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"source":"x"}'
@@ -206,10 +206,17 @@ def test_split_validate_conserves_every_record(tmp_path: Path, seed, n, max_reco
     check_split(tmp_path, lines, options, 1, str(next(_runs)))
 
 
-def test_split_validate_with_workers_writes_the_same_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_split_validate_with_workers_writes_the_same_files(tmp_path: Path, monkeypatch, workers: str) -> None:
+    """Chat blocks go to threads (the compiled gate releases the GIL); kinds checked in
+    Python go to processes, here forced for chat too: both write what one process does."""
     lines = mixed_lines(3000, seed=11)
     options = SplitOptions(max_records=200, block_size=4096, check=CheckOptions(kind="chat"))
     one = check_split(tmp_path, lines, options, 1, "one")
+    if workers == "processes":
+        monkeypatch.setattr(Checker, "scans_without_gil", property(lambda self: False))
+    with Checks(CheckOptions(kind="chat"), 2) as checks:
+        assert checks.in_threads == (workers == "threads" and chatgate is not None)
     two = check_split(tmp_path, lines, options, 2, "two")
     assert one.keys() == two.keys()
     for name in one:
@@ -219,6 +226,14 @@ def test_split_validate_with_workers_writes_the_same_files(tmp_path: Path) -> No
     m1.pop("created_at"), m2.pop("created_at")
     assert m1 == m2
     assert m1["params"]["validate"]["kind"] == "chat"
+
+
+def test_kinds_checked_in_python_use_processes() -> None:
+    for options in (CheckOptions(kind="preference"), CheckOptions(kind="kto")):
+        with Checks(options, 2) as checks:
+            assert not checks.in_threads
+    with Checks(CheckOptions(kind="chat"), 1) as checks:
+        assert not checks.in_threads  # one job: checked on the caller's thread
 
 
 def test_split_validate_resumes_after_a_crash(tmp_path: Path) -> None:

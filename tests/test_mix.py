@@ -213,3 +213,16 @@ def test_a_killed_mixs_work_folder_is_removed_by_the_next(tmp_path, sources):
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.glob(".shardkit-mix-*")) == [".shardkit-mix-running"]
+
+
+@pytest.mark.parametrize("weights", [[1e308, 1e-308], [1e308, 1e308, 1e308], [5e-324, 5e-324], [1.7e308, 1.0]])
+def test_share_out_takes_extreme_weights(weights):
+    """Weights near the float limits share out as their ratios say (1e308 * total used to
+    overflow to inf: an internal error)."""
+    for total in (0, 1, 10, 10**9):
+        shares = share_out(total, weights)
+        assert sum(shares) == total and all(s >= 0 for s in shares)
+        if weights[0] == weights[-1]:
+            assert max(shares) - min(shares) <= 1
+        elif total:
+            assert shares[0] == total

@@ -129,3 +129,42 @@ def test_real_data_duplicates_overlap_with_themselves():
     # every record meets itself; 1,800 records, 437 of them copies: 1,363 distinct keys
     assert result.eval_keys == 1800 - 437
     assert result.overlapping_eval_records == 1800
+
+
+def test_a_bom_line_is_still_compared_and_bad_lines_are_counted_apart(tmp_path):
+    """A train line with a UTF-8 BOM used to be 'without the key' and never compared: the
+    leak passed. It is the same record; lines that are not JSON are counted as such."""
+    ev, tr = tmp_path / "eval.jsonl", tmp_path / "train.jsonl"
+    ev.write_bytes(b'{"text": "leak", "n": 1}\n{"text": "kept"}\n')
+    tr.write_bytes(b'\xef\xbb\xbf{"n":1,"text":"leak"}\nnot json\n{"text": "other"}\n')
+    r = find_overlap([tr], [ev])
+    assert not r.ok and r.overlapping_eval_records == 1 and r.examples == [{"eval": f"{ev}:1", "train": f"{tr}:1"}]
+    assert r.train[0].invalid == 1 and r.train[0].unkeyed == 1
+    assert "  not valid JSON (not compared): eval 0, train 1" in r.lines()
+
+
+@pytest.mark.parametrize("key", ["record", "nosuchfield"])
+def test_a_key_no_eval_record_has_is_refused_not_passed(tmp_path, key):
+    """A typo'd --key compared nothing and exited 0; eval files that are all invalid too."""
+    ev, tr = tmp_path / "eval.jsonl", tmp_path / "train.jsonl"
+    ev.write_bytes(b'{"text": "a"}\n' if key != "record" else b"not json\n[1, 2]\n")
+    tr.write_bytes(b'{"text": "a"}\n')
+    with pytest.raises(UsageError, match="nothing to compare"):
+        find_overlap([tr], [ev], key=key)
+
+
+def test_split_exclude_matches_a_bom_line_and_warns_of_what_it_could_not_compare(tmp_path):
+    from conftest import run_cli
+
+    ev, tr = tmp_path / "eval.jsonl", tmp_path / "train.jsonl"
+    ev.write_bytes(b'{"text": "leak"}\n')
+    tr.write_bytes(b'\xef\xbb\xbf{"text": "leak"}\nnot json\n{"text": "other"}\n')
+    out = tmp_path / "out"
+    r = run_cli("split", tr, "-o", out, "-n", "10", "--exclude", ev, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = orjson.loads(r.stdout)
+    assert doc["counts"]["excluded"] == 1
+    assert any("1 record(s) kept without a comparison (1 not valid JSON" in w for w in doc["warnings"])
+    assert b"leak" not in (out / "train-00000.jsonl").read_bytes()
+    r = run_cli("split", tr, "-o", tmp_path / "o2", "-n", "10", "--exclude", ev, "--exclude-key", "nosuch")
+    assert r.returncode == 2 and b"nothing to compare" in r.stderr

@@ -6,6 +6,7 @@ import subprocess
 import orjson
 import pytest
 from conftest import FIXTURES, concat_shards, expected_records, make_chat_jsonl, run_cli
+from crashkit import final_files, run_with_fault
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -366,3 +367,42 @@ def test_library_errors_have_exit_codes(tmp_path):
         src.write_bytes(b"x" * 100 + b"\n")
         split([src], tmp_path / "o", SplitOptions(max_bytes=10, oversize="error"))
     assert e.value.exit_code == 1
+
+
+def test_resume_refuses_an_input_edited_since_the_interrupted_run(tmp_path):
+    """An edit that keeps the size (a letter's case) used to resume into shards that no
+    longer matched the input, with exit 0 and `verify` OK. The checkpoint now keeps each
+    input's size and modification time; a touched input is refused, an untouched one resumes."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(b'{"text": "record %d SUPER"}\n' % i for i in range(400)))
+    out = tmp_path / "out"
+    args = ["split", src, "-o", out, "-n", "50"]
+    r = run_with_fault(args, "after:shard_commit:2")
+    assert r.returncode != 0
+    shards_before = final_files(out)
+
+    data = src.read_bytes()
+    src.write_bytes(data.replace(b"record 3 SUPER", b"record 3 super"))  # inside a committed shard, same size
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 4, r.stderr
+    assert b"in.jsonl: changed since the interrupted run" in r.stderr and b"--overwrite" in r.stderr
+    assert final_files(out) == shards_before  # nothing touched
+
+    src.write_bytes(data)  # the same bytes again, but a new modification time: still refused
+    os.utime(src, ns=(1, 1))
+    assert run_cli(*args, "--resume").returncode == 4
+
+    r = run_cli(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert concat_shards(out) == data
+
+
+def test_resume_of_an_untouched_input_still_works(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(b'{"text": "record %d"}\n' % i for i in range(400)))
+    out = tmp_path / "out"
+    args = ["split", src, "-o", out, "-n", "50"]
+    assert run_with_fault(args, "after:shard_commit:2").returncode != 0
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert concat_shards(out) == src.read_bytes()

@@ -168,3 +168,65 @@ def test_a_jsonl_file_that_begins_like_parquet_is_split_as_lines(tmp_path):
     r = run_cli("split", src, "-o", tmp_path / "o", "-n", "10")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "in-00000.jsonl").read_bytes() == b"PAR1\n{}\n"
+
+
+# Lines pyarrow's reader would store wrong: each is refused with its file:line, before a
+# shard with it is published (the run can be fixed and started again).
+@pytest.mark.parametrize(
+    ("lines", "where", "says"),
+    [
+        # bytes that are not UTF-8: pyarrow copies them into the strings; no reader reads them back
+        ([b'{"text":"a"}', b'{"text":"a\xff\xfeb"}'], b"in.jsonl:2:", b"invalid UTF-8 at byte column 11 (byte 0xff)"),
+        ([b'{"text":"ok"}'] * 300 + [b'{"text":"\xed\xa0\x80"}'], b"in.jsonl:301:", b"invalid UTF-8"),
+        # a lone CR: pyarrow reads two rows from one line
+        ([b'{"a":1}', b'{"a":1}\r{"a":2}', b'{"a":3}'], b"in.jsonl:2:", b"not valid JSON"),
+        # only empty objects: no column to hold a row
+        ([b"{}", b"{}"], b"in.jsonl:1:", b"no keys"),
+    ],
+)
+def test_lines_parquet_cannot_hold_are_refused_by_line(tmp_path, lines, where, says):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    r = run_cli("split", src, "-o", tmp_path / "out", "-n", "1000", "--format", "parquet")
+    assert r.returncode == 1, r.stderr
+    assert where in r.stderr and says in r.stderr, r.stderr
+    assert b"Traceback" not in r.stderr
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_crlf_lines_and_empty_objects_beside_keys_convert(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"a":1}\r\n{}\r\n{"a":3,"t":"\xc3\xa9\xf0\x9f\x98\x80"}\r\n')
+    r = run_cli("split", src, "-o", tmp_path / "out", "-n", "1000", "--format", "parquet")
+    assert r.returncode == 0, r.stderr
+    assert read_rows(tmp_path / "out")[1] == [{"a": 1, "t": None}, {"a": None, "t": None}, {"a": 3, "t": "é😀"}]
+    assert verify(tmp_path / "out").ok
+
+
+def test_parquet_shards_are_read_as_records_by_validate_stats_and_overlap(tmp_path):
+    """Every command that reads records reads a Parquet file's rows, not its bytes as text
+    (which gave '0 records' and '0 overlaps' with exit 0: a leak check that passed)."""
+    src = tmp_path / "train.jsonl"
+    make_chat_jsonl(src, 40, seed=3, max_len=200)
+    lines = src.read_bytes().splitlines(keepends=True)
+    lines[6] = b'{"messages":[{"role":"bot","content":"x"}]}\n'
+    src.write_bytes(b"".join(lines))
+    r = run_cli("split", src, "-o", tmp_path / "pq", "-n", "1000", "--format", "parquet")
+    assert r.returncode == 0, r.stderr
+    shard = tmp_path / "pq" / "train-00000.parquet"
+
+    r = run_cli("validate", shard, "--kind", "chat", "--json")
+    assert r.returncode == 1, r.stderr
+    report = orjson.loads(r.stdout)
+    assert report["records"]["read"] == 40 and report["records"]["invalid"] == 1, report
+    assert f"{shard}:7".encode() in r.stdout
+
+    r = run_cli("stats", shard, "--json")
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout)["inputs"][0]["records"] == 40
+
+    r = run_cli("overlap", shard, "--against", src, "--json")
+    assert r.returncode == 1, r.stderr
+    assert orjson.loads(r.stdout)["overlapping_eval_records"] == 40
+    r = run_cli("overlap", src, "--against", shard, "--json")
+    assert r.returncode == 1 and orjson.loads(r.stdout)["overlapping_eval_records"] == 40

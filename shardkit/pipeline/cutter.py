@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from shardkit.core import faults
 from shardkit.core.blocks import NL, Block, nonblank_runs, nth_line_end
-from shardkit.core.errors import DataError, UsageError
+from shardkit.core.errors import ConflictError, DataError, UsageError
 from shardkit.core.io import deferred_signals, fsync_dir
 from shardkit.pipeline.shard import ParquetShardFile, ShardFile, count_records, shard_quota
 from shardkit.pipeline.transform import TRAIN
@@ -59,12 +59,28 @@ class _Checkpoint:
     rejects_bytes: int = 0
     # Parquet shards written with a schema that then grew, to delete before going on
     discard: list[str] = field(default_factory=list)
+    # each input's [size, mtime in ns] when the run began (None: not a local file): a resume
+    # refuses inputs that changed since, whose records before `offset` it would not read again
+    stamps: list | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         if not d["discard"]:
             del d["discard"]  # the usual case: manifests stay as they were
+        if d["stamps"] is None:
+            del d["stamps"]
         return d
+
+
+def input_stamp(spec) -> list[int] | None:
+    """[size, mtime_ns] of a local input file, else None."""
+    if spec.is_stdin or spec.remote:
+        return None
+    try:
+        st = os.stat(spec.path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 class _Never(Exception):
@@ -80,7 +96,8 @@ class StreamFlow:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.opts = run.opts.split
-        self.cp = _Checkpoint()
+        self.stamps = [input_stamp(spec) for spec in run.specs]
+        self.cp = _Checkpoint(stamps=self.stamps)
         self.cutter = _Cutter(self)
         # Parquet in one pass: the schema is a snapshot of what the builder has seen and
         # grows (the run starting again) when records do not fit it; None once it is final
@@ -120,6 +137,7 @@ class StreamFlow:
         """Continue from an incomplete manifest written by the same inputs and options."""
         run = self.run
         cp = _Checkpoint(**old["resume"])
+        self._check_unchanged(cp)
         self._discard(cp)
         self.cp = cp
         for tally, entry in zip(run.tallies[: cp.input], old["sources"], strict=False):
@@ -142,6 +160,23 @@ class StreamFlow:
                 self.builder = SchemaBuilder.from_state(inference, self.opts.parquet, warn=run.warn)
                 run.schema = self.builder.snapshot()
         return []
+
+    def _check_unchanged(self, cp: _Checkpoint) -> None:
+        """The inputs read so far are the ones the interrupted run read: same size and
+        modification time (what make and rsync trust). Sizes alone let an edit that keeps
+        the size resume into shards that no longer match the input."""
+        if cp.stamps is None:  # written by shardkit before 2026-12: sizes were checked
+            return
+        for i, (old, new) in enumerate(zip(cp.stamps, self.stamps, strict=False)):
+            if i > cp.input:
+                break
+            if old is not None and new is not None and old != new:
+                raise ConflictError(
+                    f"{self.run.specs[i].display}: changed since the interrupted run (modified "
+                    f"{'at another time' if old[0] == new[0] else 'to another size'}); its shards would not match it: "
+                    "cannot resume (use --overwrite to start again)"
+                )
+        cp.stamps = self.stamps
 
     def _discard(self, cp: _Checkpoint) -> None:
         """Delete the shards a checkpoint names as written with a schema that grew."""
@@ -209,7 +244,7 @@ class StreamFlow:
             run.warn(f"{run.specs[i].display}: {tally.blank} blank line(s) skipped")
         if not self.cutter.holding():  # else the checkpoint stays at the last commit
             self.cp = _Checkpoint(input=i + 1, rejects_records=run.rejects.records, rejects_bytes=run.rejects.bytes,
-                                  next_index=self.cutter.next_index if spans else 0)
+                                  next_index=self.cutter.next_index if spans else 0, stamps=self.stamps)
         faults.hit("after:input_done")
         run.save()
 
@@ -218,7 +253,8 @@ class StreamFlow:
         tally = self.run.tallies[i]
         return _Checkpoint(input=i, offset=offset, line=line, records=tally.records, blank=tally.blank,
                            rejected=tally.rejected, next_index=next_index,
-                           rejects_records=self.run.rejects.records, rejects_bytes=self.run.rejects.bytes)
+                           rejects_records=self.run.rejects.records, rejects_bytes=self.run.rejects.bytes,
+                           stamps=self.stamps)
 
     def _total_quota(self) -> Callable[[int], int | None]:
         """--num-shards N over the inputs taken together: N shards balanced by record count."""
@@ -287,7 +323,7 @@ class StreamFlow:
         if run.progress and self._progressed:
             run.progress(-self._progressed)
         self._progressed = 0
-        self.cp = _Checkpoint(discard=written)
+        self.cp = _Checkpoint(discard=written, stamps=self.stamps)
         run.save()  # lists no shard; --resume deletes the ones it names
         faults.hit("after:schema_grew")
         self._discard(self.cp)

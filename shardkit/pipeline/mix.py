@@ -148,8 +148,10 @@ def parse_sources(specs: Sequence[str], weights_file: str | os.PathLike | None =
 def share_out(total: int, weights: Sequence[float]) -> list[int]:
     """`total` shared in proportion to `weights`: floors, then one more to the largest
     remainders (ties: the earlier source)."""
-    whole = sum(weights)
-    exact = [total * w / whole for w in weights]
+    top = max(weights)
+    scaled = [w / top for w in weights]  # in (0, 1]: no sum or product overflows (1e308=...)
+    whole = sum(scaled)
+    exact = [total * (w / whole) for w in scaled]
     shares = [math.floor(x) for x in exact]
     order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - shares[i]), i))
     for i in order[: total - sum(shares)]:

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from shardkit.core.errors import UsageError
-from shardkit.core.io import BackgroundHasher, InputSpec, InputStream, inspect_input
+from shardkit.core.io import BackgroundHasher, InputSpec, inspect_input
+from shardkit.pipeline.shard import open_input
 from shardkit.records.ngrams import DEFAULT_NGRAM, ngram_hashes, record_words
 from shardkit.records.preference import prompt_messages
 from shardkit.records.tokens import add_content_parts
@@ -200,30 +201,46 @@ class SourceTally:
     path: str
     records: int = 0
     unkeyed: int = 0  # not a JSON object, or no such key
+    invalid: int = 0  # of those: lines that are not JSON (never compared, so counted apart)
     blank: int = 0
     bytes: int = 0
     sha256: str | None = None
 
     def to_dict(self) -> dict:
         return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
-                "unkeyed": self.unkeyed, "blank": self.blank}
+                "unkeyed": self.unkeyed, "invalid": self.invalid, "blank": self.blank}
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def loads_record(raw: bytes, loads=orjson.loads, decode_error=orjson.JSONDecodeError) -> object:
+    """A line's JSON value; a leading UTF-8 BOM is skipped (the record is the same record
+    for a leak check); NOT_JSON when it is not JSON."""
+    try:
+        return loads(raw)
+    except decode_error:
+        if raw.startswith(BOM):
+            return loads_record(raw[3:])
+        return NOT_JSON
+
+
+NOT_JSON = type("NotJson", (), {"__repr__": lambda self: "NOT_JSON"})()
 
 
 def iter_records(spec: InputSpec, tally: SourceTally) -> Iterator[tuple[int, object]]:
-    """(line, decoded record or None) of every non-blank line of one input; counts into
-    `tally` (records, blank, bytes, sha256)."""
+    """(line, decoded record or NOT_JSON) of every non-blank line of one input; counts
+    into `tally` (records, invalid, blank, bytes, sha256)."""
     from shardkit.pipeline.scan import open_records
 
     sha = BackgroundHasher(lane=0)
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    with InputStream(spec, on_raw=sha.update) as stream:
+    with open_input(spec, on_raw=sha.update) as stream:  # JSONL, or Parquet read as JSONL
         source = open_records(spec.path, stream)
         for line, _offset, raw in source:
             tally.records += 1
-            try:
-                obj = loads(raw)
-            except decode_error:
-                obj = None
+            obj = loads_record(raw)
+            if obj is NOT_JSON:
+                tally.invalid += 1
             yield line, obj
         tally.blank = source.blank
         tally.bytes = stream.raw_bytes
@@ -279,6 +296,13 @@ class EvalIndex:
                 if h not in first:
                     first[h] = (i, line)
                 copies[h] = copies.get(h, 0) + 1
+        records = sum(t.records for t in self.sources)
+        if records and not self.first:  # a check that compares nothing must not pass
+            invalid = sum(t.invalid for t in self.sources)
+            raise UsageError(
+                f"none of the {records:,} eval record(s) has the key {self.key!r} ({invalid:,} not valid JSON): "
+                "nothing to compare; check the key (record, first-user, prompt or a field name) and the eval files"
+            )
         return self
 
     def where(self, h: bytes) -> str | None:
@@ -395,8 +419,12 @@ class OverlapResult:
             f"appear in the training data ({d['matching_train_records']:,} training record(s) match)"
         ]
         out += [f"  {e['eval']} appears at {e['train']}" for e in self.examples]
-        if d["eval_unkeyed"] or d["train_unkeyed"]:
-            out.append(f"  without the key {self.key!r} (not compared): eval {d['eval_unkeyed']:,}, train {d['train_unkeyed']:,}")
+        invalid = {side: sum(t.invalid for t in getattr(self, side)) for side in ("eval", "train")}
+        if any(invalid.values()):
+            out.append(f"  not valid JSON (not compared): eval {invalid['eval']:,}, train {invalid['train']:,}")
+        keyless = {side: d[f"{side}_unkeyed"] - invalid[side] for side in ("eval", "train")}
+        if any(keyless.values()):
+            out.append(f"  without the key {self.key!r} (not compared): eval {keyless['eval']:,}, train {keyless['train']:,}")
         return out
 
 

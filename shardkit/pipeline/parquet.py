@@ -82,6 +82,7 @@ import pyarrow.parquet as pq
 from shardkit import __version__
 from shardkit.core.errors import DataError, InputError, UsageError
 from shardkit.core.io import started_pool
+from shardkit.records.validate import utf8_error
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 ON_CONFLICT = ("json-string", "error")
@@ -1476,7 +1477,12 @@ class ParquetShardWriter:
         self._parsing.submit(chunk, self._json, self._parse_schema)
 
     def _chunk_parsed(self, chunk: _Chunk, result) -> None:
+        if isinstance(result, _NotUtf8):
+            raise DataError(f"{chunk.where(result.index)}: cannot convert to Parquet: {result}; "
+                            "Parquet strings must be UTF-8 (validate names every such line)")
         table = self._retry(chunk) if isinstance(result, Exception) else result
+        if table.num_rows != chunk.lines or not table.num_columns:
+            raise _rows_error(chunk, self._buffers, table)
         self._pending.append(table)
         self._pending_bytes += table.nbytes
         self._write_full_groups()
@@ -1550,17 +1556,49 @@ class ParquetShardWriter:
         self.row_groups += 1
 
 
+class _NotUtf8(pa.ArrowInvalid):
+    """(parse lane) Bytes that are not UTF-8 in a chunk: pyarrow's reader would copy them
+    into the Parquet strings as they are, and no reader could read the shard back."""
+
+    def __init__(self, data, offset: int) -> None:
+        head = bytes(data[:offset])
+        self.index = head.count(b"\n")  # the chunk's line
+        self.column = offset - (head.rfind(b"\n") + 1) + 1
+        self.byte = data[offset]
+        super().__init__(f"invalid UTF-8 at byte column {self.column} (byte 0x{self.byte:02x})")
+
+
 def _convert_parse(prepared: tuple[memoryview, int], fields: _JsonFields, schema: pa.Schema) -> pa.Table:
     """(parse lane) The chunk as a table of the shard's schema.
 
-    ArrowInvalid too if a JSON-text field's key was spelled so that the byte search
-    missed it (pyarrow would have kept that value as a plain string).
+    _NotUtf8 if it holds bytes that are not UTF-8; ArrowInvalid too if a JSON-text field's
+    key was spelled so that the byte search missed it (pyarrow would have kept that value
+    as a plain string).
     """
     data, rewritten = prepared
+    bad = utf8_error(data)
+    if bad >= 0:
+        raise _NotUtf8(data, bad)
     table = _read_json(data, schema)
     if fields and fields.missed(table, rewritten):
         raise pa.ArrowInvalid("a JSON-text field's key is spelled with escapes")
     return table
+
+
+def _rows_error(chunk: _Chunk, buffers: _Buffers, table: pa.Table) -> DataError:
+    """pyarrow read another number of rows than the chunk has lines: records with no key
+    at all (a Parquet row needs a column), or a line pyarrow cut in two at a lone CR."""
+    if table.num_columns == 0:
+        return DataError(f"{chunk.where(0)}: cannot convert to Parquet: the records have no keys ({{}}), and a "
+                         "Parquet file needs at least one column; write JSONL (leave out --format parquet)")
+    data = bytes(chunk.data(buffers))
+    for i, (s, e) in enumerate(_line_spans(data)):
+        line = data[s:e].rstrip(b"\n").removesuffix(b"\r")
+        if b"\r" in line:
+            _object_at(chunk, i, line)  # raises: not valid JSON
+            return DataError(f"{chunk.where(i)}: cannot convert to Parquet: a carriage return (CR) inside the line")
+    return DataError(f"{chunk.where(0)}: cannot convert to Parquet: {table.num_rows} rows read from {chunk.lines} "
+                     f"lines (somewhere in this line and the {chunk.lines - 1} after it)")
 
 
 def _rows_within(table: pa.Table, limit: int) -> int:

@@ -22,7 +22,7 @@ from shardkit.core.io import (
     write_all,
 )
 from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, is_json_array
-from shardkit.pipeline.shard import reject_record
+from shardkit.pipeline.shard import is_parquet, open_input, reject_record
 from shardkit.records.check import POOL_MIN_BYTES, CheckOptions, Checks, SchemaValidator, auto_jobs
 from shardkit.records.validate import DEFAULT_MAX_LINE_BYTES, Report
 
@@ -137,13 +137,15 @@ def validate_files(
 
 def validate_one(spec, checks: Checks, report: Report, sink: RejectsSink | None, progress) -> None:
     display = spec.display
-    with InputStream(spec) as stream:
+    parquet = is_parquet(spec)
+    with open_input(spec) as stream:  # JSONL, or Parquet read as JSONL
         head = stream.read(_HEAD)
         if (
             checks.jobs > 1
             and spec.compression is None
             and not spec.is_stdin
             and not spec.remote
+            and not parquet
             and spec.size is not None
             and spec.size >= POOL_MIN_BYTES
             and not is_json_array(spec.path, head)

@@ -37,6 +37,7 @@ import orjson
 
 from shardkit.core.errors import DataError, UsageError
 from shardkit.core.io import InputSpec, InputStream, format_size, inspect_input
+from shardkit.pipeline.shard import open_input
 from shardkit.records.minhash import DEFAULT_SHINGLE, NUM_PERM, NearDupIndex, Signer, lsh_params
 from shardkit.records.template import TemplateError, chat_view, load_chat_template
 from shardkit.records.tokens import (
@@ -242,7 +243,7 @@ def scan_input(
     on_raw = (lambda data: progress(len(data))) if progress is not None else None
     counter = _TokenCounter(tokenizer, columns.tokens, template) if tokenizer is not None else None
     signer = Signer(columns.shingle) if columns.shingle is not None else None
-    with InputStream(spec, on_raw) as stream:
+    with open_input(spec, on_raw) as stream:  # JSONL, or Parquet read as JSONL
         counted = _CountingReader(stream)
         source = open_source(spec, counted)
         try:

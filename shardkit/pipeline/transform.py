@@ -93,10 +93,12 @@ from shardkit.core.jsonarray import ARRAY_BATCH, JsonArraySource, compact
 from shardkit.pipeline.neardup import NEAR_DUPLICATES_NAME, NearDedup
 from shardkit.pipeline.overlap import (
     HASH_BYTES,
+    NOT_JSON,
     EvalIndex,
     NgramIndex,
     inspect_inputs,
     key_function,
+    loads_record,
 )
 from shardkit.pipeline.shard import (
     DEFAULT_NAME,
@@ -345,10 +347,8 @@ class _Record:
     def obj(self) -> object:
         """The decoded JSON value (decoded once); `INVALID` when the line is not JSON."""
         if self._obj is _NOT_YET:
-            try:
-                self._obj = orjson.loads(self.raw)
-            except orjson.JSONDecodeError:
-                self._obj = INVALID
+            obj = loads_record(self.raw)  # a leading BOM skipped, as overlap does
+            self._obj = INVALID if obj is NOT_JSON else obj
         return self._obj
 
     def replace(self, obj: dict) -> None:
@@ -441,14 +441,19 @@ class _Exclude:
     def __init__(self, p: RecordFlow, index: EvalIndex) -> None:
         self.p, self.index = p, index
         self.whole = index.key == "record"
+        self.not_json = self.keyless = 0  # records kept without being compared (warned at the end)
 
     def __call__(self, rec: _Record) -> bool:
+        obj = rec.obj()
+        if obj is INVALID:
+            self.not_json += 1
+            return True
         if self.whole:
             h = rec.hash()
         else:
-            obj = rec.obj()
             key = self.index.key_of(obj) if type(obj) is dict else None
             if key is None:
+                self.keyless += 1
                 return True
             h = hashlib.sha256(key).digest()[:HASH_BYTES]
         where = self.index.where(h)
@@ -1066,6 +1071,11 @@ class RecordFlow:
                           ("contaminated", "contaminated"), ("near_duplicates", "near-duplicate")):
             if sides.get(key):
                 self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
+        exclude = next((s for s in self.steps if isinstance(s, _Exclude)), None)
+        if exclude is not None and (exclude.not_json or exclude.keyless):
+            self.warn(f"--exclude: {exclude.not_json + exclude.keyless} record(s) kept without a comparison "
+                      f"({exclude.not_json} not valid JSON, {exclude.keyless} without the key {exclude.index.key!r}); "
+                      "--validate KIND rejects the invalid ones")
         overlap = self.holdout.prompt_overlap() if self.holdout is not None else 0
         if overlap:
             self.warn(f"{overlap} held-out prompt(s) also occur in train (--holdout-key {self.holdout.key}); "

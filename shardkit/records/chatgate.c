@@ -36,6 +36,9 @@
  * (line index, start, end, code): code -1 for a slow line, else resolve's code; start
  * and end are the line's bytes [start, end), newline included. `data` must not change
  * during the call (check_lines passes bytes).
+ *
+ * The scan runs without the GIL (it takes it back only to call resolve), so threads can
+ * scan blocks in parallel: split --validate checks its blocks on threads, not processes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -680,18 +683,22 @@ static Py_ssize_t signature(const Keys *keys, char *out)
     return n;
 }
 
-/* resolve(keys tuple) -> code, cached per shape for this call; -1 on no room. -2 on error */
-static long shape_code(const Keys *keys, Shape *shapes, int *nshapes, PyObject *resolve)
+/* the code cached for this shape in this call: -1 slow (no room), -3 not cached yet (needs
+   the GIL: shape_resolve). Runs without the GIL. */
+static long shape_lookup(const Keys *keys, const Shape *shapes, int nshapes, char *sig, Py_ssize_t *len)
 {
-    char sig[MAX_SIG];
-    Py_ssize_t len = signature(keys, sig);
-    if (len < 0)
+    *len = signature(keys, sig);
+    if (*len < 0)
         return -1;
-    for (int i = 0; i < *nshapes; i++)
-        if (shapes[i].len == len && memcmp(shapes[i].sig, sig, len) == 0)
+    for (int i = 0; i < nshapes; i++)
+        if (shapes[i].len == *len && memcmp(shapes[i].sig, sig, *len) == 0)
             return shapes[i].code;
-    if (*nshapes == MAX_SHAPES)
-        return -1;
+    return nshapes == MAX_SHAPES ? -1 : -3;
+}
+
+/* resolve(keys tuple) -> code, cached as a new shape; -2 on error. Needs the GIL. */
+static long shape_resolve(const Keys *keys, Shape *shapes, int *nshapes, PyObject *resolve, const char *sig, Py_ssize_t len)
+{
     PyObject *tuple = PyTuple_New(keys->n);
     if (!tuple)
         return -2;
@@ -720,16 +727,50 @@ static long shape_code(const Keys *keys, Shape *shapes, int *nshapes, PyObject *
     return code;
 }
 
-static int add_event(PyObject *events, Py_ssize_t index, Py_ssize_t start, Py_ssize_t end, long code)
+/* the events of one scan, gathered without the GIL (PyMem_Raw*) and turned into a list after */
+typedef struct {
+    Py_ssize_t index, start, end;
+    long code;
+} Event;
+
+typedef struct {
+    Event *e;
+    Py_ssize_t n, cap;
+} Events;
+
+static int add_event(Events *ev, Py_ssize_t index, Py_ssize_t start, Py_ssize_t end, long code)
 {
-    PyObject *t = Py_BuildValue("(nnnl)", index, start, end, code);
-    if (!t)
-        return -1;
-    int rc = PyList_Append(events, t);
-    Py_DECREF(t);
-    return rc;
+    if (ev->n == ev->cap) {
+        Py_ssize_t cap = ev->cap ? 2 * ev->cap : 256;
+        Event *e = PyMem_RawRealloc(ev->e, sizeof(Event) * cap);
+        if (!e)
+            return -1;
+        ev->e = e;
+        ev->cap = cap;
+    }
+    ev->e[ev->n++] = (Event){index, start, end, code};
+    return 0;
 }
 
+static PyObject *event_list(const Events *ev)
+{
+    PyObject *list = PyList_New(ev->n);
+    if (!list)
+        return NULL;
+    for (Py_ssize_t i = 0; i < ev->n; i++) {
+        const Event *e = &ev->e[i];
+        PyObject *t = Py_BuildValue("(nnnl)", e->index, e->start, e->end, e->code);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+/* The scan runs without the GIL (so a thread can check blocks while others work): it takes
+   the GIL back only to call resolve for a new shape. */
 static PyObject *scan(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
@@ -748,41 +789,56 @@ static PyObject *scan(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "resolve must be callable");
         return NULL;
     }
-    PyObject *events = PyList_New(0);
     Shape *shapes = PyMem_Malloc(sizeof(Shape) * MAX_SHAPES);
-    if (!events || !shapes) {
-        if (!shapes)
-            PyErr_NoMemory();
-        goto fail;
+    if (!shapes) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
     }
-    int nshapes = 0;
+    Events ev = {NULL, 0, 0};
+    int nshapes = 0, failed = 0; /* failed: 1 no memory, 2 resolve raised */
     ptr base = (ptr)buf.buf, end = base + buf.len, p = base;
     Py_ssize_t clean = 0, index = 0;
     Keys keys;
+    Py_BEGIN_ALLOW_THREADS
     for (;; index++) {
         ptr nl = memchr(p, '\n', end - p);
         if (!nl)
             break;
         long code = -1;
         if (nl - p <= max_line && check_line(p, nl, &keys, kinds) == 0) {
-            code = shape_code(&keys, shapes, &nshapes, resolve);
-            if (code == -2)
-                goto fail;
+            char sig[MAX_SIG];
+            Py_ssize_t len;
+            code = shape_lookup(&keys, shapes, nshapes, sig, &len);
+            if (code == -3) { /* a new shape: the only place the scan takes the GIL back */
+                Py_BLOCK_THREADS
+                code = shape_resolve(&keys, shapes, &nshapes, resolve, sig, len);
+                Py_UNBLOCK_THREADS
+            }
+            if (code == -2) {
+                failed = 2;
+                break;
+            }
         }
         if (code == 0)
             clean++;
-        else if (add_event(events, index, p - base, nl + 1 - base, code) < 0)
-            goto fail;
+        else if (add_event(&ev, index, p - base, nl + 1 - base, code) < 0) {
+            failed = 1;
+            break;
+        }
         p = nl + 1;
     }
+    Py_END_ALLOW_THREADS
     PyMem_Free(shapes);
     PyBuffer_Release(&buf);
+    PyObject *events = NULL;
+    if (failed == 1)
+        PyErr_NoMemory();
+    else if (!failed)
+        events = event_list(&ev);
+    PyMem_RawFree(ev.e);
+    if (!events)
+        return NULL;
     return Py_BuildValue("(nnN)", clean, index, events);
-fail:
-    PyMem_Free(shapes);
-    Py_XDECREF(events);
-    PyBuffer_Release(&buf);
-    return NULL;
 }
 
 /* for the tests: the gate's own text test on one JSON string token (bytes, quotes
@@ -810,9 +866,74 @@ static PyObject *is_space(PyObject *self, PyObject *arg)
     return PyBool_FromLong(is_space_cp((unsigned int)cp));
 }
 
+/* utf8_error(data) -> offset of the first byte that is not valid UTF-8 (as Python's strict
+   decoder reads it: no overlong forms, no surrogates), or -1. Runs without the GIL; the
+   Parquet writer checks each chunk with it (pyarrow's JSON reader does not). */
+/* offset of the first byte of [s, end) that starts no valid UTF-8 sequence, or -1: ASCII
+   skipped 16 bytes at a time, each multi-byte sequence checked in place (Table 3-7 of the
+   Unicode standard: no overlong forms, no surrogates, nothing past U+10FFFF) */
+static Py_ssize_t utf8_check(ptr s, ptr end)
+{
+    ptr p = s;
+    while (p < end) {
+#if defined(__SSE2__)
+        if (end - p >= 16) {
+            int m = _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)p));
+            if (m == 0) {
+                p += 16;
+                continue;
+            }
+            p += __builtin_ctz(m); /* the first byte >= 0x80 */
+        }
+#endif
+        unsigned int c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        Py_ssize_t left = end - p;
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (left < 2 || (p[1] & 0xC0) != 0x80)
+                return p - s;
+            p += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (left < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 ||
+                (c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0))
+                return p - s;
+            p += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (left < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80 ||
+                (c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] >= 0x90))
+                return p - s;
+            p += 4;
+        } else {
+            return p - s;
+        }
+    }
+    return -1;
+}
+
+/* utf8_error(data) -> offset of the first byte that is not valid UTF-8 (as Python's strict
+   decoder reads it), or -1. Runs without the GIL; the Parquet writer checks each chunk
+   with it (pyarrow's JSON reader does not). */
+static PyObject *utf8_error(PyObject *self, PyObject *arg)
+{
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = utf8_check((ptr)buf.buf, (ptr)buf.buf + buf.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromSsize_t(bad);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, max_line, resolve, kinds) -> (clean, lines, events): the gate over raw lines."},
+    {"utf8_error", utf8_error, METH_O,
+     "utf8_error(data) -> int: offset of the first byte that is not valid UTF-8, or -1."},
     {"fine_string", fine_string, METH_O, "fine_string(token) -> bool: the gate's text test (tests)."},
     {"is_space", is_space, METH_O, "is_space(code_point) -> bool: str.isspace for one code point (tests)."},
     {NULL, NULL, 0, NULL},
