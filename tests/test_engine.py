@@ -189,13 +189,13 @@ def test_engine_refuses_two_inputs_with_one_shard_name_before_moving_anything(tm
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     make_chat_jsonl(a, 5, seed=1)
     make_chat_jsonl(b, 5, seed=2)
-    for files in ([a, a], [a, b]):
-        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
-        r = run_cli("split", *files, "-o", out, "-n", "2", "--name", "x-{index}.jsonl", "--engine", "local")
-        assert r.returncode == 4 and b"two inputs give this shard name" in r.stderr, r.stderr
-        assert not [p for p in out.iterdir() if not p.name.startswith(".")]
-    one = run_cli("split", a, a, "-o", tmp_path / "single", "-n", "2", "--name", "x-{index}.jsonl")
-    assert one.returncode == 4  # the single-process run refuses it too
+    # refused before anything is made: the same file twice, or names without {stem}
+    for files, says in (([a, a], b"given twice"), ([a, b], b"the same shard names (x-0.jsonl); put {stem} in it")):
+        for engine in (["--engine", "local"], []):
+            out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+            r = run_cli("split", *files, "-o", out, "-n", "2", "--name", "x-{index}.jsonl", *engine)
+            assert r.returncode == 2 and says in r.stderr, r.stderr
+            assert not out.exists()
 
 
 def test_engine_resume_checks_inputs_and_options(tmp_path: Path):

@@ -318,7 +318,9 @@ def test_dedup_finds_the_known_duplicates_and_names_the_first_copy(mixed_pair, t
 
 def test_dedup_works_across_inputs(two_inputs, tmp_path):
     _, a, _ = two_inputs
-    r = run([a, a], tmp_path / "o", dedup="exact")
+    copy = tmp_path / "copy.jsonl"  # the same file twice is refused (test_shard): a copy of it
+    copy.write_bytes(a.read_bytes())
+    r = run([a, copy], tmp_path / "o", dedup="exact")
     assert r.counts == {"read": 1200, "written": 600, "train": 600, "validation": 0, "rejected": 0,
                         "duplicates": 600, "excluded": 0, "blank": 0}
     first = side(tmp_path / "o", "duplicates.jsonl")[0]
@@ -411,14 +413,16 @@ def test_bad_options_are_usage_errors(kw, message):
 
 def test_out_rules_resume_overwrite_and_lock(two_inputs, tmp_path):
     _, a, _ = two_inputs
+    a2 = tmp_path / "a2.jsonl"  # a copy: the same file twice is refused
+    a2.write_bytes(a.read_bytes())
     out = tmp_path / "o"
-    run([a, a], out, dedup="exact", shuffle=True)
+    run([a, a2], out, dedup="exact", shuffle=True)
     assert (out / "duplicates.jsonl").exists()
     with pytest.raises(ConflictError, match="already holds a complete shardkit run"):
-        run([a, a], out, dedup="exact", shuffle=True)
-    assert run([a, a], out, dedup="exact", shuffle=True, resume=True).already_complete
+        run([a, a2], out, dedup="exact", shuffle=True)
+    assert run([a, a2], out, dedup="exact", shuffle=True, resume=True).already_complete
     with pytest.raises(ConflictError, match=r"options differ from the interrupted run \(seed\)"):
-        run([a, a], out, dedup="exact", shuffle=True, seed=5, resume=True)
+        run([a, a2], out, dedup="exact", shuffle=True, seed=5, resume=True)
     (out / "notes.txt").write_text("mine")  # not listed: --overwrite leaves it alone
     r = run([a], out, holdout=0.5, overwrite=True)  # the listed duplicates.jsonl goes, no conflict
     listed = {f["path"] for f in r.manifest["files"]}

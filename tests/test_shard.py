@@ -406,3 +406,35 @@ def test_resume_of_an_untouched_input_still_works(tmp_path):
     r = run_cli(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert concat_shards(out) == src.read_bytes()
+
+
+def test_cut_options_that_contradict_or_repeat_are_refused_up_front(tmp_path):
+    """Found by the hostile-input hunt: each of these ran and wrote something else than asked."""
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(b'{"text": "a"}\n' * 10)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    b = sub / "b.jsonl"
+    b.write_bytes(b'{"text": "b"}\n' * 10)
+    cases = [
+        # --num-shards 2 with -b 1KB wrote 1066 shards
+        (["split", a, "-o", tmp_path / "o1", "--num-shards", "2", "-b", "1KB"], b"--num-shards makes exactly N shards"),
+        (["split", a, "-o", tmp_path / "o2", "--num-shards", "2", "-n", "3"], b"--num-shards makes exactly N shards"),
+        # the same file twice wrote every record twice
+        (["split", a, tmp_path / "." / "a.jsonl", "-o", tmp_path / "o3", "-n", "5"], b"given twice"),
+        # names without {stem}: the second input failed after the first one's shards were written
+        (["split", a, b, "-o", tmp_path / "o4", "-n", "5", "--name", "{index:05d}.jsonl"], b"put {stem} in it"),
+    ]
+    for args, says in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+        assert not args[args.index("-o") + 1].exists()  # nothing written
+
+
+def test_dry_run_says_rejects_would_be_written(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"messages": 1}\n' + b'{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}\n')
+    r = run_cli("split", src, "-o", tmp_path / "o", "-n", "5", "--validate", "chat", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert b"1 invalid record(s) would go to rejects.jsonl" in r.stderr
+    assert not (tmp_path / "o").exists()

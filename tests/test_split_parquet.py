@@ -230,3 +230,17 @@ def test_parquet_shards_are_read_as_records_by_validate_stats_and_overlap(tmp_pa
     assert orjson.loads(r.stdout)["overlapping_eval_records"] == 40
     r = run_cli("overlap", src, "--against", shard, "--json")
     assert r.returncode == 1 and orjson.loads(r.stdout)["overlapping_eval_records"] == 40
+
+
+@pytest.mark.parametrize("limit", ["20KB", "100KB"])
+def test_a_small_max_bytes_is_not_overshot(tmp_path, limit):
+    """Shards were checked against --max-bytes every 1 MiB of input: -b 20KB wrote one
+    174 KiB shard. The size is now checked at least four times per shard."""
+    src = tmp_path / "in.jsonl"
+    make_chat_jsonl(src, 1500, seed=2, max_len=400)
+    r = run_cli("split", src, "-o", tmp_path / "o", "--format", "parquet", "-b", limit, "--json")
+    assert r.returncode == 0, r.stderr
+    files = orjson.loads(r.stdout)["files"]
+    cap = int(limit.removesuffix("KB")) * 1000
+    assert len(files) > 1 and all(f["bytes"] <= cap for f in files), [f["bytes"] for f in files]
+    assert sum(pq.read_metadata(tmp_path / "o" / f["path"]).num_rows for f in files) == 1500

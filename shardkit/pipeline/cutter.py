@@ -123,10 +123,11 @@ class StreamFlow:
 
     def finish_warnings(self, sides: dict) -> None:
         name = self.run.rejects.final.name
+        to = "would go to" if self.run.dry_run else "written to"
         if self.cutter.invalid:
-            self.run.warn(f"{self.cutter.invalid} invalid record(s) written to {name}")
+            self.run.warn(f"{self.cutter.invalid} invalid record(s) {to} {name}")
         if self.cutter.oversize_rejected:
-            self.run.warn(f"{self.cutter.oversize_rejected} record(s) larger than --max-bytes written to {name}")
+            self.run.warn(f"{self.cutter.oversize_rejected} record(s) larger than --max-bytes {to} {name}")
 
     def progressed(self, n: int) -> None:
         self._progressed += n
@@ -422,7 +423,8 @@ class _Cutter:
         last_line = line + lines  # one past the run's last line
         max_bytes = self.opts.max_bytes
         parquet = self.opts.format == "parquet"
-        piece = PARQUET_PIECE if parquet and max_bytes is not None else None
+        # checked at least 4 times per shard: a small --max-bytes is not overshot by a whole piece
+        piece = min(PARQUET_PIECE, max(4096, max_bytes // 4)) if parquet and max_bytes is not None else None
         while pos < end:
             if self._records and self._full():
                 self.commit(block.offset + pos - block.start, line)

@@ -453,9 +453,13 @@ def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: boo
     checked before anything is written."""
     spans = plan.shuffle or plan.spans_inputs(len(specs))
     stems = [SHUFFLED_STEM] if spans else input_stems([s.path for s in specs])
+    firsts: dict[str, str] = {}
     for stem in stems:
         for split in plan.splits:
-            plan.shard_name(stem, split, 0)
+            name = plan.shard_name(stem, split, 0)
+            if firsts.setdefault(name, stem) != stem:
+                raise UsageError(f"--name {plan.name_template()!r} gives the inputs {firsts[name]!r} and {stem!r} the same "
+                                 f"shard names ({name}); put {{stem}} in it")
     sides = {"--duplicates": plan.duplicates, "--excluded": plan.excluded} if not plan.streams else {}
     if plan.decontaminate:
         sides["contaminated"] = plan.contaminated

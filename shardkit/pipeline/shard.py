@@ -104,6 +104,9 @@ class SplitOptions:
                 raise UsageError(f"{flag} must be at least 1 (got {value})")
         if self.max_records is None and self.max_bytes is None and self.num_shards is None:
             raise UsageError("say how to cut: give --max-records N, --max-bytes SIZE or --num-shards N")
+        if self.num_shards is not None and (self.max_records is not None or self.max_bytes is not None):
+            raise UsageError("--num-shards makes exactly N shards: give it alone, without --max-records or --max-bytes "
+                             "(which would make more)")
         if self.oversize not in OVERSIZE_POLICIES:
             raise UsageError(f"--oversize must be one of {', '.join(OVERSIZE_POLICIES)} (got {self.oversize!r})")
         if self.max_errors is not None and self.max_errors < 0:
@@ -594,10 +597,28 @@ def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[st
     if (paths + list(also)).count("-") > 1:
         raise UsageError("stdin (-) can be given only once")
     specs = [inspect_input(p) for p in paths]
+    _refuse_repeats(specs)
     if not arrays:
         for spec in specs:
             _refuse_json_array(spec)
     return specs
+
+
+def _refuse_repeats(specs: Sequence[InputSpec]) -> None:
+    """The same file given twice would write every record twice."""
+    seen: dict[tuple, str] = {}
+    for spec in specs:
+        if spec.is_stdin:
+            continue
+        if spec.remote:
+            key: tuple = ("url", spec.path)
+        else:
+            st = os.stat(spec.path)
+            key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise UsageError(f"{spec.display}: given twice (as {seen[key]}): every record would be written twice; "
+                             "give each input once (shardkit mix repeats sources on purpose)")
+        seen[key] = spec.display
 
 
 def start_checks(stack: ExitStack, check: CheckOptions | None, specs: list[InputSpec], jobs: int | None) -> Checks | None:

@@ -1070,7 +1070,8 @@ class RecordFlow:
         for key, noun in (("rejects", "rejected"), ("duplicates", "duplicate"), ("excluded", "excluded"),
                           ("contaminated", "contaminated"), ("near_duplicates", "near-duplicate")):
             if sides.get(key):
-                self.warn(f"{sides[key]['records']} {noun} record(s) written to {sides[key]['path']}")
+                to = "would go to" if self.run.dry_run else "written to"
+                self.warn(f"{sides[key]['records']} {noun} record(s) {to} {sides[key]['path']}")
         exclude = next((s for s in self.steps if isinstance(s, _Exclude)), None)
         if exclude is not None and (exclude.not_json or exclude.keyless):
             self.warn(f"--exclude: {exclude.not_json + exclude.keyless} record(s) kept without a comparison "
