@@ -87,7 +87,7 @@ def _moved(entries, verb: str, dry_run: bool, json_output: bool) -> None:
         print_json({"dry_run": dry_run, "moved": rows})
     else:
         for r in rows:
-            typer.echo(safe(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}"))
+            typer.echo(safe(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}/{r['name']}"))
     summary({("would move" if dry_run else "moved"): len(rows)})
 
 
@@ -361,6 +361,7 @@ def queue_ingest(
                 for r in result.routed:
                     extra = f" ({r.reason})" if r.reason else ""
                     kids = f": {len(r.children)} shard(s)" if r.children else ""
+                    kids += f" as {r.renamed} (its name was taken there)" if r.renamed else ""
                     typer.echo(safe(f"{'would route' if dry_run else 'routed'}: {r.name} -> {r.to}{kids}{extra}"))
                 for name, why in result.skipped:
                     typer.echo(safe(f"skipped: {name}: {why}"))

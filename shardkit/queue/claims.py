@@ -101,8 +101,15 @@ class Claims:
             out += sorted(self.entries([prio]), key=lambda e: (e.mtime, e.name))
         return out
 
-    def _held_entry(self, path_or_name: str, token: str | None) -> tuple[Entry, Lease | None]:
-        entry = self.find_for("complete", path_or_name)
+    def _held_entry(self, op: str, path_or_name: str, token: str | None) -> tuple[Entry, Lease | None]:
+        try:
+            entry = self.find_for(op, path_or_name)
+        except ConflictError as e:
+            if token is None:
+                raise
+            # the holder of a token asks: its claim ended (completed, failed or requeued by
+            # another process); say so rather than where the file went
+            raise ConflictError(f"{e}; the lease was taken over or released: this token no longer holds the file") from None
         lease = self.lease(entry.name)
         if token is not None and (lease is None or lease.token != token):
             raise ConflictError(
@@ -120,7 +127,7 @@ class Claims:
         return entry, lease
 
     def heartbeat(self, path_or_name: str, token: str | None = None) -> Lease:
-        entry, lease = self._held_entry(path_or_name, token)
+        entry, lease = self._held_entry("heartbeat", path_or_name, token)
         if lease is None:
             raise ConflictError(f"{entry.name}: no lease (claimed outside shardkit?)")
         lease.heartbeat = time.time()
@@ -128,17 +135,21 @@ class Claims:
         return lease
 
     def complete(self, path_or_name: str, token: str | None = None, *, dry_run: bool = False) -> Entry:
-        entry, lease = self._held_entry(path_or_name, token)
+        entry, lease = self._held_entry("complete", path_or_name, token)
+        # without a token the caller may not be the lease's worker (a claim requeued as
+        # stale and taken by another): the journal says the token was not checked
         moved = self.move(entry, "complete", "completed", worker=lease.worker if lease else None, dry_run=dry_run,
-                          update={"completed_at": now_precise(), "last_error": None})
+                          update={"completed_at": now_precise(), "last_error": None},
+                          unverified=True if lease is not None and token is None else None)
         if not dry_run:
             self._drop_lease(entry.name)
         return moved
 
     def fail(self, path_or_name: str, token: str | None = None, *, reason: str | None = None, dry_run: bool = False) -> Entry:
-        entry, lease = self._held_entry(path_or_name, token)
+        entry, lease = self._held_entry("fail", path_or_name, token)
         moved = self.move(entry, "fail", "failed", worker=lease.worker if lease else None, reason=reason,
-                          dry_run=dry_run, update={"last_error": reason})
+                          dry_run=dry_run, update={"last_error": reason},
+                          unverified=True if lease is not None and token is None else None)
         if not dry_run:
             self._drop_lease(entry.name)
         return moved

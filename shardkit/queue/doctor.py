@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from shardkit.core.errors import ConflictError
-from shardkit.core.io import TMP_PREFIX
+from shardkit.core.errors import ConflictError, ShardkitError
+from shardkit.core.io import TMP_PREFIX, fsync_dir
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
+from shardkit.queue.model import TRANSITIONS, Item
 from shardkit.queue.state import (
     PRIORITIES,
     STATES,
@@ -75,6 +76,7 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
     if repair:
         for name in finish_open_ingests(queue):
             add(Finding("open_intent", f"interrupted ingest of {name} finished (shards published, parent to split/)", True, True))
+        _finish_prunes(queue, add)
     else:
         for intent in queue.journal.open_intents():
             if ingest_running(queue, intent):
@@ -82,6 +84,7 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
             add(Finding("open_intent", f"journal: {intent.op} {intent.intent.get('name', '')} (tx {intent.tx[:8]}) "
                         "started but never committed; --repair finishes it", True))
     _temps(queue, repair, now, add)
+    _corrupt_records(queue, repair, add)
     _records(queue, repair, add)
     _leases(queue, repair, add)
     _duplicates(queue, add)
@@ -160,6 +163,9 @@ def _records(queue: Queue, repair: bool, add) -> None:
             add(f)
         else:
             add(Finding("record_without_file", f"{item.name}: record {item.id[:8]} says {item.state}, but no such file"))
+    inodes = {_inode(e): e for e in entries if e.item is not None}
+    inodes.pop(None, None)
+    live = {e.item.sha256: e for e in entries if e.item is not None and e.item.sha256 and e.state != "inbox"}
     for e in entries:
         if e.item is not None or (e.state, e.name) in explained:
             continue
@@ -167,6 +173,8 @@ def _records(queue: Queue, repair: bool, add) -> None:
             continue  # a drop: ingest gives it its record when it routes it
         if not os.path.lexists(e.path) or queue.record_of(e) is not None:
             continue  # moved on, or its mover saved its record after the listing
+        if _second_name(queue, e, inodes.get(_inode(e)), repair, add) or _copy(queue, e, live, repair, add):
+            continue
         f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
         if repair:
             try:
@@ -178,6 +186,154 @@ def _records(queue: Queue, repair: bool, add) -> None:
                 if not os.path.lexists(e.path) or queue.record_of(e) is not None:
                     continue
         add(f)
+
+
+def _inode(e) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(e.path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _second_name(queue: Queue, e, other, repair: bool, add) -> bool:
+    """A record-less name of a file the queue already holds under another name (one inode,
+    two names: a move cut short between link and unlink, or `ln` by hand). Adopting it
+    would put one file in two states, to be trained twice; --repair removes the name the
+    records do not know (the data stays under the other)."""
+    if other is None or other.path == e.path:
+        return False
+    f = Finding("same_file_twice", f"{e.state}/{e.name} is a second name (hard link) of {other.state}/{other.name}, "
+                "whose record is the file's: --repair removes this name (no data is lost)", True)
+    if repair:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(e.path)
+            fsync_dir(e.path.parent)
+            queue.journal.append("unlink", id=other.item.id, name=e.name, state=e.state,
+                                 reason=f"doctor: second name of {other.state}/{other.name}")
+        f.repaired = True
+    add(f)
+    return True
+
+
+def _copy(queue: Queue, e, live: dict, repair: bool, add) -> bool:
+    """A record-less file with the content of a file the queue already holds: a copy made
+    by hand (into failed/, a priority folder...) would train the same data twice. Reported;
+    --repair puts it in quarantine (nothing deleted) where it can wait for a decision."""
+    if not live:
+        return False
+    from shardkit.store.manifest import scan_file
+
+    try:
+        sha = scan_file(e.path, None).sha256
+    except (OSError, ShardkitError):
+        return False
+    other = live.get(sha)
+    if other is None:
+        return False
+    can = e.state in TRANSITIONS["quarantine"][0]
+    f = Finding("copy_of_queued_file", f"{e.state}/{e.name} has the content of {other.state}/{other.name} "
+                f"(sha256 {sha[:12]}…): a copy would train twice; "
+                + ("--repair moves it to quarantine" if can else "remove it by hand"), can)
+    if repair and can:
+        from shardkit.queue.ingest import write_report
+        from shardkit.store.manifest import now_iso
+
+        try:
+            queue.adopt(e)
+        except ConflictError:
+            return True  # moved on or recorded meanwhile: the next run looks again
+        reason = f"a copy of {other.state}/{other.name} (same sha256)"
+        write_report(queue, e.name, {"name": e.name, "id": e.item.id, "quarantined_at": now_iso(), "reason": reason,
+                                     "report": None})
+        queue.move(e, "quarantine", "quarantine", reason=f"doctor: {reason}")
+        f.repaired = True
+    add(f)
+    return True
+
+
+def _corrupt_records(queue: Queue, repair: bool, add) -> None:
+    """Item records that are not readable (a torn write, a hand edit): the queue would see
+    their files as record-less and adopt them under a new record, losing their attempts.
+    --repair rebuilds each from the journal (its id's moves and claims), keeping the
+    unreadable bytes beside it as .corrupt-ID.json."""
+    folder = queue.meta / "items"
+    if not folder.is_dir():
+        return
+    bad = [p for p in sorted(folder.iterdir())
+           if p.name.endswith(".json") and not p.name.startswith(".") and queue.load_item(p.name[:-5]) is None
+           and p.exists()]
+    if not bad:
+        return
+    rebuilt = _items_from_journal(queue, {p.name[:-5] for p in bad}) if repair else {}
+    for p in bad:
+        item_id = p.name[:-5]
+        f = Finding("corrupt_record", f"{p.relative_to(queue.root)}: not a readable item record; "
+                    "--repair rebuilds it from the journal", True)
+        item = rebuilt.get(item_id)
+        if repair and item is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(p, p.with_name(f".corrupt-{p.name}"))
+            queue.save_item(item)
+            queue.journal.append("adopt", id=item.id, name=item.name, to=item.state,
+                                 reason="doctor: record rebuilt from the journal")
+            f.repaired = True
+        elif repair:
+            f.message += " (the journal does not know this id: left as it is)"
+        add(f)
+
+
+def _items_from_journal(queue: Queue, ids: set[str]) -> dict[str, Item]:
+    """The records of `ids` as the journal tells them: last name and state, priority,
+    claims counted as attempts, the moves as history."""
+    out: dict[str, Item] = {}
+    for line in queue.journal.iter_entries(on_bad=lambda _bad: None):
+        item_id = line.get("id")
+        if item_id not in ids or not isinstance(line.get("name"), str):
+            continue
+        item = out.get(item_id) or Item(id=item_id, name=line["name"], state="inbox")
+        out[item_id] = item
+        to = line.get("to")
+        if isinstance(to, str) and to in STATES:
+            item.state, item.name = to, line.get("as") or line["name"]
+            if to in PRIORITIES:
+                item.priority = to
+        if line.get("op") == "claim":
+            item.attempts += 1
+        if line.get("op") in ("delete", "prune"):
+            item.state = "deleted"
+        if isinstance(line.get("sha256"), str):
+            item.sha256 = line["sha256"]
+        item.history.append({k: line[k] for k in ("ts", "op", "from", "to", "worker", "reason") if k in line})
+    return out
+
+
+def _finish_prunes(queue: Queue, add) -> None:
+    """A prune killed part-way: the deletes it journaled are carried out (its file unlinked
+    if still there, its record marked deleted), then its intent is closed. Only files whose
+    record still names them: a file of the same name that came later is never touched."""
+    for intent in queue.journal.open_intents():
+        if intent.op != "prune":
+            continue
+        done = 0
+        for step in intent.steps:
+            item_id = step.get("id")
+            if step.get("op") != "delete" or not isinstance(item_id, str):
+                continue
+            item = queue.load_item(item_id)
+            if item is None or item.state == "deleted" or (item.state, item.name) != (step.get("state"), step.get("name")):
+                continue
+            path = queue.path(item.state, item.name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                fsync_dir(path.parent)
+            item.history.append({"op": "prune", "from": item.state, "to": None, "by": "doctor"})
+            item.state = "deleted"
+            queue.save_item(item)
+            done += 1
+        queue.journal.resolve(intent, "commit", finished_by="doctor", steps=len(intent.steps))
+        add(Finding("open_intent", f"interrupted prune (tx {intent.tx[:8]}) finished: {done} journaled delete(s) "
+                    "carried out", True, True))
 
 
 def _consistent_now(queue: Queue, item_id: str) -> bool:
@@ -270,6 +426,12 @@ def _unknown(queue: Queue, add) -> None:
                 st = p.lstat()
             except FileNotFoundError:
                 continue  # moved or pruned by another process while we looked
+            try:
+                p.name.encode("utf-8")
+            except UnicodeEncodeError:
+                add(Finding("bad_name", f"{s}/{p.name.encode('utf-8', 'surrogateescape')!r}: the name is not valid UTF-8; "
+                            "the queue skips it: rename it"))
+                continue
             if stat.S_ISLNK(st.st_mode):
                 add(Finding("unknown_file", f"{s}/{p.name}: a symlink; the queue holds only regular files"))
             elif not stat.S_ISREG(st.st_mode):

@@ -37,6 +37,7 @@ from shardkit.core.io import (
     commit_file,
     create_temp,
     fsync_dir,
+    inspect_input,
     rename_noreplace,
     write_all,
 )
@@ -56,6 +57,7 @@ class Routed:
     records: int | None = None
     reason: str | None = None
     children: list[str] = field(default_factory=list)
+    renamed: str | None = None  # its name in the queue, when that name was taken there
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -72,7 +74,9 @@ class IngestResult:
         return {
             "dry_run": self.dry_run,
             "routed": [r.to_dict() for r in self.routed],
-            "skipped": [{"name": n, "why": w} for n, w in self.skipped],
+            # a name that is not UTF-8 is shown with its bad bytes escaped (\\xff): JSON holds text
+            "skipped": [{"name": n.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), "why": w}
+                        for n, w in self.skipped],
             "finished_interrupted": self.finished,
             "counts": self.counts(),
         }
@@ -159,6 +163,10 @@ def _not_ready(p: Path, now: float, settle: float) -> str | None:
         return "hidden file"
     if any(ord(c) < 32 or c == "\x7f" for c in p.name):
         return "name has control characters (newline, escape...): refused; rename it"
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, decoded by Python as surrogates
+        return "name is not valid UTF-8: refused; rename it"
     if p.name.endswith((".tmp", ".part", ".partial")):
         return "temporary or partial upload"
     if p.name.endswith(REPORT_SUFFIX):
@@ -219,16 +227,36 @@ def _ingest_one(queue: Queue, entry: Entry, prio: str, dry_run: bool) -> Routed:
         return _quarantine(queue, entry, {**checked.to_dict(), "rejects": None}, reason, dry_run, rejects)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(rejects)
+    compression = inspect_input(str(entry.path)).compression
+    unusable = _unusable(entry, records, compression)
+    if unusable is not None:
+        return _quarantine(queue, entry, {**checked.to_dict(), "rejects": None}, unusable, dry_run)
     over = (s.max_records is not None and records > s.max_records) or (s.max_bytes is not None and entry.size > s.max_bytes)
     if over:
         return _split_in(queue, entry, prio, dry_run, records=records)
     if dry_run:
         return Routed(entry.name, prio, records)
-    stats = scan_file(entry.path, None)
+    try:
+        stats = scan_file(entry.path, compression)
+    except ShardkitError as e:  # a .parquet name on a file that is not Parquet...
+        return _quarantine(queue, entry, {"error": str(e)}, str(e), dry_run)
     item = entry.item or queue.new_item(entry)
     item.records, item.sha256, item.bytes, item.kind = stats.records, stats.sha256, stats.bytes, _main_kind(report)
     moved = _move_in(queue, entry, prio)  # saves the record once, after the rename
-    return Routed(entry.name, moved.state, records)
+    return Routed(entry.name, moved.state, records, renamed=moved.name if moved.name != entry.name else None)
+
+
+def _unusable(entry: Entry, records: int, compression: str | None) -> str | None:
+    """Why a drop that validates is still not fit to train on, or None."""
+    if records == 0:
+        return "no records (empty, or only blank lines)"
+    if compression is None and entry.name.endswith((".jsonl", ".ndjson")):  # as `verify` checks a shard
+        with open(entry.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                return ("no newline at the end: the last record may be cut short (an upload that stopped?); "
+                        "if the file is complete, add the newline and redrive it")
+    return None
 
 
 def _main_kind(report) -> str | None:
@@ -244,7 +272,7 @@ def _move_in(queue: Queue, entry: Entry, to: str, **kw) -> Entry:
         if "another filesystem" not in str(e):
             raise
     target_dir = queue.dir(to)
-    src_sha = scan_file(entry.path, None).sha256
+    src_sha = scan_file(entry.path, None).sha256  # the bytes on disk: plain or not, the sha256 is the same
     fd, tmp = create_temp(target_dir, entry.name)
     try:
         h = hashlib.sha256()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -124,7 +125,8 @@ class Queue(Claims, Operations, Looking, RecordLookup):
 
     def load_item(self, item_id: str) -> Item | None:
         try:
-            return Item.from_dict(orjson.loads(self._item_path(item_id).read_bytes()))
+            doc = orjson.loads(self._item_path(item_id).read_bytes())
+            return Item.from_dict(doc) if isinstance(doc, dict) else None  # `null`, `[1]`: not a record
         except FileNotFoundError:
             return None
         except (OSError, orjson.JSONDecodeError, TypeError):
@@ -256,7 +258,18 @@ class Queue(Claims, Operations, Looking, RecordLookup):
             fsync_dir(target.parent.parent)
         try:
             try:
-                rename_noreplace(entry.path, target)
+                # names repeat (a daily batch.jsonl): a name taken in the target folder gets
+                # the first free NAME-2.jsonl, NAME-3.jsonl... (the journal says `as`), so no
+                # file is ever stuck because an older one of that name is there
+                for k in range(1, 10_000):
+                    try:
+                        rename_noreplace(entry.path, target)
+                        break
+                    except ConflictError:
+                        if name is not None or not os.path.lexists(entry.path):
+                            raise
+                        new_name = numbered_name(entry.name, k + 1)
+                        target = self.path(to, new_name)
             except BaseException:
                 if fresh:
                     with contextlib.suppress(FileNotFoundError):
@@ -295,6 +308,15 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
     # ----- leases
+
+
+_DATA_SUFFIX = re.compile(r"(\.(jsonl|ndjson|json|txt|parquet))?(\.(gz|zst))?\Z", re.IGNORECASE)
+
+
+def numbered_name(name: str, k: int) -> str:
+    """NAME with -k before its data suffixes: batch.jsonl.gz -> batch-2.jsonl.gz."""
+    cut = _DATA_SUFFIX.search(name).start()
+    return f"{name[:cut]}-{k}{name[cut:]}"
 
 
 def is_queue_root(path: Path) -> bool:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from shardkit.core.errors import ConflictError, InputError, UsageError
-from shardkit.core.io import atomic_write
+from shardkit.core.io import atomic_write, inspect_input
 from shardkit.queue.model import PENDING, PRIORITIES, STATE_DIRS, STATES, TRANSITIONS, Entry
 from shardkit.store.manifest import now_iso
 
@@ -51,9 +51,10 @@ class Looking:
         return matches[0]
 
     def find_for(self, op: str, name: str) -> Entry:
-        """The file `op` would move: found in any state; in a state `op` cannot move it from,
-        a ConflictError (exit 4) naming both; nowhere, an InputError (exit 3)."""
-        sources = TRANSITIONS[op][0]
+        """The file `op` would move (or, for heartbeat, renew): found in any state; in a
+        state `op` cannot move it from, a ConflictError (exit 4) naming both; nowhere, an
+        InputError (exit 3)."""
+        sources = TRANSITIONS["complete" if op == "heartbeat" else op][0]
         try:
             return self.find(name, sorted(sources))
         except InputError:
@@ -161,7 +162,9 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
         write_manifest,
     )
 
-    cache_path = queue.meta / "cache" / "manifest-cache.json"
+    # -2: records of .gz/.zst files are counted inside them since 2026-12-07 (before: their
+    # compressed bytes' newlines); the old cache is not read
+    cache_path = queue.meta / "cache" / "manifest-cache-2.json"
     try:
         cache = orjson.loads(cache_path.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
@@ -174,8 +177,9 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
         key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         hit = cache.get(key)
         if hit is None:
-            stats = scan_file(e.path, None)
-            hit = {"sha256": stats.sha256, "records": stats.records}
+            compression = inspect_input(str(e.path)).compression
+            stats = scan_file(e.path, compression)
+            hit = {"sha256": stats.sha256, "records": stats.records, "compression": compression}
             rehashed += 1
             if progress:
                 progress(e.size)
@@ -186,6 +190,7 @@ def queue_manifest(queue: Queue, *, progress=None) -> dict:
             "state": e.state,
             "priority": e.priority,
             "records": hit["records"],
+            "compression": hit.get("compression"),
             "bytes": e.size,
             "sha256": hit["sha256"],
             "id": item.id if item else None,

@@ -157,6 +157,7 @@ def _scan_lines(spec: InputSpec) -> FileStats:
 
 
 def _scan_parquet(path: Path) -> FileStats:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     h = hashlib.sha256()
@@ -165,7 +166,11 @@ def _scan_parquet(path: Path) -> FileStats:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-    return FileStats(size, h.hexdigest(), pq.ParquetFile(path).metadata.num_rows, 0)
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except pa.ArrowInvalid as e:  # a .parquet name on something else
+        raise DataError(f"{path}: named .parquet but not a Parquet file ({e})") from None
+    return FileStats(size, h.hexdigest(), rows, 0)
 
 
 # ---------------------------------------------------------------- verify
