@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 from conftest import run_cli
-from test_queue import GOOD, drop, make_queue, states
+from test_queue import drop, make_queue, states
 
 from shardkit.core.errors import ConflictError
 from shardkit.queue.doctor import doctor
