@@ -87,3 +87,17 @@ def test_killed_and_resumed_gives_the_same_files(tmp_path: Path, fault):
     fr, fo = final_files(ref), final_files(out)
     mr, mo = orjson.loads(fr.pop("manifest.json")), orjson.loads(fo.pop("manifest.json"))
     assert fr == fo and {**mr, "created_at": 0} == {**mo, "created_at": 0}
+
+
+def test_a_shard_spanning_two_inputs_is_shown_with_both(tmp_path: Path):
+    """The summary printed 'lines 2251-375' for a shard from day1:2251 to day2:375."""
+    days = []
+    for d in range(3):
+        p = tmp_path / f"day{d + 1}.jsonl"
+        p.write_bytes(b"".join(b'{"text": "d%d r%d"}\n' % (d, i) for i in range(3000)))
+        days.append(p)
+    r = run_cli("split", *days, "-o", tmp_path / "o", "--num-shards", "8")
+    assert r.returncode == 0, r.stderr
+    assert b"day1.jsonl:2251 to day2.jsonl:375" in r.stdout, r.stdout
+    entry = orjson.loads((tmp_path / "o" / "manifest.json").read_bytes())["files"][2]
+    assert (entry["first_line"], entry["last_line"], entry["last_source"].endswith("day2.jsonl")) == (2251, 375, True)

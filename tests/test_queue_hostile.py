@@ -235,3 +235,20 @@ def test_compressed_drops_count_their_records_and_verify(tmp_path: Path) -> None
     manifest = orjson.loads((q.root / "manifest.json").read_bytes())
     assert [(f["records"], f["compression"]) for f in manifest["files"]] == [(1000, "gzip")]
     assert verify(q.root / "manifest.json").ok
+
+
+def test_log_of_a_split_drop_brings_its_shards(tmp_path: Path) -> None:
+    """The help promised it; the shards' publish lines (steps of the split's transaction)
+    had no parent and were left out, and so was everything later done to a shard."""
+    q = make_queue(tmp_path, max_records=5)
+    drop(q, "big.jsonl", chat(12))
+    ingest(q)
+    shards = sorted(e.name for e in q.entries(["normal"]))
+    assert len(shards) == 3
+    q.hold([shards[1]])
+    r = run_cli("queue", "log", "--root", q.root, "--item", "big.jsonl", "--json")
+    entries = orjson.loads(r.stdout)["entries"]
+    published = sorted(e["name"] for e in entries if e.get("op") == "publish")
+    assert published == shards
+    assert any(e.get("op") == "hold" and e.get("name") == shards[1] for e in entries)
+    assert not any(e.get("op") == "prune" for e in entries)

@@ -438,3 +438,16 @@ def test_dry_run_says_rejects_would_be_written(tmp_path):
     assert r.returncode == 0, r.stderr
     assert b"1 invalid record(s) would go to rejects.jsonl" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args", [["split", "-o", "{out}", "-n", "5", "--dedup", "exact"],
+                                  ["split", "-o", "{out}", "-n", "5", "--format", "parquet"],
+                                  ["head", "--pretty"]])
+def test_a_record_nested_too_deep_to_re_encode_is_a_data_error(tmp_path, args):
+    """300 levels: orjson writes at most 254 and Python walks about 1000 frames. It was
+    'internal error: TypeError: Recursion limit reached ... please report it'."""
+    src = tmp_path / "deep.jsonl"
+    src.write_text('{"text": "a", "x": ' + "[" * 300 + "]" * 300 + "}\n")
+    r = run_cli(*[a.format(out=tmp_path / "o") for a in args[:1]], src, *[a.format(out=tmp_path / "o") for a in args[1:]])
+    assert r.returncode == 1, r.stderr
+    assert b"nested too deeply" in r.stderr and b"internal error" not in r.stderr

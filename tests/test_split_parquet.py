@@ -244,3 +244,15 @@ def test_a_small_max_bytes_is_not_overshot(tmp_path, limit):
     cap = int(limit.removesuffix("KB")) * 1000
     assert len(files) > 1 and all(f["bytes"] <= cap for f in files), [f["bytes"] for f in files]
     assert sum(pq.read_metadata(tmp_path / "o" / f["path"]).num_rows for f in files) == 1500
+
+
+def test_stdin_parquet_with_record_options_is_refused_before_out_is_touched(tmp_path):
+    """It left an interrupted manifest behind (exit 2), and the same command then said
+    'use --resume', which stdin cannot."""
+    src = tmp_path / "in.jsonl"
+    make_chat_jsonl(src, 20, seed=1, max_len=50)
+    out = tmp_path / "o"
+    for _ in range(2):
+        r = run_cli("split", "-", "-o", out, "-n", "10", "--format", "parquet", "--shuffle", input=src.read_bytes())
+        assert r.returncode == 2 and b"give a file, not stdin" in r.stderr, r.stderr
+        assert not out.exists()

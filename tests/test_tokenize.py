@@ -175,6 +175,11 @@ def test_detokenize_marks_what_has_no_loss(model, tmp_path):
     text = proc.stdout.decode()
     assert "⟦<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n⟧Hello! How can I help you today?<|im_end|>\n" in text
     doc = json.loads(run_cli("detokenize", str(shard), "--row", "1", "--json").stdout)
+    import jsonschema
+    from conftest import ROOT
+
+    schema = json.loads((ROOT / "docs" / "schemas" / "detokenize.schema.json").read_text())
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
     assert "".join(s["text"] for s in doc["segments"]) == render(CHATS[1]["messages"])
     assert [s["text"] for s in doc["segments"] if s["loss"]] == [m["content"] + "<|im_end|>\n" for m in CHATS[1]["messages"] if m["role"] == "assistant"]
     beyond = run_cli("detokenize", str(shard), "--row", "9")

@@ -35,7 +35,7 @@ from shardkit.core.io import format_size
 def split(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="JSONL files to split: plain, .gz or .zst (detected by content); - reads stdin.", show_default=False),
+        typer.Argument(help="Files to split: JSON Lines (plain, .gz or .zst, detected by content), .json arrays, Parquet, or s3:// objects; - reads stdin.", show_default=False),
     ],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty), or an s3:// prefix (needs shardkit[s3]).", show_default=False)
@@ -254,6 +254,9 @@ def _render_split(result) -> None:
     files = m["files"]
     for f in files[:10]:
         where = f"  lines {f['first_line']}-{f['last_line']}" if f.get("first_line") is not None else ""
+        if f.get("last_source"):  # it spans two inputs (--num-shards over several)
+            where = (f"  {os.path.basename(f['source'])}:{f['first_line']} to "
+                     f"{os.path.basename(f['last_source'])}:{f['last_line']}")
         typer.echo(f"  {f['path']}  {f['records']:>10,} records  {format_size(f['bytes']):>10}{where}")
     if len(files) > 10:
         typer.echo(f"  ... and {len(files) - 10} more")
@@ -282,7 +285,7 @@ def _render_split(result) -> None:
 
 @app.command("manifest")
 def manifest_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder of shards to describe.", show_default=False)],
+    directory: Annotated[Path, typer.Argument(help="Folder of shards (or a queue ROOT) to describe.", show_default=False)],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Where to write the manifest (default DIR/manifest.json); SHA256SUMS goes beside it.", show_default=False)
     ] = None,
@@ -351,7 +354,7 @@ def validate(
     max_errors: Annotated[int | None, typer.Option("--max-errors", envvar="SHARDKIT_MAX_ERRORS", help="Quality gate: exit 0 while invalid records are at most N (default 0; no limit when only --max-reject-ratio is given).", min=0, show_default=False)] = None,
     max_reject_ratio: Annotated[float | None, typer.Option("--max-reject-ratio", envvar="SHARDKIT_MAX_REJECT_RATIO", min=0.0, max=1.0, help="Quality gate: exit 1 when more than this share of the records is invalid (0.05 = 5%); with it, --max-errors defaults to no limit.", show_default=False)] = None,
     max_line_bytes: Annotated[str, typer.Option("--max-line-bytes", help="Longer lines are invalid and not decoded (e.g. 16MiB).")] = "16MiB",
-    rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file.", show_default=False)] = None,
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="Write invalid records (original bytes, file, line, offset, reason) to this new JSONL file (not created when every record is valid).", show_default=False)] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Records longer than N tokens are invalid (needs --tokenizer).", min=1, show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]).", show_default=False)] = None,
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="Worker processes: a number, or auto (all cores for inputs over 32 MiB).")] = "auto",
@@ -454,7 +457,7 @@ def _print_records(records, pretty: bool) -> None:
 
 @app.command()
 def stats(
-    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst).", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="JSON Lines (plain, .gz, .zst), .json arrays, Parquet or s3:// objects.", show_default=False)],
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder holding one (needs shardkit[tokens]); with a chat template in the folder, tokens are counted after it.", show_default=False)] = None,
     near_dup: Annotated[float | None, typer.Option("--near-dup", help="Report near-duplicate clusters: records whose estimated Jaccard similarity (MinHash, word --shingle-grams) to an earlier record is >= THRESHOLD; nothing is written (needs shardkit[neardup]).", min=0.0, max=1.0, show_default=False)] = None,
     shingle: Annotated[int, typer.Option("--shingle", help="Words per shingle for --near-dup.", min=1, max=64)] = 5,
@@ -530,8 +533,8 @@ def overlap(
 def mix(
     sources: Annotated[list[str], typer.Argument(help="Sources as PATH=WEIGHT (JSONL, .gz, .zst, .json arrays); a bare PATH takes its weight from --weights.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder for shards, manifest.json and SHA256SUMS (new or empty), or an s3:// prefix.", show_default=False)],
-    records: Annotated[int | None, typer.Option("--records", help="Size of the mix in records.", min=1, show_default=False)] = None,
-    tokens: Annotated[int | None, typer.Option("--tokens", help="Size of the mix in tokens (needs --tokenizer).", min=1, show_default=False)] = None,
+    records: Annotated[int | None, typer.Option("--records", help="Size of the mix in records (give this or --tokens).", min=1, show_default=False)] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Size of the mix in tokens (needs --tokenizer; give this or --records).", min=1, show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.json or a model folder: counts --tokens (after its chat template) and --max-tokens.", show_default=False)] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="TOML file of path = weight (top level or under [weights]).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw and of the shuffle: same seed and inputs, byte-identical shards.")] = 0,
@@ -613,7 +616,7 @@ def mix(
 
 @app.command()
 def report(
-    inputs: Annotated[list[str], typer.Argument(help="JSONL files (plain, .gz, .zst) or .json arrays.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="JSON Lines (plain, .gz, .zst), .json arrays or Parquet.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (self-contained: opens with no network).", show_default=False)],
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Also token histograms (after the model's chat template when it has one).", show_default=False)] = None,
     kind: Annotated[str, typer.Option("--kind", "-k", help="Record kind for the reject reasons: a kind or auto.")] = "auto",

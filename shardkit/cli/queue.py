@@ -514,6 +514,9 @@ def queue_prune(
 ) -> None:
     """Delete completed files by completion time (never held, leased or dead). Needs --yes.
 
+    Without --yes it prints the plan and deletes nothing; --dry-run does the same even
+    with --yes (for a command line kept in a script, to look before letting it delete).
+
     Example: shardkit queue prune --keep 100 --older-than 7d --yes
     """
     root = _root(root, old_root)

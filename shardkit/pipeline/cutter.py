@@ -122,7 +122,7 @@ class StreamFlow:
         return m
 
     def finish_warnings(self, sides: dict) -> None:
-        name = self.run.rejects.final.name
+        name = self.opts.rejects  # as given: a NAME inside OUT, or a PATH anywhere
         to = "would go to" if self.run.dry_run else "written to"
         if self.cutter.invalid:
             self.run.warn(f"{self.cutter.invalid} invalid record(s) {to} {name}")

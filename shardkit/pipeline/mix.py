@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import tomllib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,10 +292,29 @@ def mix(
             name=plan.name, shuffle=True, seed=seed, shuffle_memory=plan.shuffle_memory, mix=info,
             holdout=plan.holdout, holdout_key=plan.holdout_key, holdout_seed=plan.holdout_seed,
         )
-        return split(inputs, out, final, engine=engine, jobs=jobs, overwrite=overwrite, dry_run=dry_run,
-                     progress=progress, warn=warn)
+        named = _naming_the_mix(inputs)
+        result = split(inputs, out, final, engine=engine, jobs=jobs, overwrite=overwrite, dry_run=dry_run,
+                       progress=progress, warn=(lambda msg: warn(named(msg))) if warn is not None else None)
+        result.warnings = [named(msg) for msg in result.warnings]
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _naming_the_mix(inputs: list[str]) -> Callable[[str], str]:
+    """Warnings of the final split name its inputs, the mix's own files in a work folder
+    that is gone by the end: 'the drawn mix, record 25' says what they are."""
+    labels = {inputs[0]: "the drawn mix", **({inputs[1]: "the held-out records"} if len(inputs) > 1 else {})}
+
+    def named(msg: str) -> str:
+        for path, label in labels.items():
+            if msg.startswith(path + ":"):
+                rest = msg[len(path) + 1:]
+                line, sep, tail = rest.partition(": ")
+                return f"{label}, record {line}: {tail}" if sep and line.isdigit() else f"{label}:{rest}"
+        return msg
+
+    return named
 
 
 def _remove_stale_work(parent: Path) -> None:

@@ -400,7 +400,8 @@ def _publish(queue: Queue, entry: Entry, item: Item, work: Path, prio: str, tx, 
                 raise ConflictError(f"{prio}/{name} already exists; cannot publish shard of {entry.name}") from None
             fsync_dir(queue.dir(prio))
             if tx is not None:
-                tx.step(op="publish", id=child.id, name=name, to=prio, records=f["records"], sha256=f["sha256"])
+                tx.step(op="publish", id=child.id, name=name, to=prio, records=f["records"], sha256=f["sha256"],
+                        parent=item.id)
             else:
                 queue.journal.append("publish", id=child.id, name=name, to=prio, records=f["records"], parent=item.id)
             faults.hit("after:ingest_publish")

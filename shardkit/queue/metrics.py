@@ -105,12 +105,16 @@ def journal_log(queue: Queue, *, item: str | None = None, since: datetime.dateti
         raise UsageError(f"--limit must be at least 1 (got {limit})")
     wanted_names = {Path(item).name} if item else set()
     ids: set[str] = {item} if item else set()
+    txs: set[str] = set()  # its transactions: their steps (a split's publish lines) are its too
     kept: deque[dict] = deque(maxlen=limit)
     for entry in _entries(queue):
         if item:
-            if entry.get("name") in wanted_names or entry.get("id") in ids or entry.get("parent") in ids:
+            if (entry.get("name") in wanted_names or entry.get("id") in ids or entry.get("parent") in ids
+                    or entry.get("tx") in txs):
                 if isinstance(entry.get("id"), str):
                     ids.add(entry["id"])
+                if entry.get("phase") == "intent" and entry.get("op") == "ingest-split":
+                    txs.add(entry["tx"])  # not a prune's: its other deletes are other files
             else:
                 continue
         if since is not None:
