@@ -400,7 +400,9 @@ def test_ingest_never_moves_onto_a_planted_symlink(tmp_path):
     a.freeze()
     result = ingest_json(a)
     assert (a.root / "queue" / "normal" / "drop.jsonl").is_symlink()
-    assert (a.root / "inbox" / "drop.jsonl").read_bytes() == REC or any(r["name"] == "drop.jsonl" for r in result["routed"])
+    # the name is taken there (by the symlink): the drop goes in under the next free name
+    assert [(r["name"], r["renamed"]) for r in result["routed"]] == [("drop.jsonl", "drop-2.jsonl")]
+    assert (a.root / "queue" / "normal" / "drop-2.jsonl").read_bytes() == REC
     assert not a.damage()
 
 
