@@ -256,3 +256,25 @@ def test_stdin_parquet_with_record_options_is_refused_before_out_is_touched(tmp_
         r = run_cli("split", "-", "-o", out, "-n", "10", "--format", "parquet", "--shuffle", input=src.read_bytes())
         assert r.returncode == 2 and b"give a file, not stdin" in r.stderr, r.stderr
         assert not out.exists()
+
+
+def test_parquet_input_with_richer_types_or_repeated_names(tmp_path):
+    """Found by the hostile-input hunt: time-zone or ns timestamps and durations were an
+    internal error; two columns of one name lost the first with exit 0."""
+    import datetime
+
+    import pyarrow as pa
+
+    rich = tmp_path / "rich.parquet"
+    pq.write_table(pa.table({
+        "t": pa.array([datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)], pa.timestamp("ns", tz="UTC")),
+        "d": pa.array([datetime.timedelta(days=1, seconds=3, microseconds=123456)], pa.duration("us")),
+    }), rich)
+    r = run_cli("head", rich)
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout) == {"t": "2024-01-01T00:00:00+00:00", "d": "P1DT3.123456S"}
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), dup)
+    for args in (["head", dup], ["split", dup, "-o", tmp_path / "o", "-n", "5"]):
+        r = run_cli(*args)
+        assert r.returncode == 1 and b"'text' repeat" in r.stderr, r.stderr

@@ -44,7 +44,9 @@ field metadata and in the file's key-value metadata (`shardkit.json_fields`), li
 the field and both types. Paths are dotted, with `[]` for list items: `messages[].content`.
 A line that is not a JSON object is a DataError with file:line, in either pass.
 
-Caveats: Parquet has no "absent": a key missing from a record reads back as null
+Caveats: a field holding both integers and floats is float64, where integers beyond 2^53
+lose precision (pyarrow converts them while parsing, before any check could see them).
+Parquet has no "absent": a key missing from a record reads back as null
 (`parquet_lines(drop_nulls=True)` omits null keys instead). Keys come back in schema order
 (first appearance in the input). Integers outside int64 are inferred as float, as pyarrow
 does. An object that is always empty (`{}`) cannot be a Parquet struct; it is stored as
@@ -63,6 +65,7 @@ last groups are compressed while the next one's are parsed.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import os
 import re
@@ -1634,6 +1637,11 @@ def parquet_lines(path: str | Path, batch_rows: int = 2048, *, drop_nulls: bool 
     if batch_rows < 1:
         raise UsageError(f"batch_rows must be at least 1 (got {batch_rows})")
     pf = _open_parquet(path)
+    names = pf.schema_arrow.names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # to_pylist would keep the last column of each name: a silent loss
+        raise DataError(f"{path}: column name(s) {', '.join(map(repr, repeated))} repeat; a JSON record cannot "
+                        "hold two keys of one name: rename the columns")
     fields = _JsonFields(_json_paths_of(pf, path))
     dumps, nl = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     row = 0
@@ -1669,4 +1677,9 @@ def _json_default(v):
             return v.decode("utf-8")
         except UnicodeDecodeError:
             return base64.b64encode(v).decode("ascii")
+    if isinstance(v, datetime.timedelta):  # a duration column: ISO 8601, e.g. P1DT3.5S
+        seconds = f"{v.seconds}.{v.microseconds:06d}".rstrip("0").rstrip(".")  # exact, no float
+        return f"P{v.days}DT{seconds}S" if v.days else f"PT{seconds}S"
+    if isinstance(v, datetime.datetime | datetime.date | datetime.time):  # pandas' Timestamp (ns, or a time zone)
+        return v.isoformat()
     raise TypeError(f"cannot write {type(v).__name__} as JSON")
