@@ -267,7 +267,7 @@ def test_parquet_input_with_richer_types_or_repeated_names(tmp_path):
 
     rich = tmp_path / "rich.parquet"
     pq.write_table(pa.table({
-        "t": pa.array([datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)], pa.timestamp("ns", tz="UTC")),
+        "t": pa.array([datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)], pa.timestamp("ns", tz="UTC")),
         "d": pa.array([datetime.timedelta(days=1, seconds=3, microseconds=123456)], pa.duration("us")),
     }), rich)
     r = run_cli("head", rich)
