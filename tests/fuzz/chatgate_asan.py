@@ -51,6 +51,18 @@ def main() -> int:
                 token = b'"' + case[at : at + 17 + rng.randrange(64)]
                 gate.fine_string((ctypes.c_char * len(token)).from_buffer_copy(token))  # no NUL after it
                 n += 1
+                # the UTF-8 check on a buffer of exactly the case's bytes, cut anywhere: it
+                # reads 16 bytes at a time, so the tail is where an over-read would be
+                piece = case[: rng.randrange(len(case) + 1)]
+                got = gate.utf8_error((ctypes.c_char * len(piece)).from_buffer_copy(piece))
+                try:
+                    piece.decode("utf-8")
+                    want = -1
+                except UnicodeDecodeError as e:
+                    want = e.start
+                if got != want:
+                    raise AssertionError(f"utf8_error({piece!r}) = {got}, Python's decoder says {want}")
+                n += 1
             junk = b"".join(rng.choice(SPLICES) for _ in range(rng.randrange(40))) + b"\n"
             gate.scan(bytearray(junk), 1 << 30, lambda keys: 1, rng.choice(KINDS))
             n += 1
