@@ -252,3 +252,16 @@ def test_log_of_a_split_drop_brings_its_shards(tmp_path: Path) -> None:
     assert published == shards
     assert any(e.get("op") == "hold" and e.get("name") == shards[1] for e in entries)
     assert not any(e.get("op") == "prune" for e in entries)
+
+
+def test_a_claim_for_a_dead_owner_is_refused(tmp_path: Path) -> None:
+    """--owner-pid of a process that is gone made a lease stale at birth: requeue-stale
+    would have handed the file to a second worker while the first trained on it."""
+    q = make_queue(tmp_path)
+    drop(q, "f.jsonl", chat(2))
+    ingest(q)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    r = run_cli("queue", "claim", "--root", q.root, "--owner-pid", gone.pid)
+    assert r.returncode == 2 and b"no such process" in r.stderr, r.stderr
+    assert states(Queue(q.root)) == {"normal": ["f.jsonl"]}

@@ -60,8 +60,12 @@ def test_requeue_stale_goes_on_past_a_file_completed_meanwhile(tmp_path: Path) -
     q = make_queue(tmp_path, stale_after=0.0)
     for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
         pend(q, name)
-    held = [q.claim("w", owner_pid=_dead_pid()) for _ in range(3)]
+    owners = [_owner() for _ in range(3)]
+    held = [q.claim("w", owner_pid=o.pid) for o in owners]
     assert all(held)
+    for o in owners:  # the trainers die (a claim for a dead owner is refused)
+        o.kill()
+        o.wait()
     time.sleep(0.01)
     worker = Queue(q.root)
     sweeper = Queue(q.root)
@@ -81,13 +85,11 @@ def test_requeue_stale_goes_on_past_a_file_completed_meanwhile(tmp_path: Path) -
     assert states(q) == {"completed": done, "normal": requeued}
 
 
-def _dead_pid() -> int:
+def _owner():
+    """A trainer process that lives until killed."""
     import subprocess
-    import sys
 
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+    return subprocess.Popen(["sleep", "600"])
 
 
 def test_a_move_that_races_another_says_so_not_something_contradictory(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from shardkit.core.errors import ConflictError, ShardkitError
+from shardkit.core.errors import ConflictError, ShardkitError, UsageError
 from shardkit.core.io import atomic_write
 from shardkit.queue.model import (
     PRIORITIES,
@@ -75,6 +75,9 @@ class Claims:
         OOM killer ends still counts. `worker` defaults to HOST:PID."""
         worker = worker or f"{self.host}:{os.getpid()}"
         owner_pid = os.getpid() if owner_pid is None else owner_pid
+        if owner_pid <= 0 or not process_alive(owner_pid, None):
+            # its lease would be stale at once: requeue-stale would hand the file to another
+            raise UsageError(f"--owner-pid {owner_pid}: no such process (the lease follows that process's life)")
         deadline = time.monotonic() + wait
         while True:
             for entry in self._candidates():
