@@ -122,3 +122,12 @@ def test_head_stops_reading_early(tmp_path: Path):
     src.write_bytes(b'{"a":1}\n' + b"x" * (64 << 20))  # one 64 MiB line after the first record
     r = run_cli("head", src, "-n", "1")
     assert r.returncode == 0 and r.stdout == b'{"a":1}\n'
+
+
+def test_a_broken_json_array_names_its_file(tmp_path: Path):
+    """head said 'unterminated array: ...' without the file (validate names it)."""
+    bad = tmp_path / "cut.json"
+    bad.write_bytes(b'[{"text": "a"}, {"text": "b"')
+    for args in (["head", bad], ["sample", bad, "-n", "1"]):
+        r = run_cli(*args)
+        assert r.returncode == 1 and r.stderr.startswith(f"shardkit: error: {bad}: unterminated array".encode()), r.stderr

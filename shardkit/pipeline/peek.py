@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from shardkit.core.blocks import NL, BlockReader, nonblank_runs
-from shardkit.core.errors import UsageError
+from shardkit.core.errors import DataError, UsageError
 from shardkit.core.io import InputSpec, InputStream
 from shardkit.core.jsonarray import JsonArraySource, compact
 from shardkit.pipeline.shard import check_run_inputs, holds_json_array, open_input
@@ -41,9 +41,12 @@ def _runs(spec: InputSpec) -> Iterator[tuple[bytes | bytearray, int, int, int, i
     JSON array's elements come one per run (compact, with a newline)."""
     if holds_json_array(spec):
         with InputStream(spec) as stream:
-            for line, _offset, raw in JsonArraySource(stream):
-                data = compact(raw) + NL
-                yield data, 0, len(data), line, 1
+            try:
+                for line, _offset, raw in JsonArraySource(stream):
+                    data = compact(raw) + NL
+                    yield data, 0, len(data), line, 1
+            except DataError as e:  # a broken array: say which file, as validate does
+                raise DataError(f"{spec.display}: {e}") from None
         return
     with open_input(spec) as stream:
         for block in BlockReader(stream):
