@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -41,9 +42,10 @@ def test_a_second_name_of_a_queued_file_is_removed_not_adopted(tmp_path: Path) -
     drop(q, "f1.jsonl", chat(3))
     ingest(q)
     os.link(q.dir("normal") / "f1.jsonl", q.dir("processing") / "f1.jsonl")
-    report = doctor(q)
+    later = time.time() + 120  # a name made in the last minute may be a move under way: left
+    report = doctor(q, now=later)
     assert "same_file_twice" in codes(report) and "file_without_record" not in codes(report)
-    fixed = doctor(q, repair=True)
+    fixed = doctor(q, repair=True, now=later)
     assert any(f.code == "same_file_twice" and f.repaired for f in fixed.findings)
     assert states(q) == {"normal": ["f1.jsonl"]}
     assert (q.dir("normal") / "f1.jsonl").read_bytes() == chat(3)
@@ -56,8 +58,9 @@ def test_a_copy_of_a_queued_file_goes_to_quarantine_not_back_in_line(tmp_path: P
     drop(q, "f1.jsonl", chat(3))
     ingest(q)
     (q.dir("failed") / "again.jsonl").write_bytes(chat(3))
-    assert "copy_of_queued_file" in codes(doctor(q))
-    doctor(q, repair=True)
+    later = time.time() + 120
+    assert "copy_of_queued_file" in codes(doctor(q, now=later))
+    doctor(q, repair=True, now=later)
     assert states(q) == {"normal": ["f1.jsonl"], "quarantine": ["again.jsonl"]}
     assert doctor(q).ok
     r = run_cli("queue", "retry", "--all", "--root", q.root)
@@ -265,3 +268,119 @@ def test_a_claim_for_a_dead_owner_is_refused(tmp_path: Path) -> None:
     r = run_cli("queue", "claim", "--root", q.root, "--owner-pid", gone.pid)
     assert r.returncode == 2 and b"no such process" in r.stderr, r.stderr
     assert states(Queue(q.root)) == {"normal": ["f.jsonl"]}
+
+
+
+# ---------------------------------------------------------------- from the review of these fixes
+
+
+def test_a_renamed_fresh_record_names_the_file_where_it_lands(tmp_path: Path, monkeypatch) -> None:
+    """The record of a new file is saved before its rename; it named batch.jsonl while the
+    file went to batch-2.jsonl, and a claimer in that gap gave the file a second record."""
+    import shardkit.queue.state as state
+
+    q = make_queue(tmp_path)
+    drop(q, "batch.jsonl", chat(2, "a"))
+    ingest(q)
+    drop(q, "batch.jsonl", chat(2, "b"))
+    seen = []
+    real = state.rename_noreplace
+
+    def rename(src, dst):
+        if dst.parent == q.dir("normal"):
+            records = [orjson.loads(p.read_bytes()) for p in (q.meta / "items").glob("*.json")]
+            seen.append(sorted(r["name"] for r in records if r["state"] == "normal"))
+        return real(src, dst)
+
+    monkeypatch.setattr(state, "rename_noreplace", rename)
+    ingest(q)
+    assert seen == [["batch-2.jsonl", "batch.jsonl"]]  # at the rename, the new record already says batch-2
+
+
+def test_doctor_leaves_a_second_name_made_a_moment_ago(tmp_path: Path) -> None:
+    """A move by link + unlink (NFS) shows two names for a moment: removing the new one
+    then, and the mover unlinking the old one, lost the file."""
+    q = make_queue(tmp_path)
+    drop(q, "f.jsonl", chat(3))
+    ingest(q)
+    src, dst = q.dir("normal") / "f.jsonl", q.dir("processing") / "f.jsonl"
+    os.link(src, dst)  # the mover, half-way
+    report = doctor(q, repair=True)
+    assert "same_file_twice" not in codes(report) and dst.exists()
+    os.unlink(src)  # the mover finishes
+    assert dst.read_bytes() == chat(3)
+
+
+def test_a_finished_prune_never_deletes_a_later_file_of_the_same_name(tmp_path: Path) -> None:
+    """A prune killed after unlinking X but before saving X's record: a new batch.jsonl (Y)
+    completed under the freed name, and doctor --repair deleted Y."""
+    q = make_queue(tmp_path)
+    drop(q, "batch.jsonl", chat(2, "x"))
+    ingest(q)
+    q.claim("w").complete()
+    x = next(e for e in q.entries(["completed"]))
+    tx = q.journal.begin("prune", files=1)
+    st = os.lstat(x.path)
+    tx.step("delete", id=x.item.id, name=x.name, state=x.state, bytes=x.size, inode=[st.st_dev, st.st_ino])
+    os.unlink(x.path)  # killed here: no record save, no commit
+    drop(q, "batch.jsonl", chat(2, "y"))
+    ingest(q)
+    q.claim("w").complete()  # Y takes completed/batch.jsonl
+    doctor(q, repair=True)
+    assert (q.dir("completed") / "batch.jsonl").read_bytes() == chat(2, "y")
+    (y,) = q.entries(["completed"])
+    assert y.item is not None and y.item.state == "completed"  # Y's record (it took X's id over) stands
+    assert doctor(q).ok
+
+
+def test_a_running_prune_is_left_to_finish(tmp_path: Path) -> None:
+    from shardkit.queue.operations import prune_lock
+
+    q = make_queue(tmp_path)
+    drop(q, "f.jsonl", chat(2))
+    ingest(q)
+    q.claim("w").complete()
+    q.journal.begin("prune", files=1)  # its intent, as a running prune has it
+    with prune_lock(q):
+        assert "open_intent" not in codes(doctor(q))
+        fixed = doctor(q, repair=True)
+        assert not any(f.code == "open_intent" for f in fixed.findings)
+    assert "open_intent" in codes(doctor(q))  # once no prune holds the lock: interrupted
+
+
+def test_two_quarantined_files_of_one_name_keep_their_own_reports(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    drop(q, "batch.jsonl", b'{"messages": 1}\n')
+    ingest(q)
+    drop(q, "batch.jsonl", b"")
+    ingest(q)
+    qdir = q.dir("quarantine")
+    reports = {p.name: orjson.loads(p.read_bytes())["reason"] for p in qdir.glob("*.report.json")}
+    assert set(reports) == {"batch.jsonl.report.json", "batch-2.jsonl.report.json"}
+    assert "invalid" in reports["batch.jsonl.report.json"] and "no records" in reports["batch-2.jsonl.report.json"]
+    assert doctor(q).ok
+
+
+def test_link_unlink_fallback_loses_a_race_cleanly(tmp_path: Path, monkeypatch) -> None:
+    """Without RENAME_NOREPLACE: another mover unlinked src between our link and unlink.
+    It used to end in a bare FileNotFoundError, leaving the file under two names."""
+    import shardkit.core.io as io
+
+    monkeypatch.setattr(io, "_renameat2", lambda: None)
+    src, dst, theirs = tmp_path / "src", tmp_path / "dst", tmp_path / "theirs"
+    src.write_bytes(b"data")
+    real_link = os.link
+
+    def link(a, b):
+        real_link(a, b)
+        real_link(a, theirs)  # the other mover, done meanwhile: its link, then its unlink
+        os.unlink(a)
+
+    monkeypatch.setattr(os, "link", link)
+    try:
+        io.rename_noreplace(src, dst)
+    except ConflictError:
+        pass
+    else:
+        raise AssertionError("no ConflictError")
+    assert not dst.exists() and theirs.read_bytes() == b"data"

@@ -75,11 +75,11 @@ def exit_on_error() -> Iterator[None]:
         # orjson writes JSON nested at most 254 deep (its "Recursion limit reached" is a
         # TypeError), Python walks about 1000 frames: a record nested deeper than a step can
         # re-encode or walk is bad input, not a bug. Any other TypeError is a bug: re-raised.
-        if isinstance(e, TypeError) and "Recursion limit reached" not in str(e):
+        if (isinstance(e, TypeError) and "Recursion limit reached" not in str(e)) or os.environ.get("SHARDKIT_DEBUG"):
             raise
         _fail("a record is nested too deeply (arrays/objects over about 250 levels) for this step to re-encode; "
               "such records cannot be training data: remove them (split without record options copies them as "
-              "they are)", 1, "data")
+              "they are). If no record is that deep, it is a bug: SHARDKIT_DEBUG=1 shows where", 1, "data")
 
 
 def _fail(message: str, exit_code: int, code: str) -> None:

@@ -373,7 +373,13 @@ def rename_noreplace(src: Path, dst: Path) -> None:
         raise ConflictError(f"{dst}: already exists; refusing to replace it") from None
     except OSError as e:
         raise env_error(e, dst) from None
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        # another mover of the same file unlinked src between our link and unlink: it won
+        # (its own name for the file stays); ours goes, so the file keeps one name
+        os.unlink(dst)
+        raise ConflictError(f"{src}: moved by another process meanwhile") from None
 
 
 def commit_file(fd: int, tmp: Path, final: Path, *, replace: bool) -> None:

@@ -59,7 +59,7 @@ def head(inputs: Sequence[str | os.PathLike], n: int = 10) -> list[Peeked]:
     if n < 0:
         raise UsageError(f"-n must be 0 or more (got {n})")
     out: list[Peeked] = []
-    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True):
+    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True, repeats=True):
         if len(out) >= n:
             break
         for buf, pos, end, line, _records in _runs(spec):
@@ -83,7 +83,7 @@ def sample(inputs: Sequence[str | os.PathLike], n: int, seed: int = 0) -> list[P
     w = math.exp(math.log(1.0 - rng.random()) / n)
     take = n  # global index of the next record to keep once the reservoir is full
     index = 0  # global index of the first record of the current run
-    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True):
+    for spec in check_run_inputs(inputs, resume=False, overwrite=False, arrays=True, repeats=True):
         for buf, start, end, first_line, records in _runs(spec):
             # the records of this run to keep: the first n overall, then those the skips land on
             pos, at = start, 0  # cursor: offset of record `at` of this run

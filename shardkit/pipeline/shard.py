@@ -585,7 +585,7 @@ def count_records(spec: InputSpec, block_size: int = BLOCK_SIZE) -> int:
 
 
 def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[str] = (),
-                     arrays: bool = False) -> list[InputSpec]:
+                     arrays: bool = False, repeats: bool = False) -> list[InputSpec]:
     """The checks every split-like run makes first: flags that exclude each other, inputs
     that exist and are JSONL (or Parquet; or, with `arrays`, a JSON array), stdin at most
     once (counting `also`)."""
@@ -597,7 +597,8 @@ def check_run_inputs(inputs, *, resume: bool, overwrite: bool, also: Sequence[st
     if (paths + list(also)).count("-") > 1:
         raise UsageError("stdin (-) can be given only once")
     specs = [inspect_input(p) for p in paths]
-    _refuse_repeats(specs)
+    if not repeats:  # a run that writes records; head and sample only print
+        _refuse_repeats(specs)
     if not arrays:
         for spec in specs:
             _refuse_json_array(spec)

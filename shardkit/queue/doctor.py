@@ -32,6 +32,7 @@ from shardkit.queue.state import (
 )
 
 TEMP_GRACE_S = 3600.0  # a temp file younger than this may belong to a running writer
+SETTLED_S = 60.0  # a queue file whose inode changed more recently may be in a move under way
 
 
 @dataclass
@@ -78,14 +79,18 @@ def doctor(queue: Queue, *, repair: bool = False, now: float | None = None) -> D
             add(Finding("open_intent", f"interrupted ingest of {name} finished (shards published, parent to split/)", True, True))
         _finish_prunes(queue, add)
     else:
+        from shardkit.queue.operations import prune_lock
+
+        with prune_lock(queue, wait=False) as no_prune_running:
+            pass
         for intent in queue.journal.open_intents():
-            if ingest_running(queue, intent):
+            if ingest_running(queue, intent) or (intent.op == "prune" and not no_prune_running):
                 continue  # in progress now, not interrupted
             add(Finding("open_intent", f"journal: {intent.op} {intent.intent.get('name', '')} (tx {intent.tx[:8]}) "
                         "started but never committed; --repair finishes it", True))
     _temps(queue, repair, now, add)
     _corrupt_records(queue, repair, add)
-    _records(queue, repair, add)
+    _records(queue, repair, add, now)
     _leases(queue, repair, add)
     _duplicates(queue, add)
     _reports(queue, repair, add)
@@ -126,7 +131,7 @@ def _old_temp(p, now: float, repair: bool, add) -> None:
         add(f)
 
 
-def _records(queue: Queue, repair: bool, add) -> None:
+def _records(queue: Queue, repair: bool, add, now: float) -> None:
     """Records against folders. Other processes move files while this runs, so a mismatch
     seen in the snapshot is looked at again, as it is now, before it is reported or
     repaired: only what is still inconsistent counts (a move renames, then saves the
@@ -173,7 +178,7 @@ def _records(queue: Queue, repair: bool, add) -> None:
             continue  # a drop: ingest gives it its record when it routes it
         if not os.path.lexists(e.path) or queue.record_of(e) is not None:
             continue  # moved on, or its mover saved its record after the listing
-        if _second_name(queue, e, inodes.get(_inode(e)), repair, add) or _copy(queue, e, live, repair, add):
+        if _second_name(queue, e, inodes.get(_inode(e)), repair, add, now) or _copy(queue, e, live, repair, add, now):
             continue
         f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
         if repair:
@@ -196,17 +201,34 @@ def _inode(e) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _second_name(queue: Queue, e, other, repair: bool, add) -> bool:
+def _recent(path, now: float) -> bool:
+    """Changed (renamed, linked) less than SETTLED_S ago, or gone: maybe a move under way."""
+    try:
+        return now - os.lstat(path).st_ctime < SETTLED_S
+    except FileNotFoundError:
+        return True
+
+
+def _second_name(queue: Queue, e, other, repair: bool, add, now: float) -> bool:
     """A record-less name of a file the queue already holds under another name (one inode,
     two names: a move cut short between link and unlink, or `ln` by hand). Adopting it
     would put one file in two states, to be trained twice; --repair removes the name the
-    records do not know (the data stays under the other)."""
+    records do not know (the data stays under the other). Not while the inode changed in
+    the last minute: a live link + unlink move (NFS) looks the same for a moment, and
+    removing its new name then would lose the file when it unlinks the old one."""
     if other is None or other.path == e.path:
         return False
+    if _recent(e.path, now):
+        return True  # neither adopted nor removed now: the next run looks again
     f = Finding("same_file_twice", f"{e.state}/{e.name} is a second name (hard link) of {other.state}/{other.name}, "
                 "whose record is the file's: --repair removes this name (no data is lost)", True)
     if repair:
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            st = os.lstat(e.path)
+            still = st.st_nlink >= 2 and _inode(other) == (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            still = False
+        if still:  # as it is now: the other name is still there, on the same inode
             os.unlink(e.path)
             fsync_dir(e.path.parent)
             queue.journal.append("unlink", id=other.item.id, name=e.name, state=e.state,
@@ -216,11 +238,11 @@ def _second_name(queue: Queue, e, other, repair: bool, add) -> bool:
     return True
 
 
-def _copy(queue: Queue, e, live: dict, repair: bool, add) -> bool:
+def _copy(queue: Queue, e, live: dict, repair: bool, add, now: float) -> bool:
     """A record-less file with the content of a file the queue already holds: a copy made
     by hand (into failed/, a priority folder...) would train the same data twice. Reported;
     --repair puts it in quarantine (nothing deleted) where it can wait for a decision."""
-    if not live:
+    if not live or _recent(e.path, now):
         return False
     from shardkit.store.manifest import scan_file
 
@@ -244,9 +266,10 @@ def _copy(queue: Queue, e, live: dict, repair: bool, add) -> bool:
         except ConflictError:
             return True  # moved on or recorded meanwhile: the next run looks again
         reason = f"a copy of {other.state}/{other.name} (same sha256)"
-        write_report(queue, e.name, {"name": e.name, "id": e.item.id, "quarantined_at": now_iso(), "reason": reason,
+        target = queue.free_name("quarantine", e.name)
+        write_report(queue, target, {"name": e.name, "id": e.item.id, "quarantined_at": now_iso(), "reason": reason,
                                      "report": None})
-        queue.move(e, "quarantine", "quarantine", reason=f"doctor: {reason}")
+        queue.move(e, "quarantine", "quarantine", name=target, reason=f"doctor: {reason}")
         f.repaired = True
     add(f)
     return True
@@ -261,8 +284,7 @@ def _corrupt_records(queue: Queue, repair: bool, add) -> None:
     if not folder.is_dir():
         return
     bad = [p for p in sorted(folder.iterdir())
-           if p.name.endswith(".json") and not p.name.startswith(".") and queue.load_item(p.name[:-5]) is None
-           and p.exists()]
+           if p.name.endswith(".json") and not p.name.startswith(".") and _unreadable_record(p)]
     if not bad:
         return
     rebuilt = _items_from_journal(queue, {p.name[:-5] for p in bad}) if repair else {}
@@ -283,6 +305,24 @@ def _corrupt_records(queue: Queue, repair: bool, add) -> None:
         add(f)
 
 
+def _unreadable_record(p) -> bool:
+    """Bytes that are not a record (torn, `null`, a list...); not a file that could not be
+    opened right now (EACCES, EMFILE): that is no reason to rebuild it."""
+    try:
+        doc = orjson.loads(p.read_bytes())
+    except OSError:
+        return False
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(doc, dict):
+        return True
+    try:
+        Item.from_dict(doc)
+    except TypeError:
+        return True
+    return False
+
+
 def _items_from_journal(queue: Queue, ids: set[str]) -> dict[str, Item]:
     """The records of `ids` as the journal tells them: last name and state, priority,
     claims counted as attempts, the moves as history."""
@@ -300,6 +340,8 @@ def _items_from_journal(queue: Queue, ids: set[str]) -> dict[str, Item]:
                 item.priority = to
         if line.get("op") == "claim":
             item.attempts += 1
+        elif line.get("op") == "redrive" or line.get("reset_attempts"):
+            item.attempts = 0
         if line.get("op") in ("delete", "prune"):
             item.state = "deleted"
         if isinstance(line.get("sha256"), str):
@@ -309,31 +351,49 @@ def _items_from_journal(queue: Queue, ids: set[str]) -> dict[str, Item]:
 
 
 def _finish_prunes(queue: Queue, add) -> None:
-    """A prune killed part-way: the deletes it journaled are carried out (its file unlinked
-    if still there, its record marked deleted), then its intent is closed. Only files whose
-    record still names them: a file of the same name that came later is never touched."""
-    for intent in queue.journal.open_intents():
-        if intent.op != "prune":
-            continue
-        done = 0
-        for step in intent.steps:
-            item_id = step.get("id")
-            if step.get("op") != "delete" or not isinstance(item_id, str):
+    """A prune killed part-way (none runs: the prune lock is free): the deletes it
+    journaled are carried out, then its intent is closed. A file is unlinked only if it is
+    the very file journaled (same inode), and its record is marked deleted only when that
+    file is gone: a later file that took the same name is never touched."""
+    from shardkit.queue.operations import prune_lock
+
+    with prune_lock(queue, wait=False) as free:
+        if not free:
+            return  # a prune is running: its intent is open because it is not done
+        for intent in queue.journal.open_intents():
+            if intent.op != "prune":
                 continue
-            item = queue.load_item(item_id)
-            if item is None or item.state == "deleted" or (item.state, item.name) != (step.get("state"), step.get("name")):
-                continue
-            path = queue.path(item.state, item.name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                fsync_dir(path.parent)
-            item.history.append({"op": "prune", "from": item.state, "to": None, "by": "doctor"})
-            item.state = "deleted"
-            queue.save_item(item)
-            done += 1
-        queue.journal.resolve(intent, "commit", finished_by="doctor", steps=len(intent.steps))
-        add(Finding("open_intent", f"interrupted prune (tx {intent.tx[:8]}) finished: {done} journaled delete(s) "
-                    "carried out", True, True))
+            done = 0
+            for step in intent.steps:
+                if step.get("op") == "delete" and _finish_delete(queue, step):
+                    done += 1
+            queue.journal.resolve(intent, "commit", finished_by="doctor", steps=len(intent.steps))
+            add(Finding("open_intent", f"interrupted prune (tx {intent.tx[:8]}) finished: {done} journaled delete(s) "
+                        "carried out", True, True))
+
+
+def _finish_delete(queue: Queue, step: dict) -> bool:
+    item_id, inode = step.get("id"), step.get("inode")
+    if not isinstance(item_id, str) or not isinstance(inode, list):
+        return False  # journaled by an older shardkit: which file it was is not known for sure
+    item = queue.load_item(item_id)
+    if item is None or item.state == "deleted" or (item.state, item.name) != (step.get("state"), step.get("name")):
+        return False
+    if any(str(h.get("ts", ""))[:19] > str(step.get("ts", ""))[:19] for h in item.history):  # to the second
+        return False  # the record lived on after the delete (a later file of that name took it up)
+    path = queue.path(item.state, item.name)
+    try:
+        st = os.lstat(path)
+        here = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] == inode
+    except FileNotFoundError:
+        here = False
+    if here:
+        os.unlink(path)
+        fsync_dir(path.parent)
+    item.history.append({"op": "prune", "from": item.state, "to": None, "by": "doctor"})
+    item.state = "deleted"
+    queue.save_item(item)
+    return True
 
 
 def _consistent_now(queue: Queue, item_id: str) -> bool:

@@ -309,12 +309,15 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
     item.records = records
     # the report first: a kill between the two leaves a report for a file still in the inbox
     # (rewritten when it is ingested again), never a quarantined file without its report
+    # the name it will have there, chosen first: the report is written for that name (an
+    # earlier NAME in quarantine keeps its own report)
+    target = queue.free_name("quarantine", entry.name)
     doc = {"name": entry.name, "id": item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
-    write_report(queue, entry.name, doc)
-    moved = queue.move(entry, "ingest", "quarantine", reason=reason)
+    write_report(queue, target, doc)
+    moved = queue.move(entry, "ingest", "quarantine", name=target, reason=reason)
     if rejects is not None and rejects.exists():
         rename_noreplace_or_suffix(rejects, queue.dir("quarantine") / side_file_name(Path(moved.name).stem, ".rejects.jsonl"))
-    return Routed(entry.name, "quarantine", records, reason)
+    return Routed(entry.name, "quarantine", records, reason, renamed=target if target != entry.name else None)
 
 
 def write_report(queue: Queue, name: str, doc: dict) -> None:

@@ -4,9 +4,11 @@ journal records every delete."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from shardkit.core.errors import ConflictError, UsageError
 from shardkit.core.io import fsync_dir
@@ -40,7 +42,7 @@ class Operations:
                 item.attempts = 0
             try:
                 out.append(self.move(entry, "retry", to, reason="max attempts reached" if to == "dead" else None,
-                                     dry_run=dry_run))
+                                     dry_run=dry_run, reset_attempts=True if reset_attempts else None))
             except ConflictError:
                 if not all_failed or entry.path.exists():
                     raise
@@ -142,7 +144,7 @@ class Operations:
             else:
                 plan.keep.append(e)
         if yes:
-            with self.journal.transaction("prune", files=len(plan.delete)) as tx:
+            with prune_lock(self), self.journal.transaction("prune", files=len(plan.delete)) as tx:
                 for e in plan.delete:
                     item = e.item
                     if item is None or item.completed_at is None:
@@ -153,10 +155,15 @@ class Operations:
                         arrived = e.arrived()
                         if arrived is None or now - arrived < self.settings.stale_after:
                             continue
-                    if not os.path.lexists(e.path):
+                    try:
+                        st = os.lstat(e.path)
+                    except FileNotFoundError:
                         continue
-                    # journaled first: a kill between the two leaves a recorded delete, never a silent one
-                    tx.step("delete", id=item.id if item else None, name=e.name, state=e.state, bytes=e.size)
+                    # journaled first: a kill between the two leaves a recorded delete, never a
+                    # silent one; inode, size and mtime say which file (inode numbers are
+                    # reused), should another take its name later
+                    tx.step("delete", id=item.id if item else None, name=e.name, state=e.state, bytes=e.size,
+                            inode=[st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
                     try:
                         os.unlink(e.path)
                     except FileNotFoundError:
@@ -169,3 +176,26 @@ class Operations:
                     plan.freed += e.size
                 fsync_dir(self.dir("completed"))
         return plan
+
+
+@contextlib.contextmanager
+def prune_lock(queue, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on ROOT/.shardkit/prune.lock while a prune deletes: prunes take
+    turns, and doctor can tell a running prune (leave it) from a killed one (finish it).
+    Yields False when `wait` is off and a prune holds it."""
+    try:
+        fd = os.open(queue.meta / "prune.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        if wait:
+            raise
+        yield True  # a read-only root: no prune can be running on it
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

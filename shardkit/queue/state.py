@@ -233,7 +233,10 @@ class Queue(Claims, Operations, Looking, RecordLookup):
                 f"{entry.name}: cannot {op} from {entry.state} to {to} "
                 f"({op} goes from {', '.join(sorted(sources))} to {', '.join(sorted(targets))})"
             )
-        new_name = name or entry.name
+        # names repeat (a daily batch.jsonl): a name taken in the target folder gives the first
+        # free NAME-2.jsonl, NAME-3.jsonl... (the journal says `as`), chosen before any record
+        # names it, so no file is ever stuck because an older one of that name is there
+        new_name = name or self.free_name(to, entry.name)
         target = self.path(to, new_name)
         if dry_run:
             return Entry(to, new_name, target, entry.size, entry.mtime, entry.item)
@@ -258,18 +261,21 @@ class Queue(Claims, Operations, Looking, RecordLookup):
             fsync_dir(target.parent.parent)
         try:
             try:
-                # names repeat (a daily batch.jsonl): a name taken in the target folder gets
-                # the first free NAME-2.jsonl, NAME-3.jsonl... (the journal says `as`), so no
-                # file is ever stuck because an older one of that name is there
-                for k in range(1, 10_000):
+                while True:
                     try:
                         rename_noreplace(entry.path, target)
                         break
                     except ConflictError:
-                        if name is not None or not os.path.lexists(entry.path):
+                        # taken since free_name looked: by another file (take the next free
+                        # name), or by this very file under another mover (link + unlink
+                        # fallback, mid-way): that mover wins
+                        if name is not None or not os.path.lexists(entry.path) or _same_inode(entry.path, target):
                             raise
-                        new_name = numbered_name(entry.name, k + 1)
+                        new_name = self.free_name(to, entry.name)
                         target = self.path(to, new_name)
+                        if fresh:  # the record names the file where it is about to be, always
+                            item.name = new_name
+                            self.save_item(item)
             except BaseException:
                 if fresh:
                     with contextlib.suppress(FileNotFoundError):
@@ -307,7 +313,24 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         # and saving ours now would put it back a step (the journal has our move)
         return Entry(to, new_name, target, entry.size, entry.mtime, item)
 
+    def free_name(self, state: str, name: str) -> str:
+        """`name`, or the first NAME-k (k = 2, 3...) not taken in `state`'s folder."""
+        folder = self.dir(state)
+        candidate, k = name, 1
+        while os.path.lexists(folder / candidate):
+            k += 1
+            candidate = numbered_name(name, k)
+        return candidate
+
     # ----- leases
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 _DATA_SUFFIX = re.compile(r"(\.(jsonl|ndjson|json|txt|parquet))?(\.(gz|zst))?\Z", re.IGNORECASE)
