@@ -384,3 +384,14 @@ def test_link_unlink_fallback_loses_a_race_cleanly(tmp_path: Path, monkeypatch) 
     else:
         raise AssertionError("no ConflictError")
     assert not dst.exists() and theirs.read_bytes() == b"data"
+
+
+def test_a_renamed_move_is_shown_with_both_names(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    for tag in ("a", "b"):
+        drop(q, "batch.jsonl", chat(1, tag))
+        ingest(q)
+        q.claim("w")
+        r = run_cli("queue", "complete", "batch.jsonl", "--root", q.root)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == "completed: batch.jsonl -> completed as batch-2.jsonl (its name was taken there)"

@@ -82,12 +82,14 @@ def _root_of(path: str, root: Path | None) -> Path | None:
 
 
 def _moved(entries, verb: str, dry_run: bool, json_output: bool) -> None:
-    rows = [{"name": e.name, "to": e.state, "path": str(e.path)} for e in entries]
+    rows = [{"name": e.was or e.name, "to": e.state, "path": str(e.path), **({"as": e.name} if e.was else {})}
+            for e in entries]
     if json_output:
         print_json({"dry_run": dry_run, "moved": rows})
     else:
         for r in rows:
-            typer.echo(safe(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}/{r['name']}"))
+            renamed = f" as {r['as']} (its name was taken there)" if "as" in r else ""
+            typer.echo(safe(f"{'would move' if dry_run else verb}: {r['name']} -> {r['to']}{renamed}"))
     summary({("would move" if dry_run else "moved"): len(rows)})
 
 

@@ -145,6 +145,7 @@ class Entry:
     size: int
     mtime: float
     item: Item | None
+    was: str | None = None  # after a move that renamed it (its name was taken there): the name it had
 
     @property
     def priority(self) -> str:

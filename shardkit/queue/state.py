@@ -239,7 +239,8 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         new_name = name or self.free_name(to, entry.name)
         target = self.path(to, new_name)
         if dry_run:
-            return Entry(to, new_name, target, entry.size, entry.mtime, entry.item)
+            return Entry(to, new_name, target, entry.size, entry.mtime, entry.item,
+                         was=entry.name if new_name != entry.name else None)
         self.record_of(entry)
         fresh = entry.item is None or not self._item_path(entry.item.id).exists()
         if fresh:
@@ -311,7 +312,7 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         # else: the file has already moved on (claimed, completed, pruned...) while this
         # process was between its rename and this save; the later mover saved the record,
         # and saving ours now would put it back a step (the journal has our move)
-        return Entry(to, new_name, target, entry.size, entry.mtime, item)
+        return Entry(to, new_name, target, entry.size, entry.mtime, item, was=entry.name if new_name != entry.name else None)
 
     def free_name(self, state: str, name: str) -> str:
         """`name`, or the first NAME-k (k = 2, 3...) not taken in `state`'s folder."""
