@@ -395,3 +395,34 @@ def test_a_renamed_move_is_shown_with_both_names(tmp_path: Path) -> None:
         r = run_cli("queue", "complete", "batch.jsonl", "--root", q.root)
         assert r.returncode == 0, r.stderr
     assert r.stdout.decode().strip() == "completed: batch.jsonl -> completed as batch-2.jsonl (its name was taken there)"
+
+
+def test_a_new_drop_never_takes_the_record_of_a_pruned_file_of_its_name(tmp_path: Path) -> None:
+    """A prune killed between its unlink and its record save left a 'completed' record with
+    no file; the next batch.jsonl drop was taken for that file one step behind, and got its
+    id, attempts and history (a completed record cannot become an inbox drop's in one move)."""
+    q = make_queue(tmp_path)
+    drop(q, "batch.jsonl", chat(2, "x"))
+    ingest(q)
+    q.claim("w").complete()
+    (x,) = q.entries(["completed"])
+    os.unlink(x.path)  # the prune's unlink, its record not saved
+    drop(q, "batch.jsonl", chat(2, "y"))
+    ingest(q)
+    (y,) = q.entries(["normal"])
+    assert y.item.id != x.item.id and y.item.attempts == 0
+
+
+def test_a_record_one_renamed_move_behind_is_found(tmp_path: Path) -> None:
+    """A move that renamed its file (its name taken there) saves the record after the
+    rename; a listing in between must find that record for processing/batch-2.jsonl, not
+    adopt the file under a second one."""
+    q = make_queue(tmp_path)
+    drop(q, "batch.jsonl", chat(2, "a"))
+    ingest(q)
+    (a,) = q.entries(["normal"])
+    os.rename(a.path, q.dir("processing") / "batch-2.jsonl")  # the rename; the save to come
+    (e,) = q.entries(["processing"])
+    assert e.item is None
+    found = q.record_of(e)
+    assert found is not None and found.id == a.item.id

@@ -21,6 +21,7 @@ from shardkit.core.errors import ConflictError, ShardkitError
 from shardkit.core.io import TMP_PREFIX, fsync_dir
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
 from shardkit.queue.model import TRANSITIONS, Item
+from shardkit.queue.records import _one_move, _renamed_forms
 from shardkit.queue.state import (
     PRIORITIES,
     STATES,
@@ -138,9 +139,6 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
     record; a record written after the listing, or a file that moved in after it, is fine)."""
     entries = queue.entries()
     on_disk = {(e.state, e.name) for e in entries}
-    by_name = defaultdict(list)
-    for e in entries:
-        by_name[e.name].append(e)
     explained: set[tuple[str, str]] = set()
     for item in queue.items():
         if item.state == "deleted" or (item.state, item.name) in on_disk:
@@ -148,7 +146,9 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
         if _consistent_now(queue, item.id):
             continue
         # the record is a step behind the folder (a crash between rename and record write)
-        homeless = [e for e in by_name.get(item.name, []) if e.item is None and os.path.lexists(e.path)]
+        # (one move away: same name or the NAME-k a taken name gives, by a transition of the table)
+        homeless = [e for e in entries if e.item is None and os.path.lexists(e.path) and _one_move(item.state, e.state)
+                    and e.name in (item.name, *_renamed_forms(item.name, e.name))]
         if len(homeless) == 1:
             e = homeless[0]
             explained.add((e.state, e.name))

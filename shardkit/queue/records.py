@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 
-from shardkit.queue.model import STATE_DIRS, Entry, Item, settled_first
+from shardkit.queue.model import STATE_DIRS, TRANSITIONS, Entry, Item, settled_first
 
 
 class RecordLookup:
@@ -72,10 +72,30 @@ class RecordLookup:
                 os.unlink(self._item_path(item.id))
 
     def _record_behind(self, entry: Entry, items: list[Item]) -> Item | None:
-        """A record of this name whose file is not where it says: this file's record, one
-        step behind its move (doctor's record_behind)."""
+        """A record whose file is not where it says, and that one move takes to this file:
+        this file's record, one step behind its move (doctor's record_behind). One move:
+        from the record's state to the entry's by a transition of the table, under the same
+        name or the NAME-k a taken name gives. A completed record whose file a prune
+        removed is never a new inbox drop's of the same name."""
         for item in items:
-            if (item.name == entry.name and item.state in STATE_DIRS
+            if (item.state in STATE_DIRS and _one_move(item.state, entry.state)
+                    and entry.name in (item.name, *_renamed_forms(item.name, entry.name))
                     and not os.path.lexists(self.path(item.state, item.name))):
                 return item
         return None
+
+
+def _one_move(src: str, dst: str) -> bool:
+    return src == dst or any(src in sources and dst in targets
+                             for op, (sources, targets) in TRANSITIONS.items() if op != "adopt")
+
+
+def _renamed_forms(name: str, seen: str) -> tuple[str, ...]:
+    """`seen` when it is `name` renamed by a move (NAME-k), else nothing."""
+    from shardkit.queue.state import numbered_name
+
+    head, sep, tail = seen.rpartition("-")
+    digits = tail.split(".", 1)[0]
+    if sep and digits.isdigit() and int(digits) >= 2 and numbered_name(name, int(digits)) == seen:
+        return (seen,)
+    return ()
