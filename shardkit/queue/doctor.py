@@ -21,7 +21,7 @@ from shardkit.core.errors import ConflictError, ShardkitError
 from shardkit.core.io import TMP_PREFIX, fsync_dir
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
 from shardkit.queue.model import TRANSITIONS, Item
-from shardkit.queue.records import _one_move, _renamed_forms
+from shardkit.queue.records import one_move, renamed_forms
 from shardkit.queue.state import (
     PRIORITIES,
     STATES,
@@ -147,8 +147,8 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
             continue
         # the record is a step behind the folder (a crash between rename and record write)
         # (one move away: same name or the NAME-k a taken name gives, by a transition of the table)
-        homeless = [e for e in entries if e.item is None and os.path.lexists(e.path) and _one_move(item.state, e.state)
-                    and e.name in (item.name, *_renamed_forms(item.name, e.name))]
+        homeless = [e for e in entries if e.item is None and os.path.lexists(e.path) and one_move(item.state, e.state)
+                    and e.name in (item.name, *renamed_forms(item.name, e.name))]
         if len(homeless) == 1:
             e = homeless[0]
             explained.add((e.state, e.name))

@@ -262,3 +262,12 @@ def index_by_place(items: Iterable[Item]) -> dict[tuple[str, str], Item]:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+_DATA_SUFFIX = re.compile(r"(\.(jsonl|ndjson|json|txt|parquet))?(\.(gz|zst))?\Z", re.IGNORECASE)
+
+
+def numbered_name(name: str, k: int) -> str:
+    """NAME with -k before its data suffixes: batch.jsonl.gz -> batch-2.jsonl.gz."""
+    cut = _DATA_SUFFIX.search(name).start()
+    return f"{name[:cut]}-{k}{name[cut:]}"

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 
-from shardkit.queue.model import STATE_DIRS, TRANSITIONS, Entry, Item, settled_first
+from shardkit.queue.model import STATE_DIRS, TRANSITIONS, Entry, Item, numbered_name, settled_first
 
 
 class RecordLookup:
@@ -78,22 +78,20 @@ class RecordLookup:
         name or the NAME-k a taken name gives. A completed record whose file a prune
         removed is never a new inbox drop's of the same name."""
         for item in items:
-            if (item.state in STATE_DIRS and _one_move(item.state, entry.state)
-                    and entry.name in (item.name, *_renamed_forms(item.name, entry.name))
+            if (item.state in STATE_DIRS and one_move(item.state, entry.state)
+                    and entry.name in (item.name, *renamed_forms(item.name, entry.name))
                     and not os.path.lexists(self.path(item.state, item.name))):
                 return item
         return None
 
 
-def _one_move(src: str, dst: str) -> bool:
+def one_move(src: str, dst: str) -> bool:
     return src == dst or any(src in sources and dst in targets
                              for op, (sources, targets) in TRANSITIONS.items() if op != "adopt")
 
 
-def _renamed_forms(name: str, seen: str) -> tuple[str, ...]:
+def renamed_forms(name: str, seen: str) -> tuple[str, ...]:
     """`seen` when it is `name` renamed by a move (NAME-k), else nothing."""
-    from shardkit.queue.state import numbered_name
-
     head, sep, tail = seen.rpartition("-")
     digits = tail.split(".", 1)[0]
     if sep and digits.isdigit() and int(digits) >= 2 and numbered_name(name, int(digits)) == seen:

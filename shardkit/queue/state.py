@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,6 +51,7 @@ from shardkit.queue.model import (
     is_regular,
     new_id,
     now_precise,
+    numbered_name,
     open_by_any_process,
     process_alive,
     process_start,
@@ -334,13 +334,6 @@ def _same_inode(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-_DATA_SUFFIX = re.compile(r"(\.(jsonl|ndjson|json|txt|parquet))?(\.(gz|zst))?\Z", re.IGNORECASE)
-
-
-def numbered_name(name: str, k: int) -> str:
-    """NAME with -k before its data suffixes: batch.jsonl.gz -> batch-2.jsonl.gz."""
-    cut = _DATA_SUFFIX.search(name).start()
-    return f"{name[:cut]}-{k}{name[cut:]}"
 
 
 def is_queue_root(path: Path) -> bool:
