@@ -59,16 +59,11 @@ class _Checkpoint:
     rejects_bytes: int = 0
     # Parquet shards written with a schema that then grew, to delete before going on
     discard: list[str] = field(default_factory=list)
-    # each input's [size, mtime in ns] when the run began (None: not a local file): a resume
-    # refuses inputs that changed since, whose records before `offset` it would not read again
-    stamps: list | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         if not d["discard"]:
             del d["discard"]  # the usual case: manifests stay as they were
-        if d["stamps"] is None:
-            del d["stamps"]
         return d
 
 
@@ -96,8 +91,10 @@ class StreamFlow:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.opts = run.opts.split
+        # each input's [size, mtime in ns] as the run began (None: not a local file), saved
+        # beside the checkpoint: a resume refuses inputs that changed since
         self.stamps = [input_stamp(spec) for spec in run.specs]
-        self.cp = _Checkpoint(stamps=self.stamps)
+        self.cp = _Checkpoint()
         self.cutter = _Cutter(self)
         # Parquet in one pass: the schema is a snapshot of what the builder has seen and
         # grows (the run starting again) when records do not fit it; None once it is final
@@ -118,7 +115,7 @@ class StreamFlow:
             if self.builder is not None and not complete:
                 m["parquet"]["inference"] = self.builder.state()  # the schema is still a snapshot
         if not complete:
-            m["resume"] = self.cp.to_dict()
+            m["resume"] = {**self.cp.to_dict(), "stamps": self.stamps}
         return m
 
     def finish_warnings(self, sides: dict) -> None:
@@ -137,8 +134,10 @@ class StreamFlow:
     def resume(self, old: dict) -> list[str]:
         """Continue from an incomplete manifest written by the same inputs and options."""
         run = self.run
-        cp = _Checkpoint(**old["resume"])
-        self._check_unchanged(cp)
+        state = dict(old["resume"])
+        stamps = state.pop("stamps", None)  # None: written by shardkit before 2026-12 (sizes were checked)
+        cp = _Checkpoint(**state)
+        self._check_unchanged(stamps, cp.input)
         self._discard(cp)
         self.cp = cp
         for tally, entry in zip(run.tallies[: cp.input], old["sources"], strict=False):
@@ -162,14 +161,12 @@ class StreamFlow:
                 run.schema = self.builder.snapshot()
         return []
 
-    def _check_unchanged(self, cp: _Checkpoint) -> None:
-        """The inputs read so far are the ones the interrupted run read: same size and
-        modification time (what make and rsync trust). Sizes alone let an edit that keeps
-        the size resume into shards that no longer match the input."""
-        if cp.stamps is None:  # written by shardkit before 2026-12: sizes were checked
-            return
-        for i, (old, new) in enumerate(zip(cp.stamps, self.stamps, strict=False)):
-            if i > cp.input:
+    def _check_unchanged(self, stamps: list | None, upto: int) -> None:
+        """The inputs read so far (up to input `upto`) are the ones the interrupted run read:
+        same size and modification time (what make and rsync trust). Sizes alone let an edit
+        that keeps the size resume into shards that no longer match the input."""
+        for i, (old, new) in enumerate(zip(stamps or (), self.stamps, strict=False)):
+            if i > upto:
                 break
             if old is not None and new is not None and old != new:
                 raise ConflictError(
@@ -177,7 +174,6 @@ class StreamFlow:
                     f"{'at another time' if old[0] == new[0] else 'to another size'}); its shards would not match it: "
                     "cannot resume (use --overwrite to start again)"
                 )
-        cp.stamps = self.stamps
 
     def _discard(self, cp: _Checkpoint) -> None:
         """Delete the shards a checkpoint names as written with a schema that grew."""
@@ -245,7 +241,7 @@ class StreamFlow:
             run.warn(f"{run.specs[i].display}: {tally.blank} blank line(s) skipped")
         if not self.cutter.holding():  # else the checkpoint stays at the last commit
             self.cp = _Checkpoint(input=i + 1, rejects_records=run.rejects.records, rejects_bytes=run.rejects.bytes,
-                                  next_index=self.cutter.next_index if spans else 0, stamps=self.stamps)
+                                  next_index=self.cutter.next_index if spans else 0)
         faults.hit("after:input_done")
         run.save()
 
@@ -254,8 +250,7 @@ class StreamFlow:
         tally = self.run.tallies[i]
         return _Checkpoint(input=i, offset=offset, line=line, records=tally.records, blank=tally.blank,
                            rejected=tally.rejected, next_index=next_index,
-                           rejects_records=self.run.rejects.records, rejects_bytes=self.run.rejects.bytes,
-                           stamps=self.stamps)
+                           rejects_records=self.run.rejects.records, rejects_bytes=self.run.rejects.bytes)
 
     def _total_quota(self) -> Callable[[int], int | None]:
         """--num-shards N over the inputs taken together: N shards balanced by record count."""
@@ -324,7 +319,7 @@ class StreamFlow:
         if run.progress and self._progressed:
             run.progress(-self._progressed)
         self._progressed = 0
-        self.cp = _Checkpoint(discard=written, stamps=self.stamps)
+        self.cp = _Checkpoint(discard=written)
         run.save()  # lists no shard; --resume deletes the ones it names
         faults.hit("after:schema_grew")
         self._discard(self.cp)

@@ -451,8 +451,8 @@ def _locked(out: Path) -> Iterator[None]:
 def check_plan(plan: PipelineOptions, specs: Sequence[InputSpec], *, resume: bool) -> None:
     """Every name the run will write is valid and no side file can take a shard's name:
     checked before anything is written."""
-    split = plan.split
-    if split.format == "parquet" and not split.parquet.schema_from and any(not s.rereadable for s in specs):
+    cut = plan.split
+    if cut.format == "parquet" and not cut.parquet.schema_from and any(not s.rereadable for s in specs):
         # before OUT is touched: refused later, it left an interrupted manifest a rerun could not resume
         raise UsageError("--format parquet may read its input twice (for the schema): give a file, not stdin, "
                          "or give --schema-from FILE.parquet")

@@ -326,7 +326,7 @@ def shard_file_name(template: str, stem: str, split: str, index: int) -> str:
 
 
 _NOT_YET = object()
-INVALID = object()  # what `_Record.obj()` gives for a line that is not JSON
+INVALID = NOT_JSON  # what `_Record.obj()` gives for a line that is not JSON (overlap's sentinel)
 
 
 class _Record:
@@ -347,8 +347,7 @@ class _Record:
     def obj(self) -> object:
         """The decoded JSON value (decoded once); `INVALID` when the line is not JSON."""
         if self._obj is _NOT_YET:
-            obj = loads_record(self.raw)  # a leading BOM skipped, as overlap does
-            self._obj = INVALID if obj is NOT_JSON else obj
+            self._obj = loads_record(self.raw)  # a leading BOM skipped, as overlap does
         return self._obj
 
     def replace(self, obj: dict) -> None:

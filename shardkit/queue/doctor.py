@@ -20,7 +20,7 @@ import orjson
 from shardkit.core.errors import ConflictError, ShardkitError
 from shardkit.core.io import TMP_PREFIX, fsync_dir
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
-from shardkit.queue.model import TRANSITIONS, Item
+from shardkit.queue.model import TRANSITIONS, Item, file_identity, inode_of
 from shardkit.queue.records import one_move, renamed_forms
 from shardkit.queue.state import (
     PRIORITIES,
@@ -168,7 +168,7 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
             add(f)
         else:
             add(Finding("record_without_file", f"{item.name}: record {item.id[:8]} says {item.state}, but no such file"))
-    inodes = {_inode(e): e for e in entries if e.item is not None}
+    inodes = {inode_of(e.path): e for e in entries if e.item is not None}
     inodes.pop(None, None)
     live = {e.item.sha256: e for e in entries if e.item is not None and e.item.sha256 and e.state != "inbox"}
     for e in entries:
@@ -178,7 +178,7 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
             continue  # a drop: ingest gives it its record when it routes it
         if not os.path.lexists(e.path) or queue.record_of(e) is not None:
             continue  # moved on, or its mover saved its record after the listing
-        if _second_name(queue, e, inodes.get(_inode(e)), repair, add, now) or _copy(queue, e, live, repair, add, now):
+        if _second_name(queue, e, inodes.get(inode_of(e.path)), repair, add, now) or _copy(queue, e, live, repair, add, now):
             continue
         f = Finding("file_without_record", f"{e.state}/{e.name}: no item record (dropped or moved by hand)", True)
         if repair:
@@ -191,14 +191,6 @@ def _records(queue: Queue, repair: bool, add, now: float) -> None:
                 if not os.path.lexists(e.path) or queue.record_of(e) is not None:
                     continue
         add(f)
-
-
-def _inode(e) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(e.path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _recent(path, now: float) -> bool:
@@ -225,7 +217,7 @@ def _second_name(queue: Queue, e, other, repair: bool, add, now: float) -> bool:
     if repair:
         try:
             st = os.lstat(e.path)
-            still = st.st_nlink >= 2 and _inode(other) == (st.st_dev, st.st_ino)
+            still = st.st_nlink >= 2 and inode_of(other.path) == (st.st_dev, st.st_ino)
         except FileNotFoundError:
             still = False
         if still:  # as it is now: the other name is still there, on the same inode
@@ -382,12 +374,7 @@ def _finish_delete(queue: Queue, step: dict) -> bool:
     if any(str(h.get("ts", ""))[:19] > str(step.get("ts", ""))[:19] for h in item.history):  # to the second
         return False  # the record lived on after the delete (a later file of that name took it up)
     path = queue.path(item.state, item.name)
-    try:
-        st = os.lstat(path)
-        here = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] == inode
-    except FileNotFoundError:
-        here = False
-    if here:
+    if file_identity(path) == inode:  # the very file journaled (else gone, or another took its name)
         os.unlink(path)
         fsync_dir(path.parent)
     item.history.append({"op": "prune", "from": item.state, "to": None, "by": "doctor"})

@@ -45,7 +45,7 @@ from shardkit.pipeline.driver import split
 from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions, input_stems
 from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id, side_file_name
-from shardkit.store.manifest import MANIFEST_NAME, now_iso, read_manifest, scan_file
+from shardkit.store.manifest import MANIFEST_NAME, cut_short, now_iso, read_manifest, scan_file
 
 REPORT_SUFFIX = ".report.json"
 
@@ -250,12 +250,9 @@ def _unusable(entry: Entry, records: int, compression: str | None) -> str | None
     """Why a drop that validates is still not fit to train on, or None."""
     if records == 0:
         return "no records (empty, or only blank lines)"
-    if compression is None and entry.name.endswith((".jsonl", ".ndjson")):  # as `verify` checks a shard
-        with open(entry.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                return ("no newline at the end: the last record may be cut short (an upload that stopped?); "
-                        "if the file is complete, add the newline and redrive it")
+    if compression is None and cut_short(entry.path):  # as `verify` checks a shard
+        return ("no newline at the end: the last record may be cut short (an upload that stopped?); "
+                "if the file is complete, add the newline and redrive it")
     return None
 
 

@@ -271,3 +271,22 @@ def numbered_name(name: str, k: int) -> str:
     """NAME with -k before its data suffixes: batch.jsonl.gz -> batch-2.jsonl.gz."""
     cut = _DATA_SUFFIX.search(name).start()
     return f"{name[:cut]}-{k}{name[cut:]}"
+
+
+def inode_of(path) -> tuple[int, int] | None:
+    """(device, inode) of a name, not following a symlink; None when it is gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def file_identity(path) -> list[int] | None:
+    """[device, inode, size, mtime_ns] of a name: which file it is, as a journal line can
+    say it (an inode number alone is reused once its file is gone). None when it is gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]

@@ -17,6 +17,7 @@ from shardkit.queue.model import (
     Entry,
     PrunePlan,
     completed_time,
+    file_identity,
     open_by_any_process,
 )
 from shardkit.store.manifest import now_iso
@@ -155,15 +156,13 @@ class Operations:
                         arrived = e.arrived()
                         if arrived is None or now - arrived < self.settings.stale_after:
                             continue
-                    try:
-                        st = os.lstat(e.path)
-                    except FileNotFoundError:
+                    identity = file_identity(e.path)
+                    if identity is None:
                         continue
                     # journaled first: a kill between the two leaves a recorded delete, never a
-                    # silent one; inode, size and mtime say which file (inode numbers are
-                    # reused), should another take its name later
+                    # silent one; its identity says which file, should another take its name later
                     tx.step("delete", id=item.id if item else None, name=e.name, state=e.state, bytes=e.size,
-                            inode=[st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
+                            inode=identity)
                     try:
                         os.unlink(e.path)
                     except FileNotFoundError:

@@ -46,6 +46,7 @@ from shardkit.queue.model import (
     Lease,
     PrunePlan,
     index_by_place,
+    inode_of,
     is_data_name,
     is_quarantine_side_name,
     is_regular,
@@ -270,7 +271,7 @@ class Queue(Claims, Operations, Looking, RecordLookup):
                         # taken since free_name looked: by another file (take the next free
                         # name), or by this very file under another mover (link + unlink
                         # fallback, mid-way): that mover wins
-                        if name is not None or not os.path.lexists(entry.path) or _same_inode(entry.path, target):
+                        if name is not None or not os.path.lexists(entry.path) or inode_of(entry.path) == inode_of(target):
                             raise
                         new_name = self.free_name(to, entry.name)
                         target = self.path(to, new_name)
@@ -324,14 +325,6 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         return candidate
 
     # ----- leases
-
-
-def _same_inode(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except FileNotFoundError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 

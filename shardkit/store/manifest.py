@@ -253,7 +253,7 @@ def _check_entry(base: Path, entry: dict) -> str | None:
         return f"{rel}: sha256 mismatch (manifest {str(entry.get('sha256'))[:12]}…, file {stats.sha256[:12]}…)"
     if "records" in entry and stats.records != entry["records"]:
         return f"{rel}: {stats.records} records, manifest says {entry['records']}"
-    if entry.get("compression") is None and _cut_short(target):
+    if entry.get("compression") is None and cut_short(target):
         return f"{rel}: the last line is not a complete record (no newline at the end)"
     return None
 
@@ -361,7 +361,7 @@ def regenerate(directory: Path, out: Path | None = None, *, accept_changes: bool
                 differences.append(f"{p.name} changed ({_change(prior, stats)})")
             elif old is not None:
                 differences.append(f"{p.name} is not in the manifest")
-            if _cut_short(p):  # never described as it is without a word (verify names it too)
+            if cut_short(p):  # never described as it is without a word (verify names it too)
                 differences.append(f"{p.name}: the last line is not a complete record (no newline at the end)")
         entries.append(entry)
     differences += [f"{name} is missing" for name in old_entries if isinstance(name, str) and not (directory / name).exists()]
@@ -394,7 +394,7 @@ def _change(prior: dict, stats: FileStats) -> str:
     return "same size, other sha256"
 
 
-def _cut_short(p: Path) -> bool:
+def cut_short(p: Path) -> bool:
     """A plain JSONL file whose last byte is not a newline: its last record was cut."""
     if p.suffix != ".jsonl" and not p.name.endswith(".ndjson"):
         return False
