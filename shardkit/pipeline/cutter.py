@@ -68,7 +68,8 @@ class _Checkpoint:
 
 
 def input_stamp(spec) -> list[int] | None:
-    """[size, mtime_ns] of a local input file, else None."""
+    """[size, mtime_ns] of a local input file as the run begins, else None: saved beside each
+    checkpoint, a resume refuses an input that changed since (`check_unchanged`)."""
     if spec.is_stdin or spec.remote:
         return None
     try:
@@ -76,6 +77,21 @@ def input_stamp(spec) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
+
+
+def check_unchanged(specs, stamps: list | None, now: list, upto: int) -> None:
+    """The inputs read so far (up to input `upto`) are the ones the interrupted run read:
+    same size and modification time (what make and rsync trust). Sizes alone let an edit
+    that keeps the size resume into shards that no longer match the input."""
+    for i, (old, new) in enumerate(zip(stamps or (), now, strict=False)):
+        if i > upto:
+            break
+        if old is not None and new is not None and old != new:
+            raise ConflictError(
+                f"{specs[i].display}: changed since the interrupted run (modified "
+                f"{'at another time' if old[0] == new[0] else 'to another size'}); its shards would not match it: "
+                "cannot resume (use --overwrite to start again)"
+            )
 
 
 class _Never(Exception):
@@ -91,9 +107,7 @@ class StreamFlow:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.opts = run.opts.split
-        # each input's [size, mtime in ns] as the run began (None: not a local file), saved
-        # beside the checkpoint: a resume refuses inputs that changed since
-        self.stamps = [input_stamp(spec) for spec in run.specs]
+        self.stamps = [input_stamp(spec) for spec in run.specs]  # saved beside the checkpoint
         self.cp = _Checkpoint()
         self.cutter = _Cutter(self)
         # Parquet in one pass: the schema is a snapshot of what the builder has seen and
@@ -137,7 +151,7 @@ class StreamFlow:
         state = dict(old["resume"])
         stamps = state.pop("stamps", None)  # None: written by shardkit before 2026-12 (sizes were checked)
         cp = _Checkpoint(**state)
-        self._check_unchanged(stamps, cp.input)
+        check_unchanged(run.specs, stamps, self.stamps, cp.input)
         self._discard(cp)
         self.cp = cp
         for tally, entry in zip(run.tallies[: cp.input], old["sources"], strict=False):
@@ -160,20 +174,6 @@ class StreamFlow:
                 self.builder = SchemaBuilder.from_state(inference, self.opts.parquet, warn=run.warn)
                 run.schema = self.builder.snapshot()
         return []
-
-    def _check_unchanged(self, stamps: list | None, upto: int) -> None:
-        """The inputs read so far (up to input `upto`) are the ones the interrupted run read:
-        same size and modification time (what make and rsync trust). Sizes alone let an edit
-        that keeps the size resume into shards that no longer match the input."""
-        for i, (old, new) in enumerate(zip(stamps or (), self.stamps, strict=False)):
-            if i > upto:
-                break
-            if old is not None and new is not None and old != new:
-                raise ConflictError(
-                    f"{self.run.specs[i].display}: changed since the interrupted run (modified "
-                    f"{'at another time' if old[0] == new[0] else 'to another size'}); its shards would not match it: "
-                    "cannot resume (use --overwrite to start again)"
-                )
 
     def _discard(self, cp: _Checkpoint) -> None:
         """Delete the shards a checkpoint names as written with a schema that grew."""

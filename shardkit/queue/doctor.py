@@ -20,7 +20,7 @@ import orjson
 from shardkit.core.errors import ConflictError, ShardkitError
 from shardkit.core.io import TMP_PREFIX, fsync_dir
 from shardkit.queue.ingest import finish_open_ingests, ingest_running
-from shardkit.queue.model import TRANSITIONS, Item, file_identity, inode_of
+from shardkit.queue.model import TRANSITIONS, Item, file_identity, free_name, inode_of
 from shardkit.queue.records import one_move, renamed_forms
 from shardkit.queue.state import (
     PRIORITIES,
@@ -258,7 +258,7 @@ def _copy(queue: Queue, e, live: dict, repair: bool, add, now: float) -> bool:
         except ConflictError:
             return True  # moved on or recorded meanwhile: the next run looks again
         reason = f"a copy of {other.state}/{other.name} (same sha256)"
-        target = queue.free_name("quarantine", e.name)
+        target = free_name(queue.dir("quarantine"), e.name)
         write_report(queue, target, {"name": e.name, "id": e.item.id, "quarantined_at": now_iso(), "reason": reason,
                                      "report": None})
         queue.move(e, "quarantine", "quarantine", name=target, reason=f"doctor: {reason}")

@@ -44,6 +44,7 @@ from shardkit.core.io import (
 from shardkit.pipeline.driver import split
 from shardkit.pipeline.scan import validate_files
 from shardkit.pipeline.shard import SplitOptions, input_stems
+from shardkit.queue.model import free_name
 from shardkit.queue.state import PENDING, Entry, Item, Queue, new_id, side_file_name
 from shardkit.store.manifest import MANIFEST_NAME, cut_short, now_iso, read_manifest, scan_file
 
@@ -308,7 +309,7 @@ def _quarantine(queue: Queue, entry: Entry, report: dict, reason: str, dry_run: 
     # (rewritten when it is ingested again), never a quarantined file without its report
     # the name it will have there, chosen first: the report is written for that name (an
     # earlier NAME in quarantine keeps its own report)
-    target = queue.free_name("quarantine", entry.name)
+    target = free_name(queue.dir("quarantine"), entry.name)
     doc = {"name": entry.name, "id": item.id, "quarantined_at": now_iso(), "reason": reason, "report": report}
     write_report(queue, target, doc)
     moved = queue.move(entry, "ingest", "quarantine", name=target, reason=reason)

@@ -273,6 +273,15 @@ def numbered_name(name: str, k: int) -> str:
     return f"{name[:cut]}-{k}{name[cut:]}"
 
 
+def free_name(folder: Path, name: str) -> str:
+    """`name`, or the first NAME-k (k = 2, 3...) not taken in `folder`."""
+    candidate, k = name, 1
+    while os.path.lexists(folder / candidate):
+        k += 1
+        candidate = numbered_name(name, k)
+    return candidate
+
+
 def inode_of(path) -> tuple[int, int] | None:
     """(device, inode) of a name, not following a symlink; None when it is gone."""
     try:

@@ -45,6 +45,7 @@ from shardkit.queue.model import (
     Item,
     Lease,
     PrunePlan,
+    free_name,
     index_by_place,
     inode_of,
     is_data_name,
@@ -52,7 +53,6 @@ from shardkit.queue.model import (
     is_regular,
     new_id,
     now_precise,
-    numbered_name,
     open_by_any_process,
     process_alive,
     process_start,
@@ -237,7 +237,7 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         # names repeat (a daily batch.jsonl): a name taken in the target folder gives the first
         # free NAME-2.jsonl, NAME-3.jsonl... (the journal says `as`), chosen before any record
         # names it, so no file is ever stuck because an older one of that name is there
-        new_name = name or self.free_name(to, entry.name)
+        new_name = name or free_name(self.dir(to), entry.name)
         target = self.path(to, new_name)
         if dry_run:
             return Entry(to, new_name, target, entry.size, entry.mtime, entry.item,
@@ -273,7 +273,7 @@ class Queue(Claims, Operations, Looking, RecordLookup):
                         # fallback, mid-way): that mover wins
                         if name is not None or not os.path.lexists(entry.path) or inode_of(entry.path) == inode_of(target):
                             raise
-                        new_name = self.free_name(to, entry.name)
+                        new_name = free_name(self.dir(to), entry.name)
                         target = self.path(to, new_name)
                         if fresh:  # the record names the file where it is about to be, always
                             item.name = new_name
@@ -314,15 +314,6 @@ class Queue(Claims, Operations, Looking, RecordLookup):
         # process was between its rename and this save; the later mover saved the record,
         # and saving ours now would put it back a step (the journal has our move)
         return Entry(to, new_name, target, entry.size, entry.mtime, item, was=entry.name if new_name != entry.name else None)
-
-    def free_name(self, state: str, name: str) -> str:
-        """`name`, or the first NAME-k (k = 2, 3...) not taken in `state`'s folder."""
-        folder = self.dir(state)
-        candidate, k = name, 1
-        while os.path.lexists(folder / candidate):
-            k += 1
-            candidate = numbered_name(name, k)
-        return candidate
 
     # ----- leases
 
